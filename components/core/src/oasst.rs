@@ -1,0 +1,139 @@
+//! OpenAssistant message trees to SFT records (`preprocess_openassistant_data.py`).
+//!
+//! Each tree line yields every root-to-leaf thread (depth first, replies in order) of
+//! two or more messages. Shuffling and splitting the trees is the caller's job (see
+//! [`crate::shuffle`]): this module converts each tree on its own, so a host can stream
+//! trees through and reorder the converted bytes afterwards.
+
+use crate::attributes::OPEN_ASSISTANT_ATTRIBUTES;
+use crate::chunk::{for_each_line, json_error, LineError};
+use crate::preprocess::write_record_tail;
+use crate::pyfloat::python_round;
+use crate::pyjson::{describe, write_str, write_value, Ascii};
+use serde_json::Value;
+
+/// One converted message, shared by every thread through it.
+struct Message<'a> {
+    text: &'a Value,
+    is_user: bool,
+    label: Option<String>,
+}
+
+/// `encode_labels`: `name:round(value * 4)` for the Open Assistant attributes present.
+fn encode_labels(labels: &Value) -> Result<String, String> {
+    let mut items = Vec::new();
+    for key in OPEN_ASSISTANT_ATTRIBUTES {
+        let Some(entry) = labels.get(key) else { continue };
+        let value = entry.get("value").ok_or_else(|| format!("label `{key}` has no `value`"))?;
+        let number = match value {
+            Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+            Value::Bool(b) => f64::from(u8::from(*b)),
+            other => return Err(format!("label `{key}` value is {}, not a number", describe(other))),
+        };
+        let rounded =
+            python_round(number * 4.0).ok_or_else(|| format!("label `{key}` value {number} is not finite"))?;
+        items.push(format!("{key}:{rounded}"));
+    }
+    Ok(items.join(","))
+}
+
+/// `parse_conversations`: every thread below `node`, as indices into `messages`.
+fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<Vec<usize>>, String> {
+    let message = if let Some(prompt) = node.get("prompt") {
+        prompt
+    } else if node.get("text").is_some() && node.get("role").is_some() {
+        node
+    } else {
+        return Ok(vec![vec![]]);
+    };
+    let is_user = match message.get("role").ok_or("message has no `role`")? {
+        Value::String(r) if r == "prompter" => true,
+        Value::String(r) if r == "assistant" => false,
+        other => return Err(format!("unknown role {other}")),
+    };
+    let text = message.get("text").ok_or("message has no `text`")?;
+    let label = message.get("labels").map(encode_labels).transpose()?;
+    let me = messages.len();
+    messages.push(Message { text, is_user, label });
+    let replies = match message.get("replies").ok_or("message has no `replies`")? {
+        Value::Array(replies) => replies,
+        other => return Err(format!("`replies` is {}, not an array", describe(other))),
+    };
+    let mut below = Vec::new();
+    for reply in replies {
+        below.extend(threads(reply, messages)?);
+    }
+    if below.is_empty() {
+        return Ok(vec![vec![me]]);
+    }
+    Ok(below
+        .into_iter()
+        .map(|sub| {
+            let mut thread = Vec::with_capacity(sub.len() + 1);
+            thread.push(me);
+            thread.extend(sub);
+            thread
+        })
+        .collect())
+}
+
+/// Converts one tree line, appending one SFT record line per thread.
+pub fn convert_tree(line: &str, out: &mut Vec<u8>) -> Result<u64, String> {
+    let tree: Value = serde_json::from_str(line).map_err(|e| json_error(&e))?;
+    let mut messages = Vec::new();
+    let mut written = 0;
+    for thread in threads(&tree, &mut messages)? {
+        if thread.len() <= 1 {
+            continue;
+        }
+        out.extend_from_slice(b"{\"conversations\": [");
+        for (i, &m) in thread.iter().enumerate() {
+            let message = &messages[m];
+            if i > 0 {
+                out.extend_from_slice(b"}, ");
+            }
+            out.extend_from_slice(b"{\"value\": ");
+            write_value(out, message.text, Ascii::Raw)?;
+            if message.is_user {
+                // User turns always get `label: null`, labels or not.
+                out.extend_from_slice(b", \"from\": \"User\", \"label\": null");
+            } else {
+                out.extend_from_slice(b", \"from\": \"Assistant\"");
+                if let Some(label) = &message.label {
+                    out.extend_from_slice(b", \"label\": ");
+                    write_str(out, label, Ascii::Raw);
+                }
+            }
+        }
+        write_record_tail(out);
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// A chunk of trees, converted one by one.
+#[derive(Debug, Default, PartialEq)]
+pub struct TreeChunkOutput {
+    /// All trees' records, tree after tree.
+    pub output: Vec<u8>,
+    /// For each tree (non-blank line) in order, where its records end in `output`;
+    /// a bad tree has an empty range and stays in the count so the shuffle of the
+    /// others does not change.
+    pub tree_ends: Vec<u64>,
+    pub errors: Vec<LineError>,
+}
+
+pub fn convert_trees(chunk: &[u8], first_line: u64) -> TreeChunkOutput {
+    let mut out = TreeChunkOutput::default();
+    let (output, tree_ends) = (&mut out.output, &mut out.tree_ends);
+    for_each_line(chunk, first_line, &mut out.errors, |_, line| {
+        let mark = output.len();
+        let result = line.and_then(|line| convert_tree(line, output));
+        if result.is_err() {
+            output.truncate(mark);
+        }
+        tree_ends.push(output.len() as u64);
+        result.map(|_| ())
+    });
+    out
+}

@@ -1,0 +1,223 @@
+//! JSON written the way Python's `json.dumps` writes it: `", "` and `": "` separators,
+//! floats in `repr` form, and strings escaped either with `ensure_ascii=False`
+//! (non-ASCII raw) or `ensure_ascii=True` (`\uXXXX`, astral characters as surrogate
+//! pairs, lowercase hex).
+
+use crate::pyfloat::write_python_repr;
+use serde_json::Value;
+
+/// Which of `json.dumps`' two string escapings to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ascii {
+    /// `ensure_ascii=False`: escape `"`, `\` and control characters only.
+    Raw,
+    /// `ensure_ascii=True` (Python's default): also escape everything outside `' '..='~'`.
+    Escaped,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// For each byte: 0 = copy as is, otherwise the character after the backslash
+/// (`u` meaning a `\u00XX` escape). Only ASCII bytes need escaping in `Raw` mode.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = b'u';
+        i += 1;
+    }
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Appends the body of a JSON string (no surrounding quotes).
+pub fn write_str_body(out: &mut Vec<u8>, s: &str, ascii: Ascii) {
+    match ascii {
+        Ascii::Raw => write_raw_body(out, s.as_bytes()),
+        Ascii::Escaped => write_ascii_body(out, s),
+    }
+}
+
+/// Appends a quoted JSON string.
+pub fn write_str(out: &mut Vec<u8>, s: &str, ascii: Ascii) {
+    out.push(b'"');
+    write_str_body(out, s, ascii);
+    out.push(b'"');
+}
+
+fn write_escape(out: &mut Vec<u8>, byte: u8, kind: u8) {
+    if kind == b'u' {
+        out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]]);
+    } else {
+        out.extend_from_slice(&[b'\\', kind]);
+    }
+}
+
+// Copies runs of plain bytes in one go; this is the hot loop of every conversion.
+fn write_raw_body(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let kind = ESCAPE[b as usize];
+        if kind != 0 {
+            out.extend_from_slice(&bytes[start..i]);
+            write_escape(out, b, kind);
+            start = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+fn write_ascii_body(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let code = c as u32;
+        if (0x20..0x7f).contains(&code) && c != '"' && c != '\\' {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + c.len_utf8();
+        if code < 0x80 && ESCAPE[code as usize] != 0 {
+            write_escape(out, code as u8, ESCAPE[code as usize]);
+        } else if code < 0x10000 {
+            write_u_escape(out, code as u16);
+        } else {
+            let v = code - 0x10000;
+            write_u_escape(out, 0xd800 | (v >> 10) as u16);
+            write_u_escape(out, 0xdc00 | (v & 0x3ff) as u16);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+fn write_u_escape(out: &mut Vec<u8>, unit: u16) {
+    out.extend_from_slice(b"\\u");
+    for shift in [12, 8, 4, 0] {
+        out.push(HEX[((unit >> shift) & 15) as usize]);
+    }
+}
+
+/// Appends a float as `json.dumps` does. Non-finite values are refused: Python would
+/// write `NaN`/`Infinity`, which is not JSON.
+pub fn write_float(out: &mut Vec<u8>, x: f64) -> Result<(), String> {
+    if !x.is_finite() {
+        return Err(format!("value {x} is not finite"));
+    }
+    write_python_repr(out, x);
+    Ok(())
+}
+
+/// Appends any JSON value as `json.dumps` would after `json.loads`: integers as
+/// integers, other numbers as float reprs, object keys in their original order.
+pub fn write_value(out: &mut Vec<u8>, value: &Value, ascii: Ascii) -> Result<(), String> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(out, n)?,
+        Value::String(s) => write_str(out, s, ascii),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_value(out, item, ascii)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_str(out, key, ascii);
+                out.extend_from_slice(b": ");
+                write_value(out, item, ascii)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), String> {
+    if let Some(i) = n.as_i64() {
+        out.extend_from_slice(i.to_string().as_bytes());
+    } else if let Some(u) = n.as_u64() {
+        out.extend_from_slice(u.to_string().as_bytes());
+    } else {
+        write_float(out, n.as_f64().unwrap_or(f64::NAN))?;
+    }
+    Ok(())
+}
+
+/// Python's `str()` of a scalar JSON value, as an f-string would render it:
+/// `3`, `3.5`, `True`, `None`, or the string itself.
+pub fn python_str(value: &Value) -> Result<String, String> {
+    Ok(match value {
+        Value::Null => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => {
+            let mut out = Vec::new();
+            write_number(&mut out, n)?;
+            String::from_utf8(out).expect("numbers are ASCII")
+        }
+        Value::Array(_) | Value::Object(_) => {
+            return Err(format!("expected a number or string, got {}", describe(value)));
+        }
+    })
+}
+
+/// A short description of a JSON value's type for error messages.
+pub fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn esc(s: &str, ascii: Ascii) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, s, ascii);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escapes_like_python() {
+        assert_eq!(esc("a\"b\\c\n\t\r\u{8}\u{c}\u{1}\u{1f}", Ascii::Raw), r#""a\"b\\c\n\t\r\b\f\u0001\u001f""#);
+        assert_eq!(esc("café 😀 \u{7f}", Ascii::Raw), "\"café 😀 \u{7f}\"");
+        assert_eq!(esc("café 😀 \u{7f}", Ascii::Escaped), r#""caf\u00e9 \ud83d\ude00 \u007f""#);
+        assert_eq!(esc("日本\u{2028}", Ascii::Escaped), r#""\u65e5\u672c\u2028""#);
+    }
+
+    #[test]
+    fn values_like_python() {
+        let v: Value = serde_json::from_str(r#"{"b": [1, 2.0, -0.0, 1e16, true, null], "a": {"x": "é"}}"#).unwrap();
+        let mut out = Vec::new();
+        write_value(&mut out, &v, Ascii::Escaped).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, r#"{"b": [1, 2.0, -0.0, 1e+16, true, null], "a": {"x": "\u00e9"}}"#);
+        assert_eq!(python_str(&serde_json::json!(3)).unwrap(), "3");
+        assert_eq!(python_str(&serde_json::json!(3.0)).unwrap(), "3.0");
+        assert_eq!(python_str(&serde_json::json!(true)).unwrap(), "True");
+        assert_eq!(python_str(&serde_json::json!(null)).unwrap(), "None");
+    }
+}

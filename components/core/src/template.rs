@@ -1,0 +1,133 @@
+//! The `<extra_id_*>` chat template and the labeled prefixes it produces.
+//!
+//! ```text
+//! <extra_id_0>System\n{system}\n<extra_id_1>User\n{value}\n<extra_id_1>Assistant\n{value}\n<extra_id_2>
+//! ```
+
+use crate::attributes::SYSTEM_PROMPT;
+use crate::pyjson::{write_str_body, Ascii};
+use crate::record::{Label, SftRecord};
+
+pub const SYSTEM_HEADER: &str = "<extra_id_0>System\n";
+pub const USER_HEADER: &str = "<extra_id_1>User\n";
+pub const ASSISTANT_HEADER: &str = "<extra_id_1>Assistant\n";
+/// Appended to a prefix to ask the model for (or to train) the turn's attributes.
+pub const LABEL_MARK: &str = "<extra_id_2>";
+
+/// How a conversation is rendered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TemplateOptions {
+    /// Use the record's own `system` field instead of the fixed SteerLM prompt (the
+    /// reference always uses the fixed one).
+    pub use_record_system: bool,
+}
+
+/// Where rendered text goes: a plain string, or straight into JSON-escaped bytes so a
+/// long conversation is escaped once, not once per labeled prefix.
+pub trait TextSink {
+    fn push(&mut self, piece: &str);
+}
+
+impl TextSink for String {
+    fn push(&mut self, piece: &str) {
+        self.push_str(piece);
+    }
+}
+
+/// Text kept JSON-escaped (`ensure_ascii=False` style), without the quotes.
+#[derive(Default)]
+pub struct EscapedText(pub Vec<u8>);
+
+impl TextSink for EscapedText {
+    fn push(&mut self, piece: &str) {
+        write_str_body(&mut self.0, piece, Ascii::Raw);
+    }
+}
+
+/// Which turns make a labeled prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelRule {
+    /// Annotation: the `label` key is present and not null (an empty string counts).
+    Present,
+    /// Regression: the label is truthy (`""`, `0`, `[]`... are skipped).
+    Truthy,
+}
+
+/// Renders `record` turn by turn into `text`, calling `on_labeled(turn_index, label,
+/// text)` after each turn selected by `rule`; `text` then holds the prefix without the
+/// [`LABEL_MARK`].
+pub fn walk_prefixes<S, F>(
+    record: &SftRecord,
+    options: TemplateOptions,
+    rule: LabelRule,
+    text: &mut S,
+    mut on_labeled: F,
+) -> Result<(), String>
+where
+    S: TextSink,
+    F: FnMut(usize, &Label, &S) -> Result<(), String>,
+{
+    text.push(SYSTEM_HEADER);
+    let own = if options.use_record_system { record.own_system()? } else { None };
+    text.push(own.as_deref().unwrap_or(SYSTEM_PROMPT));
+    text.push("\n");
+    for (index, turn) in record.conversations.iter().enumerate() {
+        text.push(if turn.from == record.mask { USER_HEADER } else { ASSISTANT_HEADER });
+        text.push(&turn.value);
+        text.push("\n");
+        let selected = match rule {
+            LabelRule::Present => turn.label.is_present(),
+            LabelRule::Truthy => matches!(&turn.label, Label::Text(s) if !s.is_empty())
+                || matches!(turn.label, Label::Other(_)),
+        };
+        if selected {
+            on_labeled(index, &turn.label, text)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every labeled prefix of a record (annotation's rule), each ending in [`LABEL_MARK`].
+pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<Vec<String>, String> {
+    let mut prefixes = Vec::new();
+    let mut text = String::new();
+    walk_prefixes(record, options, LabelRule::Present, &mut text, |_, _, text| {
+        prefixes.push(format!("{text}{LABEL_MARK}"));
+        Ok(())
+    })?;
+    Ok(prefixes)
+}
+
+/// The `format` conversion of one JSONL line: a `{"text": prefix}` line per labeled
+/// prefix (annotation's rule: what a reward model is asked to score).
+pub fn format_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> Result<u64, String> {
+    let record = SftRecord::parse(line)?;
+    let mut text = EscapedText::default();
+    let mut written = 0;
+    walk_prefixes(&record, options, LabelRule::Present, &mut text, |_, _, text| {
+        out.extend_from_slice(b"{\"text\": \"");
+        out.extend_from_slice(&text.0);
+        out.extend_from_slice(LABEL_MARK.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+        written += 1;
+        Ok(())
+    })?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_swaps_roles_and_prefixes_accumulate() {
+        let line = r#"{"mask": "Assistant", "system": "own", "conversations": [
+            {"value": "u", "from": "User", "label": "quality:2"},
+            {"value": "a", "from": "Assistant", "label": null}]}"#;
+        let record = SftRecord::parse(line).unwrap();
+        let prefixes = labeled_prefixes(&record, TemplateOptions::default()).unwrap();
+        assert_eq!(prefixes, vec![format!("<extra_id_0>System\n{SYSTEM_PROMPT}\n<extra_id_1>Assistant\nu\n<extra_id_2>")]);
+        let own = labeled_prefixes(&record, TemplateOptions { use_record_system: true }).unwrap();
+        assert!(own[0].starts_with("<extra_id_0>System\nown\n"));
+    }
+}
