@@ -1,0 +1,47 @@
+//! `to-regression` and `format`: one JSONL file in, one out.
+
+use super::{rate, stream_lines, ConvertArgs, Context};
+use crate::engine::{line_converter, LineConversion};
+use crate::input::InputPath;
+use crate::output::Output;
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+use steerlm_core::template::TemplateOptions;
+
+#[derive(Args, Debug)]
+pub struct LineArgs {
+    /// SFT records, .jsonl or .jsonl.gz (`-` for stdin).
+    #[arg(long, value_name = "IN")]
+    input_file: PathBuf,
+    /// Where to write (`-` for stdout; a .gz name is compressed).
+    #[arg(long, value_name = "OUT")]
+    output_file: PathBuf,
+    /// Use each record's own `system` field as the system prompt (the reference always
+    /// uses the fixed SteerLM prompt).
+    #[arg(long)]
+    use_record_system: bool,
+    #[command(flatten)]
+    convert: ConvertArgs,
+}
+
+pub fn run(context: &Context, args: &LineArgs, conversion: LineConversion) -> Result<()> {
+    let started = Instant::now();
+    let options = TemplateOptions { use_record_system: args.use_record_system };
+    let input = InputPath(args.input_file.clone());
+    let mut bad = args.convert.bad_records()?;
+    let mut converter = line_converter(args.convert.engine, context.sandbox(), conversion, options)?;
+    let mut output = Output::create(&args.output_file)?;
+    let totals = stream_lines(context, &input, &mut output, &mut *converter, &mut bad, args.convert.chunk_bytes())?;
+    let name = output.name();
+    output.commit()?;
+    bad.finish()?;
+    context.say(format!(
+        "{} records -> {} lines in {name} ({})",
+        totals.records_in,
+        totals.lines_out,
+        rate(totals.bytes_in, started)
+    ));
+    Ok(())
+}

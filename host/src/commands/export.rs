@@ -1,0 +1,25 @@
+//! `export-components DIR`: the embedded `.wasm` files, for other hosts.
+
+use super::Context;
+use crate::sandbox::Kind;
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Folder to write the components into (created if missing).
+    dir: PathBuf,
+}
+
+pub fn run(context: &Context, args: &ExportArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    for kind in Kind::ALL {
+        let path = args.dir.join(kind.file_name());
+        let mut output = crate::output::Output::create(&path)?;
+        output.write_all(kind.wasm())?;
+        output.commit()?;
+        context.say(format!("{}  {}  ({} bytes)", kind.sha256(), path.display(), kind.wasm().len()));
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The command line: argument definitions and the shared streaming driver.
+
+mod convert;
+mod demo;
+mod export;
+mod label;
+mod preprocess;
+
+use crate::bad_records::{BadRecords, OnError};
+use crate::engine::{Engine, LineConverter};
+use crate::input::{spawn_chunks, InputPath, DEFAULT_CHUNK_BYTES};
+use crate::output::Output;
+use crate::sandbox::{Limits, Sandbox};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// SteerLM data preparation, reproducible byte for byte.
+///
+/// Every conversion runs inside sandboxed WASI components (granted no files, network or
+/// environment) and writes exactly the bytes NVIDIA NeMo-Aligner's Python scripts write.
+/// Inputs may be .jsonl or .jsonl.gz; outputs appear only when a command succeeds.
+#[derive(Parser, Debug)]
+#[command(name = "steerlm", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct SandboxArgs {
+    /// Most memory one component instance may use, in MiB.
+    #[arg(long, global = true, default_value_t = 2048, value_name = "MIB")]
+    component_memory_mb: usize,
+    /// Longest one component call (one chunk of input) may run, in seconds.
+    #[arg(long, global = true, default_value_t = 600, value_name = "SECONDS")]
+    component_timeout: u64,
+}
+
+impl SandboxArgs {
+    fn sandbox(&self) -> Result<Sandbox> {
+        Sandbox::new(Limits {
+            memory_bytes: self.component_memory_mb << 20,
+            call_timeout: Duration::from_secs(self.component_timeout),
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// SFT records to regression reward-model training lines ({"text", "label": [9 floats]}).
+    #[command(name = "to-regression")]
+    ToRegression(convert::LineArgs),
+    /// SFT records to one {"text": prefix} line per labeled prefix (what a reward model scores).
+    Format(convert::LineArgs),
+    /// Raw datasets (HelpSteer, HelpSteer2, OpenAssistant) to attribute-conditioned SFT records.
+    #[command(subcommand)]
+    Preprocess(preprocess::Dataset),
+    /// Parse or encode label strings like `helpfulness:3,correctness:4`.
+    #[command(subcommand)]
+    Label(label::LabelCommand),
+    /// Write the embedded .wasm components to DIR, for embedding them elsewhere.
+    #[command(name = "export-components")]
+    ExportComponents(export::ExportArgs),
+    /// Preprocess a small embedded HelpSteer sample and convert it to regression format.
+    Demo(demo::DemoArgs),
+}
+
+/// Options every converting command takes.
+#[derive(Args, Debug, Clone)]
+pub struct ConvertArgs {
+    /// What to do with a record that cannot be converted.
+    #[arg(long, value_enum, default_value_t = OnError::Fail)]
+    on_error: OnError,
+    /// With --on-error skip: also write the bad records' FILE, LINE and reason here, as JSONL.
+    #[arg(long, value_name = "FILE")]
+    error_report: Option<PathBuf>,
+    /// Run the conversion through the sandboxed components or the natively linked library.
+    #[arg(long, value_enum, default_value_t = Engine::Component)]
+    engine: Engine,
+    /// Input is handed to the conversion in chunks of about this many MiB of whole lines.
+    #[arg(long, default_value_t = (DEFAULT_CHUNK_BYTES >> 20) as u64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    chunk_mb: u64,
+}
+
+impl ConvertArgs {
+    fn bad_records(&self) -> Result<BadRecords> {
+        BadRecords::new(self.on_error, self.error_report.clone())
+    }
+    fn chunk_bytes(&self) -> usize {
+        (self.chunk_mb as usize) << 20
+    }
+}
+
+/// Shared context of one command run.
+pub struct Context {
+    sandbox: SandboxArgs,
+    quiet: bool,
+}
+
+impl Context {
+    fn sandbox(&self) -> impl FnOnce() -> Result<Sandbox> + '_ {
+        move || self.sandbox.sandbox()
+    }
+
+    /// A byte progress bar on stderr; drawn only on a terminal and when not quiet.
+    fn progress(&self, what: &str) -> ProgressBar {
+        let target = if self.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        bar
+    }
+
+    fn say(&self, message: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", message.as_ref());
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let context = Context { sandbox: cli.sandbox, quiet: cli.quiet };
+    match cli.command {
+        Command::ToRegression(args) => convert::run(&context, &args, crate::engine::LineConversion::Regression),
+        Command::Format(args) => convert::run(&context, &args, crate::engine::LineConversion::Format),
+        Command::Preprocess(dataset) => preprocess::run(&context, dataset),
+        Command::Label(command) => label::run(&context, command),
+        Command::ExportComponents(args) => export::run(&context, &args),
+        Command::Demo(args) => demo::run(&context, &args),
+    }
+}
+
+/// Totals of one streamed conversion.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    pub records_in: u64,
+    pub lines_out: u64,
+    pub bytes_in: u64,
+}
+
+/// Streams `input` through `converter` into `output`, chunk by chunk.
+pub fn stream_lines(
+    context: &Context,
+    input: &InputPath,
+    output: &mut Output,
+    converter: &mut dyn LineConverter,
+    bad: &mut BadRecords,
+    chunk_bytes: usize,
+) -> Result<Totals> {
+    let progress = context.progress("converting");
+    let mut totals = Totals::default();
+    for chunk in spawn_chunks(input, chunk_bytes, &progress)? {
+        let chunk = chunk?;
+        totals.bytes_in += chunk.bytes.len() as u64;
+        let out = converter.convert(&chunk.bytes, chunk.first_line)?;
+        bad.handle(&input.display(), out.errors)?;
+        output.write_all(&out.output)?;
+        totals.records_in += out.records_in;
+        totals.lines_out += out.lines_out;
+    }
+    progress.finish_and_clear();
+    Ok(totals)
+}
+
+/// `1.23 s, 456.7 MB/s` for a summary line.
+fn rate(bytes: u64, started: Instant) -> String {
+    let seconds = started.elapsed().as_secs_f64();
+    format!("{seconds:.2} s, {:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
+}

@@ -1,0 +1,222 @@
+//! The conversions as the host calls them: through the sandboxed components (the
+//! default), or through `steerlm-core` linked natively (`--engine native`, the
+//! baseline the benchmark compares against). Both give the same bytes.
+
+use crate::sandbox::{bindings, Instance, Sandbox};
+use anyhow::Result;
+use clap::ValueEnum;
+use steerlm_core::chunk::{ChunkOutput, LineError, Split, SplitChunkOutput};
+use steerlm_core::oasst::TreeChunkOutput;
+use steerlm_core::preprocess::{PreprocessOptions, Source};
+use steerlm_core::template::TemplateOptions;
+use steerlm_core::{oasst, preprocess, regression, shuffle, template};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// The embedded WASI components, sandboxed by wasmtime.
+    #[default]
+    Component,
+    /// The same library compiled into the host (no sandbox).
+    Native,
+}
+
+/// Converts chunks of JSONL lines into one output.
+pub trait LineConverter {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput>;
+}
+
+/// Converts chunks of raw rows into train and val outputs.
+pub trait RowConverter {
+    fn convert(&mut self, chunk: &[u8], first_line: u64, split: Split) -> Result<SplitChunkOutput>;
+}
+
+/// Converts OpenAssistant trees and computes the reference's shuffle.
+pub trait TreeConverter {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<TreeChunkOutput>;
+    fn shuffle_order(&mut self, count: u32, seed: u64) -> Result<Vec<u32>>;
+    fn train_count(&mut self, count: u64, fraction: f64) -> Result<u64>;
+}
+
+/// Which line conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineConversion {
+    Regression,
+    Format,
+}
+
+pub fn line_converter(
+    engine: Engine,
+    sandbox: impl FnOnce() -> Result<Sandbox>,
+    conversion: LineConversion,
+    options: TemplateOptions,
+) -> Result<Box<dyn LineConverter>> {
+    Ok(match (engine, conversion) {
+        (Engine::Native, _) => Box::new(NativeLines { conversion, options }),
+        (Engine::Component, LineConversion::Regression) => {
+            Box::new(RegressionComponent { instance: sandbox()?.regression()?, options: wit_template(options) })
+        }
+        (Engine::Component, LineConversion::Format) => {
+            Box::new(FormatComponent { instance: sandbox()?.formatting()?, options: wit_format_template(options) })
+        }
+    })
+}
+
+pub fn row_converter(
+    engine: Engine,
+    sandbox: impl FnOnce() -> Result<Sandbox>,
+    source: Source,
+    options: PreprocessOptions,
+) -> Result<Box<dyn RowConverter>> {
+    Ok(match engine {
+        Engine::Native => Box::new(NativeRows { source, options }),
+        Engine::Component => Box::new(PreprocessComponent { instance: sandbox()?.preprocess()?, source, options }),
+    })
+}
+
+pub fn tree_converter(engine: Engine, sandbox: impl FnOnce() -> Result<Sandbox>) -> Result<Box<dyn TreeConverter>> {
+    Ok(match engine {
+        Engine::Native => Box::new(NativeTrees),
+        Engine::Component => Box::new(TreeComponent { instance: sandbox()?.preprocess()? }),
+    })
+}
+
+// ---- native ----
+
+struct NativeLines {
+    conversion: LineConversion,
+    options: TemplateOptions,
+}
+
+impl LineConverter for NativeLines {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
+        let options = self.options;
+        Ok(match self.conversion {
+            LineConversion::Regression => regression::convert(chunk, first_line, options),
+            LineConversion::Format => steerlm_core::chunk::convert_chunk(chunk, first_line, |line, out| {
+                template::format_line(line, options, out)
+            }),
+        })
+    }
+}
+
+struct NativeRows {
+    source: Source,
+    options: PreprocessOptions,
+}
+
+impl RowConverter for NativeRows {
+    fn convert(&mut self, chunk: &[u8], first_line: u64, split: Split) -> Result<SplitChunkOutput> {
+        Ok(preprocess::convert(self.source, split, self.options, chunk, first_line))
+    }
+}
+
+struct NativeTrees;
+
+impl TreeConverter for NativeTrees {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<TreeChunkOutput> {
+        Ok(oasst::convert_trees(chunk, first_line))
+    }
+    fn shuffle_order(&mut self, count: u32, seed: u64) -> Result<Vec<u32>> {
+        Ok(shuffle::python_shuffle_order(count, seed))
+    }
+    fn train_count(&mut self, count: u64, fraction: f64) -> Result<u64> {
+        Ok(shuffle::train_count(count, fraction))
+    }
+}
+
+// ---- components ----
+
+macro_rules! line_errors {
+    ($errors:expr) => {
+        $errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect()
+    };
+}
+
+fn wit_template(o: TemplateOptions) -> bindings::regression::steerlm::pipeline::types::TemplateOptions {
+    bindings::regression::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
+}
+
+fn wit_format_template(o: TemplateOptions) -> bindings::formatting::steerlm::pipeline::types::TemplateOptions {
+    bindings::formatting::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
+}
+
+struct RegressionComponent {
+    instance: Instance<bindings::regression::RegressionComponent>,
+    options: bindings::regression::steerlm::pipeline::types::TemplateOptions,
+}
+
+impl LineConverter for RegressionComponent {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
+        let options = self.options;
+        let out = self
+            .instance
+            .call(|b, store| b.steerlm_pipeline_regression().call_convert_chunk(store, chunk, first_line, options))?;
+        Ok(ChunkOutput { output: out.output, errors: line_errors!(out.errors), records_in: out.records_in, lines_out: out.lines_out })
+    }
+}
+
+struct FormatComponent {
+    instance: Instance<bindings::formatting::FormattingComponent>,
+    options: bindings::formatting::steerlm::pipeline::types::TemplateOptions,
+}
+
+impl LineConverter for FormatComponent {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
+        let options = self.options;
+        let out = self
+            .instance
+            .call(|b, store| b.steerlm_pipeline_formatting().call_format_chunk(store, chunk, first_line, options))?;
+        Ok(ChunkOutput { output: out.output, errors: line_errors!(out.errors), records_in: out.records_in, lines_out: out.lines_out })
+    }
+}
+
+use bindings::preprocess::exports::steerlm::pipeline::preprocess as wit_pre;
+
+struct PreprocessComponent {
+    instance: Instance<bindings::preprocess::PreprocessComponent>,
+    source: Source,
+    options: PreprocessOptions,
+}
+
+impl RowConverter for PreprocessComponent {
+    fn convert(&mut self, chunk: &[u8], first_line: u64, split: Split) -> Result<SplitChunkOutput> {
+        let source = match self.source {
+            Source::HelpSteer => wit_pre::Source::Helpsteer,
+            Source::HelpSteer2 => wit_pre::Source::Helpsteer2,
+            Source::HelpSteer2Preference => wit_pre::Source::Helpsteer2Preference,
+        };
+        let split = match split {
+            Split::Train => wit_pre::Split::Train,
+            Split::Val => wit_pre::Split::Val,
+        };
+        let options = wit_pre::PreprocessOptions { only_helpfulness: self.options.only_helpfulness };
+        let out = self.instance.call(|b, store| {
+            b.steerlm_pipeline_preprocess().call_convert_rows(store, source, split, options, chunk, first_line)
+        })?;
+        Ok(SplitChunkOutput {
+            train: out.train,
+            val: out.val,
+            errors: line_errors!(out.errors),
+            records_in: out.records_in,
+            train_lines: out.train_lines,
+            val_lines: out.val_lines,
+        })
+    }
+}
+
+struct TreeComponent {
+    instance: Instance<bindings::preprocess::PreprocessComponent>,
+}
+
+impl TreeConverter for TreeComponent {
+    fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<TreeChunkOutput> {
+        let out = self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_convert_trees(store, chunk, first_line))?;
+        Ok(TreeChunkOutput { output: out.output, tree_ends: out.tree_ends, errors: line_errors!(out.errors) })
+    }
+    fn shuffle_order(&mut self, count: u32, seed: u64) -> Result<Vec<u32>> {
+        self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_shuffle_order(store, count, seed))
+    }
+    fn train_count(&mut self, count: u64, fraction: f64) -> Result<u64> {
+        self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_train_count(store, count, fraction))
+    }
+}

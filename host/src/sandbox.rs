@@ -1,0 +1,290 @@
+//! Runs steerlm's embedded WASI components under wasmtime, granted nothing.
+//!
+//! Each instance gets an empty WASI context (no preopened directories, no environment,
+//! no arguments, no network, stdin closed, stdout/stderr discarded), a memory limit
+//! enforced by a [`ResourceLimiter`], and a wall-clock deadline per call enforced by
+//! epoch interruption. A trap becomes an error that says which component and why.
+//! Compiled components are cached on disk so later runs start instantly.
+
+use anyhow::{anyhow, Context, Result};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The typed bindings of each world in `wit/pipeline.wit`.
+pub mod bindings {
+    pub mod labels {
+        wasmtime::component::bindgen!({ path: "../wit", world: "labels-component" });
+    }
+    pub mod formatting {
+        wasmtime::component::bindgen!({ path: "../wit", world: "formatting-component" });
+    }
+    pub mod regression {
+        wasmtime::component::bindgen!({ path: "../wit", world: "regression-component" });
+    }
+    pub mod preprocess {
+        wasmtime::component::bindgen!({ path: "../wit", world: "preprocess-component" });
+    }
+}
+
+/// The components built into this binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Labels,
+    Formatting,
+    Regression,
+    Preprocess,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Labels, Kind::Formatting, Kind::Regression, Kind::Preprocess];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Labels => "labels",
+            Kind::Formatting => "formatting",
+            Kind::Regression => "regression",
+            Kind::Preprocess => "preprocess",
+        }
+    }
+
+    /// The component's `.wasm` bytes, as built by `build.rs`.
+    pub fn wasm(self) -> &'static [u8] {
+        match self {
+            Kind::Labels => include_bytes!(concat!(env!("OUT_DIR"), "/labels.wasm")),
+            Kind::Formatting => include_bytes!(concat!(env!("OUT_DIR"), "/formatting.wasm")),
+            Kind::Regression => include_bytes!(concat!(env!("OUT_DIR"), "/regression.wasm")),
+            Kind::Preprocess => include_bytes!(concat!(env!("OUT_DIR"), "/preprocess.wasm")),
+        }
+    }
+
+    /// File name used by `export-components`.
+    pub fn file_name(self) -> String {
+        format!("steerlm-{}.wasm", self.name())
+    }
+
+    pub fn sha256(self) -> String {
+        hex(&Sha256::digest(self.wasm()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What every instance is allowed.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// Longest a single call (one chunk) may run.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 2 << 30, call_timeout: Duration::from_secs(600) }
+    }
+}
+
+/// How often the epoch advances: the granularity of call deadlines.
+const TICK: Duration = Duration::from_millis(10);
+
+/// A wasmtime engine configured for the sandbox, shared by all instances.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: Limits,
+}
+
+/// Per-instance host state: the empty WASI context and the memory limiter.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Refuses memory growth past the limit and remembers that it did, so the resulting
+/// trap can be explained.
+struct MemoryLimiter {
+    max_bytes: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = Some(desired);
+            return Err(wasmtime::Error::msg("memory limit reached"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl Sandbox {
+    pub fn new(limits: Limits) -> Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("steerlm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("starting the epoch thread")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        Ok(Sandbox { engine, linker, limits })
+    }
+
+    fn store(&self) -> Store<State> {
+        // Nothing is granted: the builder's defaults are closed stdin, discarded
+        // stdout/stderr, no env, no args, no preopens; sockets are switched off too.
+        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let limiter = MemoryLimiter { max_bytes: self.limits.memory_bytes, refused: None };
+        let mut store = Store::new(&self.engine, State { wasi, table: ResourceTable::new(), limiter });
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Compiles a component, or loads its compiled form from the cache.
+    fn component(&self, kind: Kind) -> Result<Component> {
+        let wasm = kind.wasm();
+        let cached = cache_path(&self.engine, wasm);
+        if let Some(path) = &cached {
+            if path.exists() {
+                // SAFETY: the file was written by `Component::serialize` below, into the
+                // user's own cache directory, and is keyed by the wasm's hash and the
+                // engine's compatibility hash; wasmtime still checks its header.
+                if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, path) } {
+                    return Ok(component);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, wasm).map_err(anyhow::Error::from).with_context(|| format!("compiling the {} component", kind.name()))?;
+        if let Some(path) = cached {
+            // The cache is an optimisation: failing to write it is not an error.
+            let _ = write_cache(&path, &component);
+        }
+        Ok(component)
+    }
+
+    fn instantiate<B>(
+        &self,
+        kind: Kind,
+        make: impl FnOnce(&mut Store<State>, &Component, &Linker<State>) -> wasmtime::Result<B>,
+    ) -> Result<Instance<B>> {
+        let component = self.component(kind)?;
+        let mut store = self.store();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = make(&mut store, &component, &self.linker)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("instantiating the {} component", kind.name()))?;
+        Ok(Instance { kind, store, bindings, deadline_ticks: self.deadline_ticks(), limits: self.limits })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64
+    }
+
+    pub fn labels(&self) -> Result<Instance<bindings::labels::LabelsComponent>> {
+        self.instantiate(Kind::Labels, |s, c, l| bindings::labels::LabelsComponent::instantiate(s, c, l))
+    }
+    pub fn formatting(&self) -> Result<Instance<bindings::formatting::FormattingComponent>> {
+        self.instantiate(Kind::Formatting, |s, c, l| bindings::formatting::FormattingComponent::instantiate(s, c, l))
+    }
+    pub fn regression(&self) -> Result<Instance<bindings::regression::RegressionComponent>> {
+        self.instantiate(Kind::Regression, |s, c, l| bindings::regression::RegressionComponent::instantiate(s, c, l))
+    }
+    pub fn preprocess(&self) -> Result<Instance<bindings::preprocess::PreprocessComponent>> {
+        self.instantiate(Kind::Preprocess, |s, c, l| bindings::preprocess::PreprocessComponent::instantiate(s, c, l))
+    }
+}
+
+/// A live component instance with its store.
+pub struct Instance<B> {
+    kind: Kind,
+    store: Store<State>,
+    bindings: B,
+    deadline_ticks: u64,
+    limits: Limits,
+}
+
+impl<B> Instance<B> {
+    /// Calls into the component with a fresh deadline, turning a trap into an error
+    /// that names the component and the limit it hit.
+    pub fn call<T>(&mut self, f: impl FnOnce(&B, &mut Store<State>) -> wasmtime::Result<T>) -> Result<T> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        f(&self.bindings, &mut self.store).map_err(|e| self.explain(e))
+    }
+
+    fn explain(&self, e: wasmtime::Error) -> anyhow::Error {
+        let name = self.kind.name();
+        if let Some(bytes) = self.store.data().limiter.refused {
+            return anyhow!(
+                "the {name} component needed more than its memory limit of {} MiB (it asked for {} MiB); raise --component-memory-mb or use smaller lines",
+                self.limits.memory_bytes >> 20,
+                bytes >> 20
+            );
+        }
+        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return anyhow!(
+                "the {name} component ran longer than its limit of {:?} on one chunk; raise --component-timeout",
+                self.limits.call_timeout
+            );
+        }
+        anyhow::Error::from(e).context(format!("the {name} component trapped"))
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if std::env::var_os("STEERLM_NO_CACHE").is_some() {
+        return None;
+    }
+    if let Some(dir) = std::env::var_os("STEERLM_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("steerlm").join("components"))
+}
+
+fn cache_path(engine: &Engine, wasm: &[u8]) -> Option<PathBuf> {
+    let dir = cache_dir()?;
+    let mut engine_hash = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut engine_hash);
+    let mut key = Sha256::new();
+    key.update(wasm);
+    key.update(engine_hash.finish().to_le_bytes());
+    Some(dir.join(format!("{}.cwasm", hex(&key.finalize()[..16]))))
+}
+
+fn write_cache(path: &std::path::Path, component: &Component) -> Result<()> {
+    let dir = path.parent().expect("cache files live in a directory");
+    std::fs::create_dir_all(dir)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temp, &component.serialize().map_err(anyhow::Error::from)?)?;
+    temp.persist(path)?;
+    Ok(())
+}
