@@ -1,0 +1,634 @@
+//! End-to-end tests of the `steerlm` binary: every conversion through the embedded
+//! components must equal the reference outputs in tests/fixtures byte for byte, and
+//! bad input must fail cleanly, naming FILE:LINE, leaving no output or temporary file.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/conversions")
+        .join(path)
+}
+
+fn steerlm_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    // One compile cache for the whole test run.
+    command.env(
+        "STEERLM_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"),
+    );
+    command.args(args);
+    command
+}
+
+fn steerlm(args: &[&str]) -> Output {
+    steerlm_command(args).output().expect("run steerlm")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "steerlm failed: {}", stderr(out));
+}
+
+#[track_caller]
+fn assert_same(ours: &Path, golden: &Path) {
+    let ours_bytes = fs::read(ours).unwrap_or_else(|e| panic!("{}: {e}", ours.display()));
+    let golden_bytes = fs::read(golden).unwrap();
+    if ours_bytes != golden_bytes {
+        let (a, b) = (
+            String::from_utf8_lossy(&ours_bytes),
+            String::from_utf8_lossy(&golden_bytes),
+        );
+        let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
+        panic!(
+            "{} differs from {} (first differing line: {line:?})",
+            ours.display(),
+            golden.display()
+        );
+    }
+}
+
+/// The names in `dir`, sorted: proves no temporary file was left behind.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn to_regression_matches_reference() {
+    let dir = tempdir();
+    let out = dir.path().join("regression.jsonl");
+    let result = steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&fixture("regression/input.jsonl")),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_success(&result);
+    assert_same(&out, &fixture("regression/expected.jsonl"));
+    assert_eq!(listing(dir.path()), ["regression.jsonl"]);
+}
+
+#[test]
+fn native_engine_gives_the_same_bytes() {
+    let dir = tempdir();
+    let out = dir.path().join("native.jsonl");
+    let input = fixture("regression/input.jsonl");
+    assert_success(&steerlm(&[
+        "to-regression",
+        "--engine",
+        "native",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]));
+    assert_same(&out, &fixture("regression/expected.jsonl"));
+}
+
+#[test]
+fn gzip_in_and_out_and_small_chunks() {
+    let dir = tempdir();
+    let gz = dir.path().join("input.jsonl.gz");
+    let mut encoder =
+        flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    encoder
+        .write_all(&fs::read(fixture("regression/input.jsonl")).unwrap())
+        .unwrap();
+    encoder.finish().unwrap();
+    let out = dir.path().join("out.jsonl.gz");
+    // 1 MiB chunks over a 140 KB file still exercise the chunk path; the result is gzip.
+    assert_success(&steerlm(&[
+        "to-regression",
+        "--chunk-mb",
+        "1",
+        "--input-file",
+        p(&gz),
+        "--output-file",
+        p(&out),
+    ]));
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::MultiGzDecoder::new(fs::File::open(&out).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(
+        text,
+        fs::read(fixture("regression/expected.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn stdin_to_stdout() {
+    let mut child = steerlm_command(&[
+        "-q",
+        "to-regression",
+        "--input-file",
+        "-",
+        "--output-file",
+        "-",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let input = fs::read(fixture("regression/input.jsonl")).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_success(&out);
+    assert_eq!(
+        out.stdout,
+        fs::read(fixture("regression/expected.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn reference_error_files_fail_on_line_two_leaving_nothing() {
+    for name in [
+        "label_not_string",
+        "no_colon",
+        "not_a_number",
+        "trailing_comma",
+    ] {
+        let dir = tempdir();
+        let input = fixture(&format!("regression/errors/{name}.jsonl"));
+        let out = dir.path().join("out.jsonl");
+        let result = steerlm(&[
+            "to-regression",
+            "--input-file",
+            p(&input),
+            "--output-file",
+            p(&out),
+        ]);
+        assert_eq!(result.status.code(), Some(1), "{name}");
+        let message = stderr(&result);
+        assert!(
+            message.contains(&format!("{}:2: ", input.display())),
+            "{name}: {message}"
+        );
+        assert!(
+            listing(dir.path()).is_empty(),
+            "{name} left {:?}",
+            listing(dir.path())
+        );
+    }
+}
+
+#[test]
+fn skip_mode_keeps_good_records_and_reports_bad_ones() {
+    let dir = tempdir();
+    let input = fixture("regression/errors/not_a_number.jsonl");
+    let out = dir.path().join("out.jsonl");
+    let report = dir.path().join("bad.jsonl");
+    let result = steerlm(&[
+        "to-regression",
+        "--on-error",
+        "skip",
+        "--error-report",
+        p(&report),
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_success(&result);
+    // Line 1 of every error file is the first record of the reference input.
+    let expected_first = fs::read_to_string(fixture("regression/expected.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        format!("{expected_first}\n")
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(fs::read_to_string(&report).unwrap().trim()).unwrap();
+    assert_eq!(report["line"], 2);
+    assert!(report["error"].as_str().unwrap().contains("not a number"));
+    assert!(stderr(&result).contains("skipped 1 bad record"));
+}
+
+fn preprocess_case(args: &[&str], expected_dir: &str) {
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    let mut full = args.to_vec();
+    full.extend(["--output-dir", p(&out)]);
+    assert_success(&steerlm(&full));
+    assert_same(
+        &out.join("train.jsonl"),
+        &fixture(&format!("{expected_dir}/train.jsonl")),
+    );
+    assert_same(
+        &out.join("val.jsonl"),
+        &fixture(&format!("{expected_dir}/val.jsonl")),
+    );
+    assert_eq!(listing(&out), ["train.jsonl", "val.jsonl"]);
+}
+
+#[test]
+fn preprocess_helpsteer_matches_reference() {
+    preprocess_case(
+        &[
+            "preprocess",
+            "helpsteer",
+            "--input-dir",
+            p(&fixture("helpsteer/raw")),
+        ],
+        "helpsteer/expected",
+    );
+}
+
+#[test]
+fn preprocess_helpsteer2_matches_reference() {
+    let raw = fixture("helpsteer2/raw");
+    preprocess_case(
+        &["preprocess", "helpsteer2", "--input-dir", p(&raw)],
+        "helpsteer2/expected",
+    );
+    preprocess_case(
+        &[
+            "preprocess",
+            "helpsteer2",
+            "--only-helpfulness",
+            "--input-dir",
+            p(&raw),
+        ],
+        "helpsteer2/expected_only_helpfulness",
+    );
+}
+
+#[test]
+fn preprocess_helpsteer2_preference_matches_reference() {
+    let raw = fixture("helpsteer2_preference/raw");
+    preprocess_case(
+        &[
+            "preprocess",
+            "helpsteer2",
+            "--preference",
+            "--input-dir",
+            p(&raw),
+        ],
+        "helpsteer2_preference/expected",
+    );
+    preprocess_case(
+        &[
+            "preprocess",
+            "helpsteer2",
+            "--preference",
+            "--only-helpfulness",
+            "--input-dir",
+            p(&raw),
+        ],
+        "helpsteer2_preference/expected_only_helpfulness",
+    );
+}
+
+#[test]
+fn preprocess_oasst_matches_reference() {
+    let trees = fixture("oasst/2023-04-12_oasst_all.trees.jsonl.gz");
+    preprocess_case(
+        &["preprocess", "oasst", "--input", p(&trees)],
+        "oasst/expected",
+    );
+}
+
+#[test]
+fn preprocess_with_a_bad_row_writes_neither_file() {
+    let dir = tempdir();
+    let raw = dir.path().join("raw");
+    fs::create_dir(&raw).unwrap();
+    fs::copy(
+        fixture("helpsteer/raw/train.jsonl"),
+        raw.join("train.jsonl"),
+    )
+    .unwrap();
+    let mut validation = fs::read_to_string(fixture("helpsteer/raw/validation.jsonl")).unwrap();
+    validation.push_str("{\"prompt\": \"p\", \"response\": \"r\"}\n");
+    fs::write(raw.join("validation.jsonl"), &validation).unwrap();
+    let out = dir.path().join("out");
+    let result = steerlm(&[
+        "preprocess",
+        "helpsteer",
+        "--input-dir",
+        p(&raw),
+        "--output-dir",
+        p(&out),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    let line = validation.lines().count();
+    assert!(
+        stderr(&result).contains(&format!(
+            "validation.jsonl:{line}: row has no `helpfulness` field"
+        )),
+        "{}",
+        stderr(&result)
+    );
+    assert!(listing(&out).is_empty(), "left {:?}", listing(&out));
+}
+
+#[test]
+fn format_gives_every_labeled_prefix_the_reward_model_scores() {
+    // annotate/scores.jsonl holds the reference's scored texts: exactly what format yields.
+    let dir = tempdir();
+    let out = dir.path().join("prefixes.jsonl");
+    assert_success(&steerlm(&[
+        "format",
+        "--input-file",
+        p(&fixture("annotate/input.jsonl")),
+        "--output-file",
+        p(&out),
+    ]));
+    let ours: Vec<String> = fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let scored: std::collections::BTreeSet<String> =
+        fs::read_to_string(fixture("annotate/scores.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    let ours_set: std::collections::BTreeSet<String> = ours.iter().cloned().collect();
+    assert_eq!(ours_set, scored);
+    assert!(ours.iter().all(|t| t.ends_with("<extra_id_2>")));
+}
+
+#[test]
+fn use_record_system_replaces_the_prompt() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    fs::write(&input, r#"{"system": "Be brief.", "mask": "User", "conversations": [{"value": "q", "from": "User"}, {"value": "a", "from": "Assistant", "label": "humor:1"}]}"#).unwrap();
+    let out = dir.path().join("out.jsonl");
+    assert_success(&steerlm(&[
+        "to-regression",
+        "--use-record-system",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]));
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "{\"text\": \"<extra_id_0>System\\nBe brief.\\n<extra_id_1>User\\nq\\n<extra_id_1>Assistant\\na\\n<extra_id_2>\", \"label\": [-100.0, -100.0, 1.0, -100.0, -100.0, -100.0, -100.0, -100.0, -100.0]}\n"
+    );
+}
+
+/// Runs to-regression on `content` and asserts it fails naming `line` with `reason`.
+#[track_caller]
+fn assert_rejected(content: &[u8], line: usize, reason: &str) {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    fs::write(&input, content).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let result = steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+    let message = stderr(&result);
+    assert!(
+        message.contains(&format!("in.jsonl:{line}: ")) && message.contains(reason),
+        "{message}"
+    );
+    assert_eq!(listing(dir.path()), ["in.jsonl"]);
+}
+
+const GOOD: &str = r#"{"mask": "User", "conversations": [{"value": "q", "from": "User"}, {"value": "a", "from": "Assistant", "label": "humor:1"}]}"#;
+
+#[test]
+fn malformed_json_names_the_line() {
+    assert_rejected(
+        format!("{GOOD}\n{GOOD}\n{{\"mask\": \"User\", \"conversations\": [\n").as_bytes(),
+        3,
+        "invalid JSON",
+    );
+}
+
+#[test]
+fn invalid_utf8_names_the_line() {
+    let mut content = format!("{GOOD}\n").into_bytes();
+    content.extend_from_slice(b"{\"mask\": \"User\", \"conversations\": [{\"value\": \"\xff\xfe\", \"from\": \"User\"}]}\n");
+    assert_rejected(&content, 2, "invalid UTF-8");
+}
+
+#[test]
+fn lone_surrogate_escape_is_rejected() {
+    let bad = r#"{"mask": "User", "conversations": [{"value": "\ud800", "from": "User"}]}"#;
+    assert_rejected(format!("{GOOD}\n{bad}\n").as_bytes(), 2, "surrogate");
+}
+
+#[test]
+fn non_finite_label_values_are_rejected() {
+    for value in ["inf", "nan", "-Infinity", "1e999"] {
+        let bad = GOOD.replace("humor:1", &format!("humor:{value}"));
+        assert_rejected(format!("{GOOD}\n{bad}\n").as_bytes(), 2, "not finite");
+    }
+}
+
+#[test]
+fn truncated_gzip_fails_without_output() {
+    let dir = tempdir();
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for _ in 0..2000 {
+        writeln!(encoder, "{GOOD}").unwrap();
+    }
+    let gz = encoder.finish().unwrap();
+    let input = dir.path().join("in.jsonl.gz");
+    fs::write(&input, &gz[..gz.len() / 2]).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let result = steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(
+        stderr(&result).contains("in.jsonl.gz"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(listing(dir.path()), ["in.jsonl.gz"]);
+}
+
+#[test]
+fn empty_file_gives_empty_output() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    fs::write(&input, b"").unwrap();
+    let out = dir.path().join("out.jsonl");
+    assert_success(&steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]));
+    assert_eq!(fs::read(&out).unwrap(), b"");
+}
+
+fn twenty_megabyte_record() -> String {
+    let value = "x".repeat(20 << 20);
+    format!(
+        r#"{{"mask": "User", "conversations": [{{"value": "{value}", "from": "User"}}, {{"value": "a", "from": "Assistant", "label": "humor:1"}}]}}"#
+    )
+}
+
+#[test]
+fn twenty_megabyte_line_converts() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    fs::write(
+        &input,
+        format!("{GOOD}\n{}\n{GOOD}\n", twenty_megabyte_record()),
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    assert_success(&steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]));
+    let text = fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0], lines[2]);
+    let big: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    assert!(
+        big["text"]
+            .as_str()
+            .unwrap()
+            .contains(&"x".repeat(20 << 20))
+    );
+}
+
+#[test]
+fn memory_limit_is_enforced_with_a_clear_error() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    fs::write(&input, format!("{}\n", twenty_megabyte_record())).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let result = steerlm(&[
+        "--component-memory-mb",
+        "16",
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(
+        stderr(&result).contains("memory limit of 16 MiB"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(listing(dir.path()), ["in.jsonl"]);
+}
+
+#[test]
+fn export_components_writes_valid_components() {
+    let dir = tempdir();
+    assert_success(&steerlm(&["export-components", p(dir.path())]));
+    let names = listing(dir.path());
+    assert_eq!(
+        names,
+        [
+            "steerlm-formatting.wasm",
+            "steerlm-labels.wasm",
+            "steerlm-preprocess.wasm",
+            "steerlm-regression.wasm"
+        ]
+    );
+    for name in names {
+        let bytes = fs::read(dir.path().join(&name)).unwrap();
+        // "\0asm", then the component-model layer (0x0d 0x00 0x01 0x00), not a core module.
+        assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{name}");
+    }
+}
+
+#[test]
+fn label_commands_parse_and_encode() {
+    let out = steerlm(&[
+        "label",
+        "parse",
+        "helpfulness:3:9, correctness:4,verbosity: 2",
+    ]);
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["vector"],
+        serde_json::json!([
+            -100.0, -100.0, -100.0, -100.0, 3.0, -100.0, -100.0, -100.0, 2.0
+        ])
+    );
+    assert_eq!(json["pairs"][1], serde_json::json!([" correctness", "4"]));
+    let out = steerlm(&[
+        "label", "encode", "2.5", "3.5", "-1", "9", "0.49", "1.5", "0.5", "3.49", "4",
+    ]);
+    assert_success(&out);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "quality:2,toxicity:4,humor:0,creativity:4,helpfulness:0,correctness:2,coherence:0,complexity:3,verbosity:4\n"
+    );
+    let out = steerlm(&["label", "parse", "helpfulness"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no ':'"));
+}
+
+#[test]
+fn demo_runs_the_whole_path() {
+    let dir = tempdir();
+    let out = steerlm(&["demo", "--output-dir", p(dir.path())]);
+    assert_success(&out);
+    assert_same(
+        &dir.path().join("sft/train.jsonl"),
+        &fixture("helpsteer/expected/train.jsonl"),
+    );
+    let regression = fs::read_to_string(dir.path().join("regression/val.jsonl")).unwrap();
+    assert_eq!(regression.lines().count(), 60);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("regression lines:"));
+}

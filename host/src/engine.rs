@@ -2,7 +2,7 @@
 //! default), or through `steerlm-core` linked natively (`--engine native`, the
 //! baseline the benchmark compares against). Both give the same bytes.
 
-use crate::sandbox::{bindings, Instance, Sandbox};
+use crate::sandbox::{Instance, Sandbox, bindings};
 use anyhow::Result;
 use clap::ValueEnum;
 use steerlm_core::chunk::{ChunkOutput, LineError, Split, SplitChunkOutput};
@@ -51,13 +51,18 @@ pub fn line_converter(
     options: TemplateOptions,
 ) -> Result<Box<dyn LineConverter>> {
     Ok(match (engine, conversion) {
-        (Engine::Native, _) => Box::new(NativeLines { conversion, options }),
-        (Engine::Component, LineConversion::Regression) => {
-            Box::new(RegressionComponent { instance: sandbox()?.regression()?, options: wit_template(options) })
-        }
-        (Engine::Component, LineConversion::Format) => {
-            Box::new(FormatComponent { instance: sandbox()?.formatting()?, options: wit_format_template(options) })
-        }
+        (Engine::Native, _) => Box::new(NativeLines {
+            conversion,
+            options,
+        }),
+        (Engine::Component, LineConversion::Regression) => Box::new(RegressionComponent {
+            instance: sandbox()?.regression()?,
+            options: wit_template(options),
+        }),
+        (Engine::Component, LineConversion::Format) => Box::new(FormatComponent {
+            instance: sandbox()?.formatting()?,
+            options: wit_format_template(options),
+        }),
     })
 }
 
@@ -69,14 +74,23 @@ pub fn row_converter(
 ) -> Result<Box<dyn RowConverter>> {
     Ok(match engine {
         Engine::Native => Box::new(NativeRows { source, options }),
-        Engine::Component => Box::new(PreprocessComponent { instance: sandbox()?.preprocess()?, source, options }),
+        Engine::Component => Box::new(PreprocessComponent {
+            instance: sandbox()?.preprocess()?,
+            source,
+            options,
+        }),
     })
 }
 
-pub fn tree_converter(engine: Engine, sandbox: impl FnOnce() -> Result<Sandbox>) -> Result<Box<dyn TreeConverter>> {
+pub fn tree_converter(
+    engine: Engine,
+    sandbox: impl FnOnce() -> Result<Sandbox>,
+) -> Result<Box<dyn TreeConverter>> {
     Ok(match engine {
         Engine::Native => Box::new(NativeTrees),
-        Engine::Component => Box::new(TreeComponent { instance: sandbox()?.preprocess()? }),
+        Engine::Component => Box::new(TreeComponent {
+            instance: sandbox()?.preprocess()?,
+        }),
     })
 }
 
@@ -92,9 +106,11 @@ impl LineConverter for NativeLines {
         let options = self.options;
         Ok(match self.conversion {
             LineConversion::Regression => regression::convert(chunk, first_line, options),
-            LineConversion::Format => steerlm_core::chunk::convert_chunk(chunk, first_line, |line, out| {
-                template::format_line(line, options, out)
-            }),
+            LineConversion::Format => {
+                steerlm_core::chunk::convert_chunk(chunk, first_line, |line, out| {
+                    template::format_line(line, options, out)
+                })
+            }
         })
     }
 }
@@ -106,7 +122,13 @@ struct NativeRows {
 
 impl RowConverter for NativeRows {
     fn convert(&mut self, chunk: &[u8], first_line: u64, split: Split) -> Result<SplitChunkOutput> {
-        Ok(preprocess::convert(self.source, split, self.options, chunk, first_line))
+        Ok(preprocess::convert(
+            self.source,
+            split,
+            self.options,
+            chunk,
+            first_line,
+        ))
     }
 }
 
@@ -128,16 +150,30 @@ impl TreeConverter for NativeTrees {
 
 macro_rules! line_errors {
     ($errors:expr) => {
-        $errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect()
+        $errors
+            .into_iter()
+            .map(|e| LineError {
+                line: e.line,
+                message: e.message,
+            })
+            .collect()
     };
 }
 
-fn wit_template(o: TemplateOptions) -> bindings::regression::steerlm::pipeline::types::TemplateOptions {
-    bindings::regression::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
+fn wit_template(
+    o: TemplateOptions,
+) -> bindings::regression::steerlm::pipeline::types::TemplateOptions {
+    bindings::regression::steerlm::pipeline::types::TemplateOptions {
+        use_record_system: o.use_record_system,
+    }
 }
 
-fn wit_format_template(o: TemplateOptions) -> bindings::formatting::steerlm::pipeline::types::TemplateOptions {
-    bindings::formatting::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
+fn wit_format_template(
+    o: TemplateOptions,
+) -> bindings::formatting::steerlm::pipeline::types::TemplateOptions {
+    bindings::formatting::steerlm::pipeline::types::TemplateOptions {
+        use_record_system: o.use_record_system,
+    }
 }
 
 struct RegressionComponent {
@@ -148,10 +184,16 @@ struct RegressionComponent {
 impl LineConverter for RegressionComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
         let options = self.options;
-        let out = self
-            .instance
-            .call(|b, store| b.steerlm_pipeline_regression().call_convert_chunk(store, chunk, first_line, options))?;
-        Ok(ChunkOutput { output: out.output, errors: line_errors!(out.errors), records_in: out.records_in, lines_out: out.lines_out })
+        let out = self.instance.call(|b, store| {
+            b.steerlm_pipeline_regression()
+                .call_convert_chunk(store, chunk, first_line, options)
+        })?;
+        Ok(ChunkOutput {
+            output: out.output,
+            errors: line_errors!(out.errors),
+            records_in: out.records_in,
+            lines_out: out.lines_out,
+        })
     }
 }
 
@@ -163,10 +205,16 @@ struct FormatComponent {
 impl LineConverter for FormatComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
         let options = self.options;
-        let out = self
-            .instance
-            .call(|b, store| b.steerlm_pipeline_formatting().call_format_chunk(store, chunk, first_line, options))?;
-        Ok(ChunkOutput { output: out.output, errors: line_errors!(out.errors), records_in: out.records_in, lines_out: out.lines_out })
+        let out = self.instance.call(|b, store| {
+            b.steerlm_pipeline_formatting()
+                .call_format_chunk(store, chunk, first_line, options)
+        })?;
+        Ok(ChunkOutput {
+            output: out.output,
+            errors: line_errors!(out.errors),
+            records_in: out.records_in,
+            lines_out: out.lines_out,
+        })
     }
 }
 
@@ -189,9 +237,12 @@ impl RowConverter for PreprocessComponent {
             Split::Train => wit_pre::Split::Train,
             Split::Val => wit_pre::Split::Val,
         };
-        let options = wit_pre::PreprocessOptions { only_helpfulness: self.options.only_helpfulness };
+        let options = wit_pre::PreprocessOptions {
+            only_helpfulness: self.options.only_helpfulness,
+        };
         let out = self.instance.call(|b, store| {
-            b.steerlm_pipeline_preprocess().call_convert_rows(store, source, split, options, chunk, first_line)
+            b.steerlm_pipeline_preprocess()
+                .call_convert_rows(store, source, split, options, chunk, first_line)
         })?;
         Ok(SplitChunkOutput {
             train: out.train,
@@ -210,13 +261,26 @@ struct TreeComponent {
 
 impl TreeConverter for TreeComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<TreeChunkOutput> {
-        let out = self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_convert_trees(store, chunk, first_line))?;
-        Ok(TreeChunkOutput { output: out.output, tree_ends: out.tree_ends, errors: line_errors!(out.errors) })
+        let out = self.instance.call(|b, store| {
+            b.steerlm_pipeline_preprocess()
+                .call_convert_trees(store, chunk, first_line)
+        })?;
+        Ok(TreeChunkOutput {
+            output: out.output,
+            tree_ends: out.tree_ends,
+            errors: line_errors!(out.errors),
+        })
     }
     fn shuffle_order(&mut self, count: u32, seed: u64) -> Result<Vec<u32>> {
-        self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_shuffle_order(store, count, seed))
+        self.instance.call(|b, store| {
+            b.steerlm_pipeline_preprocess()
+                .call_shuffle_order(store, count, seed)
+        })
     }
     fn train_count(&mut self, count: u64, fraction: f64) -> Result<u64> {
-        self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_train_count(store, count, fraction))
+        self.instance.call(|b, store| {
+            b.steerlm_pipeline_preprocess()
+                .call_train_count(store, count, fraction)
+        })
     }
 }

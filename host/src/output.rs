@@ -36,7 +36,9 @@ fn default_permissions() -> std::fs::Permissions {
 
 #[cfg(not(unix))]
 fn default_permissions() -> std::fs::Permissions {
-    std::fs::metadata(".").map(|m| m.permissions()).expect("the current directory has metadata")
+    std::fs::metadata(".")
+        .map(|m| m.permissions())
+        .expect("the current directory has metadata")
 }
 
 fn forget_pending(path: &Path) {
@@ -62,13 +64,19 @@ impl Output {
     /// Starts writing `path` (`-` for stdout); `.gz` paths are gzip-compressed.
     pub fn create(path: &Path) -> Result<Output> {
         if path.as_os_str() == "-" {
-            return Ok(Output { dest: None, temp: None, sink: Sink::Stdout(BufWriter::with_capacity(1 << 20, io::stdout())) });
+            return Ok(Output {
+                dest: None,
+                temp: None,
+                sink: Sink::Stdout(BufWriter::with_capacity(1 << 20, io::stdout())),
+            });
         }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} is not a file name", path.display()))?;
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
@@ -81,12 +89,22 @@ impl Output {
         }
         let writer = BufWriter::with_capacity(1 << 20, file);
         let gzip = path.extension().is_some_and(|e| e == "gz");
-        let sink = if gzip { Sink::Gzip(GzEncoder::new(writer, flate2::Compression::default())) } else { Sink::Plain(writer) };
-        Ok(Output { dest: Some(path.to_path_buf()), temp: Some(temp_path), sink })
+        let sink = if gzip {
+            Sink::Gzip(GzEncoder::new(writer, flate2::Compression::default()))
+        } else {
+            Sink::Plain(writer)
+        };
+        Ok(Output {
+            dest: Some(path.to_path_buf()),
+            temp: Some(temp_path),
+            sink,
+        })
     }
 
     pub fn name(&self) -> String {
-        self.dest.as_ref().map_or_else(|| "<stdout>".to_owned(), |p| p.display().to_string())
+        self.dest
+            .as_ref()
+            .map_or_else(|| "<stdout>".to_owned(), |p| p.display().to_string())
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
@@ -101,21 +119,30 @@ impl Output {
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<()> {
         let name = self.name();
-        let file = match std::mem::replace(&mut self.sink, Sink::Stdout(BufWriter::new(io::stdout()))) {
-            Sink::Plain(w) => Some(w.into_inner().map_err(|e| e.into_error())),
-            Sink::Gzip(w) => Some(w.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error()))),
-            Sink::Stdout(mut w) => {
-                w.flush().with_context(|| format!("cannot write {name}"))?;
-                None
-            }
-        };
+        let file =
+            match std::mem::replace(&mut self.sink, Sink::Stdout(BufWriter::new(io::stdout()))) {
+                Sink::Plain(w) => Some(w.into_inner().map_err(|e| e.into_error())),
+                Sink::Gzip(w) => Some(
+                    w.finish()
+                        .and_then(|w| w.into_inner().map_err(|e| e.into_error())),
+                ),
+                Sink::Stdout(mut w) => {
+                    w.flush().with_context(|| format!("cannot write {name}"))?;
+                    None
+                }
+            };
         if let Some(file) = file {
             let file = file.with_context(|| format!("cannot write {name}"))?;
-            file.sync_all().with_context(|| format!("cannot sync {name}"))?;
-            let temp = self.temp.take().expect("file outputs have a temporary path");
+            file.sync_all()
+                .with_context(|| format!("cannot sync {name}"))?;
+            let temp = self
+                .temp
+                .take()
+                .expect("file outputs have a temporary path");
             let temp_path = temp.to_path_buf();
             let dest = self.dest.as_ref().expect("file outputs have a destination");
-            temp.persist(dest).with_context(|| format!("cannot move the output into place at {name}"))?;
+            temp.persist(dest)
+                .with_context(|| format!("cannot move the output into place at {name}"))?;
             forget_pending(&temp_path);
         }
         Ok(())

@@ -39,7 +39,12 @@ pub struct SplitChunkOutput {
 /// Calls `convert(line_number, line)` for every non-blank line of `chunk`, the first
 /// of which is line `first_line`; `line` is the text, or why it is not text. Errors
 /// `convert` returns are collected in `errors`. Returns the number of lines seen.
-pub fn for_each_line<F>(chunk: &[u8], first_line: u64, errors: &mut Vec<LineError>, mut convert: F) -> u64
+pub fn for_each_line<F>(
+    chunk: &[u8],
+    first_line: u64,
+    errors: &mut Vec<LineError>,
+    mut convert: F,
+) -> u64
 where
     F: FnMut(u64, Result<&str, String>) -> Result<(), String>,
 {
@@ -73,7 +78,10 @@ pub fn convert_chunk<F>(chunk: &[u8], first_line: u64, mut convert: F) -> ChunkO
 where
     F: FnMut(&str, &mut Vec<u8>) -> Result<u64, String>,
 {
-    let mut out = ChunkOutput { output: Vec::with_capacity(chunk.len() * 2), ..Default::default() };
+    let mut out = ChunkOutput {
+        output: Vec::with_capacity(chunk.len() * 2),
+        ..Default::default()
+    };
     let mut lines_out = 0;
     let output = &mut out.output;
     out.records_in = for_each_line(chunk, first_line, &mut out.errors, |_, text| {
@@ -133,10 +141,17 @@ where
 /// parsed on its own, so the line number is the caller's and only the column helps).
 pub fn json_error(e: &serde_json::Error) -> String {
     let message = e.to_string();
-    match message.rsplit_once(" at line ") {
-        Some((head, _)) => format!("invalid JSON: {head} (column {})", e.column()),
-        None => format!("invalid JSON: {message}"),
-    }
+    let head = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(head, _)| head);
+    // serde_json reports an unpaired `\ud800`-style escape as a bad hex escape; say
+    // what it is (Python would accept it, then fail to write it as UTF-8).
+    let hint = if head.contains("hex escape") {
+        " (a \\uXXXX escape that is a lone UTF-16 surrogate or malformed)"
+    } else {
+        ""
+    };
+    format!("invalid JSON: {head}{hint} (column {})", e.column())
 }
 
 #[cfg(test)]
@@ -155,7 +170,13 @@ mod tests {
             Ok(1)
         });
         assert_eq!(out.output, b"partial\npartial\n");
-        assert_eq!(out.errors, vec![LineError { line: 12, message: "no".into() }]);
+        assert_eq!(
+            out.errors,
+            vec![LineError {
+                line: 12,
+                message: "no".into()
+            }]
+        );
         assert_eq!(out.records_in, 3);
         assert_eq!(out.lines_out, 2);
     }

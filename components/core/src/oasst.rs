@@ -6,10 +6,10 @@
 //! trees through and reorder the converted bytes afterwards.
 
 use crate::attributes::OPEN_ASSISTANT_ATTRIBUTES;
-use crate::chunk::{for_each_line, json_error, LineError};
+use crate::chunk::{LineError, for_each_line, json_error};
 use crate::preprocess::write_record_tail;
 use crate::pyfloat::python_round;
-use crate::pyjson::{describe, write_str, write_value, Ascii};
+use crate::pyjson::{Ascii, describe, write_str, write_value};
 use serde_json::Value;
 
 /// One converted message, shared by every thread through it.
@@ -23,22 +23,34 @@ struct Message<'a> {
 fn encode_labels(labels: &Value) -> Result<String, String> {
     let mut items = Vec::new();
     for key in OPEN_ASSISTANT_ATTRIBUTES {
-        let Some(entry) = labels.get(key) else { continue };
-        let value = entry.get("value").ok_or_else(|| format!("label `{key}` has no `value`"))?;
+        let Some(entry) = labels.get(key) else {
+            continue;
+        };
+        let value = entry
+            .get("value")
+            .ok_or_else(|| format!("label `{key}` has no `value`"))?;
         let number = match value {
             Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
             Value::Bool(b) => f64::from(u8::from(*b)),
-            other => return Err(format!("label `{key}` value is {}, not a number", describe(other))),
+            other => {
+                return Err(format!(
+                    "label `{key}` value is {}, not a number",
+                    describe(other)
+                ));
+            }
         };
-        let rounded =
-            python_round(number * 4.0).ok_or_else(|| format!("label `{key}` value {number} is not finite"))?;
+        let rounded = python_round(number * 4.0)
+            .ok_or_else(|| format!("label `{key}` value {number} is not finite"))?;
         items.push(format!("{key}:{rounded}"));
     }
     Ok(items.join(","))
 }
 
 /// `parse_conversations`: every thread below `node`, as indices into `messages`.
-fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<Vec<usize>>, String> {
+fn threads<'a>(
+    node: &'a Value,
+    messages: &mut Vec<Message<'a>>,
+) -> Result<Vec<Vec<usize>>, String> {
     let message = if let Some(prompt) = node.get("prompt") {
         prompt
     } else if node.get("text").is_some() && node.get("role").is_some() {
@@ -54,7 +66,11 @@ fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<V
     let text = message.get("text").ok_or("message has no `text`")?;
     let label = message.get("labels").map(encode_labels).transpose()?;
     let me = messages.len();
-    messages.push(Message { text, is_user, label });
+    messages.push(Message {
+        text,
+        is_user,
+        label,
+    });
     let replies = match message.get("replies").ok_or("message has no `replies`")? {
         Value::Array(replies) => replies,
         other => return Err(format!("`replies` is {}, not an array", describe(other))),

@@ -53,7 +53,14 @@ pub fn write_str(out: &mut Vec<u8>, s: &str, ascii: Ascii) {
 
 fn write_escape(out: &mut Vec<u8>, byte: u8, kind: u8) {
     if kind == b'u' {
-        out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(byte >> 4) as usize], HEX[(byte & 15) as usize]]);
+        out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[(byte >> 4) as usize],
+            HEX[(byte & 15) as usize],
+        ]);
     } else {
         out.extend_from_slice(&[b'\\', kind]);
     }
@@ -173,7 +180,10 @@ pub fn python_str(value: &Value) -> Result<String, String> {
             String::from_utf8(out).expect("numbers are ASCII")
         }
         Value::Array(_) | Value::Object(_) => {
-            return Err(format!("expected a number or string, got {}", describe(value)));
+            return Err(format!(
+                "expected a number or string, got {}",
+                describe(value)
+            ));
         }
     })
 }
@@ -202,19 +212,33 @@ mod tests {
 
     #[test]
     fn escapes_like_python() {
-        assert_eq!(esc("a\"b\\c\n\t\r\u{8}\u{c}\u{1}\u{1f}", Ascii::Raw), r#""a\"b\\c\n\t\r\b\f\u0001\u001f""#);
+        assert_eq!(
+            esc("a\"b\\c\n\t\r\u{8}\u{c}\u{1}\u{1f}", Ascii::Raw),
+            r#""a\"b\\c\n\t\r\b\f\u0001\u001f""#
+        );
         assert_eq!(esc("café 😀 \u{7f}", Ascii::Raw), "\"café 😀 \u{7f}\"");
-        assert_eq!(esc("café 😀 \u{7f}", Ascii::Escaped), r#""caf\u00e9 \ud83d\ude00 \u007f""#);
-        assert_eq!(esc("日本\u{2028}", Ascii::Escaped), r#""\u65e5\u672c\u2028""#);
+        assert_eq!(
+            esc("café 😀 \u{7f}", Ascii::Escaped),
+            r#""caf\u00e9 \ud83d\ude00 \u007f""#
+        );
+        assert_eq!(
+            esc("日本\u{2028}", Ascii::Escaped),
+            r#""\u65e5\u672c\u2028""#
+        );
     }
 
     #[test]
     fn values_like_python() {
-        let v: Value = serde_json::from_str(r#"{"b": [1, 2.0, -0.0, 1e16, true, null], "a": {"x": "é"}}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"b": [1, 2.0, -0.0, 1e16, true, null], "a": {"x": "é"}}"#)
+                .unwrap();
         let mut out = Vec::new();
         write_value(&mut out, &v, Ascii::Escaped).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, r#"{"b": [1, 2.0, -0.0, 1e+16, true, null], "a": {"x": "\u00e9"}}"#);
+        assert_eq!(
+            text,
+            r#"{"b": [1, 2.0, -0.0, 1e+16, true, null], "a": {"x": "\u00e9"}}"#
+        );
         assert_eq!(python_str(&serde_json::json!(3)).unwrap(), "3");
         assert_eq!(python_str(&serde_json::json!(3.0)).unwrap(), "3.0");
         assert_eq!(python_str(&serde_json::json!(true)).unwrap(), "True");

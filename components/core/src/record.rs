@@ -3,8 +3,8 @@
 //! `{"conversations": [{"value", "from", "label"}, ...], "mask", "system", "type", ...}`;
 //! unknown keys are ignored, `label` and `system` may be missing.
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
@@ -85,30 +85,54 @@ impl<'de> Visitor<'de> for LabelVisitor {
         Ok(Label::Text(Cow::Owned(v)))
     }
     fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(if v { Label::Other("a boolean") } else { Label::Falsy })
+        Ok(if v {
+            Label::Other("a boolean")
+        } else {
+            Label::Falsy
+        })
     }
     fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(if v == 0 { Label::Falsy } else { Label::Other("a number") })
+        Ok(if v == 0 {
+            Label::Falsy
+        } else {
+            Label::Other("a number")
+        })
     }
     fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(if v == 0 { Label::Falsy } else { Label::Other("a number") })
+        Ok(if v == 0 {
+            Label::Falsy
+        } else {
+            Label::Other("a number")
+        })
     }
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(if v == 0.0 { Label::Falsy } else { Label::Other("a number") })
+        Ok(if v == 0.0 {
+            Label::Falsy
+        } else {
+            Label::Other("a number")
+        })
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut empty = true;
         while seq.next_element::<IgnoredAny>()?.is_some() {
             empty = false;
         }
-        Ok(if empty { Label::Falsy } else { Label::Other("an array") })
+        Ok(if empty {
+            Label::Falsy
+        } else {
+            Label::Other("an array")
+        })
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut empty = true;
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
             empty = false;
         }
-        Ok(if empty { Label::Falsy } else { Label::Other("an object") })
+        Ok(if empty {
+            Label::Falsy
+        } else {
+            Label::Other("an object")
+        })
     }
 }
 

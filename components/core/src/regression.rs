@@ -1,42 +1,54 @@
 //! SFT records to regression training lines (`process_to_regression_format.py`):
 //! one `{"text": <labeled prefix>, "label": [9 floats]}` line per truthy label.
 
-use crate::chunk::{convert_chunk, ChunkOutput};
+use crate::chunk::{ChunkOutput, convert_chunk};
 use crate::labels::label_vector;
 use crate::pyjson::write_float;
 use crate::record::{Label, SftRecord};
-use crate::template::{walk_prefixes, EscapedText, LabelRule, TemplateOptions, LABEL_MARK};
+use crate::template::{EscapedText, LABEL_MARK, LabelRule, TemplateOptions, walk_prefixes};
 
 /// Converts one JSONL line, appending its regression lines to `out`.
-pub fn convert_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> Result<u64, String> {
+pub fn convert_line(
+    line: &str,
+    options: TemplateOptions,
+    out: &mut Vec<u8>,
+) -> Result<u64, String> {
     let record = SftRecord::parse(line)?;
     let mut text = EscapedText::default();
     let mut written = 0;
-    walk_prefixes(&record, options, LabelRule::Truthy, &mut text, |index, label, text| {
-        let vector = match label {
-            Label::Text(s) => label_vector(s),
-            Label::Other(kind) => Err(format!("label must be a string, got {kind}")),
-            _ => unreachable!("LabelRule::Truthy selects only strings and truthy others"),
-        }
-        .map_err(|e| format!("turn {}: {e}", index + 1))?;
-        out.extend_from_slice(b"{\"text\": \"");
-        out.extend_from_slice(&text.0);
-        out.extend_from_slice(LABEL_MARK.as_bytes());
-        out.extend_from_slice(b"\", \"label\": [");
-        for (i, x) in vector.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b", ");
+    walk_prefixes(
+        &record,
+        options,
+        LabelRule::Truthy,
+        &mut text,
+        |index, label, text| {
+            let vector = match label {
+                Label::Text(s) => label_vector(s),
+                Label::Other(kind) => Err(format!("label must be a string, got {kind}")),
+                _ => unreachable!("LabelRule::Truthy selects only strings and truthy others"),
             }
-            write_float(out, *x)?;
-        }
-        out.extend_from_slice(b"]}\n");
-        written += 1;
-        Ok(())
-    })?;
+            .map_err(|e| format!("turn {}: {e}", index + 1))?;
+            out.extend_from_slice(b"{\"text\": \"");
+            out.extend_from_slice(&text.0);
+            out.extend_from_slice(LABEL_MARK.as_bytes());
+            out.extend_from_slice(b"\", \"label\": [");
+            for (i, x) in vector.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_float(out, *x)?;
+            }
+            out.extend_from_slice(b"]}\n");
+            written += 1;
+            Ok(())
+        },
+    )?;
     Ok(written)
 }
 
 /// Converts a chunk of JSONL lines (the first being line `first_line`).
 pub fn convert(chunk: &[u8], first_line: u64, options: TemplateOptions) -> ChunkOutput {
-    convert_chunk(chunk, first_line, |line, out| convert_line(line, options, out))
+    convert_chunk(chunk, first_line, |line, out| {
+        convert_line(line, options, out)
+    })
 }

@@ -5,7 +5,7 @@
 //! ```
 
 use crate::attributes::SYSTEM_PROMPT;
-use crate::pyjson::{write_str_body, Ascii};
+use crate::pyjson::{Ascii, write_str_body};
 use crate::record::{Label, SftRecord};
 
 pub const SYSTEM_HEADER: &str = "<extra_id_0>System\n";
@@ -68,17 +68,27 @@ where
     F: FnMut(usize, &Label, &S) -> Result<(), String>,
 {
     text.push(SYSTEM_HEADER);
-    let own = if options.use_record_system { record.own_system()? } else { None };
+    let own = if options.use_record_system {
+        record.own_system()?
+    } else {
+        None
+    };
     text.push(own.as_deref().unwrap_or(SYSTEM_PROMPT));
     text.push("\n");
     for (index, turn) in record.conversations.iter().enumerate() {
-        text.push(if turn.from == record.mask { USER_HEADER } else { ASSISTANT_HEADER });
+        text.push(if turn.from == record.mask {
+            USER_HEADER
+        } else {
+            ASSISTANT_HEADER
+        });
         text.push(&turn.value);
         text.push("\n");
         let selected = match rule {
             LabelRule::Present => turn.label.is_present(),
-            LabelRule::Truthy => matches!(&turn.label, Label::Text(s) if !s.is_empty())
-                || matches!(turn.label, Label::Other(_)),
+            LabelRule::Truthy => {
+                matches!(&turn.label, Label::Text(s) if !s.is_empty())
+                    || matches!(turn.label, Label::Other(_))
+            }
         };
         if selected {
             on_labeled(index, &turn.label, text)?;
@@ -88,13 +98,22 @@ where
 }
 
 /// Every labeled prefix of a record (annotation's rule), each ending in [`LABEL_MARK`].
-pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<Vec<String>, String> {
+pub fn labeled_prefixes(
+    record: &SftRecord,
+    options: TemplateOptions,
+) -> Result<Vec<String>, String> {
     let mut prefixes = Vec::new();
     let mut text = String::new();
-    walk_prefixes(record, options, LabelRule::Present, &mut text, |_, _, text| {
-        prefixes.push(format!("{text}{LABEL_MARK}"));
-        Ok(())
-    })?;
+    walk_prefixes(
+        record,
+        options,
+        LabelRule::Present,
+        &mut text,
+        |_, _, text| {
+            prefixes.push(format!("{text}{LABEL_MARK}"));
+            Ok(())
+        },
+    )?;
     Ok(prefixes)
 }
 
@@ -104,14 +123,20 @@ pub fn format_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> R
     let record = SftRecord::parse(line)?;
     let mut text = EscapedText::default();
     let mut written = 0;
-    walk_prefixes(&record, options, LabelRule::Present, &mut text, |_, _, text| {
-        out.extend_from_slice(b"{\"text\": \"");
-        out.extend_from_slice(&text.0);
-        out.extend_from_slice(LABEL_MARK.as_bytes());
-        out.extend_from_slice(b"\"}\n");
-        written += 1;
-        Ok(())
-    })?;
+    walk_prefixes(
+        &record,
+        options,
+        LabelRule::Present,
+        &mut text,
+        |_, _, text| {
+            out.extend_from_slice(b"{\"text\": \"");
+            out.extend_from_slice(&text.0);
+            out.extend_from_slice(LABEL_MARK.as_bytes());
+            out.extend_from_slice(b"\"}\n");
+            written += 1;
+            Ok(())
+        },
+    )?;
     Ok(written)
 }
 
@@ -126,8 +151,19 @@ mod tests {
             {"value": "a", "from": "Assistant", "label": null}]}"#;
         let record = SftRecord::parse(line).unwrap();
         let prefixes = labeled_prefixes(&record, TemplateOptions::default()).unwrap();
-        assert_eq!(prefixes, vec![format!("<extra_id_0>System\n{SYSTEM_PROMPT}\n<extra_id_1>Assistant\nu\n<extra_id_2>")]);
-        let own = labeled_prefixes(&record, TemplateOptions { use_record_system: true }).unwrap();
+        assert_eq!(
+            prefixes,
+            vec![format!(
+                "<extra_id_0>System\n{SYSTEM_PROMPT}\n<extra_id_1>Assistant\nu\n<extra_id_2>"
+            )]
+        );
+        let own = labeled_prefixes(
+            &record,
+            TemplateOptions {
+                use_record_system: true,
+            },
+        )
+        .unwrap();
         assert!(own[0].starts_with("<extra_id_0>System\nown\n"));
     }
 }

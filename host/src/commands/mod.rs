@@ -8,7 +8,7 @@ mod preprocess;
 
 use crate::bad_records::{BadRecords, OnError};
 use crate::engine::{Engine, LineConverter};
-use crate::input::{spawn_chunks, InputPath, DEFAULT_CHUNK_BYTES};
+use crate::input::{DEFAULT_CHUNK_BYTES, InputPath, spawn_chunks};
 use crate::output::Output;
 use crate::sandbox::{Limits, Sandbox};
 use anyhow::Result;
@@ -112,12 +112,18 @@ impl Context {
 
     /// A byte progress bar on stderr; drawn only on a terminal and when not quiet.
     fn progress(&self, what: &str) -> ProgressBar {
-        let target = if self.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let target = if self.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
-            ProgressStyle::with_template("{msg:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_message(what.to_owned());
         bar
@@ -131,10 +137,17 @@ impl Context {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let context = Context { sandbox: cli.sandbox, quiet: cli.quiet };
+    let context = Context {
+        sandbox: cli.sandbox,
+        quiet: cli.quiet,
+    };
     match cli.command {
-        Command::ToRegression(args) => convert::run(&context, &args, crate::engine::LineConversion::Regression),
-        Command::Format(args) => convert::run(&context, &args, crate::engine::LineConversion::Format),
+        Command::ToRegression(args) => {
+            convert::run(&context, &args, crate::engine::LineConversion::Regression)
+        }
+        Command::Format(args) => {
+            convert::run(&context, &args, crate::engine::LineConversion::Format)
+        }
         Command::Preprocess(dataset) => preprocess::run(&context, dataset),
         Command::Label(command) => label::run(&context, command),
         Command::ExportComponents(args) => export::run(&context, &args),
@@ -177,5 +190,8 @@ pub fn stream_lines(
 /// `1.23 s, 456.7 MB/s` for a summary line.
 fn rate(bytes: u64, started: Instant) -> String {
     let seconds = started.elapsed().as_secs_f64();
-    format!("{seconds:.2} s, {:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
+    format!(
+        "{seconds:.2} s, {:.1} MB/s",
+        bytes as f64 / 1e6 / seconds.max(1e-9)
+    )
 }
