@@ -8,18 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/conversions")
-        .join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
 }
 
 fn steerlm_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
     // One compile cache for the whole test run.
-    command.env(
-        "STEERLM_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"),
-    );
+    command.env("STEERLM_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
     command.args(args);
     command
 }
@@ -42,25 +37,16 @@ fn assert_same(ours: &Path, golden: &Path) {
     let ours_bytes = fs::read(ours).unwrap_or_else(|e| panic!("{}: {e}", ours.display()));
     let golden_bytes = fs::read(golden).unwrap();
     if ours_bytes != golden_bytes {
-        let (a, b) = (
-            String::from_utf8_lossy(&ours_bytes),
-            String::from_utf8_lossy(&golden_bytes),
-        );
+        let (a, b) = (String::from_utf8_lossy(&ours_bytes), String::from_utf8_lossy(&golden_bytes));
         let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
-        panic!(
-            "{} differs from {} (first differing line: {line:?})",
-            ours.display(),
-            golden.display()
-        );
+        panic!("{} differs from {} (first differing line: {line:?})", ours.display(), golden.display());
     }
 }
 
 /// The names in `dir`, sorted: proves no temporary file was left behind.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -77,13 +63,8 @@ fn tempdir() -> tempfile::TempDir {
 fn to_regression_matches_reference() {
     let dir = tempdir();
     let out = dir.path().join("regression.jsonl");
-    let result = steerlm(&[
-        "to-regression",
-        "--input-file",
-        p(&fixture("regression/input.jsonl")),
-        "--output-file",
-        p(&out),
-    ]);
+    let result =
+        steerlm(&["to-regression", "--input-file", p(&fixture("regression/input.jsonl")), "--output-file", p(&out)]);
     assert_success(&result);
     assert_same(&out, &fixture("regression/expected.jsonl"));
     assert_eq!(listing(dir.path()), ["regression.jsonl"]);
@@ -110,91 +91,46 @@ fn native_engine_gives_the_same_bytes() {
 fn gzip_in_and_out_and_small_chunks() {
     let dir = tempdir();
     let gz = dir.path().join("input.jsonl.gz");
-    let mut encoder =
-        flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
-    encoder
-        .write_all(&fs::read(fixture("regression/input.jsonl")).unwrap())
-        .unwrap();
+    let mut encoder = flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    encoder.write_all(&fs::read(fixture("regression/input.jsonl")).unwrap()).unwrap();
     encoder.finish().unwrap();
     let out = dir.path().join("out.jsonl.gz");
     // 1 MiB chunks over a 140 KB file still exercise the chunk path; the result is gzip.
-    assert_success(&steerlm(&[
-        "to-regression",
-        "--chunk-mb",
-        "1",
-        "--input-file",
-        p(&gz),
-        "--output-file",
-        p(&out),
-    ]));
+    assert_success(&steerlm(&["to-regression", "--chunk-mb", "1", "--input-file", p(&gz), "--output-file", p(&out)]));
     let mut text = Vec::new();
-    std::io::Read::read_to_end(
-        &mut flate2::read::MultiGzDecoder::new(fs::File::open(&out).unwrap()),
-        &mut text,
-    )
-    .unwrap();
-    assert_eq!(
-        text,
-        fs::read(fixture("regression/expected.jsonl")).unwrap()
-    );
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(fs::File::open(&out).unwrap()), &mut text)
+        .unwrap();
+    assert_eq!(text, fs::read(fixture("regression/expected.jsonl")).unwrap());
 }
 
 #[test]
 fn stdin_to_stdout() {
-    let mut child = steerlm_command(&[
-        "-q",
-        "to-regression",
-        "--input-file",
-        "-",
-        "--output-file",
-        "-",
-    ])
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = steerlm_command(&["-q", "to-regression", "--input-file", "-", "--output-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let input = fs::read(fixture("regression/input.jsonl")).unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
     assert_success(&out);
-    assert_eq!(
-        out.stdout,
-        fs::read(fixture("regression/expected.jsonl")).unwrap()
-    );
+    assert_eq!(out.stdout, fs::read(fixture("regression/expected.jsonl")).unwrap());
 }
 
 #[test]
 fn reference_error_files_fail_on_line_two_leaving_nothing() {
-    for name in [
-        "label_not_string",
-        "no_colon",
-        "not_a_number",
-        "trailing_comma",
-    ] {
+    for name in ["label_not_string", "no_colon", "not_a_number", "trailing_comma"] {
         let dir = tempdir();
         let input = fixture(&format!("regression/errors/{name}.jsonl"));
         let out = dir.path().join("out.jsonl");
-        let result = steerlm(&[
-            "to-regression",
-            "--input-file",
-            p(&input),
-            "--output-file",
-            p(&out),
-        ]);
+        let result = steerlm(&["to-regression", "--input-file", p(&input), "--output-file", p(&out)]);
         assert_eq!(result.status.code(), Some(1), "{name}");
         let message = stderr(&result);
-        assert!(
-            message.contains(&format!("{}:2: ", input.display())),
-            "{name}: {message}"
-        );
-        assert!(
-            listing(dir.path()).is_empty(),
-            "{name} left {:?}",
-            listing(dir.path())
-        );
+        assert!(message.contains(&format!("{}:2: ", input.display())), "{name}: {message}");
+        assert!(listing(dir.path()).is_empty(), "{name} left {:?}", listing(dir.path()));
     }
 }
 
@@ -217,18 +153,10 @@ fn skip_mode_keeps_good_records_and_reports_bad_ones() {
     ]);
     assert_success(&result);
     // Line 1 of every error file is the first record of the reference input.
-    let expected_first = fs::read_to_string(fixture("regression/expected.jsonl"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        fs::read_to_string(&out).unwrap(),
-        format!("{expected_first}\n")
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(fs::read_to_string(&report).unwrap().trim()).unwrap();
+    let expected_first =
+        fs::read_to_string(fixture("regression/expected.jsonl")).unwrap().lines().next().unwrap().to_owned();
+    assert_eq!(fs::read_to_string(&out).unwrap(), format!("{expected_first}\n"));
+    let report: serde_json::Value = serde_json::from_str(fs::read_to_string(&report).unwrap().trim()).unwrap();
     assert_eq!(report["line"], 2);
     assert!(report["error"].as_str().unwrap().contains("not a number"));
     assert!(stderr(&result).contains("skipped 1 bad record"));
@@ -240,45 +168,22 @@ fn preprocess_case(args: &[&str], expected_dir: &str) {
     let mut full = args.to_vec();
     full.extend(["--output-dir", p(&out)]);
     assert_success(&steerlm(&full));
-    assert_same(
-        &out.join("train.jsonl"),
-        &fixture(&format!("{expected_dir}/train.jsonl")),
-    );
-    assert_same(
-        &out.join("val.jsonl"),
-        &fixture(&format!("{expected_dir}/val.jsonl")),
-    );
+    assert_same(&out.join("train.jsonl"), &fixture(&format!("{expected_dir}/train.jsonl")));
+    assert_same(&out.join("val.jsonl"), &fixture(&format!("{expected_dir}/val.jsonl")));
     assert_eq!(listing(&out), ["train.jsonl", "val.jsonl"]);
 }
 
 #[test]
 fn preprocess_helpsteer_matches_reference() {
-    preprocess_case(
-        &[
-            "preprocess",
-            "helpsteer",
-            "--input-dir",
-            p(&fixture("helpsteer/raw")),
-        ],
-        "helpsteer/expected",
-    );
+    preprocess_case(&["preprocess", "helpsteer", "--input-dir", p(&fixture("helpsteer/raw"))], "helpsteer/expected");
 }
 
 #[test]
 fn preprocess_helpsteer2_matches_reference() {
     let raw = fixture("helpsteer2/raw");
+    preprocess_case(&["preprocess", "helpsteer2", "--input-dir", p(&raw)], "helpsteer2/expected");
     preprocess_case(
-        &["preprocess", "helpsteer2", "--input-dir", p(&raw)],
-        "helpsteer2/expected",
-    );
-    preprocess_case(
-        &[
-            "preprocess",
-            "helpsteer2",
-            "--only-helpfulness",
-            "--input-dir",
-            p(&raw),
-        ],
+        &["preprocess", "helpsteer2", "--only-helpfulness", "--input-dir", p(&raw)],
         "helpsteer2/expected_only_helpfulness",
     );
 }
@@ -287,24 +192,11 @@ fn preprocess_helpsteer2_matches_reference() {
 fn preprocess_helpsteer2_preference_matches_reference() {
     let raw = fixture("helpsteer2_preference/raw");
     preprocess_case(
-        &[
-            "preprocess",
-            "helpsteer2",
-            "--preference",
-            "--input-dir",
-            p(&raw),
-        ],
+        &["preprocess", "helpsteer2", "--preference", "--input-dir", p(&raw)],
         "helpsteer2_preference/expected",
     );
     preprocess_case(
-        &[
-            "preprocess",
-            "helpsteer2",
-            "--preference",
-            "--only-helpfulness",
-            "--input-dir",
-            p(&raw),
-        ],
+        &["preprocess", "helpsteer2", "--preference", "--only-helpfulness", "--input-dir", p(&raw)],
         "helpsteer2_preference/expected_only_helpfulness",
     );
 }
@@ -312,10 +204,7 @@ fn preprocess_helpsteer2_preference_matches_reference() {
 #[test]
 fn preprocess_oasst_matches_reference() {
     let trees = fixture("oasst/2023-04-12_oasst_all.trees.jsonl.gz");
-    preprocess_case(
-        &["preprocess", "oasst", "--input", p(&trees)],
-        "oasst/expected",
-    );
+    preprocess_case(&["preprocess", "oasst", "--input", p(&trees)], "oasst/expected");
 }
 
 #[test]
@@ -323,29 +212,16 @@ fn preprocess_with_a_bad_row_writes_neither_file() {
     let dir = tempdir();
     let raw = dir.path().join("raw");
     fs::create_dir(&raw).unwrap();
-    fs::copy(
-        fixture("helpsteer/raw/train.jsonl"),
-        raw.join("train.jsonl"),
-    )
-    .unwrap();
+    fs::copy(fixture("helpsteer/raw/train.jsonl"), raw.join("train.jsonl")).unwrap();
     let mut validation = fs::read_to_string(fixture("helpsteer/raw/validation.jsonl")).unwrap();
     validation.push_str("{\"prompt\": \"p\", \"response\": \"r\"}\n");
     fs::write(raw.join("validation.jsonl"), &validation).unwrap();
     let out = dir.path().join("out");
-    let result = steerlm(&[
-        "preprocess",
-        "helpsteer",
-        "--input-dir",
-        p(&raw),
-        "--output-dir",
-        p(&out),
-    ]);
+    let result = steerlm(&["preprocess", "helpsteer", "--input-dir", p(&raw), "--output-dir", p(&out)]);
     assert_eq!(result.status.code(), Some(1));
     let line = validation.lines().count();
     assert!(
-        stderr(&result).contains(&format!(
-            "validation.jsonl:{line}: row has no `helpfulness` field"
-        )),
+        stderr(&result).contains(&format!("validation.jsonl:{line}: row has no `helpfulness` field")),
         "{}",
         stderr(&result)
     );
@@ -367,24 +243,13 @@ fn format_gives_every_labeled_prefix_the_reward_model_scores() {
     let ours: Vec<String> = fs::read_to_string(&out)
         .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_owned())
         .collect();
-    let scored: std::collections::BTreeSet<String> =
-        fs::read_to_string(fixture("annotate/scores.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+    let scored: std::collections::BTreeSet<String> = fs::read_to_string(fixture("annotate/scores.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_owned())
+        .collect();
     let ours_set: std::collections::BTreeSet<String> = ours.iter().cloned().collect();
     assert_eq!(ours_set, scored);
     assert!(ours.iter().all(|t| t.ends_with("<extra_id_2>")));
@@ -417,19 +282,10 @@ fn assert_rejected(content: &[u8], line: usize, reason: &str) {
     let input = dir.path().join("in.jsonl");
     fs::write(&input, content).unwrap();
     let out = dir.path().join("out.jsonl");
-    let result = steerlm(&[
-        "to-regression",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-    ]);
+    let result = steerlm(&["to-regression", "--input-file", p(&input), "--output-file", p(&out)]);
     assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
     let message = stderr(&result);
-    assert!(
-        message.contains(&format!("in.jsonl:{line}: ")) && message.contains(reason),
-        "{message}"
-    );
+    assert!(message.contains(&format!("in.jsonl:{line}: ")) && message.contains(reason), "{message}");
     assert_eq!(listing(dir.path()), ["in.jsonl"]);
 }
 
@@ -447,7 +303,9 @@ fn malformed_json_names_the_line() {
 #[test]
 fn invalid_utf8_names_the_line() {
     let mut content = format!("{GOOD}\n").into_bytes();
-    content.extend_from_slice(b"{\"mask\": \"User\", \"conversations\": [{\"value\": \"\xff\xfe\", \"from\": \"User\"}]}\n");
+    content.extend_from_slice(
+        b"{\"mask\": \"User\", \"conversations\": [{\"value\": \"\xff\xfe\", \"from\": \"User\"}]}\n",
+    );
     assert_rejected(&content, 2, "invalid UTF-8");
 }
 
@@ -476,19 +334,9 @@ fn truncated_gzip_fails_without_output() {
     let input = dir.path().join("in.jsonl.gz");
     fs::write(&input, &gz[..gz.len() / 2]).unwrap();
     let out = dir.path().join("out.jsonl");
-    let result = steerlm(&[
-        "to-regression",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-    ]);
+    let result = steerlm(&["to-regression", "--input-file", p(&input), "--output-file", p(&out)]);
     assert_eq!(result.status.code(), Some(1));
-    assert!(
-        stderr(&result).contains("in.jsonl.gz"),
-        "{}",
-        stderr(&result)
-    );
+    assert!(stderr(&result).contains("in.jsonl.gz"), "{}", stderr(&result));
     assert_eq!(listing(dir.path()), ["in.jsonl.gz"]);
 }
 
@@ -498,13 +346,7 @@ fn empty_file_gives_empty_output() {
     let input = dir.path().join("in.jsonl");
     fs::write(&input, b"").unwrap();
     let out = dir.path().join("out.jsonl");
-    assert_success(&steerlm(&[
-        "to-regression",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-    ]));
+    assert_success(&steerlm(&["to-regression", "--input-file", p(&input), "--output-file", p(&out)]));
     assert_eq!(fs::read(&out).unwrap(), b"");
 }
 
@@ -519,30 +361,15 @@ fn twenty_megabyte_record() -> String {
 fn twenty_megabyte_line_converts() {
     let dir = tempdir();
     let input = dir.path().join("in.jsonl");
-    fs::write(
-        &input,
-        format!("{GOOD}\n{}\n{GOOD}\n", twenty_megabyte_record()),
-    )
-    .unwrap();
+    fs::write(&input, format!("{GOOD}\n{}\n{GOOD}\n", twenty_megabyte_record())).unwrap();
     let out = dir.path().join("out.jsonl");
-    assert_success(&steerlm(&[
-        "to-regression",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-    ]));
+    assert_success(&steerlm(&["to-regression", "--input-file", p(&input), "--output-file", p(&out)]));
     let text = fs::read_to_string(&out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0], lines[2]);
     let big: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
-    assert!(
-        big["text"]
-            .as_str()
-            .unwrap()
-            .contains(&"x".repeat(20 << 20))
-    );
+    assert!(big["text"].as_str().unwrap().contains(&"x".repeat(20 << 20)));
 }
 
 #[test]
@@ -551,21 +378,10 @@ fn memory_limit_is_enforced_with_a_clear_error() {
     let input = dir.path().join("in.jsonl");
     fs::write(&input, format!("{}\n", twenty_megabyte_record())).unwrap();
     let out = dir.path().join("out.jsonl");
-    let result = steerlm(&[
-        "--component-memory-mb",
-        "16",
-        "to-regression",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-    ]);
+    let result =
+        steerlm(&["--component-memory-mb", "16", "to-regression", "--input-file", p(&input), "--output-file", p(&out)]);
     assert_eq!(result.status.code(), Some(1));
-    assert!(
-        stderr(&result).contains("memory limit of 16 MiB"),
-        "{}",
-        stderr(&result)
-    );
+    assert!(stderr(&result).contains("memory limit of 16 MiB"), "{}", stderr(&result));
     assert_eq!(listing(dir.path()), ["in.jsonl"]);
 }
 
@@ -576,12 +392,7 @@ fn export_components_writes_valid_components() {
     let names = listing(dir.path());
     assert_eq!(
         names,
-        [
-            "steerlm-formatting.wasm",
-            "steerlm-labels.wasm",
-            "steerlm-preprocess.wasm",
-            "steerlm-regression.wasm"
-        ]
+        ["steerlm-formatting.wasm", "steerlm-labels.wasm", "steerlm-preprocess.wasm", "steerlm-regression.wasm"]
     );
     for name in names {
         let bytes = fs::read(dir.path().join(&name)).unwrap();
@@ -592,23 +403,12 @@ fn export_components_writes_valid_components() {
 
 #[test]
 fn label_commands_parse_and_encode() {
-    let out = steerlm(&[
-        "label",
-        "parse",
-        "helpfulness:3:9, correctness:4,verbosity: 2",
-    ]);
+    let out = steerlm(&["label", "parse", "helpfulness:3:9, correctness:4,verbosity: 2"]);
     assert_success(&out);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        json["vector"],
-        serde_json::json!([
-            -100.0, -100.0, -100.0, -100.0, 3.0, -100.0, -100.0, -100.0, 2.0
-        ])
-    );
+    assert_eq!(json["vector"], serde_json::json!([-100.0, -100.0, -100.0, -100.0, 3.0, -100.0, -100.0, -100.0, 2.0]));
     assert_eq!(json["pairs"][1], serde_json::json!([" correctness", "4"]));
-    let out = steerlm(&[
-        "label", "encode", "2.5", "3.5", "-1", "9", "0.49", "1.5", "0.5", "3.49", "4",
-    ]);
+    let out = steerlm(&["label", "encode", "2.5", "3.5", "-1", "9", "0.49", "1.5", "0.5", "3.49", "4"]);
     assert_success(&out);
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
@@ -624,11 +424,46 @@ fn demo_runs_the_whole_path() {
     let dir = tempdir();
     let out = steerlm(&["demo", "--output-dir", p(dir.path())]);
     assert_success(&out);
-    assert_same(
-        &dir.path().join("sft/train.jsonl"),
-        &fixture("helpsteer/expected/train.jsonl"),
-    );
+    assert_same(&dir.path().join("sft/train.jsonl"), &fixture("helpsteer/expected/train.jsonl"));
     let regression = fs::read_to_string(dir.path().join("regression/val.jsonl")).unwrap();
     assert_eq!(regression.lines().count(), 60);
     assert!(String::from_utf8_lossy(&out.stdout).contains("regression lines:"));
+}
+
+#[test]
+fn threads_keep_order_and_report_the_first_bad_line() {
+    let dir = tempdir();
+    let input = dir.path().join("in.jsonl");
+    // ~3.5 MB: several 1 MiB chunks. Bad lines in the second and the last chunk.
+    let padding = "p".repeat(1000);
+    let mut lines: Vec<String> = (0..3500).map(|i| GOOD.replace("\"q\"", &format!("\"q{i} {padding}\""))).collect();
+    lines[1500] = lines[1500].replace("humor:1", "humor:x");
+    lines[3400] = lines[3400].replace("humor:1", "humor:y");
+    fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let run = |threads: &str, on_error: &str, out: &Path| {
+        steerlm(&[
+            "to-regression",
+            "--chunk-mb",
+            "1",
+            "--threads",
+            threads,
+            "--on-error",
+            on_error,
+            "--input-file",
+            p(&input),
+            "--output-file",
+            p(out),
+        ])
+    };
+    for threads in ["1", "4"] {
+        let result = run(threads, "fail", &dir.path().join("fail.jsonl"));
+        assert_eq!(result.status.code(), Some(1));
+        assert!(stderr(&result).contains("in.jsonl:1501: "), "threads={threads}: {}", stderr(&result));
+    }
+    let (one, four) = (dir.path().join("one.jsonl"), dir.path().join("four.jsonl"));
+    assert_success(&run("1", "skip", &one));
+    assert_success(&run("4", "skip", &four));
+    let bytes = fs::read(&one).unwrap();
+    assert_eq!(bytes, fs::read(&four).unwrap());
+    assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 3498);
 }

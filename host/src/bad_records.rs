@@ -28,17 +28,12 @@ impl BadRecords {
     pub fn new(policy: OnError, report: Option<PathBuf>) -> Result<Self> {
         let report = match report {
             Some(path) => {
-                let file = std::fs::File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
                 Some((path, std::io::BufWriter::new(file)))
             }
             None => None,
         };
-        Ok(BadRecords {
-            policy,
-            report,
-            skipped: 0,
-        })
+        Ok(BadRecords { policy, report, skipped: 0 })
     }
 
     /// Fails on the first error under `fail`; records and reports them under `skip`.
@@ -52,10 +47,8 @@ impl BadRecords {
                 eprintln!("skipped {file}:{}: {}", error.line, error.message);
             }
             if let Some((path, report)) = &mut self.report {
-                let line =
-                    serde_json::json!({ "file": file, "line": error.line, "error": error.message });
-                writeln!(report, "{line}")
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let line = serde_json::json!({ "file": file, "line": error.line, "error": error.message });
+                writeln!(report, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
             }
         }
         Ok(())
@@ -64,19 +57,13 @@ impl BadRecords {
     /// Flushes the report and prints a summary of what was skipped.
     pub fn finish(mut self) -> Result<()> {
         if let Some((path, report)) = &mut self.report {
-            report
-                .flush()
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            report.flush().with_context(|| format!("cannot write {}", path.display()))?;
         }
         if self.skipped > SHOWN {
             eprintln!("... and {} more", self.skipped - SHOWN);
         }
         if self.skipped > 0 {
-            let where_ = self
-                .report
-                .as_ref()
-                .map(|(p, _)| format!(" (listed in {})", p.display()))
-                .unwrap_or_default();
+            let where_ = self.report.as_ref().map(|(p, _)| format!(" (listed in {})", p.display())).unwrap_or_default();
             eprintln!("skipped {} bad record(s){where_}", self.skipped);
         }
         Ok(())

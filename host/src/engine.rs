@@ -44,54 +44,52 @@ pub enum LineConversion {
     Format,
 }
 
-pub fn line_converter(
-    engine: Engine,
-    sandbox: impl FnOnce() -> Result<Sandbox>,
-    conversion: LineConversion,
-    options: TemplateOptions,
-) -> Result<Box<dyn LineConverter>> {
-    Ok(match (engine, conversion) {
-        (Engine::Native, _) => Box::new(NativeLines {
-            conversion,
-            options,
-        }),
-        (Engine::Component, LineConversion::Regression) => Box::new(RegressionComponent {
-            instance: sandbox()?.regression()?,
-            options: wit_template(options),
-        }),
-        (Engine::Component, LineConversion::Format) => Box::new(FormatComponent {
-            instance: sandbox()?.formatting()?,
-            options: wit_format_template(options),
-        }),
-    })
+/// An [`Engine`] ready to make converters: the sandbox is started once and shared
+/// by every converter (each of which gets its own component instance).
+pub enum Backend {
+    Native,
+    Component(Sandbox),
 }
 
-pub fn row_converter(
-    engine: Engine,
-    sandbox: impl FnOnce() -> Result<Sandbox>,
-    source: Source,
-    options: PreprocessOptions,
-) -> Result<Box<dyn RowConverter>> {
-    Ok(match engine {
-        Engine::Native => Box::new(NativeRows { source, options }),
-        Engine::Component => Box::new(PreprocessComponent {
-            instance: sandbox()?.preprocess()?,
-            source,
-            options,
-        }),
-    })
-}
+impl Backend {
+    pub fn new(engine: Engine, sandbox: impl FnOnce() -> Result<Sandbox>) -> Result<Self> {
+        Ok(match engine {
+            Engine::Native => Backend::Native,
+            Engine::Component => Backend::Component(sandbox()?),
+        })
+    }
 
-pub fn tree_converter(
-    engine: Engine,
-    sandbox: impl FnOnce() -> Result<Sandbox>,
-) -> Result<Box<dyn TreeConverter>> {
-    Ok(match engine {
-        Engine::Native => Box::new(NativeTrees),
-        Engine::Component => Box::new(TreeComponent {
-            instance: sandbox()?.preprocess()?,
-        }),
-    })
+    pub fn line_converter(
+        &self,
+        conversion: LineConversion,
+        options: TemplateOptions,
+    ) -> Result<Box<dyn LineConverter>> {
+        Ok(match (self, conversion) {
+            (Backend::Native, _) => Box::new(NativeLines { conversion, options }),
+            (Backend::Component(sandbox), LineConversion::Regression) => {
+                Box::new(RegressionComponent { instance: sandbox.regression()?, options: wit_template(options) })
+            }
+            (Backend::Component(sandbox), LineConversion::Format) => {
+                Box::new(FormatComponent { instance: sandbox.formatting()?, options: wit_format_template(options) })
+            }
+        })
+    }
+
+    pub fn row_converter(&self, source: Source, options: PreprocessOptions) -> Result<Box<dyn RowConverter>> {
+        Ok(match self {
+            Backend::Native => Box::new(NativeRows { source, options }),
+            Backend::Component(sandbox) => {
+                Box::new(PreprocessComponent { instance: sandbox.preprocess()?, source, options })
+            }
+        })
+    }
+
+    pub fn tree_converter(&self) -> Result<Box<dyn TreeConverter>> {
+        Ok(match self {
+            Backend::Native => Box::new(NativeTrees),
+            Backend::Component(sandbox) => Box::new(TreeComponent { instance: sandbox.preprocess()? }),
+        })
+    }
 }
 
 // ---- native ----
@@ -106,11 +104,9 @@ impl LineConverter for NativeLines {
         let options = self.options;
         Ok(match self.conversion {
             LineConversion::Regression => regression::convert(chunk, first_line, options),
-            LineConversion::Format => {
-                steerlm_core::chunk::convert_chunk(chunk, first_line, |line, out| {
-                    template::format_line(line, options, out)
-                })
-            }
+            LineConversion::Format => steerlm_core::chunk::convert_chunk(chunk, first_line, |line, out| {
+                template::format_line(line, options, out)
+            }),
         })
     }
 }
@@ -122,13 +118,7 @@ struct NativeRows {
 
 impl RowConverter for NativeRows {
     fn convert(&mut self, chunk: &[u8], first_line: u64, split: Split) -> Result<SplitChunkOutput> {
-        Ok(preprocess::convert(
-            self.source,
-            split,
-            self.options,
-            chunk,
-            first_line,
-        ))
+        Ok(preprocess::convert(self.source, split, self.options, chunk, first_line))
     }
 }
 
@@ -150,30 +140,16 @@ impl TreeConverter for NativeTrees {
 
 macro_rules! line_errors {
     ($errors:expr) => {
-        $errors
-            .into_iter()
-            .map(|e| LineError {
-                line: e.line,
-                message: e.message,
-            })
-            .collect()
+        $errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect()
     };
 }
 
-fn wit_template(
-    o: TemplateOptions,
-) -> bindings::regression::steerlm::pipeline::types::TemplateOptions {
-    bindings::regression::steerlm::pipeline::types::TemplateOptions {
-        use_record_system: o.use_record_system,
-    }
+fn wit_template(o: TemplateOptions) -> bindings::regression::steerlm::pipeline::types::TemplateOptions {
+    bindings::regression::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
 }
 
-fn wit_format_template(
-    o: TemplateOptions,
-) -> bindings::formatting::steerlm::pipeline::types::TemplateOptions {
-    bindings::formatting::steerlm::pipeline::types::TemplateOptions {
-        use_record_system: o.use_record_system,
-    }
+fn wit_format_template(o: TemplateOptions) -> bindings::formatting::steerlm::pipeline::types::TemplateOptions {
+    bindings::formatting::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
 }
 
 struct RegressionComponent {
@@ -184,10 +160,9 @@ struct RegressionComponent {
 impl LineConverter for RegressionComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
         let options = self.options;
-        let out = self.instance.call(|b, store| {
-            b.steerlm_pipeline_regression()
-                .call_convert_chunk(store, chunk, first_line, options)
-        })?;
+        let out = self
+            .instance
+            .call(|b, store| b.steerlm_pipeline_regression().call_convert_chunk(store, chunk, first_line, options))?;
         Ok(ChunkOutput {
             output: out.output,
             errors: line_errors!(out.errors),
@@ -205,10 +180,9 @@ struct FormatComponent {
 impl LineConverter for FormatComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<ChunkOutput> {
         let options = self.options;
-        let out = self.instance.call(|b, store| {
-            b.steerlm_pipeline_formatting()
-                .call_format_chunk(store, chunk, first_line, options)
-        })?;
+        let out = self
+            .instance
+            .call(|b, store| b.steerlm_pipeline_formatting().call_format_chunk(store, chunk, first_line, options))?;
         Ok(ChunkOutput {
             output: out.output,
             errors: line_errors!(out.errors),
@@ -237,12 +211,9 @@ impl RowConverter for PreprocessComponent {
             Split::Train => wit_pre::Split::Train,
             Split::Val => wit_pre::Split::Val,
         };
-        let options = wit_pre::PreprocessOptions {
-            only_helpfulness: self.options.only_helpfulness,
-        };
+        let options = wit_pre::PreprocessOptions { only_helpfulness: self.options.only_helpfulness };
         let out = self.instance.call(|b, store| {
-            b.steerlm_pipeline_preprocess()
-                .call_convert_rows(store, source, split, options, chunk, first_line)
+            b.steerlm_pipeline_preprocess().call_convert_rows(store, source, split, options, chunk, first_line)
         })?;
         Ok(SplitChunkOutput {
             train: out.train,
@@ -261,26 +232,15 @@ struct TreeComponent {
 
 impl TreeConverter for TreeComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64) -> Result<TreeChunkOutput> {
-        let out = self.instance.call(|b, store| {
-            b.steerlm_pipeline_preprocess()
-                .call_convert_trees(store, chunk, first_line)
-        })?;
-        Ok(TreeChunkOutput {
-            output: out.output,
-            tree_ends: out.tree_ends,
-            errors: line_errors!(out.errors),
-        })
+        let out = self
+            .instance
+            .call(|b, store| b.steerlm_pipeline_preprocess().call_convert_trees(store, chunk, first_line))?;
+        Ok(TreeChunkOutput { output: out.output, tree_ends: out.tree_ends, errors: line_errors!(out.errors) })
     }
     fn shuffle_order(&mut self, count: u32, seed: u64) -> Result<Vec<u32>> {
-        self.instance.call(|b, store| {
-            b.steerlm_pipeline_preprocess()
-                .call_shuffle_order(store, count, seed)
-        })
+        self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_shuffle_order(store, count, seed))
     }
     fn train_count(&mut self, count: u64, fraction: f64) -> Result<u64> {
-        self.instance.call(|b, store| {
-            b.steerlm_pipeline_preprocess()
-                .call_train_count(store, count, fraction)
-        })
+        self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_train_count(store, count, fraction))
     }
 }

@@ -5,6 +5,7 @@ mod commands;
 mod engine;
 mod input;
 mod output;
+mod pipeline;
 mod sandbox;
 
 use clap::Parser;

@@ -36,9 +36,7 @@ fn default_permissions() -> std::fs::Permissions {
 
 #[cfg(not(unix))]
 fn default_permissions() -> std::fs::Permissions {
-    std::fs::metadata(".")
-        .map(|m| m.permissions())
-        .expect("the current directory has metadata")
+    std::fs::metadata(".").map(|m| m.permissions()).expect("the current directory has metadata")
 }
 
 fn forget_pending(path: &Path) {
@@ -74,9 +72,7 @@ impl Output {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = path
-            .file_name()
-            .with_context(|| format!("{} is not a file name", path.display()))?;
+        let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
@@ -89,22 +85,13 @@ impl Output {
         }
         let writer = BufWriter::with_capacity(1 << 20, file);
         let gzip = path.extension().is_some_and(|e| e == "gz");
-        let sink = if gzip {
-            Sink::Gzip(GzEncoder::new(writer, flate2::Compression::default()))
-        } else {
-            Sink::Plain(writer)
-        };
-        Ok(Output {
-            dest: Some(path.to_path_buf()),
-            temp: Some(temp_path),
-            sink,
-        })
+        let sink =
+            if gzip { Sink::Gzip(GzEncoder::new(writer, flate2::Compression::default())) } else { Sink::Plain(writer) };
+        Ok(Output { dest: Some(path.to_path_buf()), temp: Some(temp_path), sink })
     }
 
     pub fn name(&self) -> String {
-        self.dest
-            .as_ref()
-            .map_or_else(|| "<stdout>".to_owned(), |p| p.display().to_string())
+        self.dest.as_ref().map_or_else(|| "<stdout>".to_owned(), |p| p.display().to_string())
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
@@ -119,30 +106,21 @@ impl Output {
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<()> {
         let name = self.name();
-        let file =
-            match std::mem::replace(&mut self.sink, Sink::Stdout(BufWriter::new(io::stdout()))) {
-                Sink::Plain(w) => Some(w.into_inner().map_err(|e| e.into_error())),
-                Sink::Gzip(w) => Some(
-                    w.finish()
-                        .and_then(|w| w.into_inner().map_err(|e| e.into_error())),
-                ),
-                Sink::Stdout(mut w) => {
-                    w.flush().with_context(|| format!("cannot write {name}"))?;
-                    None
-                }
-            };
+        let file = match std::mem::replace(&mut self.sink, Sink::Stdout(BufWriter::new(io::stdout()))) {
+            Sink::Plain(w) => Some(w.into_inner().map_err(|e| e.into_error())),
+            Sink::Gzip(w) => Some(w.finish().and_then(|w| w.into_inner().map_err(|e| e.into_error()))),
+            Sink::Stdout(mut w) => {
+                w.flush().with_context(|| format!("cannot write {name}"))?;
+                None
+            }
+        };
         if let Some(file) = file {
             let file = file.with_context(|| format!("cannot write {name}"))?;
-            file.sync_all()
-                .with_context(|| format!("cannot sync {name}"))?;
-            let temp = self
-                .temp
-                .take()
-                .expect("file outputs have a temporary path");
+            file.sync_all().with_context(|| format!("cannot sync {name}"))?;
+            let temp = self.temp.take().expect("file outputs have a temporary path");
             let temp_path = temp.to_path_buf();
             let dest = self.dest.as_ref().expect("file outputs have a destination");
-            temp.persist(dest)
-                .with_context(|| format!("cannot move the output into place at {name}"))?;
+            temp.persist(dest).with_context(|| format!("cannot move the output into place at {name}"))?;
             forget_pending(&temp_path);
         }
         Ok(())
@@ -155,6 +133,55 @@ impl Drop for Output {
         if let Some(temp) = &self.temp {
             forget_pending(temp);
         }
+    }
+}
+
+/// Writes an [`Output`] on its own thread, so disk writes overlap conversion.
+pub struct BackgroundWriter {
+    sender: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<Result<Output>>>,
+}
+
+impl BackgroundWriter {
+    pub fn spawn(mut output: Output) -> Result<Self> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let thread = std::thread::Builder::new().name("steerlm-writer".into()).spawn(move || {
+            for bytes in receiver {
+                output.write_all(&bytes)?;
+            }
+            Ok(output)
+        })?;
+        Ok(BackgroundWriter { sender: Some(sender), thread: Some(thread) })
+    }
+
+    pub fn write(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let sent = self.sender.as_ref().is_some_and(|s| s.send(bytes).is_ok());
+        if !sent {
+            // The writer stopped: its error says why.
+            self.finish_thread()?;
+            anyhow::bail!("the output writer stopped");
+        }
+        Ok(())
+    }
+
+    /// Waits for every write and hands the output back for [`Output::commit`].
+    pub fn finish(mut self) -> Result<Output> {
+        self.finish_thread()
+    }
+
+    fn finish_thread(&mut self) -> Result<Output> {
+        self.sender.take();
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the output writer panicked"))?,
+            None => anyhow::bail!("the output writer already stopped"),
+        }
+    }
+}
+
+impl Drop for BackgroundWriter {
+    fn drop(&mut self) {
+        // Join so an abandoned output's temporary file is deleted before we exit.
+        let _ = self.finish_thread();
     }
 }
 

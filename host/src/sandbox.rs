@@ -41,12 +41,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
-        Kind::Labels,
-        Kind::Formatting,
-        Kind::Regression,
-        Kind::Preprocess,
-    ];
+    pub const ALL: [Kind; 4] = [Kind::Labels, Kind::Formatting, Kind::Regression, Kind::Preprocess];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -92,10 +87,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory_bytes: 2 << 30,
-            call_timeout: Duration::from_secs(600),
-        }
+        Limits { memory_bytes: 2 << 30, call_timeout: Duration::from_secs(600) }
     }
 }
 
@@ -118,10 +110,7 @@ pub struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -133,12 +122,7 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused = Some(desired);
             return Err(wasmtime::Error::msg("memory limit reached"));
@@ -146,12 +130,7 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -160,9 +139,7 @@ impl Sandbox {
     pub fn new(limits: Limits) -> Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine = Engine::new(&config)
-            .map_err(anyhow::Error::from)
-            .context("starting wasmtime")?;
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("steerlm-epoch".into())
@@ -175,36 +152,16 @@ impl Sandbox {
             })
             .context("starting the epoch thread")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
-        Ok(Sandbox {
-            engine,
-            linker,
-            limits,
-        })
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        Ok(Sandbox { engine, linker, limits })
     }
 
     fn store(&self) -> Store<State> {
         // Nothing is granted: the builder's defaults are closed stdin, discarded
         // stdout/stderr, no env, no args, no preopens; sockets are switched off too.
-        let wasi = WasiCtxBuilder::new()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let limiter = MemoryLimiter {
-            max_bytes: self.limits.memory_bytes,
-            refused: None,
-        };
-        let mut store = Store::new(
-            &self.engine,
-            State {
-                wasi,
-                table: ResourceTable::new(),
-                limiter,
-            },
-        );
+        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let limiter = MemoryLimiter { max_bytes: self.limits.memory_bytes, refused: None };
+        let mut store = Store::new(&self.engine, State { wasi, table: ResourceTable::new(), limiter });
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store
@@ -245,13 +202,7 @@ impl Sandbox {
         let bindings = make(&mut store, &component, &self.linker)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("instantiating the {} component", kind.name()))?;
-        Ok(Instance {
-            kind,
-            store,
-            bindings,
-            deadline_ticks: self.deadline_ticks(),
-            limits: self.limits,
-        })
+        Ok(Instance { kind, store, bindings, deadline_ticks: self.deadline_ticks(), limits: self.limits })
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -259,24 +210,16 @@ impl Sandbox {
     }
 
     pub fn labels(&self) -> Result<Instance<bindings::labels::LabelsComponent>> {
-        self.instantiate(Kind::Labels, |s, c, l| {
-            bindings::labels::LabelsComponent::instantiate(s, c, l)
-        })
+        self.instantiate(Kind::Labels, |s, c, l| bindings::labels::LabelsComponent::instantiate(s, c, l))
     }
     pub fn formatting(&self) -> Result<Instance<bindings::formatting::FormattingComponent>> {
-        self.instantiate(Kind::Formatting, |s, c, l| {
-            bindings::formatting::FormattingComponent::instantiate(s, c, l)
-        })
+        self.instantiate(Kind::Formatting, |s, c, l| bindings::formatting::FormattingComponent::instantiate(s, c, l))
     }
     pub fn regression(&self) -> Result<Instance<bindings::regression::RegressionComponent>> {
-        self.instantiate(Kind::Regression, |s, c, l| {
-            bindings::regression::RegressionComponent::instantiate(s, c, l)
-        })
+        self.instantiate(Kind::Regression, |s, c, l| bindings::regression::RegressionComponent::instantiate(s, c, l))
     }
     pub fn preprocess(&self) -> Result<Instance<bindings::preprocess::PreprocessComponent>> {
-        self.instantiate(Kind::Preprocess, |s, c, l| {
-            bindings::preprocess::PreprocessComponent::instantiate(s, c, l)
-        })
+        self.instantiate(Kind::Preprocess, |s, c, l| bindings::preprocess::PreprocessComponent::instantiate(s, c, l))
     }
 }
 
@@ -292,10 +235,7 @@ pub struct Instance<B> {
 impl<B> Instance<B> {
     /// Calls into the component with a fresh deadline, turning a trap into an error
     /// that names the component and the limit it hit.
-    pub fn call<T>(
-        &mut self,
-        f: impl FnOnce(&B, &mut Store<State>) -> wasmtime::Result<T>,
-    ) -> Result<T> {
+    pub fn call<T>(&mut self, f: impl FnOnce(&B, &mut Store<State>) -> wasmtime::Result<T>) -> Result<T> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         f(&self.bindings, &mut self.store).map_err(|e| self.explain(e))
     }
@@ -335,9 +275,7 @@ fn cache_dir() -> Option<PathBuf> {
 fn cache_path(engine: &Engine, wasm: &[u8]) -> Option<PathBuf> {
     let dir = cache_dir()?;
     let mut engine_hash = std::hash::DefaultHasher::new();
-    engine
-        .precompile_compatibility_hash()
-        .hash(&mut engine_hash);
+    engine.precompile_compatibility_hash().hash(&mut engine_hash);
     let mut key = Sha256::new();
     key.update(wasm);
     key.update(engine_hash.finish().to_le_bytes());
@@ -348,10 +286,7 @@ fn write_cache(path: &std::path::Path, component: &Component) -> Result<()> {
     let dir = path.parent().expect("cache files live in a directory");
     std::fs::create_dir_all(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(
-        &mut temp,
-        &component.serialize().map_err(anyhow::Error::from)?,
-    )?;
+    std::io::Write::write_all(&mut temp, &component.serialize().map_err(anyhow::Error::from)?)?;
     temp.persist(path)?;
     Ok(())
 }

@@ -4,13 +4,7 @@
 pub const OPEN_ASSISTANT_ATTRIBUTES: [&str; 4] = ["quality", "toxicity", "humor", "creativity"];
 
 /// HelpSteer's attributes, in label order.
-pub const HELPSTEER_ATTRIBUTES: [&str; 5] = [
-    "helpfulness",
-    "correctness",
-    "coherence",
-    "complexity",
-    "verbosity",
-];
+pub const HELPSTEER_ATTRIBUTES: [&str; 5] = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"];
 
 /// All nine SteerLM attributes, in the order of every label vector.
 pub const ALL_ATTRIBUTES: [&str; 9] = [

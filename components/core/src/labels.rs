@@ -40,14 +40,10 @@ pub fn label_vector(label: &str) -> Result<[f64; 9], String> {
             continue;
         };
         let Some(number) = parse_python_float(value) else {
-            return Err(format!(
-                "label {label:?}: value {value:?} of {key} is not a number"
-            ));
+            return Err(format!("label {label:?}: value {value:?} of {key} is not a number"));
         };
         if !number.is_finite() {
-            return Err(format!(
-                "label {label:?}: value {value:?} of {key} is not finite"
-            ));
+            return Err(format!("label {label:?}: value {value:?} of {key} is not finite"));
         }
         vector[index] = number;
     }
@@ -59,11 +55,7 @@ pub fn label_vector(label: &str) -> Result<[f64; 9], String> {
 pub fn encode_scores(scores: &[f64], names: Option<&[&str]>) -> Result<String, String> {
     let names = names.unwrap_or(&ALL_ATTRIBUTES);
     if scores.len() != names.len() {
-        return Err(format!(
-            "{} scores for {} attributes",
-            scores.len(),
-            names.len()
-        ));
+        return Err(format!("{} scores for {} attributes", scores.len(), names.len()));
     }
     let mut label = String::new();
     for (i, (name, score)) in names.iter().zip(scores).enumerate() {
@@ -87,33 +79,13 @@ mod tests {
 
     #[test]
     fn parses_like_the_reference() {
-        assert_eq!(
-            parse_label("a:1:9,b: 2,a:3").unwrap(),
-            vec![("a", "3"), ("b", " 2")]
-        );
+        assert_eq!(parse_label("a:1:9,b: 2,a:3").unwrap(), vec![("a", "3"), ("b", " 2")]);
         assert!(parse_label("helpfulness").unwrap_err().contains("no ':'"));
-        assert!(
-            parse_label("helpfulness:3,")
-                .unwrap_err()
-                .contains("stray ','")
-        );
+        assert!(parse_label("helpfulness:3,").unwrap_err().contains("stray ','"));
         let v = label_vector("helpfulness:3:9, correctness:4,verbosity: 2,humor:.5").unwrap();
-        assert_eq!(
-            v,
-            [
-                MISSING, MISSING, 0.5, MISSING, 3.0, MISSING, MISSING, MISSING, 2.0
-            ]
-        );
-        assert!(
-            label_vector("helpfulness:high")
-                .unwrap_err()
-                .contains("not a number")
-        );
-        assert!(
-            label_vector("helpfulness:nan")
-                .unwrap_err()
-                .contains("not finite")
-        );
+        assert_eq!(v, [MISSING, MISSING, 0.5, MISSING, 3.0, MISSING, MISSING, MISSING, 2.0]);
+        assert!(label_vector("helpfulness:high").unwrap_err().contains("not a number"));
+        assert!(label_vector("helpfulness:nan").unwrap_err().contains("not finite"));
         assert!(label_vector("unknown:high").is_ok());
     }
 
@@ -126,9 +98,6 @@ mod tests {
         );
         assert!(encode_scores(&[f64::NAN; 9], None).is_err());
         assert!(encode_scores(&[1.0; 5], None).is_err());
-        assert_eq!(
-            encode_scores(&[1.2], Some(&["helpfulness"])).unwrap(),
-            "helpfulness:1"
-        );
+        assert_eq!(encode_scores(&[1.2], Some(&["helpfulness"])).unwrap(), "helpfulness:1");
     }
 }

@@ -26,31 +26,23 @@ fn encode_labels(labels: &Value) -> Result<String, String> {
         let Some(entry) = labels.get(key) else {
             continue;
         };
-        let value = entry
-            .get("value")
-            .ok_or_else(|| format!("label `{key}` has no `value`"))?;
+        let value = entry.get("value").ok_or_else(|| format!("label `{key}` has no `value`"))?;
         let number = match value {
             Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
             Value::Bool(b) => f64::from(u8::from(*b)),
             other => {
-                return Err(format!(
-                    "label `{key}` value is {}, not a number",
-                    describe(other)
-                ));
+                return Err(format!("label `{key}` value is {}, not a number", describe(other)));
             }
         };
-        let rounded = python_round(number * 4.0)
-            .ok_or_else(|| format!("label `{key}` value {number} is not finite"))?;
+        let rounded =
+            python_round(number * 4.0).ok_or_else(|| format!("label `{key}` value {number} is not finite"))?;
         items.push(format!("{key}:{rounded}"));
     }
     Ok(items.join(","))
 }
 
 /// `parse_conversations`: every thread below `node`, as indices into `messages`.
-fn threads<'a>(
-    node: &'a Value,
-    messages: &mut Vec<Message<'a>>,
-) -> Result<Vec<Vec<usize>>, String> {
+fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<Vec<usize>>, String> {
     let message = if let Some(prompt) = node.get("prompt") {
         prompt
     } else if node.get("text").is_some() && node.get("role").is_some() {
@@ -66,11 +58,7 @@ fn threads<'a>(
     let text = message.get("text").ok_or("message has no `text`")?;
     let label = message.get("labels").map(encode_labels).transpose()?;
     let me = messages.len();
-    messages.push(Message {
-        text,
-        is_user,
-        label,
-    });
+    messages.push(Message { text, is_user, label });
     let replies = match message.get("replies").ok_or("message has no `replies`")? {
         Value::Array(replies) => replies,
         other => return Err(format!("`replies` is {}, not an array", describe(other))),

@@ -27,17 +27,11 @@ pub struct PreprocessOptions {
 type Row = Map<String, Value>;
 
 fn field<'a>(row: &'a Row, name: &str) -> Result<&'a Value, String> {
-    row.get(name)
-        .ok_or_else(|| format!("row has no `{name}` field"))
+    row.get(name).ok_or_else(|| format!("row has no `{name}` field"))
 }
 
 /// `f"{attr}:{dp[attr]}"` joined by `,` over `attributes` the row has (or must have).
-fn format_label(
-    row: &Row,
-    attributes: &[&str],
-    required: bool,
-    only_helpfulness: bool,
-) -> Result<String, String> {
+fn format_label(row: &Row, attributes: &[&str], required: bool, only_helpfulness: bool) -> Result<String, String> {
     let mut pieces = Vec::new();
     for attr in attributes {
         let value = match row.get(*attr) {
@@ -55,12 +49,7 @@ fn format_label(
 }
 
 /// Writes one SFT record line as the reference's `json.dumps(obj, ensure_ascii=False)`.
-pub fn write_sft_record(
-    out: &mut Vec<u8>,
-    prompt: &Value,
-    response: &Value,
-    label: &str,
-) -> Result<(), String> {
+pub fn write_sft_record(out: &mut Vec<u8>, prompt: &Value, response: &Value, label: &str) -> Result<(), String> {
     out.extend_from_slice(b"{\"conversations\": [{\"value\": ");
     write_value(out, prompt, Ascii::Raw)?;
     out.extend_from_slice(b", \"from\": \"User\", \"label\": null}, {\"value\": ");
@@ -92,67 +81,34 @@ pub fn convert_row(
     let (split, count) = match source {
         Source::HelpSteer => {
             let label = format_label(&row, &HELPSTEER_ATTRIBUTES, true, false)?;
-            let out = if split == Split::Train {
-                &mut *train
-            } else {
-                &mut *val
-            };
-            write_sft_record(
-                out,
-                field(&row, "prompt")?,
-                field(&row, "response")?,
-                &label,
-            )?;
+            let out = if split == Split::Train { &mut *train } else { &mut *val };
+            write_sft_record(out, field(&row, "prompt")?, field(&row, "response")?, &label)?;
             (split, 1)
         }
         Source::HelpSteer2 => {
             let label = format_label(&row, &ALL_ATTRIBUTES, false, options.only_helpfulness)?;
-            let out = if split == Split::Train {
-                &mut *train
-            } else {
-                &mut *val
-            };
-            write_sft_record(
-                out,
-                field(&row, "prompt")?,
-                field(&row, "response")?,
-                &label,
-            )?;
+            let out = if split == Split::Train { &mut *train } else { &mut *val };
+            write_sft_record(out, field(&row, "prompt")?, field(&row, "response")?, &label)?;
             (split, 1)
         }
         Source::HelpSteer2Preference => {
             let prompt = field(&row, "prompt")?;
             let strength = field(&row, "preference_strength")?;
-            let split = if field(&row, "split")? == "train" {
-                Split::Train
-            } else {
-                Split::Val
-            };
+            let split = if field(&row, "split")? == "train" { Split::Train } else { Split::Val };
             // The reference builds {"prompt", "response", "quality"} rows, so the label
             // has `quality` only, and nothing at all with --only-helpfulness.
             let label = if options.only_helpfulness {
                 String::new()
             } else {
-                format!(
-                    "quality:{}",
-                    python_str(strength).map_err(|e| format!("`preference_strength`: {e}"))?
-                )
+                format!("quality:{}", python_str(strength).map_err(|e| format!("`preference_strength`: {e}"))?)
             };
-            let out = if split == Split::Train {
-                &mut *train
-            } else {
-                &mut *val
-            };
+            let out = if split == Split::Train { &mut *train } else { &mut *val };
             write_sft_record(out, prompt, field(&row, "response_1")?, &label)?;
             write_sft_record(out, prompt, field(&row, "response_2")?, &label)?;
             (split, 2)
         }
     };
-    Ok(if split == Split::Train {
-        (count, 0)
-    } else {
-        (0, count)
-    })
+    Ok(if split == Split::Train { (count, 0) } else { (0, count) })
 }
 
 /// Converts a chunk of raw rows.
@@ -163,9 +119,7 @@ pub fn convert(
     chunk: &[u8],
     first_line: u64,
 ) -> SplitChunkOutput {
-    convert_split_chunk(chunk, first_line, |line, train, val| {
-        convert_row(source, split, options, line, train, val)
-    })
+    convert_split_chunk(chunk, first_line, |line, train, val| convert_row(source, split, options, line, train, val))
 }
 
 #[cfg(test)]
@@ -176,21 +130,11 @@ mod tests {
     fn helpsteer_row() {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         let line = r#"{"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 3, "coherence": 4, "complexity": 2, "verbosity": 1}"#;
-        convert_row(
-            Source::HelpSteer,
-            Split::Val,
-            PreprocessOptions::default(),
-            line,
-            &mut train,
-            &mut val,
-        )
-        .unwrap();
+        convert_row(Source::HelpSteer, Split::Val, PreprocessOptions::default(), line, &mut train, &mut val).unwrap();
         assert!(train.is_empty());
         let text = String::from_utf8(val.clone()).unwrap();
         assert!(
-            text.contains(
-                r#""label": "helpfulness:3,correctness:3,coherence:4,complexity:2,verbosity:1"}"#
-            ),
+            text.contains(r#""label": "helpfulness:3,correctness:3,coherence:4,complexity:2,verbosity:1"}"#),
             "{text}"
         );
         let err = convert_row(

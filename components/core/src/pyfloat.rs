@@ -21,11 +21,7 @@ pub fn parse_python_float(text: &str) -> Option<f64> {
     if !is_decimal_literal(unsigned.as_bytes()) {
         return None;
     }
-    if s.contains('_') {
-        s.replace('_', "").parse().ok()
-    } else {
-        s.parse().ok()
-    }
+    if s.contains('_') { s.replace('_', "").parse().ok() } else { s.parse().ok() }
 }
 
 /// `digits [. [digits]] | . digits`, then optional `e[sign]digits`, where every `_`
@@ -88,9 +84,7 @@ pub fn write_python_repr(out: &mut Vec<u8>, x: f64) {
     }
     // Rust's `{:e}` prints the shortest round-trip digits: "d[.ddd]e<exp>".
     let sci = format!("{x:e}");
-    let (mantissa, exp) = sci
-        .split_once('e')
-        .expect("LowerExp always has an exponent");
+    let (mantissa, exp) = sci.split_once('e').expect("LowerExp always has an exponent");
     let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
@@ -221,10 +215,7 @@ mod tests {
         assert!(parse_python_float("inf").unwrap().is_infinite());
         assert!(parse_python_float("-Infinity").unwrap().is_infinite());
         assert!(parse_python_float("nan").unwrap().is_nan());
-        for bad in [
-            "", " ", "high", "1_", "_1", "1__0", ".", "e5", "1e", "1.2.3", "0x10", "1 2", "++1",
-            "in f",
-        ] {
+        for bad in ["", " ", "high", "1_", "_1", "1__0", ".", "e5", "1e", "1.2.3", "0x10", "1 2", "++1", "in f"] {
             assert_eq!(parse_python_float(bad), None, "float({bad:?}) should fail");
         }
     }

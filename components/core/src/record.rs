@@ -24,8 +24,9 @@ pub struct SftRecord<'a> {
 
 #[derive(Deserialize, Debug)]
 pub struct Turn<'a> {
+    /// Kept as the raw JSON literal: conversions re-escape it without decoding it.
     #[serde(borrow)]
-    pub value: Cow<'a, str>,
+    pub value: &'a RawValue,
     #[serde(borrow)]
     pub from: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -85,54 +86,38 @@ impl<'de> Visitor<'de> for LabelVisitor {
         Ok(Label::Text(Cow::Owned(v)))
     }
     fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(if v {
-            Label::Other("a boolean")
-        } else {
-            Label::Falsy
-        })
+        Ok(if v { Label::Other("a boolean") } else { Label::Falsy })
     }
     fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(if v == 0 {
-            Label::Falsy
-        } else {
-            Label::Other("a number")
-        })
+        Ok(if v == 0 { Label::Falsy } else { Label::Other("a number") })
     }
     fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(if v == 0 {
-            Label::Falsy
-        } else {
-            Label::Other("a number")
-        })
+        Ok(if v == 0 { Label::Falsy } else { Label::Other("a number") })
     }
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(if v == 0.0 {
-            Label::Falsy
-        } else {
-            Label::Other("a number")
-        })
+        Ok(if v == 0.0 { Label::Falsy } else { Label::Other("a number") })
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut empty = true;
         while seq.next_element::<IgnoredAny>()?.is_some() {
             empty = false;
         }
-        Ok(if empty {
-            Label::Falsy
-        } else {
-            Label::Other("an array")
-        })
+        Ok(if empty { Label::Falsy } else { Label::Other("an array") })
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut empty = true;
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
             empty = false;
         }
-        Ok(if empty {
-            Label::Falsy
-        } else {
-            Label::Other("an object")
-        })
+        Ok(if empty { Label::Falsy } else { Label::Other("an object") })
+    }
+}
+
+impl Turn<'_> {
+    /// The turn's text, decoded.
+    pub fn text(&self) -> Result<String, String> {
+        serde_json::from_str(self.value.get())
+            .map_err(|_| format!("`value` must be a string, got {}", self.value.get()))
     }
 }
 

@@ -9,11 +9,7 @@ use rand_mt::Mt;
 /// The order Python's shuffle leaves `0..count` in: `order[k]` is the index of the item
 /// that ends up at position `k`.
 pub fn python_shuffle_order(count: u32, seed: u64) -> Vec<u32> {
-    let key: Vec<u32> = if seed >> 32 == 0 {
-        vec![seed as u32]
-    } else {
-        vec![seed as u32, (seed >> 32) as u32]
-    };
+    let key: Vec<u32> = if seed >> 32 == 0 { vec![seed as u32] } else { vec![seed as u32, (seed >> 32) as u32] };
     let mut rng = Mt::new_with_key(key.iter().copied());
     let mut order: Vec<u32> = (0..count).collect();
     for i in (1..count as usize).rev() {
@@ -47,20 +43,14 @@ mod tests {
     #[test]
     fn matches_cpython() {
         // python3 -c "import random; x=list(range(10)); random.seed(10); random.shuffle(x); print(x)"
-        assert_eq!(
-            python_shuffle_order(10, 10),
-            vec![5, 2, 7, 1, 8, 4, 3, 6, 0, 9]
-        );
+        assert_eq!(python_shuffle_order(10, 10), vec![5, 2, 7, 1, 8, 4, 3, 6, 0, 9]);
         assert_eq!(python_shuffle_order(1, 10), vec![0]);
         assert!(python_shuffle_order(0, 10).is_empty());
         let long = python_shuffle_order(1000, 10);
         assert_eq!(long[..8], [627, 752, 993, 423, 388, 560, 983, 787]);
         assert_eq!(long[997..], [439, 33, 585]);
         // A seed wider than 32 bits seeds with two key words.
-        assert_eq!(
-            python_shuffle_order(70000, 12345678901)[..5],
-            [52735, 25128, 66663, 57499, 36581]
-        );
+        assert_eq!(python_shuffle_order(70000, 12345678901)[..5], [52735, 25128, 66663, 57499, 36581]);
         assert_eq!(train_count(33, 0.95), 31);
     }
 }

@@ -5,8 +5,10 @@
 //! ```
 
 use crate::attributes::SYSTEM_PROMPT;
-use crate::pyjson::{Ascii, write_str_body};
+use crate::pyjson::{Ascii, transcode_str_body, write_str_body};
 use crate::record::{Label, SftRecord};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 pub const SYSTEM_HEADER: &str = "<extra_id_0>System\n";
 pub const USER_HEADER: &str = "<extra_id_1>User\n";
@@ -25,12 +27,21 @@ pub struct TemplateOptions {
 /// Where rendered text goes: a plain string, or straight into JSON-escaped bytes so a
 /// long conversation is escaped once, not once per labeled prefix.
 pub trait TextSink {
+    /// Appends literal text.
     fn push(&mut self, piece: &str);
+    /// Appends the string a JSON string literal stands for.
+    fn push_json_str(&mut self, literal: &RawValue) -> Result<(), String>;
 }
 
 impl TextSink for String {
     fn push(&mut self, piece: &str) {
         self.push_str(piece);
+    }
+    fn push_json_str(&mut self, literal: &RawValue) -> Result<(), String> {
+        let text: Cow<str> = serde_json::from_str(literal.get())
+            .map_err(|_| format!("`value` must be a string, got {}", literal.get()))?;
+        self.push_str(&text);
+        Ok(())
     }
 }
 
@@ -41,6 +52,9 @@ pub struct EscapedText(pub Vec<u8>);
 impl TextSink for EscapedText {
     fn push(&mut self, piece: &str) {
         write_str_body(&mut self.0, piece, Ascii::Raw);
+    }
+    fn push_json_str(&mut self, literal: &RawValue) -> Result<(), String> {
+        transcode_str_body(&mut self.0, literal.get()).map_err(|e| format!("`value`: {e}"))
     }
 }
 
@@ -68,26 +82,17 @@ where
     F: FnMut(usize, &Label, &S) -> Result<(), String>,
 {
     text.push(SYSTEM_HEADER);
-    let own = if options.use_record_system {
-        record.own_system()?
-    } else {
-        None
-    };
+    let own = if options.use_record_system { record.own_system()? } else { None };
     text.push(own.as_deref().unwrap_or(SYSTEM_PROMPT));
     text.push("\n");
     for (index, turn) in record.conversations.iter().enumerate() {
-        text.push(if turn.from == record.mask {
-            USER_HEADER
-        } else {
-            ASSISTANT_HEADER
-        });
-        text.push(&turn.value);
+        text.push(if turn.from == record.mask { USER_HEADER } else { ASSISTANT_HEADER });
+        text.push_json_str(turn.value)?;
         text.push("\n");
         let selected = match rule {
             LabelRule::Present => turn.label.is_present(),
             LabelRule::Truthy => {
-                matches!(&turn.label, Label::Text(s) if !s.is_empty())
-                    || matches!(turn.label, Label::Other(_))
+                matches!(&turn.label, Label::Text(s) if !s.is_empty()) || matches!(turn.label, Label::Other(_))
             }
         };
         if selected {
@@ -98,22 +103,13 @@ where
 }
 
 /// Every labeled prefix of a record (annotation's rule), each ending in [`LABEL_MARK`].
-pub fn labeled_prefixes(
-    record: &SftRecord,
-    options: TemplateOptions,
-) -> Result<Vec<String>, String> {
+pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<Vec<String>, String> {
     let mut prefixes = Vec::new();
     let mut text = String::new();
-    walk_prefixes(
-        record,
-        options,
-        LabelRule::Present,
-        &mut text,
-        |_, _, text| {
-            prefixes.push(format!("{text}{LABEL_MARK}"));
-            Ok(())
-        },
-    )?;
+    walk_prefixes(record, options, LabelRule::Present, &mut text, |_, _, text| {
+        prefixes.push(format!("{text}{LABEL_MARK}"));
+        Ok(())
+    })?;
     Ok(prefixes)
 }
 
@@ -123,20 +119,14 @@ pub fn format_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> R
     let record = SftRecord::parse(line)?;
     let mut text = EscapedText::default();
     let mut written = 0;
-    walk_prefixes(
-        &record,
-        options,
-        LabelRule::Present,
-        &mut text,
-        |_, _, text| {
-            out.extend_from_slice(b"{\"text\": \"");
-            out.extend_from_slice(&text.0);
-            out.extend_from_slice(LABEL_MARK.as_bytes());
-            out.extend_from_slice(b"\"}\n");
-            written += 1;
-            Ok(())
-        },
-    )?;
+    walk_prefixes(&record, options, LabelRule::Present, &mut text, |_, _, text| {
+        out.extend_from_slice(b"{\"text\": \"");
+        out.extend_from_slice(&text.0);
+        out.extend_from_slice(LABEL_MARK.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+        written += 1;
+        Ok(())
+    })?;
     Ok(written)
 }
 
@@ -153,17 +143,9 @@ mod tests {
         let prefixes = labeled_prefixes(&record, TemplateOptions::default()).unwrap();
         assert_eq!(
             prefixes,
-            vec![format!(
-                "<extra_id_0>System\n{SYSTEM_PROMPT}\n<extra_id_1>Assistant\nu\n<extra_id_2>"
-            )]
+            vec![format!("<extra_id_0>System\n{SYSTEM_PROMPT}\n<extra_id_1>Assistant\nu\n<extra_id_2>")]
         );
-        let own = labeled_prefixes(
-            &record,
-            TemplateOptions {
-                use_record_system: true,
-            },
-        )
-        .unwrap();
+        let own = labeled_prefixes(&record, TemplateOptions { use_record_system: true }).unwrap();
         assert!(own[0].starts_with("<extra_id_0>System\nown\n"));
     }
 }

@@ -11,9 +11,7 @@ use steerlm_core::template;
 struct Component;
 
 fn options(o: TemplateOptions) -> template::TemplateOptions {
-    template::TemplateOptions {
-        use_record_system: o.use_record_system,
-    }
+    template::TemplateOptions { use_record_system: o.use_record_system }
 }
 
 impl Guest for Component {
@@ -26,19 +24,10 @@ impl Guest for Component {
     }
 
     fn format_chunk(chunk: Vec<u8>, first_line: u64, o: TemplateOptions) -> ChunkOutput {
-        let out = convert_chunk(&chunk, first_line, |line, buf| {
-            template::format_line(line, options(o), buf)
-        });
+        let out = convert_chunk(&chunk, first_line, |line, buf| template::format_line(line, options(o), buf));
         ChunkOutput {
             output: out.output,
-            errors: out
-                .errors
-                .into_iter()
-                .map(|e| LineError {
-                    line: e.line,
-                    message: e.message,
-                })
-                .collect(),
+            errors: out.errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect(),
             records_in: out.records_in,
             lines_out: out.lines_out,
         }

@@ -14,13 +14,7 @@ impl Guest for Component {
 
     fn parse(label: String) -> Result<Vec<LabelPair>, String> {
         let pairs = labels::parse_label(&label)?;
-        Ok(pairs
-            .into_iter()
-            .map(|(key, value)| LabelPair {
-                key: key.into(),
-                value: value.into(),
-            })
-            .collect())
+        Ok(pairs.into_iter().map(|(key, value)| LabelPair { key: key.into(), value: value.into() }).collect())
     }
 
     fn to_vector(label: String) -> Result<Vec<f64>, String> {
@@ -28,9 +22,7 @@ impl Guest for Component {
     }
 
     fn encode_scores(scores: Vec<f64>, names: Option<Vec<String>>) -> Result<String, String> {
-        let names: Option<Vec<&str>> = names
-            .as_ref()
-            .map(|n| n.iter().map(String::as_str).collect());
+        let names: Option<Vec<&str>> = names.as_ref().map(|n| n.iter().map(String::as_str).collect());
         labels::encode_scores(&scores, names.as_deref())
     }
 }

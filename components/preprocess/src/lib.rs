@@ -10,13 +10,7 @@ use steerlm_core::{chunk, oasst, preprocess, shuffle};
 struct Component;
 
 fn line_errors(errors: Vec<chunk::LineError>) -> Vec<LineError> {
-    errors
-        .into_iter()
-        .map(|e| LineError {
-            line: e.line,
-            message: e.message,
-        })
-        .collect()
+    errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect()
 }
 
 impl Guest for Component {
@@ -36,9 +30,7 @@ impl Guest for Component {
             Split::Train => chunk::Split::Train,
             Split::Val => chunk::Split::Val,
         };
-        let options = preprocess::PreprocessOptions {
-            only_helpfulness: o.only_helpfulness,
-        };
+        let options = preprocess::PreprocessOptions { only_helpfulness: o.only_helpfulness };
         let out = preprocess::convert(source, split, options, &chunk, first_line);
         SplitOutput {
             train: out.train,
@@ -52,11 +44,7 @@ impl Guest for Component {
 
     fn convert_trees(chunk: Vec<u8>, first_line: u64) -> TreeOutput {
         let out = oasst::convert_trees(&chunk, first_line);
-        TreeOutput {
-            output: out.output,
-            tree_ends: out.tree_ends,
-            errors: line_errors(out.errors),
-        }
+        TreeOutput { output: out.output, tree_ends: out.tree_ends, errors: line_errors(out.errors) }
     }
 
     fn shuffle_order(count: u32, seed: u64) -> Vec<u32> {

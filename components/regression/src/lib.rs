@@ -10,20 +10,11 @@ struct Component;
 
 impl Guest for Component {
     fn convert_chunk(chunk: Vec<u8>, first_line: u64, o: TemplateOptions) -> ChunkOutput {
-        let options = template::TemplateOptions {
-            use_record_system: o.use_record_system,
-        };
+        let options = template::TemplateOptions { use_record_system: o.use_record_system };
         let out = regression::convert(&chunk, first_line, options);
         ChunkOutput {
             output: out.output,
-            errors: out
-                .errors
-                .into_iter()
-                .map(|e| LineError {
-                    line: e.line,
-                    message: e.message,
-                })
-                .collect(),
+            errors: out.errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect(),
             records_in: out.records_in,
             lines_out: out.lines_out,
         }

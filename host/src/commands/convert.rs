@@ -1,7 +1,7 @@
 //! `to-regression` and `format`: one JSONL file in, one out.
 
 use super::{Context, ConvertArgs, rate, stream_lines};
-use crate::engine::{LineConversion, line_converter};
+use crate::engine::LineConversion;
 use crate::input::InputPath;
 use crate::output::Output;
 use anyhow::Result;
@@ -28,22 +28,13 @@ pub struct LineArgs {
 
 pub fn run(context: &Context, args: &LineArgs, conversion: LineConversion) -> Result<()> {
     let started = Instant::now();
-    let options = TemplateOptions {
-        use_record_system: args.use_record_system,
-    };
+    let options = TemplateOptions { use_record_system: args.use_record_system };
     let input = InputPath(args.input_file.clone());
     let mut bad = args.convert.bad_records()?;
-    let mut converter =
-        line_converter(args.convert.engine, context.sandbox(), conversion, options)?;
-    let mut output = Output::create(&args.output_file)?;
-    let totals = stream_lines(
-        context,
-        &input,
-        &mut output,
-        &mut *converter,
-        &mut bad,
-        args.convert.chunk_bytes(),
-    )?;
+    let backend = args.convert.backend(context)?;
+    let output = Output::create(&args.output_file)?;
+    let make_converter = || backend.line_converter(conversion, options);
+    let (output, totals) = stream_lines(context, &input, output, make_converter, &mut bad, &args.convert)?;
     let name = output.name();
     output.commit()?;
     bad.finish()?;

@@ -6,10 +6,8 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser};
 use std::path::PathBuf;
 
-const SAMPLE_TRAIN: &[u8] =
-    include_bytes!("../../../tests/fixtures/conversions/helpsteer/raw/train.jsonl");
-const SAMPLE_VALIDATION: &[u8] =
-    include_bytes!("../../../tests/fixtures/conversions/helpsteer/raw/validation.jsonl");
+const SAMPLE_TRAIN: &[u8] = include_bytes!("../../../tests/fixtures/conversions/helpsteer/raw/train.jsonl");
+const SAMPLE_VALIDATION: &[u8] = include_bytes!("../../../tests/fixtures/conversions/helpsteer/raw/validation.jsonl");
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -34,21 +32,12 @@ pub fn run(context: &Context, args: &DemoArgs) -> Result<()> {
         let cli = super::Cli::try_parse_from(std::iter::once("steerlm".to_owned()).chain(argv))?;
         match cli.command {
             super::Command::Preprocess(dataset) => preprocess::run(context, dataset),
-            super::Command::ToRegression(a) => {
-                convert::run(context, &a, LineConversion::Regression)
-            }
+            super::Command::ToRegression(a) => convert::run(context, &a, LineConversion::Regression),
             other => unreachable!("the demo runs no {other:?}"),
         }
     };
     let s = |p: &PathBuf| p.display().to_string();
-    step(vec![
-        "preprocess".into(),
-        "helpsteer".into(),
-        "--input-dir".into(),
-        s(&raw),
-        "--output-dir".into(),
-        s(&sft),
-    ])?;
+    step(vec!["preprocess".into(), "helpsteer".into(), "--input-dir".into(), s(&raw), "--output-dir".into(), s(&sft)])?;
     for split in ["train", "val"] {
         step(vec![
             "to-regression".into(),

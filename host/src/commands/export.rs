@@ -13,19 +13,13 @@ pub struct ExportArgs {
 }
 
 pub fn run(context: &Context, args: &ExportArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     for kind in Kind::ALL {
         let path = args.dir.join(kind.file_name());
         let mut output = crate::output::Output::create(&path)?;
         output.write_all(kind.wasm())?;
         output.commit()?;
-        context.say(format!(
-            "{}  {}  ({} bytes)",
-            kind.sha256(),
-            path.display(),
-            kind.wasm().len()
-        ));
+        context.say(format!("{}  {}  ({} bytes)", kind.sha256(), path.display(), kind.wasm().len()));
     }
     Ok(())
 }

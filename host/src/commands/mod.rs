@@ -7,9 +7,10 @@ mod label;
 mod preprocess;
 
 use crate::bad_records::{BadRecords, OnError};
-use crate::engine::{Engine, LineConverter};
+use crate::engine::{Backend, Engine, LineConverter};
 use crate::input::{DEFAULT_CHUNK_BYTES, InputPath, spawn_chunks};
-use crate::output::Output;
+use crate::output::{BackgroundWriter, Output};
+use crate::pipeline::run_ordered;
 use crate::sandbox::{Limits, Sandbox};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -88,6 +89,10 @@ pub struct ConvertArgs {
     /// Input is handed to the conversion in chunks of about this many MiB of whole lines.
     #[arg(long, default_value_t = (DEFAULT_CHUNK_BYTES >> 20) as u64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
     chunk_mb: u64,
+    /// Chunks converted at once (each thread runs its own component instance);
+    /// defaults to the number of cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
 }
 
 impl ConvertArgs {
@@ -96,6 +101,12 @@ impl ConvertArgs {
     }
     fn chunk_bytes(&self) -> usize {
         (self.chunk_mb as usize) << 20
+    }
+    fn threads(&self) -> usize {
+        self.threads.map_or_else(crate::pipeline::default_threads, |n| n as usize)
+    }
+    fn backend(&self, context: &Context) -> Result<Backend> {
+        Backend::new(self.engine, || context.sandbox.sandbox())
     }
 }
 
@@ -106,24 +117,14 @@ pub struct Context {
 }
 
 impl Context {
-    fn sandbox(&self) -> impl FnOnce() -> Result<Sandbox> + '_ {
-        move || self.sandbox.sandbox()
-    }
-
     /// A byte progress bar on stderr; drawn only on a terminal and when not quiet.
     fn progress(&self, what: &str) -> ProgressBar {
-        let target = if self.quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        };
+        let target = if self.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg:>14} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_message(what.to_owned());
         bar
@@ -137,17 +138,10 @@ impl Context {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let context = Context {
-        sandbox: cli.sandbox,
-        quiet: cli.quiet,
-    };
+    let context = Context { sandbox: cli.sandbox, quiet: cli.quiet };
     match cli.command {
-        Command::ToRegression(args) => {
-            convert::run(&context, &args, crate::engine::LineConversion::Regression)
-        }
-        Command::Format(args) => {
-            convert::run(&context, &args, crate::engine::LineConversion::Format)
-        }
+        Command::ToRegression(args) => convert::run(&context, &args, crate::engine::LineConversion::Regression),
+        Command::Format(args) => convert::run(&context, &args, crate::engine::LineConversion::Format),
         Command::Preprocess(dataset) => preprocess::run(&context, dataset),
         Command::Label(command) => label::run(&context, command),
         Command::ExportComponents(args) => export::run(&context, &args),
@@ -163,35 +157,39 @@ pub struct Totals {
     pub bytes_in: u64,
 }
 
-/// Streams `input` through `converter` into `output`, chunk by chunk.
+/// Streams `input` through converters made by `make_converter` into `output`: one
+/// thread reads, `threads` convert, one writes; output keeps input order.
 pub fn stream_lines(
     context: &Context,
     input: &InputPath,
-    output: &mut Output,
-    converter: &mut dyn LineConverter,
+    output: Output,
+    make_converter: impl Fn() -> Result<Box<dyn LineConverter>> + Sync,
     bad: &mut BadRecords,
-    chunk_bytes: usize,
-) -> Result<Totals> {
+    convert: &ConvertArgs,
+) -> Result<(Output, Totals)> {
     let progress = context.progress("converting");
     let mut totals = Totals::default();
-    for chunk in spawn_chunks(input, chunk_bytes, &progress)? {
-        let chunk = chunk?;
-        totals.bytes_in += chunk.bytes.len() as u64;
-        let out = converter.convert(&chunk.bytes, chunk.first_line)?;
-        bad.handle(&input.display(), out.errors)?;
-        output.write_all(&out.output)?;
-        totals.records_in += out.records_in;
-        totals.lines_out += out.lines_out;
-    }
+    let mut writer = BackgroundWriter::spawn(output)?;
+    let chunks = spawn_chunks(input, convert.chunk_bytes(), &progress)?;
+    run_ordered(
+        chunks,
+        convert.threads(),
+        make_converter,
+        |converter, chunk| converter.convert(&chunk.bytes, chunk.first_line),
+        |chunk, out| {
+            totals.bytes_in += chunk.bytes.len() as u64;
+            bad.handle(&input.display(), out.errors)?;
+            totals.records_in += out.records_in;
+            totals.lines_out += out.lines_out;
+            writer.write(out.output)
+        },
+    )?;
     progress.finish_and_clear();
-    Ok(totals)
+    Ok((writer.finish()?, totals))
 }
 
 /// `1.23 s, 456.7 MB/s` for a summary line.
 fn rate(bytes: u64, started: Instant) -> String {
     let seconds = started.elapsed().as_secs_f64();
-    format!(
-        "{seconds:.2} s, {:.1} MB/s",
-        bytes as f64 / 1e6 / seconds.max(1e-9)
-    )
+    format!("{seconds:.2} s, {:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
 }

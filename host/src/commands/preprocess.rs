@@ -1,7 +1,6 @@
 //! `preprocess helpsteer|helpsteer2|oasst`: raw datasets to `train.jsonl` and `val.jsonl`.
 
 use super::{Context, ConvertArgs, rate};
-use crate::engine::{row_converter, tree_converter};
 use crate::input::{InputPath, find_split_file, spawn_chunks};
 use crate::output::{Output, commit_all};
 use anyhow::{Context as _, Result, bail};
@@ -78,21 +77,12 @@ pub fn run(context: &Context, dataset: Dataset) -> Result<()> {
                 (find_split_file(&args.input_dir, "train")?, Split::Train),
                 (find_split_file(&args.input_dir, "validation")?, Split::Val),
             ];
-            rows(
-                context,
-                &args,
-                Source::HelpSteer,
-                PreprocessOptions::default(),
-                inputs,
-            )
+            rows(context, &args, Source::HelpSteer, PreprocessOptions::default(), inputs)
         }
         Dataset::Helpsteer2(args) => {
             let dir = &args.common.input_dir;
             let (source, inputs) = if args.preference {
-                (
-                    Source::HelpSteer2Preference,
-                    vec![(find_split_file(dir, "preference")?, Split::Train)],
-                )
+                (Source::HelpSteer2Preference, vec![(find_split_file(dir, "preference")?, Split::Train)])
             } else {
                 let inputs = vec![
                     (find_split_file(dir, "train")?, Split::Train),
@@ -100,9 +90,7 @@ pub fn run(context: &Context, dataset: Dataset) -> Result<()> {
                 ];
                 (Source::HelpSteer2, inputs)
             };
-            let options = PreprocessOptions {
-                only_helpfulness: args.only_helpfulness,
-            };
+            let options = PreprocessOptions { only_helpfulness: args.only_helpfulness };
             rows(context, &args.common, source, options, inputs)
         }
         Dataset::Oasst(args) => oasst(context, &args),
@@ -111,10 +99,7 @@ pub fn run(context: &Context, dataset: Dataset) -> Result<()> {
 
 fn split_outputs(dir: &Path) -> Result<(Output, Output)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok((
-        Output::create(&dir.join("train.jsonl"))?,
-        Output::create(&dir.join("val.jsonl"))?,
-    ))
+    Ok((Output::create(&dir.join("train.jsonl"))?, Output::create(&dir.join("val.jsonl"))?))
 }
 
 /// HelpSteer-style rows: each input file streams into train and/or val.
@@ -127,7 +112,7 @@ pub fn rows(
 ) -> Result<()> {
     let started = Instant::now();
     let mut bad = args.convert.bad_records()?;
-    let mut converter = row_converter(args.convert.engine, context.sandbox(), source, options)?;
+    let mut converter = args.convert.backend(context)?.row_converter(source, options)?;
     let (mut train, mut val) = split_outputs(&args.output_dir)?;
     let (mut records, mut train_lines, mut val_lines, mut bytes) = (0, 0, 0, 0);
     for (input, split) in inputs {
@@ -162,15 +147,11 @@ fn oasst(context: &Context, args: &OasstArgs) -> Result<()> {
     let started = Instant::now();
     let input = InputPath(args.input.clone());
     let mut bad = args.convert.bad_records()?;
-    let mut converter = tree_converter(args.convert.engine, context.sandbox())?;
+    let mut converter = args.convert.backend(context)?.tree_converter()?;
     let (mut train, mut val) = split_outputs(&args.output_dir)?;
 
-    let spool_file = tempfile::tempfile_in(&args.output_dir).with_context(|| {
-        format!(
-            "cannot create a scratch file in {}",
-            args.output_dir.display()
-        )
-    })?;
+    let spool_file = tempfile::tempfile_in(&args.output_dir)
+        .with_context(|| format!("cannot create a scratch file in {}", args.output_dir.display()))?;
     let mut spool = BufWriter::with_capacity(1 << 20, spool_file);
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let mut spooled = 0u64;
@@ -186,9 +167,7 @@ fn oasst(context: &Context, args: &OasstArgs) -> Result<()> {
             ranges.push((start, spooled + end));
             start = spooled + end;
         }
-        spool
-            .write_all(&out.output)
-            .context("cannot write the scratch file")?;
+        spool.write_all(&out.output).context("cannot write the scratch file")?;
         spooled += out.output.len() as u64;
     }
     progress.finish_and_clear();
@@ -199,19 +178,14 @@ fn oasst(context: &Context, args: &OasstArgs) -> Result<()> {
     if order.len() != ranges.len() || train_count > ranges.len() {
         bail!("the preprocess component returned an inconsistent shuffle");
     }
-    let mut spool = spool
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .context("cannot write the scratch file")?;
+    let mut spool = spool.into_inner().map_err(|e| e.into_error()).context("cannot write the scratch file")?;
     let mut buffer = Vec::new();
     let (mut train_lines, mut val_lines) = (0, 0);
     for (position, &tree) in order.iter().enumerate() {
         let (start, end) = ranges[tree as usize];
         buffer.resize((end - start) as usize, 0);
         spool.seek(SeekFrom::Start(start))?;
-        spool
-            .read_exact(&mut buffer)
-            .context("cannot read the scratch file")?;
+        spool.read_exact(&mut buffer).context("cannot read the scratch file")?;
         let lines = buffer.iter().filter(|&&b| b == b'\n').count();
         if position < train_count {
             train.write_all(&buffer)?;
