@@ -4,6 +4,7 @@ mod bad_records;
 mod commands;
 mod engine;
 mod input;
+mod model;
 mod output;
 mod pipeline;
 mod sandbox;

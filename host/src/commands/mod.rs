@@ -5,6 +5,7 @@ mod demo;
 mod export;
 mod label;
 mod preprocess;
+mod score;
 
 use crate::bad_records::{BadRecords, OnError};
 use crate::engine::{Backend, Engine, LineConverter};
@@ -67,6 +68,8 @@ enum Command {
     /// Parse or encode label strings like `helpfulness:3,correctness:4`.
     #[command(subcommand)]
     Label(label::LabelCommand),
+    /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
+    Score(score::ScoreArgs),
     /// Write the embedded .wasm components to DIR, for embedding them elsewhere.
     #[command(name = "export-components")]
     ExportComponents(export::ExportArgs),
@@ -144,6 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Format(args) => convert::run(&context, &args, crate::engine::LineConversion::Format),
         Command::Preprocess(dataset) => preprocess::run(&context, dataset),
         Command::Label(command) => label::run(&context, command),
+        Command::Score(args) => score::run(&context, &args),
         Command::ExportComponents(args) => export::run(&context, &args),
         Command::Demo(args) => demo::run(&context, &args),
     }

@@ -1,0 +1,145 @@
+//! `score`: run a reward model over `{"text": ...}` lines.
+
+use super::Context;
+use crate::input::{InputPath, spawn_chunks};
+use crate::model::{Device, LoadOptions, RewardModel};
+use crate::output::Output;
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Hugging Face checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// `{"text": ...}` lines (.jsonl or .jsonl.gz, `-` for stdin); other keys are ignored.
+    #[arg(long, value_name = "IN")]
+    input_file: PathBuf,
+    /// One `{"scores", "num_tokens", "exceeded"}` line per input line, in order.
+    #[arg(long, value_name = "OUT")]
+    output_file: PathBuf,
+    /// Where the forward pass runs.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// Most tokens in one packed batch.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    batch_tokens: usize,
+    /// Prepend the BOS token (the reference reward server adds none).
+    #[arg(long)]
+    add_bos: bool,
+}
+
+#[derive(Serialize)]
+struct ScoreLine<'a> {
+    scores: &'a [f32],
+    num_tokens: usize,
+    exceeded: bool,
+}
+
+/// One text waiting for its batch.
+struct Pending {
+    line: u64,
+    ids: Vec<u32>,
+    exceeded: bool,
+}
+
+pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
+    let started = Instant::now();
+    let model = RewardModel::load(&args.model, LoadOptions { device: args.device, add_bos: args.add_bos })
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    context.say(format!(
+        "{}: {:?}, {} layers, hidden {}, {} labels, on {}",
+        args.model.display(),
+        model.config.architecture,
+        model.config.num_layers,
+        model.config.hidden_size,
+        model.labels().len(),
+        model.device_name()
+    ));
+    let input = InputPath(args.input_file.clone());
+    let name = input.display();
+    let mut output = Output::create(&args.output_file)?;
+    let bytes_bar = context.progress("reading");
+    let texts_bar = texts_progress(context);
+
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut pending_tokens = 0usize;
+    let (mut texts, mut tokens) = (0u64, 0u64);
+    let mut flush = |pending: &mut Vec<Pending>, output: &mut Output| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let sequences: Vec<Vec<u32>> = pending.iter().map(|p| p.ids.clone()).collect();
+        let scores = model.score(&sequences)?;
+        let mut out = Vec::new();
+        for (p, scores) in pending.iter().zip(&scores) {
+            if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
+                bail!("{name}:{}: the model returned a non-finite score ({bad})", p.line);
+            }
+            serde_json::to_writer(&mut out, &ScoreLine { scores, num_tokens: p.ids.len(), exceeded: p.exceeded })?;
+            out.push(b'\n');
+            texts += 1;
+            tokens += p.ids.len() as u64;
+        }
+        output.write_all(&out)?;
+        texts_bar.set_position(texts);
+        texts_bar
+            .set_message(format!("{tokens} tokens, {:.0} tokens/s", tokens as f64 / started.elapsed().as_secs_f64()));
+        pending.clear();
+        Ok(())
+    };
+    for chunk in spawn_chunks(&input, 1 << 20, &bytes_bar)? {
+        let chunk = chunk?;
+        for (i, raw) in steerlm_core::chunk::split_lines(&chunk.bytes).enumerate() {
+            let line = chunk.first_line + i as u64;
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let text = text_of(raw).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
+            let encoded = model.tokenize(&text).with_context(|| format!("{name}:{line}"))?;
+            if encoded.ids.is_empty() {
+                bail!("{name}:{line}: the text has no tokens");
+            }
+            if pending_tokens + encoded.ids.len() > args.batch_tokens.max(1) {
+                flush(&mut pending, &mut output)?;
+                pending_tokens = 0;
+            }
+            pending_tokens += encoded.ids.len();
+            pending.push(Pending { line, ids: encoded.ids, exceeded: encoded.exceeded });
+        }
+    }
+    flush(&mut pending, &mut output)?;
+    bytes_bar.finish_and_clear();
+    texts_bar.finish_and_clear();
+    let out_name = output.name();
+    output.commit()?;
+    let seconds = started.elapsed().as_secs_f64();
+    context.say(format!(
+        "{texts} texts, {tokens} tokens -> {out_name} in {seconds:.2} s ({:.0} tokens/s)",
+        tokens as f64 / seconds
+    ));
+    Ok(())
+}
+
+fn text_of(raw: &[u8]) -> Result<String, String> {
+    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| steerlm_core::chunk::json_error(&e))?;
+    match value.get("text") {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err(format!("`text` must be a string, got {}", steerlm_core::pyjson::describe(other))),
+        None => Err("the line has no `text`".to_owned()),
+    }
+}
+
+fn texts_progress(context: &Context) -> ProgressBar {
+    let target = if context.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} texts scored, {msg} [{elapsed_precise}]")
+            .expect("valid template"),
+    );
+    bar
+}

@@ -1,0 +1,222 @@
+//! `config.json` of a Hugging Face sequence-classification checkpoint, in both the
+//! transformers 4.x form (top-level `rope_theta`, `partial_rotary_factor`,
+//! `torch_dtype`) and the 5.x form (`rope_parameters`, `dtype`).
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::path::Path;
+
+/// The decoder families steerlm runs. They differ only in small, named ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForSequenceClassification` (Llama2-13B-SteerLM-RM).
+    Llama,
+    /// `MistralForSequenceClassification`: Llama's layout.
+    Mistral,
+    /// `Qwen2ForSequenceClassification`: Llama's layout with q/k/v biases.
+    Qwen2,
+    /// `NemotronForSequenceClassification` (Nemotron-4-340B-Reward): LayerNorm1P with bias,
+    /// squared-ReLU MLP without gate, partial rotary.
+    Nemotron,
+}
+
+impl Architecture {
+    pub const SUPPORTED: [&'static str; 4] = [
+        "LlamaForSequenceClassification",
+        "MistralForSequenceClassification",
+        "Qwen2ForSequenceClassification",
+        "NemotronForSequenceClassification",
+    ];
+
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "LlamaForSequenceClassification" => Architecture::Llama,
+            "MistralForSequenceClassification" => Architecture::Mistral,
+            "Qwen2ForSequenceClassification" => Architecture::Qwen2,
+            "NemotronForSequenceClassification" => Architecture::Nemotron,
+            _ => return None,
+        })
+    }
+
+    /// LayerNorm1P (`(x-mean)/sqrt(var+eps)*(1+w)+b`) instead of RMSNorm.
+    pub fn layer_norm_1p(self) -> bool {
+        self == Architecture::Nemotron
+    }
+
+    /// `down(relu(up(x))^2)` instead of `down(silu(gate(x)) * up(x))`.
+    pub fn squared_relu_mlp(self) -> bool {
+        self == Architecture::Nemotron
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f64,
+    /// Leading dimensions of each head that are rotated (`head_dim * partial_rotary_factor`).
+    pub rotary_dim: usize,
+    /// The context: longer texts are truncated to it.
+    pub max_positions: usize,
+    /// Output names, from `id2label` (`LABEL_i` where absent).
+    pub labels: Vec<String>,
+    pub bos_token_id: Option<u32>,
+    /// The stored dtype named by the config (`dtype` or `torch_dtype`), for display.
+    pub dtype: String,
+}
+
+fn usize_field(config: &Value, names: &[&str]) -> Result<usize> {
+    for name in names {
+        if let Some(v) = config.get(*name).and_then(Value::as_u64) {
+            return Ok(v as usize);
+        }
+    }
+    bail!("config.json has no `{}`", names[0])
+}
+
+fn f64_field(config: &Value, name: &str) -> Option<f64> {
+    config.get(name).and_then(Value::as_f64)
+}
+
+impl ModelConfig {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        Self::from_json(&config).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_json(config: &Value) -> Result<Self> {
+        let names: Vec<&str> = config
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let architecture = names.iter().find_map(|n| Architecture::from_name(n)).ok_or_else(|| {
+            anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::SUPPORTED.join(", "))
+        })?;
+        let hidden_size = usize_field(config, &["hidden_size"])?;
+        let num_heads = usize_field(config, &["num_attention_heads"])?;
+        let num_kv_heads = usize_field(config, &["num_key_value_heads"]).unwrap_or(num_heads);
+        let head_dim = match config.get("head_dim").and_then(Value::as_u64) {
+            Some(d) => d as usize,
+            None => hidden_size / num_heads,
+        };
+        if num_heads % num_kv_heads != 0 {
+            bail!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}");
+        }
+
+        // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps them at the
+        // top level (and may have a `rope_scaling` block, which steerlm does not apply).
+        let rope = config.get("rope_parameters").filter(|v| v.is_object());
+        let rope_field = |name: &str| rope.and_then(|r| f64_field(r, name)).or_else(|| f64_field(config, name));
+        let rope_type = rope
+            .and_then(|r| r.get("rope_type"))
+            .or_else(|| config.get("rope_scaling").and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if rope_type != "default" {
+            bail!("RoPE type {rope_type:?} is not supported (only the default rotary embedding)");
+        }
+        let rope_theta = rope_field("rope_theta").unwrap_or(10000.0);
+        let partial = rope_field("partial_rotary_factor").unwrap_or(1.0);
+        let rotary_dim = (head_dim as f64 * partial) as usize;
+        if rotary_dim % 2 != 0 || rotary_dim > head_dim || rotary_dim > 512 {
+            bail!(
+                "rotary dimension {rotary_dim} (head_dim {head_dim} x {partial}) must be even and at most head_dim (and 512)"
+            );
+        }
+
+        let norm_eps = ["rms_norm_eps", "norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
+            .iter()
+            .find_map(|n| f64_field(config, n))
+            .unwrap_or(1e-5) as f32;
+
+        let labels = match config.get("id2label").and_then(Value::as_object) {
+            Some(map) => {
+                let mut pairs: Vec<(usize, String)> = map
+                    .iter()
+                    .map(|(k, v)| Ok((k.parse::<usize>()?, v.as_str().unwrap_or_default().to_owned())))
+                    .collect::<Result<_>>()
+                    .context("id2label keys must be integers")?;
+                pairs.sort();
+                pairs.into_iter().map(|(_, name)| name).collect()
+            }
+            None => {
+                let n = usize_field(config, &["num_labels"]).unwrap_or(1);
+                (0..n).map(|i| format!("LABEL_{i}")).collect()
+            }
+        };
+
+        Ok(ModelConfig {
+            architecture,
+            hidden_size,
+            num_layers: usize_field(config, &["num_hidden_layers"])?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            intermediate_size: usize_field(config, &["intermediate_size"])?,
+            vocab_size: usize_field(config, &["vocab_size"])?,
+            norm_eps,
+            rope_theta,
+            rotary_dim,
+            max_positions: usize_field(config, &["max_position_embeddings", "max_sequence_length", "seq_length"])
+                .unwrap_or(4096),
+            labels,
+            bos_token_id: config.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
+            dtype: config
+                .get("dtype")
+                .or_else(|| config.get("torch_dtype"))
+                .and_then(Value::as_str)
+                .unwrap_or("float32")
+                .to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({"architectures": ["NemotronForSequenceClassification"], "hidden_size": 64,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+               "intermediate_size": 176, "vocab_size": 32000, "norm_eps": 1e-5})
+    }
+
+    #[test]
+    fn reads_both_config_generations() {
+        let mut v5 = base();
+        v5["rope_parameters"] = json!({"rope_theta": 10000.0, "rope_type": "default", "partial_rotary_factor": 0.5});
+        v5["dtype"] = json!("bfloat16");
+        let mut v4 = base();
+        v4["rope_theta"] = json!(10000.0);
+        v4["partial_rotary_factor"] = json!(0.5);
+        v4["torch_dtype"] = json!("bfloat16");
+        for config in [v5, v4] {
+            let c = ModelConfig::from_json(&config).unwrap();
+            assert_eq!((c.rotary_dim, c.head_dim, c.rope_theta), (8, 16, 10000.0));
+            assert_eq!(c.dtype, "bfloat16");
+            assert_eq!(c.labels, ["LABEL_0"]);
+        }
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let mut c = base();
+        c["architectures"] = json!(["GPT2ForSequenceClassification"]);
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("GPT2ForSequenceClassification") && e.contains("LlamaForSequenceClassification"), "{e}");
+        let mut c = base();
+        c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("llama3"));
+    }
+}

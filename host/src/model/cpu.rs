@@ -1,0 +1,301 @@
+//! The reward model's forward pass in plain Rust on the CPU, in f32. It is the
+//! reference the shaders are tested against, and a backend of its own (`--device cpu`).
+//! Matrix products go through the `gemm` crate; everything else is simple loops,
+//! parallel over rows with rayon.
+
+use super::Batch;
+use super::config::ModelConfig;
+use super::layout::{LinearTensors, ModelTensors, NormTensors};
+use super::rope::RopeTable;
+use anyhow::Result;
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+struct Linear {
+    /// `[out, in]`, row-major, as stored.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    out_features: usize,
+    in_features: usize,
+}
+
+struct Norm {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+struct Layer {
+    input_norm: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Norm,
+    gate: Option<Linear>,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct CpuModel {
+    config: ModelConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    final_norm: Norm,
+    score: Linear,
+    rope: RopeTable,
+}
+
+impl Linear {
+    fn new(t: &LinearTensors) -> Self {
+        Linear {
+            weight: t.weight.to_f32(),
+            bias: t.bias.as_ref().map(|b| b.to_f32()),
+            out_features: t.out_features,
+            in_features: t.in_features,
+        }
+    }
+
+    /// `x @ W^T (+ b)` for `rows` rows of `x`.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k) = (self.out_features, self.in_features);
+        debug_assert_eq!(x.len(), rows * k);
+        let mut out = vec![0f32; rows * n];
+        if let Some(bias) = &self.bias {
+            for row in out.chunks_exact_mut(n) {
+                row.copy_from_slice(bias);
+            }
+        }
+        // SAFETY: the pointers cover rows x k, k x n (W^T read through strides) and
+        // rows x n elements, all alive for the call.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                self.bias.is_some(),
+                x.as_ptr(),
+                1,
+                k as isize,
+                self.weight.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(0),
+            );
+        }
+        out
+    }
+}
+
+impl Norm {
+    fn new(t: &NormTensors) -> Self {
+        Norm { weight: t.weight.to_f32(), bias: t.bias.as_ref().map(|b| b.to_f32()) }
+    }
+
+    fn forward(&self, x: &[f32], hidden: usize, eps: f32, layer_norm_1p: bool) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_exact_mut(hidden).zip(x.par_chunks_exact(hidden)).for_each(|(o, x)| {
+            if layer_norm_1p {
+                let mean = x.iter().sum::<f32>() / hidden as f32;
+                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hidden as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                let bias = self.bias.as_deref().expect("LayerNorm1P has a bias");
+                for i in 0..hidden {
+                    o[i] = (x[i] - mean) * inv * (1.0 + self.weight[i]) + bias[i];
+                }
+            } else {
+                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+                let inv = 1.0 / (mean_square + eps).sqrt();
+                for i in 0..hidden {
+                    o[i] = x[i] * inv * self.weight[i];
+                }
+                if let Some(bias) = &self.bias {
+                    o.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                }
+            }
+        });
+        out
+    }
+}
+
+impl CpuModel {
+    pub fn new(config: &ModelConfig, tensors: &ModelTensors) -> Result<Self> {
+        let layers = tensors
+            .layers
+            .iter()
+            .map(|l| Layer {
+                input_norm: Norm::new(&l.input_norm),
+                q: Linear::new(&l.q),
+                k: Linear::new(&l.k),
+                v: Linear::new(&l.v),
+                o: Linear::new(&l.o),
+                post_norm: Norm::new(&l.post_norm),
+                gate: l.gate.as_ref().map(Linear::new),
+                up: Linear::new(&l.up),
+                down: Linear::new(&l.down),
+            })
+            .collect();
+        Ok(CpuModel {
+            config: config.clone(),
+            embed: tensors.embed.to_f32(),
+            layers,
+            final_norm: Norm::new(&tensors.final_norm),
+            score: Linear::new(&tensors.score),
+            rope: RopeTable::new(config, config.max_positions),
+        })
+    }
+
+    fn norm(&self, norm: &Norm, x: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        norm.forward(x, c.hidden_size, c.norm_eps, c.architecture.layer_norm_1p())
+    }
+
+    /// Scores of every sequence of a packed batch.
+    pub fn forward(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let tokens = batch.ids.len();
+        let mut x = vec![0f32; tokens * h];
+        for (row, &id) in x.chunks_exact_mut(h).zip(&batch.ids) {
+            let id = id as usize;
+            row.copy_from_slice(&self.embed[id * h..(id + 1) * h]);
+        }
+        for layer in &self.layers {
+            let normed = self.norm(&layer.input_norm, &x);
+            let mut q = layer.q.forward(&normed, tokens);
+            let mut k = layer.k.forward(&normed, tokens);
+            let v = layer.v.forward(&normed, tokens);
+            let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
+            q.par_chunks_exact_mut(q_width)
+                .zip(&batch.positions)
+                .for_each(|(row, &pos)| self.rope.apply(row, hd, pos as usize));
+            k.par_chunks_exact_mut(kv_width)
+                .zip(&batch.positions)
+                .for_each(|(row, &pos)| self.rope.apply(row, hd, pos as usize));
+            let attended = self.attention(batch, &q, &k, &v);
+            add(&mut x, &layer.o.forward(&attended, tokens));
+
+            let normed = self.norm(&layer.post_norm, &x);
+            let mut up = layer.up.forward(&normed, tokens);
+            match &layer.gate {
+                Some(gate) => {
+                    let gate = gate.forward(&normed, tokens);
+                    up.par_iter_mut().zip(gate.par_iter()).for_each(|(u, g)| *u *= g / (1.0 + (-g).exp()));
+                }
+                None => up.par_iter_mut().for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 }),
+            }
+            add(&mut x, &layer.down.forward(&up, tokens));
+        }
+        // Only the last token of each sequence is scored.
+        let mut last = Vec::with_capacity(batch.lengths.len() * h);
+        for (&start, &len) in batch.starts.iter().zip(&batch.lengths) {
+            let row = (start + len - 1) as usize;
+            last.extend_from_slice(&x[row * h..(row + 1) * h]);
+        }
+        let normed = self.norm(&self.final_norm, &last);
+        let scores = self.score.forward(&normed, batch.lengths.len());
+        Ok(scores.chunks_exact(self.score.out_features).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Causal attention within each packed sequence; query head j reads KV head
+    /// `j / (heads / kv_heads)`.
+    fn attention(&self, batch: &Batch, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let group = c.num_heads / c.num_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let jobs: Vec<(usize, usize)> =
+            (0..batch.lengths.len()).flat_map(|s| (0..c.num_heads).map(move |head| (s, head))).collect();
+        let outputs: Vec<Vec<f32>> = jobs
+            .par_iter()
+            .map(|&(s, head)| {
+                let (start, n) = (batch.starts[s] as usize, batch.lengths[s] as usize);
+                let kv_head = head / group;
+                let q0 = &q[start * q_width + head * hd..];
+                let k0 = &k[start * kv_width + kv_head * hd..];
+                let v0 = &v[start * kv_width + kv_head * hd..];
+                let mut scores = vec![0f32; n * n];
+                // SAFETY: strided views inside q, k, v and `scores`, alive for the calls.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        n,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        q0.as_ptr(),
+                        1,
+                        q_width as isize,
+                        k0.as_ptr(),
+                        kv_width as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                    let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for value in &mut row[..=i] {
+                        *value = (*value - max).exp();
+                        sum += *value;
+                    }
+                    row[..=i].iter_mut().for_each(|value| *value /= sum);
+                    row[i + 1..].iter_mut().for_each(|value| *value = 0.0);
+                }
+                let mut out = vec![0f32; n * hd];
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        hd,
+                        n,
+                        out.as_mut_ptr(),
+                        1,
+                        hd as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        n as isize,
+                        v0.as_ptr(),
+                        1,
+                        kv_width as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                out
+            })
+            .collect();
+        let mut attended = vec![0f32; batch.ids.len() * q_width];
+        for (&(s, head), out) in jobs.iter().zip(outputs) {
+            let start = batch.starts[s] as usize;
+            for (i, row) in out.chunks_exact(hd).enumerate() {
+                let at = (start + i) * q_width + head * hd;
+                attended[at..at + hd].copy_from_slice(row);
+            }
+        }
+        attended
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
+}

@@ -1,0 +1,122 @@
+//! SteerLM-style regression reward models: a decoder LLM plus a linear head read at
+//! the last token, loaded from Hugging Face checkpoint folders and run on the CPU or
+//! through wgpu compute shaders.
+
+pub mod config;
+pub mod cpu;
+pub mod layout;
+pub mod rope;
+pub mod tokenize;
+pub mod weights;
+
+#[cfg(test)]
+mod tests;
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use config::ModelConfig;
+use layout::ModelTensors;
+use std::path::Path;
+use tokenize::{TextTokenizer, Tokens};
+use weights::Weights;
+
+/// Where the forward pass runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// A real GPU through wgpu when there is one, else the CPU (a software adapter is
+    /// slower than the CPU path).
+    #[default]
+    Auto,
+    /// wgpu on whatever adapter exists, software ones included.
+    Wgpu,
+    /// The plain-Rust CPU implementation.
+    Cpu,
+}
+
+/// Several token sequences packed end to end, without padding.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub ids: Vec<u32>,
+    /// Position of each token within its own sequence.
+    pub positions: Vec<u32>,
+    /// Index of each sequence's first token in `ids`.
+    pub starts: Vec<u32>,
+    pub lengths: Vec<u32>,
+}
+
+impl Batch {
+    pub fn pack<S: AsRef<[u32]>>(sequences: &[S]) -> Self {
+        let mut batch = Batch::default();
+        for seq in sequences {
+            let seq = seq.as_ref();
+            batch.starts.push(batch.ids.len() as u32);
+            batch.lengths.push(seq.len() as u32);
+            batch.ids.extend_from_slice(seq);
+            batch.positions.extend(0..seq.len() as u32);
+        }
+        batch
+    }
+}
+
+enum Backend {
+    Cpu(cpu::CpuModel),
+}
+
+pub struct RewardModel {
+    pub config: ModelConfig,
+    tokenizer: TextTokenizer,
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub add_bos: bool,
+}
+
+impl RewardModel {
+    pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let tokenizer = TextTokenizer::load(dir, config.bos_token_id, options.add_bos, config.max_positions)?;
+        let weights = Weights::open(dir)?;
+        let tensors = ModelTensors::locate(&config, &weights)?;
+        let backend = match options.device {
+            Device::Cpu | Device::Auto => Backend::Cpu(cpu::CpuModel::new(&config, &tensors)?),
+            Device::Wgpu => bail!("the wgpu backend is not built yet"),
+        };
+        Ok(RewardModel { config, tokenizer, backend })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.config.labels
+    }
+
+    pub fn device_name(&self) -> String {
+        match &self.backend {
+            Backend::Cpu(_) => format!("cpu ({} threads)", rayon::current_num_threads()),
+        }
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Tokens> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Scores of each token sequence, computed as one packed batch.
+    pub fn score(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        for (i, seq) in sequences.iter().enumerate() {
+            if seq.is_empty() {
+                bail!("sequence {i} has no tokens");
+            }
+            if let Some(&bad) = seq.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+                bail!("token id {bad} is outside the vocabulary ({} ids)", self.config.vocab_size);
+            }
+            if seq.len() > self.config.max_positions {
+                bail!("sequence {i} has {} tokens, more than the context of {}", seq.len(), self.config.max_positions);
+            }
+        }
+        let batch = Batch::pack(sequences);
+        match &self.backend {
+            Backend::Cpu(model) => model.forward(&batch),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The model against Hugging Face transformers' goldens (tests/fixtures/models): token
+//! ids exactly, scores within `1e-4 + 1e-4 * |golden|`, single texts and one packed batch.
+
+use super::{Device, LoadOptions, RewardModel};
+use serde_json::Value;
+use std::path::PathBuf;
+
+pub const MODELS: [&str; 4] = ["llama9", "llama9-bf16", "nemotron5", "qwen9"];
+
+pub fn model_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
+}
+
+pub fn goldens(name: &str) -> Value {
+    let text = std::fs::read_to_string(model_dir(name).join("goldens.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[track_caller]
+pub fn assert_close(ours: &[f32], golden: &[f32], what: &str) {
+    assert_eq!(ours.len(), golden.len(), "{what}: number of scores");
+    for (i, (a, b)) in ours.iter().zip(golden).enumerate() {
+        let tolerance = 1e-4 + 1e-4 * b.abs();
+        assert!(
+            (a - b).abs() <= tolerance,
+            "{what}: score {i}: ours {a}, golden {b}, |diff| {} > {tolerance}",
+            (a - b).abs()
+        );
+    }
+}
+
+/// Every case alone, then all of them in one packed batch.
+pub fn check_model(name: &str, device: Device) {
+    let model = RewardModel::load(&model_dir(name), LoadOptions { device, add_bos: false }).unwrap();
+    let goldens = goldens(name);
+    let cases = goldens["cases"].as_array().unwrap();
+    let mut sequences = Vec::new();
+    for case in cases {
+        let case_name = case["name"].as_str().unwrap();
+        let tokens = model.tokenize(case["text"].as_str().unwrap()).unwrap();
+        let golden_ids: Vec<u32> =
+            case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tokens.ids, golden_ids, "{name}/{case_name}: token ids");
+        assert!(!tokens.exceeded);
+        let scores = model.score(std::slice::from_ref(&tokens.ids)).unwrap();
+        assert_close(&scores[0], &floats(&case["scores"]), &format!("{name}/{case_name} on {device:?}"));
+        sequences.push(tokens.ids);
+    }
+    let batched = model.score(&sequences).unwrap();
+    for (case, scores) in cases.iter().zip(&batched) {
+        assert_close(scores, &floats(&case["scores"]), &format!("{name}/{} batched on {device:?}", case["name"]));
+    }
+}
+
+#[test]
+fn cpu_matches_transformers() {
+    for name in MODELS {
+        check_model(name, Device::Cpu);
+    }
+}
+
+#[test]
+fn rope_frequencies_match_transformers_bit_for_bit() {
+    for name in MODELS {
+        let config = super::config::ModelConfig::load(&model_dir(name)).unwrap();
+        let golden = floats(&goldens(name)["rope"]["inv_freq_f32"]);
+        assert_eq!(super::rope::inv_freq(config.rope_theta, config.rotary_dim), golden, "{name}");
+    }
+}
+
+#[test]
+fn long_texts_are_truncated_and_flagged() {
+    let dir = model_dir("llama9");
+    let model = RewardModel::load(&dir, LoadOptions { device: Device::Cpu, add_bos: true }).unwrap();
+    let text = "word ".repeat(5000);
+    let tokens = model.tokenize(&text).unwrap();
+    assert!(tokens.exceeded);
+    assert_eq!(tokens.ids.len(), model.config.max_positions);
+    assert_eq!(tokens.ids[0], 1, "--add-bos prepends <s>");
+    assert_eq!(model.score(&[tokens.ids]).unwrap()[0].len(), 9);
+}
+
+#[test]
+fn missing_tensors_and_bad_folders_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = RewardModel::load(dir.path(), LoadOptions::default()).err().unwrap();
+    assert!(format!("{error:#}").contains("config.json"), "{error:#}");
+    // A checkpoint whose config asks for more layers than it holds.
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    let error = RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false }).err().unwrap();
+    assert!(format!("{error:#}").contains("model.layers.2.input_layernorm.weight"), "{error:#}");
+}

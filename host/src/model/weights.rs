@@ -1,0 +1,156 @@
+//! Memory-mapped safetensors checkpoints: `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Tensors stay in their stored dtype until a backend
+//! asks for them.
+
+use anyhow::{Context, Result, anyhow, bail};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Element types steerlm reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+}
+
+/// A tensor's place in one of the mapped files.
+#[derive(Clone, Debug)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A view of one stored tensor.
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+impl TensorView<'_> {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values widened to f32 (exactly: bf16 and f16 are subsets of f32).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self.dtype {
+            DType::F32 => self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            DType::BF16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            DType::F16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+        }
+    }
+}
+
+pub struct Weights {
+    files: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl Weights {
+    /// Maps the checkpoint in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let paths = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shard_paths(&index)?
+        } else {
+            bail!("{} has neither model.safetensors nor model.safetensors.index.json", dir.display());
+        };
+        let mut weights = Weights { files: Vec::new(), entries: HashMap::new() };
+        for path in paths {
+            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: the checkpoint is read-only input; like every safetensors loader we
+            // assume it is not truncated or rewritten while the model is loaded.
+            let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+            let index = weights.files.len();
+            let (header_len, metadata) = SafeTensors::read_metadata(&map)
+                .map_err(|e| anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+            for (name, info) in metadata.tensors() {
+                let dtype = match info.dtype {
+                    Dtype::F32 => DType::F32,
+                    Dtype::BF16 => DType::BF16,
+                    Dtype::F16 => DType::F16,
+                    other => {
+                        bail!("{}: tensor {name} has dtype {other:?}; steerlm reads F32, BF16 and F16", path.display())
+                    }
+                };
+                let (start, end) = info.data_offsets;
+                let base = 8 + header_len;
+                weights.entries.insert(
+                    name.clone(),
+                    Entry { file: index, dtype, shape: info.shape.clone(), start: base + start, end: base + end },
+                );
+            }
+            weights.files.push((path, map));
+        }
+        Ok(weights)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The tensor `name`, checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<TensorView<'_>> {
+        let (key, entry) =
+            self.entries.get_key_value(name).ok_or_else(|| anyhow!("the checkpoint has no tensor `{name}`"))?;
+        if entry.shape != shape {
+            bail!("tensor `{name}` has shape {:?}, expected {shape:?}", entry.shape);
+        }
+        let map = &self.files[entry.file].1;
+        Ok(TensorView { name: key, dtype: entry.dtype, shape: &entry.shape, bytes: &map[entry.start..entry.end] })
+    }
+
+    /// Like [`Weights::get`], `None` when the tensor is absent (optional biases).
+    pub fn get_optional(&self, name: &str, shape: &[usize]) -> Result<Option<TensorView<'_>>> {
+        if self.contains(name) { self.get(name, shape).map(Some) } else { Ok(None) }
+    }
+
+    /// Rows of a 2-D tensor (the score head's output count).
+    pub fn rows(&self, name: &str) -> Option<usize> {
+        self.entries.get(name).and_then(|e| e.shape.first().copied())
+    }
+}
+
+fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
+    let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    files.sort_unstable();
+    files.dedup();
+    let dir = index.parent().expect("an index file has a directory");
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}

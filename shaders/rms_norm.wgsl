@@ -1,0 +1,47 @@
+// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight (+ bias)
+// One workgroup per row, reducing in workgroup memory.
+
+struct Params {
+    rows: u32,
+    hidden: u32,
+    eps: f32,
+    has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = wg.x + wg.y * groups.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.hidden;
+    var sum = 0.0;
+    for (var d = lid; d < p.hidden; d = d + 256u) {
+        let v = x[base + d];
+        sum = sum + v * v;
+    }
+    partial[lid] = sum;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] = partial[lid] + partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / sqrt(partial[0] / f32(p.hidden) + p.eps);
+    for (var d = lid; d < p.hidden; d = d + 256u) {
+        var v = x[base + d] * inv * weight[d];
+        if (p.has_bias != 0u) {
+            v = v + bias[d];
+        }
+        out[base + d] = v;
+    }
+}
