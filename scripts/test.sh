@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace on a fresh machine: installs what the build needs
-# first (the wasm32-wasip2 target for the components), then `cargo test`.
+# Runs every test of the workspace on a fresh machine. It installs what the tests need
+# first: the wasm32-wasip2 target (components) and, without a GPU, Mesa's software
+# Vulkan driver (lavapipe) so the wgpu shaders are tested too. Then `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if command -v rustup >/dev/null 2>&1; then
     rustup target add wasm32-wasip2 >/dev/null
+fi
+
+# lavapipe: a Vulkan adapter on the CPU, for the wgpu tests.
+if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] && command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
+# A private runtime dir keeps Mesa quiet and quick to start.
+if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -w "${XDG_RUNTIME_DIR}" ]; then
+    export XDG_RUNTIME_DIR="$(mktemp -d)"
+    chmod 700 "$XDG_RUNTIME_DIR"
 fi
 
 cargo test --workspace --locked "$@"

@@ -1,15 +1,8 @@
-//! `steerlm`: SteerLM data preparation through sandboxed WASI components.
-
-mod bad_records;
-mod commands;
-mod engine;
-mod input;
-mod model;
-mod output;
-mod pipeline;
-mod sandbox;
+//! `steerlm`: SteerLM data preparation through sandboxed WASI components, and SteerLM
+//! reward models on the CPU or through wgpu.
 
 use clap::Parser;
+use steerlm::{commands, output};
 
 fn main() {
     let cli = commands::Cli::parse();

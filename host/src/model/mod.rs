@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod gpu;
 pub mod layout;
 pub mod rope;
 pub mod tokenize;
@@ -60,6 +61,7 @@ impl Batch {
 
 enum Backend {
     Cpu(cpu::CpuModel),
+    Gpu(gpu::GpuModel),
 }
 
 pub struct RewardModel {
@@ -80,9 +82,14 @@ impl RewardModel {
         let tokenizer = TextTokenizer::load(dir, config.bos_token_id, options.add_bos, config.max_positions)?;
         let weights = Weights::open(dir)?;
         let tensors = ModelTensors::locate(&config, &weights)?;
-        let backend = match options.device {
-            Device::Cpu | Device::Auto => Backend::Cpu(cpu::CpuModel::new(&config, &tensors)?),
-            Device::Wgpu => bail!("the wgpu backend is not built yet"),
+        let adapter = match options.device {
+            Device::Cpu => None,
+            Device::Auto => gpu::open_device(gpu::AdapterChoice::HardwareOnly)?,
+            Device::Wgpu => gpu::open_device(gpu::AdapterChoice::Any)?,
+        };
+        let backend = match adapter {
+            Some(adapter) => Backend::Gpu(gpu::GpuModel::new(&config, &tensors, adapter)?),
+            None => Backend::Cpu(cpu::CpuModel::new(&config, &tensors)?),
         };
         Ok(RewardModel { config, tokenizer, backend })
     }
@@ -94,6 +101,7 @@ impl RewardModel {
     pub fn device_name(&self) -> String {
         match &self.backend {
             Backend::Cpu(_) => format!("cpu ({} threads)", rayon::current_num_threads()),
+            Backend::Gpu(model) => model.adapter_name(),
         }
     }
 
@@ -117,6 +125,7 @@ impl RewardModel {
         let batch = Batch::pack(sequences);
         match &self.backend {
             Backend::Cpu(model) => model.forward(&batch),
+            Backend::Gpu(model) => model.forward(&batch),
         }
     }
 }

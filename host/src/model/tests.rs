@@ -63,6 +63,39 @@ fn cpu_matches_transformers() {
     }
 }
 
+/// The shaders against the goldens, on whatever adapter wgpu finds (lavapipe in CI).
+#[test]
+fn wgpu_matches_transformers() {
+    for name in MODELS {
+        check_model(name, Device::Wgpu);
+    }
+}
+
+/// Weights split into many row parts (as a 13B model's embedding is on a 128 MiB
+/// binding limit) give the same scores.
+#[test]
+fn wgpu_splits_tensors_larger_than_a_binding() {
+    use super::{Batch, config::ModelConfig, gpu, layout::ModelTensors, weights::Weights};
+    let dir = model_dir("llama9-bf16");
+    let config = ModelConfig::load(&dir).unwrap();
+    let weights = Weights::open(&dir).unwrap();
+    let tensors = ModelTensors::locate(&config, &weights).unwrap();
+    let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+    // 16 KiB parts: the 32000-row embedding becomes 250 parts, the MLP weights 2-3.
+    let model = gpu::GpuModel::with_weight_part_limit(&config, &tensors, adapter, Some(16 << 10)).unwrap();
+    assert_eq!(model.embedding_parts(), 250);
+    let goldens = goldens("llama9-bf16");
+    let cases = &goldens["cases"].as_array().unwrap()[..4];
+    let ids: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| c["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .collect();
+    let scores = model.forward(&Batch::pack(&ids)).unwrap();
+    for (case, scores) in cases.iter().zip(&scores) {
+        assert_close(scores, &floats(&case["scores"]), &format!("split {}", case["name"]));
+    }
+}
+
 #[test]
 fn rope_frequencies_match_transformers_bit_for_bit() {
     for name in MODELS {

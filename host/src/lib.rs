@@ -1,0 +1,12 @@
+//! steerlm's native host as a library: the sandbox that runs the conversion components,
+//! streaming I/O, and the reward model (CPU and wgpu). The `steerlm` binary is a thin
+//! command line over it; other Rust programs can embed the same pieces.
+
+pub mod bad_records;
+pub mod commands;
+pub mod engine;
+pub mod input;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod sandbox;
