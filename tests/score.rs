@@ -35,8 +35,17 @@ fn score_writes_one_line_per_text_matching_transformers() {
         encoder.finish().unwrap();
         let output = dir.path().join("scores.jsonl");
         let result = steerlm(&[
-            "score", "--model", model_dir(name).to_str().unwrap(), "--device", device, "--batch-tokens", "1000",
-            "--input-file", input.to_str().unwrap(), "--output-file", output.to_str().unwrap(),
+            "score",
+            "--model",
+            model_dir(name).to_str().unwrap(),
+            "--device",
+            device,
+            "--batch-tokens",
+            "1000",
+            "--input-file",
+            input.to_str().unwrap(),
+            "--output-file",
+            output.to_str().unwrap(),
         ]);
         assert!(result.status.success(), "{name}: {}", stderr(&result));
         let lines: Vec<serde_json::Value> =
@@ -61,8 +70,15 @@ fn score_names_bad_lines_and_bad_models() {
     let output = dir.path().join("scores.jsonl");
     let out = |model: &Path| {
         steerlm(&[
-            "score", "--model", model.to_str().unwrap(), "--device", "cpu",
-            "--input-file", input.to_str().unwrap(), "--output-file", output.to_str().unwrap(),
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--input-file",
+            input.to_str().unwrap(),
+            "--output-file",
+            output.to_str().unwrap(),
         ])
     };
     let result = out(&model_dir("llama9"));

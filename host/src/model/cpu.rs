@@ -5,6 +5,7 @@
 
 use super::Batch;
 use super::config::ModelConfig;
+use super::fast_math;
 use super::layout::{LinearTensors, ModelTensors, NormTensors};
 use super::rope::RopeTable;
 use anyhow::Result;
@@ -187,7 +188,11 @@ impl CpuModel {
             match &layer.gate {
                 Some(gate) => {
                     let gate = gate.forward(&normed, tokens);
-                    up.par_iter_mut().zip(gate.par_iter()).for_each(|(u, g)| *u *= g / (1.0 + (-g).exp()));
+                    up.par_chunks_mut(1 << 14).zip(gate.par_chunks(1 << 14)).for_each(|(up, gate)| {
+                        for (u, g) in up.iter_mut().zip(gate) {
+                            *u *= g / (1.0 + fast_math::exp(-g));
+                        }
+                    });
                 }
                 None => up.par_iter_mut().for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 }),
             }
@@ -251,7 +256,9 @@ impl CpuModel {
                     let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for value in &mut row[..=i] {
-                        *value = (*value - max).exp();
+                        *value = fast_math::exp(*value - max);
+                    }
+                    for value in &row[..=i] {
                         sum += *value;
                     }
                     row[..=i].iter_mut().for_each(|value| *value /= sum);

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod fast_math;
 pub mod gpu;
 pub mod layout;
 pub mod rope;
