@@ -122,7 +122,12 @@ fn main() {
             cpu_model.forward(&b).unwrap();
         }
         let seconds = started.elapsed().as_secs_f64() / runs as f64;
-        println!("{:<34} {seconds:>10.3} {:>12.0}", format!("cpu, {texts} texts x {tokens} tokens"), total / seconds);
+        let largest = cpu_model.forward(&b).unwrap().iter().flatten().map(|v| v.abs()).fold(0f32, f32::max);
+        println!(
+            "{:<34} {seconds:>10.3} {:>12.0}   (largest |score| {largest:.1e})",
+            format!("cpu, {texts} texts x {tokens} tokens"),
+            total / seconds
+        );
         if let Some(model) = &gpu_model {
             let started = Instant::now();
             let scores = model.forward(&b).unwrap();

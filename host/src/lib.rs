@@ -2,6 +2,7 @@
 //! streaming I/O, and the reward model (CPU and wgpu). The `steerlm` binary is a thin
 //! command line over it; other Rust programs can embed the same pieces.
 
+pub mod annotate;
 pub mod bad_records;
 pub mod commands;
 pub mod engine;
@@ -10,3 +11,4 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod sandbox;
+pub mod serve;

@@ -68,6 +68,10 @@ enum Command {
     /// Parse or encode label strings like `helpfulness:3,correctness:4`.
     #[command(subcommand)]
     Label(label::LabelCommand),
+    /// Annotate SFT records with a reward model (a server, or --model in-process); resumable.
+    Annotate(crate::annotate::AnnotateArgs),
+    /// Serve a reward model over HTTP: KServe v2 / Triton protocol, /v1/score, /metrics.
+    Serve(crate::serve::ServeArgs),
     /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
     Score(score::ScoreArgs),
     /// Write the embedded .wasm components to DIR, for embedding them elsewhere.
@@ -148,6 +152,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Preprocess(dataset) => preprocess::run(&context, dataset),
         Command::Label(command) => label::run(&context, command),
         Command::Score(args) => score::run(&context, &args),
+        Command::Serve(args) => crate::serve::run(&args, context.quiet),
+        Command::Annotate(args) => crate::annotate::run(&args, context.quiet),
         Command::ExportComponents(args) => export::run(&context, &args),
         Command::Demo(args) => demo::run(&context, &args),
     }

@@ -1,0 +1,357 @@
+//! The KServe v2 inference protocol as NVIDIA Triton speaks it over HTTP: JSON tensors,
+//! and the binary tensor extension (`Inference-Header-Content-Length`: a JSON header,
+//! then raw tensor bytes; BYTES elements are a 4-byte little-endian length and the
+//! bytes).
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A 4xx problem with the request, said plainly.
+#[derive(Debug)]
+pub struct BadRequest(pub String);
+
+impl<T: Into<String>> From<T> for BadRequest {
+    fn from(message: T) -> Self {
+        BadRequest(message.into())
+    }
+}
+
+#[derive(Deserialize, Debug)]
+pub struct InferRequest {
+    #[serde(default)]
+    pub id: Option<Value>,
+    pub inputs: Vec<InputTensor>,
+    #[serde(default)]
+    pub outputs: Option<Vec<RequestedOutput>>,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct InputTensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    #[serde(default)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// What the model is asked to score.
+#[derive(Debug, PartialEq)]
+pub enum Inputs {
+    /// `sentences`: BYTES, one text per batch row.
+    Sentences(Vec<String>),
+    /// NeMo's other form: `tokens` INT64 [n, max_len] with `sequence_lengths` INT64 [n].
+    Tokens(Vec<Vec<u32>>),
+}
+
+/// Splits a request body into its JSON header and binary tail.
+pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(InferRequest, Inputs), BadRequest> {
+    let (header, mut binary) = match header_length {
+        Some(n) if n > body.len() => {
+            return Err(
+                format!("Inference-Header-Content-Length {n} is larger than the body ({} bytes)", body.len()).into()
+            );
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let request: InferRequest =
+        serde_json::from_slice(header).map_err(|e| format!("invalid inference request JSON: {e}"))?;
+    let mut sentences = None;
+    let mut tokens = None;
+    let mut lengths = None;
+    for input in &request.inputs {
+        let binary_size = input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+            .and_then(Value::as_u64)
+            .map(|n| n as usize);
+        let raw = match binary_size {
+            Some(size) => {
+                if size > binary.len() {
+                    return Err(format!(
+                        "input `{}`: binary data is truncated ({size} bytes announced, {} left)",
+                        input.name,
+                        binary.len()
+                    )
+                    .into());
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                Some(mine)
+            }
+            None => None,
+        };
+        let rows = batch_rows(input)?;
+        match input.name.as_str() {
+            "sentences" => {
+                expect_type(input, "BYTES")?;
+                let values = match raw {
+                    Some(bytes) => decode_bytes_elements(bytes, &input.name)?,
+                    None => json_strings(input)?,
+                };
+                if values.len() != rows {
+                    return Err(
+                        format!("input `sentences` has {} elements for shape {:?}", values.len(), input.shape).into()
+                    );
+                }
+                sentences = Some(values);
+            }
+            "tokens" | "sequence_lengths" => {
+                expect_type(input, "INT64")?;
+                let values = match raw {
+                    Some(bytes) => {
+                        if bytes.len() % 8 != 0 {
+                            return Err(format!("input `{}`: INT64 data of {} bytes", input.name, bytes.len()).into());
+                        }
+                        bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+                    }
+                    None => json_ints(input)?,
+                };
+                let expected: i64 = input.shape.iter().product();
+                if values.len() as i64 != expected {
+                    return Err(format!(
+                        "input `{}` has {} elements for shape {:?}",
+                        input.name,
+                        values.len(),
+                        input.shape
+                    )
+                    .into());
+                }
+                if input.name == "tokens" {
+                    tokens = Some((values, input.shape.clone()));
+                } else {
+                    lengths = Some(values);
+                }
+            }
+            other => return Err(format!(
+                "unknown input `{other}`; this model takes `sentences` (BYTES) or `tokens` + `sequence_lengths` (INT64)"
+            )
+            .into()),
+        }
+    }
+    if !binary.is_empty() {
+        return Err(format!("{} bytes of binary data follow the tensors", binary.len()).into());
+    }
+    let inputs = match (sentences, tokens, lengths) {
+        (Some(s), None, None) => Inputs::Sentences(s),
+        (None, Some((tokens, shape)), Some(lengths)) => {
+            let (rows, width) = match shape.as_slice() {
+                [rows, width] => (*rows as usize, *width as usize),
+                other => return Err(format!("`tokens` must be 2-D [batch, length], got {other:?}").into()),
+            };
+            if lengths.len() != rows {
+                return Err(format!("{} sequence_lengths for {rows} token rows", lengths.len()).into());
+            }
+            let mut sequences = Vec::with_capacity(rows);
+            for (row, &len) in lengths.iter().enumerate() {
+                if len < 1 || len as usize > width {
+                    return Err(format!("sequence_lengths[{row}] = {len} is outside 1..={width}").into());
+                }
+                let ids = &tokens[row * width..row * width + len as usize];
+                if let Some(bad) = ids.iter().find(|&&t| t < 0 || t > u32::MAX as i64) {
+                    return Err(format!("token id {bad} in row {row} is not a valid id").into());
+                }
+                sequences.push(ids.iter().map(|&t| t as u32).collect());
+            }
+            Inputs::Tokens(sequences)
+        }
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            return Err("`tokens` and `sequence_lengths` must be sent together".into());
+        }
+        _ => return Err("send either `sentences` or `tokens` + `sequence_lengths`".into()),
+    };
+    Ok((request, inputs))
+}
+
+fn expect_type(input: &InputTensor, datatype: &str) -> Result<(), BadRequest> {
+    if input.datatype != datatype {
+        return Err(format!("input `{}` must be {datatype}, got {}", input.name, input.datatype).into());
+    }
+    Ok(())
+}
+
+/// The batch dimension of `sentences`: shape [n] or [n, 1].
+fn batch_rows(input: &InputTensor) -> Result<usize, BadRequest> {
+    if input.shape.iter().any(|&d| d < 0) {
+        return Err(format!("input `{}` has a negative dimension in {:?}", input.name, input.shape).into());
+    }
+    if input.name == "sentences" && !matches!(input.shape.as_slice(), [_] | [_, 1]) {
+        return Err(format!("input `sentences` must have shape [batch, 1] or [batch], got {:?}", input.shape).into());
+    }
+    Ok(input.shape.first().copied().unwrap_or(0) as usize)
+}
+
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        other => out.push(other),
+    }
+}
+
+fn json_strings(input: &InputTensor) -> Result<Vec<String>, BadRequest> {
+    let data = input.data.as_ref().ok_or_else(|| format!("input `{}` has no data", input.name))?;
+    let mut flat = Vec::new();
+    flatten(data, &mut flat);
+    flat.into_iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| BadRequest(format!("input `{}`: BYTES elements must be strings", input.name)))
+        })
+        .collect()
+}
+
+fn json_ints(input: &InputTensor) -> Result<Vec<i64>, BadRequest> {
+    let data = input.data.as_ref().ok_or_else(|| format!("input `{}` has no data", input.name))?;
+    let mut flat = Vec::new();
+    flatten(data, &mut flat);
+    flat.into_iter()
+        .map(|v| {
+            v.as_i64().ok_or_else(|| BadRequest(format!("input `{}`: INT64 elements must be integers", input.name)))
+        })
+        .collect()
+}
+
+/// BYTES elements: a little-endian u32 length, then that many bytes (UTF-8 here).
+pub fn decode_bytes_elements(mut bytes: &[u8], name: &str) -> Result<Vec<String>, BadRequest> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 4 {
+            return Err(format!("input `{name}`: binary BYTES data is truncated").into());
+        }
+        let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+        if bytes.len() < 4 + len {
+            return Err(format!("input `{name}`: binary BYTES element of {len} bytes is truncated").into());
+        }
+        let text = std::str::from_utf8(&bytes[4..4 + len])
+            .map_err(|e| format!("input `{name}`: element {} is not valid UTF-8 ({e})", out.len()))?;
+        out.push(text.to_owned());
+        bytes = &bytes[4 + len..];
+    }
+    Ok(out)
+}
+
+pub fn encode_bytes_elements(values: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// Whether the client asked for `name` as binary data.
+fn wants_binary(request: &InferRequest, name: &str) -> bool {
+    let default =
+        request.parameters.as_ref().and_then(|p| p.get("binary_data_output")).and_then(Value::as_bool).unwrap_or(false);
+    match &request.outputs {
+        Some(outputs) => outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| {
+                o.parameters.as_ref().and_then(|p| p.get("binary_data")).and_then(Value::as_bool).unwrap_or(default)
+            })
+            .unwrap_or(default),
+        None => default,
+    }
+}
+
+/// Whether `name` is among the outputs the client asked for (all when it names none).
+fn wants(request: &InferRequest, name: &str) -> bool {
+    request.outputs.as_ref().is_none_or(|outputs| outputs.iter().any(|o| o.name == name))
+}
+
+/// The response body and, for binary outputs, the JSON header's length.
+pub fn response(
+    request: &InferRequest,
+    model_name: &str,
+    rewards: &[Vec<f32>],
+    exceeded: &[bool],
+) -> (Vec<u8>, Option<usize>) {
+    let rows = rewards.len();
+    let labels = rewards.first().map_or(0, Vec::len);
+    let mut outputs = Vec::new();
+    let mut binary = Vec::new();
+    let mut add = |name: &str, datatype: &str, shape: Vec<usize>, json_data: Value, bytes: Vec<u8>| {
+        if !wants(request, name) {
+            return;
+        }
+        let mut tensor = json!({ "name": name, "datatype": datatype, "shape": shape });
+        if wants_binary(request, name) {
+            tensor["parameters"] = json!({ "binary_data_size": bytes.len() });
+            binary.extend_from_slice(&bytes);
+        } else {
+            tensor["data"] = json_data;
+        }
+        outputs.push(tensor);
+    };
+    let flat: Vec<f32> = rewards.iter().flatten().copied().collect();
+    add("rewards", "FP32", vec![rows, labels], json!(flat), flat.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let flags: Vec<i32> = exceeded.iter().map(|&e| i32::from(e)).collect();
+    add("exceeded", "INT32", vec![rows, 1], json!(flags), flags.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let mut header = json!({ "model_name": model_name, "model_version": "1", "outputs": outputs });
+    if let Some(id) = &request.id {
+        header["id"] = id.clone();
+    }
+    let mut body = serde_json::to_vec(&header).expect("JSON values serialize");
+    if binary.is_empty() {
+        return (body, None);
+    }
+    let header_length = body.len();
+    body.extend_from_slice(&binary);
+    (body, Some(header_length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_binary_sentences() {
+        let body =
+            br#"{"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [2, 1], "data": [["a"], ["b"]]}]}"#;
+        let (_, inputs) = parse_request(body, None).unwrap();
+        assert_eq!(inputs, Inputs::Sentences(vec!["a".into(), "b".into()]));
+
+        let data = encode_bytes_elements(&[b"hello", "wörld".as_bytes()]);
+        let header = format!(
+            r#"{{"inputs": [{{"name": "sentences", "datatype": "BYTES", "shape": [2, 1], "parameters": {{"binary_data_size": {}}}}}], "outputs": [{{"name": "rewards", "parameters": {{"binary_data": true}}}}]}}"#,
+            data.len()
+        );
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&data);
+        let (request, inputs) = parse_request(&body, Some(header.len())).unwrap();
+        assert_eq!(inputs, Inputs::Sentences(vec!["hello".into(), "wörld".into()]));
+        let (response, header_length) = response(&request, "m", &[vec![1.0, 2.0], vec![3.0, 4.0]], &[false, true]);
+        let header_length = header_length.unwrap();
+        let head: Value = serde_json::from_slice(&response[..header_length]).unwrap();
+        assert_eq!(head["outputs"].as_array().unwrap().len(), 1, "only rewards was asked for");
+        assert_eq!(response.len() - header_length, 16);
+
+        assert!(parse_request(&body[..body.len() - 3], Some(header.len())).unwrap_err().0.contains("truncated"));
+    }
+
+    #[test]
+    fn tokens_form() {
+        let body = br#"{"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [2, 3], "data": [5, 6, 7, 8, 0, 0]},
+                                   {"name": "sequence_lengths", "datatype": "INT64", "shape": [2, 1], "data": [3, 1]}]}"#;
+        let (_, inputs) = parse_request(body, None).unwrap();
+        assert_eq!(inputs, Inputs::Tokens(vec![vec![5, 6, 7], vec![8]]));
+        let bad = br#"{"inputs": [{"name": "sentences", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}"#;
+        assert!(parse_request(bad, None).unwrap_err().0.contains("must be BYTES"));
+    }
+}
