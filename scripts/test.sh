@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace on a fresh machine. It installs what the tests need
-# first: the wasm32-wasip2 target (components) and, without a GPU, Mesa's software
-# Vulkan driver (lavapipe) so the wgpu shaders are tested too. Then `cargo test`.
+# Runs every test on a fresh machine. It installs what the tests need first: the
+# wasm32-wasip2 target (components) and, without a GPU, Mesa's software Vulkan driver
+# (lavapipe) so the wgpu shaders are tested too. Then `cargo test`, then the PyTriton
+# client test (its virtualenv is made in target/pytriton-venv on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,3 +25,7 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] || [ ! -w "${XDG_RUNTIME_DIR}" ]; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# NeMo-Aligner's own annotation client (PyTriton's FuturesModelClient, from PyPI)
+# against a real `steerlm serve`.
+tests/pytriton/run.sh target/debug/steerlm

@@ -212,6 +212,7 @@ async fn model_config(State(state): State<Shared>, Path(path): PathMap) -> Respo
         return e;
     }
     let labels = state.model.config.labels.len();
+    let kind = if state.model.device_name().starts_with("cpu") { "KIND_CPU" } else { "KIND_GPU" };
     Json(json!({
         "name": state.model_name,
         "platform": "",
@@ -225,7 +226,7 @@ async fn model_config(State(state): State<Shared>, Path(path): PathMap) -> Respo
             { "name": "exceeded", "data_type": "TYPE_INT32", "dims": [1], "label_filename": "", "is_shape_tensor": false }
         ],
         "dynamic_batching": { "preferred_batch_size": [], "max_queue_delay_microseconds": state.max_delay.as_micros() as u64 },
-        "instance_group": [{ "name": state.model_name, "kind": "KIND_MODEL", "count": 1 }],
+        "instance_group": [{ "name": state.model_name, "kind": kind, "count": 1 }],
         "parameters": {}
     }))
     .into_response()
