@@ -1,6 +1,8 @@
-// Causal attention over packed sequences with grouped KV heads. One invocation per
-// (token, query head) streams over the keys of its own sequence (`seq_start[t] ..= t`)
-// with an online softmax. Query head h reads KV head h / (heads / kv_heads).
+// Causal attention over packed sequences with grouped KV heads. One workgroup of 64
+// invocations per (token, query head): the keys of the token's own sequence
+// (`seq_start[t] ..= t`) are taken 64 at a time, each invocation scoring one key, then
+// every invocation folds the block into its share of the output dimensions with an
+// online softmax. Query head h reads KV head h / (heads / kv_heads).
 
 struct Params {
     tokens: u32,
@@ -20,51 +22,73 @@ struct Params {
 @group(0) @binding(4) var<storage, read> seq_start: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-const MAX_HEAD_DIM: u32 = 256u;
+const BLOCK: u32 = 64u;
+// Output dimensions per invocation: head_dim <= 4 * BLOCK = 256.
+const DIMS: u32 = 4u;
+// Below any real score, and far enough from -FLT_MAX that subtracting stays finite.
+const LOWEST: f32 = -1.0e30;
+
+var<workgroup> scores: array<f32, BLOCK>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let index = gid.x + gid.y * groups.x * 64u;
-    let t = index / p.heads;
-    if (t >= p.tokens) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) groups: vec3<u32>) {
+    let index = wg.x + wg.y * groups.x;
+    if (index >= p.tokens * p.heads) {
         return;
     }
+    let t = index / p.heads;
     let h = index % p.heads;
     let kv = h / (p.heads / p.kv_heads);
     let hd = p.head_dim;
     let q_base = t * p.heads * hd + h * hd;
     let kv_stride = p.kv_heads * hd;
     let start = seq_start[t];
+    let count = t - start + 1u;
 
-    // Start from the first key so no -inf enters exp().
-    var acc: array<f32, MAX_HEAD_DIM>;
-    var k_base = start * kv_stride + kv * hd;
-    var s = 0.0;
-    for (var d = 0u; d < hd; d = d + 1u) {
-        s = s + q[q_base + d] * k[k_base + d];
-    }
-    var m = s * p.scale;
-    var l = 1.0;
-    for (var d = 0u; d < hd; d = d + 1u) {
-        acc[d] = v[k_base + d];
-    }
-    for (var j = start + 1u; j <= t; j = j + 1u) {
-        k_base = j * kv_stride + kv * hd;
-        s = 0.0;
-        for (var d = 0u; d < hd; d = d + 1u) {
-            s = s + q[q_base + d] * k[k_base + d];
+    var acc: array<f32, DIMS>;
+    var m = LOWEST;
+    var l = 0.0;
+    for (var block = 0u; block < count; block = block + BLOCK) {
+        var s = LOWEST;
+        if (block + lid < count) {
+            let k_base = (start + block + lid) * kv_stride + kv * hd;
+            var dot = 0.0;
+            for (var d = 0u; d < hd; d = d + 1u) {
+                dot = dot + q[q_base + d] * k[k_base + d];
+            }
+            s = dot * p.scale;
         }
-        s = s * p.scale;
-        let m_new = max(m, s);
-        let correction = exp(m - m_new);
-        let weight = exp(s - m_new);
-        l = l * correction + weight;
-        for (var d = 0u; d < hd; d = d + 1u) {
-            acc[d] = acc[d] * correction + weight * v[k_base + d];
+        scores[lid] = s;
+        workgroupBarrier();
+
+        let valid = min(BLOCK, count - block);
+        var block_max = m;
+        for (var i = 0u; i < valid; i = i + 1u) {
+            block_max = max(block_max, scores[i]);
         }
-        m = m_new;
+        let correction = exp(m - block_max);
+        l = l * correction;
+        for (var r = 0u; r < DIMS; r = r + 1u) {
+            acc[r] = acc[r] * correction;
+        }
+        for (var i = 0u; i < valid; i = i + 1u) {
+            let weight = exp(scores[i] - block_max);
+            l = l + weight;
+            let v_base = (start + block + i) * kv_stride + kv * hd;
+            for (var r = 0u; r < DIMS; r = r + 1u) {
+                let d = lid + r * BLOCK;
+                if (d < hd) {
+                    acc[r] = acc[r] + weight * v[v_base + d];
+                }
+            }
+        }
+        m = block_max;
+        workgroupBarrier();
     }
-    for (var d = 0u; d < hd; d = d + 1u) {
-        out[q_base + d] = acc[d] / l;
+    for (var r = 0u; r < DIMS; r = r + 1u) {
+        let d = lid + r * BLOCK;
+        if (d < hd) {
+            out[q_base + d] = acc[r] / l;
+        }
     }
 }

@@ -14,7 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 const RECORDS: usize = 2000;
-const WORDS: &[&str] = &["the", "model", "answer", "question", "helpful", "data", "because", "which", "code", "explain", "step", "first", "is", "a", "of", "to", "and"];
+const WORDS: &[&str] = &[
+    "the", "model", "answer", "question", "helpful", "data", "because", "which", "code", "explain", "step", "first",
+    "is", "a", "of", "to", "and",
+];
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama9")
@@ -92,7 +95,8 @@ fn sequential(url: &str, input: &Path) -> f64 {
         for line in lines.lines() {
             let record = steerlm_core::record::SftRecord::parse(line).unwrap();
             for prefix in steerlm_core::template::labeled_prefixes(&record, Default::default()).unwrap() {
-                let body = json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [1, 1], "data": [prefix]}]});
+                let body =
+                    json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [1, 1], "data": [prefix]}]});
                 let response = client.post(&infer).body(body.to_string()).send().await.unwrap();
                 assert!(response.status().is_success());
                 response.bytes().await.unwrap();
@@ -109,7 +113,9 @@ fn main() {
     write_records(&input);
     let rate = |seconds: f64| RECORDS as f64 / seconds;
 
-    println!("annotating {RECORDS} records (1 labeled turn each) against steerlm serve, llama9 fixture model on the CPU");
+    println!(
+        "annotating {RECORDS} records (1 labeled turn each) against steerlm serve, llama9 fixture model on the CPU"
+    );
     let batched = serve(&[]);
     let ours = annotate(&batched.1, &input, &dir.join("out-batched.jsonl"));
     let reference_pattern = sequential(&batched.1, &input);
@@ -119,9 +125,17 @@ fn main() {
     drop(unbatched);
 
     println!("{:<62} {:>9} {:>11}", "client / server", "seconds", "records/s");
-    println!("{:<62} {reference_pattern:>9.2} {:>11.0}", "sequential client, one request per turn (reference pattern)", rate(reference_pattern));
+    println!(
+        "{:<62} {reference_pattern:>9.2} {:>11.0}",
+        "sequential client, one request per turn (reference pattern)",
+        rate(reference_pattern)
+    );
     println!("{:<62} {ours:>9.2} {:>11.0}", "steerlm annotate, dynamic batching on", rate(ours));
-    println!("{:<62} {without_batching:>9.2} {:>11.0}", "steerlm annotate, dynamic batching off", rate(without_batching));
+    println!(
+        "{:<62} {without_batching:>9.2} {:>11.0}",
+        "steerlm annotate, dynamic batching off",
+        rate(without_batching)
+    );
     println!("steerlm annotate vs the sequential pattern: {:.1}x", reference_pattern / ours);
     println!("dynamic batching on vs off (server throughput): {:.1}x", without_batching / ours);
     let a = std::fs::read(dir.join("out-batched.jsonl")).unwrap();

@@ -387,7 +387,7 @@ impl GpuModel {
                     &self.pipelines.attention,
                     &params,
                     &[&q, &k, &v, &seq_start, &attended],
-                    grid(tokens * c.num_heads, 64),
+                    grid(tokens * c.num_heads, 1), // one workgroup per (token, head)
                 );
                 self.linear(&mut pass, &layer.o, &attended, &delta, tokens);
                 self.add(&mut pass, &x, &delta, tokens * h);

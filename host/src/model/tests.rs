@@ -135,3 +135,72 @@ fn missing_tensors_and_bad_folders_are_named() {
     let error = RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false }).err().unwrap();
     assert!(format!("{error:#}").contains("model.layers.2.input_layernorm.weight"), "{error:#}");
 }
+
+/// Writes a random one-layer checkpoint shaped like SmolLM2-135M's layers (hidden 576,
+/// 9 heads of 64, 3 KV heads, MLP 1536) with a small vocabulary.
+fn write_random_checkpoint(dir: &std::path::Path) {
+    use std::collections::HashMap;
+    let config = r#"{"architectures": ["LlamaForSequenceClassification"], "hidden_size": 576, "num_hidden_layers": 1,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 1000,
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, "rope_theta": 10000.0, "num_labels": 3}"#;
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let shapes: Vec<(&str, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight", vec![1000, 576]),
+        ("model.norm.weight", vec![576]),
+        ("score.weight", vec![3, 576]),
+        ("model.layers.0.input_layernorm.weight", vec![576]),
+        ("model.layers.0.post_attention_layernorm.weight", vec![576]),
+        ("model.layers.0.self_attn.q_proj.weight", vec![576, 576]),
+        ("model.layers.0.self_attn.k_proj.weight", vec![192, 576]),
+        ("model.layers.0.self_attn.v_proj.weight", vec![192, 576]),
+        ("model.layers.0.self_attn.o_proj.weight", vec![576, 576]),
+        ("model.layers.0.mlp.gate_proj.weight", vec![1536, 576]),
+        ("model.layers.0.mlp.up_proj.weight", vec![1536, 576]),
+        ("model.layers.0.mlp.down_proj.weight", vec![576, 1536]),
+    ];
+    let mut state = 99u64;
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let count: usize = shape.iter().product();
+            let bytes = (0..count)
+                .flat_map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let v =
+                        if shape.len() == 1 { 1.0 } else { ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2 };
+                    v.to_le_bytes()
+                })
+                .collect();
+            (name.to_owned(), shape, bytes)
+        })
+        .collect();
+    let views: HashMap<String, safetensors::tensor::TensorView> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(&views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Long sequences with 64-dimensional heads: a first attention kernel (one invocation
+/// per token and head, looping over every key) went wrong on lavapipe from 500 keys on.
+#[test]
+fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
+    use super::{Batch, config::ModelConfig, cpu, gpu, layout::ModelTensors, weights::Weights};
+    let dir = tempfile::tempdir().unwrap();
+    write_random_checkpoint(dir.path());
+    let config = ModelConfig::load(dir.path()).unwrap();
+    let weights = Weights::open(dir.path()).unwrap();
+    let tensors = ModelTensors::locate(&config, &weights).unwrap();
+    let cpu_model = cpu::CpuModel::new(&config, &tensors).unwrap();
+    let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+    let gpu_model = gpu::GpuModel::new(&config, &tensors, adapter).unwrap();
+    let sequences: Vec<Vec<u32>> =
+        [499u32, 500, 700].iter().map(|&n| (0..n).map(|i| (i * 7919) % 997 + 3).collect()).collect();
+    let batch = Batch::pack(&sequences);
+    let (ours, reference) = (gpu_model.forward(&batch).unwrap(), cpu_model.forward(&batch).unwrap());
+    for (i, (g, c)) in ours.iter().zip(&reference).enumerate() {
+        assert_close(g, c, &format!("sequence {i} ({} tokens): wgpu vs cpu", sequences[i].len()));
+    }
+}
