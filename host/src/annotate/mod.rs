@@ -143,9 +143,10 @@ pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
     let scorer = &scorer;
     let result: Result<(u64, u64)> = runtime.block_on(async {
         let mut results = stream::iter(work)
-            .map(|item| async move {
-                let scores =
-                    if item.prefixes.is_empty() { Ok(Vec::new()) } else { scorer.score(item.prefixes.clone()).await };
+            .map(|mut item| async move {
+                // The prefixes are only needed for the request: move them into it.
+                let prefixes = std::mem::take(&mut item.prefixes);
+                let scores = if prefixes.is_empty() { Ok(Vec::new()) } else { scorer.score(prefixes).await };
                 (item, scores)
             })
             .buffered(args.concurrency.max(1));

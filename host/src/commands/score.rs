@@ -73,17 +73,18 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        let sequences: Vec<Vec<u32>> = pending.iter().map(|p| p.ids.clone()).collect();
+        // The ids move into the batch; only their counts are needed afterwards.
+        let sequences: Vec<Vec<u32>> = pending.iter_mut().map(|p| std::mem::take(&mut p.ids)).collect();
         let scores = model.score(&sequences)?;
         let mut out = Vec::new();
-        for (p, scores) in pending.iter().zip(&scores) {
+        for ((p, scores), ids) in pending.iter().zip(&scores).zip(&sequences) {
             if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
                 bail!("{name}:{}: the model returned a non-finite score ({bad})", p.line);
             }
-            serde_json::to_writer(&mut out, &ScoreLine { scores, num_tokens: p.ids.len(), exceeded: p.exceeded })?;
+            serde_json::to_writer(&mut out, &ScoreLine { scores, num_tokens: ids.len(), exceeded: p.exceeded })?;
             out.push(b'\n');
             texts += 1;
-            tokens += p.ids.len() as u64;
+            tokens += ids.len() as u64;
         }
         output.write_all(&out)?;
         texts_bar.set_position(texts);
