@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (file stem in OUT_DIR, cargo package) of every embedded component.
-const COMPONENTS: [(&str, &str); 4] = [
+const COMPONENTS: [(&str, &str); 5] = [
     ("labels", "steerlm-labels-component"),
     ("formatting", "steerlm-formatting-component"),
     ("regression", "steerlm-regression-component"),
     ("preprocess", "steerlm-preprocess-component"),
+    ("http", "steerlm-http-component"),
 ];
 const WASM_TARGET: &str = "wasm32-wasip2";
 

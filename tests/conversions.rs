@@ -392,7 +392,13 @@ fn export_components_writes_valid_components() {
     let names = listing(dir.path());
     assert_eq!(
         names,
-        ["steerlm-formatting.wasm", "steerlm-labels.wasm", "steerlm-preprocess.wasm", "steerlm-regression.wasm"]
+        [
+            "steerlm-formatting.wasm",
+            "steerlm-http.wasm",
+            "steerlm-labels.wasm",
+            "steerlm-preprocess.wasm",
+            "steerlm-regression.wasm"
+        ]
     );
     for name in names {
         let bytes = fs::read(dir.path().join(&name)).unwrap();

@@ -38,10 +38,12 @@ pub enum Kind {
     Formatting,
     Regression,
     Preprocess,
+    /// The wasi:http service (`serve-component`, Spin, `wasmtime serve`).
+    Http,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Labels, Kind::Formatting, Kind::Regression, Kind::Preprocess];
+    pub const ALL: [Kind; 5] = [Kind::Labels, Kind::Formatting, Kind::Regression, Kind::Preprocess, Kind::Http];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -49,6 +51,7 @@ impl Kind {
             Kind::Formatting => "formatting",
             Kind::Regression => "regression",
             Kind::Preprocess => "preprocess",
+            Kind::Http => "http",
         }
     }
 
@@ -59,6 +62,7 @@ impl Kind {
             Kind::Formatting => include_bytes!(concat!(env!("OUT_DIR"), "/formatting.wasm")),
             Kind::Regression => include_bytes!(concat!(env!("OUT_DIR"), "/regression.wasm")),
             Kind::Preprocess => include_bytes!(concat!(env!("OUT_DIR"), "/preprocess.wasm")),
+            Kind::Http => include_bytes!(concat!(env!("OUT_DIR"), "/http.wasm")),
         }
     }
 
@@ -116,9 +120,15 @@ impl WasiView for State {
 
 /// Refuses memory growth past the limit and remembers that it did, so the resulting
 /// trap can be explained.
-struct MemoryLimiter {
+pub(crate) struct MemoryLimiter {
     max_bytes: usize,
-    refused: Option<usize>,
+    pub(crate) refused: Option<usize>,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        MemoryLimiter { max_bytes, refused: None }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -140,17 +150,7 @@ impl Sandbox {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("steerlm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .context("starting the epoch thread")?;
+        start_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
         Ok(Sandbox { engine, linker, limits })
@@ -160,35 +160,15 @@ impl Sandbox {
         // Nothing is granted: the builder's defaults are closed stdin, discarded
         // stdout/stderr, no env, no args, no preopens; sockets are switched off too.
         let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
-        let limiter = MemoryLimiter { max_bytes: self.limits.memory_bytes, refused: None };
+        let limiter = MemoryLimiter::new(self.limits.memory_bytes);
         let mut store = Store::new(&self.engine, State { wasi, table: ResourceTable::new(), limiter });
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store
     }
 
-    /// Compiles a component, or loads its compiled form from the cache.
     fn component(&self, kind: Kind) -> Result<Component> {
-        let wasm = kind.wasm();
-        let cached = cache_path(&self.engine, wasm);
-        if let Some(path) = &cached {
-            if path.exists() {
-                // SAFETY: the file was written by `Component::serialize` below, into the
-                // user's own cache directory, and is keyed by the wasm's hash and the
-                // engine's compatibility hash; wasmtime still checks its header.
-                if let Ok(component) = unsafe { Component::deserialize_file(&self.engine, path) } {
-                    return Ok(component);
-                }
-            }
-        }
-        let component = Component::new(&self.engine, wasm)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling the {} component", kind.name()))?;
-        if let Some(path) = cached {
-            // The cache is an optimisation: failing to write it is not an error.
-            let _ = write_cache(&path, &component);
-        }
-        Ok(component)
+        load_component(&self.engine, kind)
     }
 
     fn instantiate<B>(
@@ -206,7 +186,7 @@ impl Sandbox {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64
+        deadline_ticks(self.limits.call_timeout)
     }
 
     pub fn labels(&self) -> Result<Instance<bindings::labels::LabelsComponent>> {
@@ -257,6 +237,52 @@ impl<B> Instance<B> {
         }
         anyhow::Error::from(e).context(format!("the {name} component trapped"))
     }
+}
+
+/// Advances the engine's epoch every [`TICK`] for as long as the engine lives, so
+/// stores can be given deadlines in ticks.
+pub(crate) fn start_epoch_ticker(engine: &Engine) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("steerlm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        })
+        .context("starting the epoch thread")?;
+    Ok(())
+}
+
+/// A wall-clock limit as a number of epoch ticks.
+pub(crate) fn deadline_ticks(limit: Duration) -> u64 {
+    (limit.as_millis() / TICK.as_millis()).max(1) as u64
+}
+
+/// Compiles an embedded component, or loads its compiled form from the cache.
+pub(crate) fn load_component(engine: &Engine, kind: Kind) -> Result<Component> {
+    let wasm = kind.wasm();
+    let cached = cache_path(engine, wasm);
+    if let Some(path) = &cached {
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` below, into the
+            // user's own cache directory, and is keyed by the wasm's hash and the
+            // engine's compatibility hash; wasmtime still checks its header.
+            if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
+                return Ok(component);
+            }
+        }
+    }
+    let component = Component::new(engine, wasm)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compiling the {} component", kind.name()))?;
+    if let Some(path) = cached {
+        // The cache is an optimisation: failing to write it is not an error.
+        let _ = write_cache(&path, &component);
+    }
+    Ok(component)
 }
 
 fn cache_dir() -> Option<PathBuf> {

@@ -74,6 +74,9 @@ enum Command {
     Serve(crate::serve::ServeArgs),
     /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
     Score(score::ScoreArgs),
+    /// Serve the conversions over HTTP from the embedded wasi:http component (the one Spin runs).
+    #[command(name = "serve-component")]
+    ServeComponent(crate::component_server::ServeComponentArgs),
     /// Write the embedded .wasm components to DIR, for embedding them elsewhere.
     #[command(name = "export-components")]
     ExportComponents(export::ExportArgs),
@@ -153,6 +156,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Label(command) => label::run(&context, command),
         Command::Score(args) => score::run(&context, &args),
         Command::Serve(args) => crate::serve::run(&args, context.quiet),
+        Command::ServeComponent(args) => {
+            let limits = crate::component_server::RequestLimits {
+                memory_bytes: context.sandbox.component_memory_mb << 20,
+                timeout: Duration::from_secs(context.sandbox.component_timeout),
+            };
+            crate::component_server::run(&args, limits, context.quiet)
+        }
         Command::Annotate(args) => crate::annotate::run(&args, context.quiet),
         Command::ExportComponents(args) => export::run(&context, &args),
         Command::Demo(args) => demo::run(&context, &args),

@@ -1,0 +1,333 @@
+//! `steerlm serve-component`: the embedded HTTP component (`components/http`, a
+//! `wasi:http/handler@0.3.0` service built with spin-sdk) served by wasmtime.
+//!
+//! Every request gets a fresh instance in a fresh store, so no request can see
+//! another's memory. The sandbox is the other components': no files, no network
+//! (outgoing HTTP is refused), no environment but the two limits the component reads,
+//! a memory limit and a wall-clock deadline. Oversized bodies are refused here before
+//! any instance is made; the component checks again while reading (for chunked
+//! bodies) and after gunzipping.
+
+use crate::sandbox::{Kind, MemoryLimiter, deadline_ticks, load_component, start_epoch_ticker};
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreContextMut};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeComponentArgs {
+    /// Address to listen on (loopback unless told otherwise; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8089", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Largest request body, in MiB, before and after gzip decoding (413 past it).
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    pub max_body_mb: usize,
+    /// Largest response body, in MiB (413 past it; regression output grows quickly).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub max_response_mb: usize,
+    /// Requests handled at once; more wait their turn.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_concurrent_requests: usize,
+}
+
+/// Memory and time each request's instance may use (the global sandbox flags).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+}
+
+pub fn run(args: &ServeComponentArgs, limits: RequestLimits, quiet: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args.clone(), limits, quiet))
+}
+
+pub async fn serve(args: ServeComponentArgs, limits: RequestLimits, quiet: bool) -> Result<()> {
+    let server = Arc::new(Server::new(&args, limits)?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    if !quiet {
+        println!("serving the steerlm HTTP component on http://{bound} (a fresh instance per request)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors and the like: wait and go on serving the rest.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let server = Arc::clone(&server);
+                async move { Ok::<_, Infallible>(server.handle(request).await) }
+            });
+            // A client hanging up mid-request is its own business, not an error of ours.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The listening side: admission (concurrency, body size) in front of the handler.
+struct Server {
+    handler: ProxyHandler<Instantiator>,
+    permits: Semaphore,
+    max_body_bytes: usize,
+}
+
+impl Server {
+    fn new(args: &ServeComponentArgs, limits: RequestLimits) -> Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model_async(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
+        start_epoch_ticker(&engine)?;
+        let mut linker = Linker::new(&engine);
+        link_wasi(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
+        let component = load_component(&engine, Kind::Http)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(ServicePre::new)
+            .map_err(anyhow::Error::from)
+            .context("preparing the HTTP component")?;
+        let max_body_bytes = args.max_body_mb << 20;
+        let instantiator = Instantiator {
+            pre: ProxyPre::P3(pre),
+            limits,
+            environment: vec![
+                ("STEERLM_MAX_BODY_BYTES".into(), max_body_bytes.to_string()),
+                ("STEERLM_MAX_RESPONSE_BYTES".into(), (args.max_response_mb << 20).to_string()),
+            ],
+        };
+        Ok(Server {
+            handler: ProxyHandler::new(instantiator),
+            permits: Semaphore::new(args.max_concurrent_requests.max(1)),
+            max_body_bytes,
+        })
+    }
+
+    async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<WasiBody> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return error_response(503, "the server is shutting down".into());
+        };
+        let declared = request
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes as u64) {
+            return error_response(
+                413,
+                format!(
+                    "the request body is larger than the limit of {} bytes; send fewer records per request",
+                    self.max_body_bytes
+                ),
+            );
+        }
+        let request = request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+        match self.handler.handle((), request).await {
+            Ok(response) => response,
+            Err(e) => error_response(500, explain(&e)),
+        }
+    }
+}
+
+/// Why a request produced no response, for the client.
+fn explain(e: &wasmtime::Error) -> String {
+    if e.downcast_ref::<wasmtime_wasi_http::handler::ExpirationError>().is_some() {
+        return "the request ran longer than the component's time limit (--component-timeout)".into();
+    }
+    if e.downcast_ref::<wasmtime_wasi_http::handler::TrapOrPanicError>().is_some() {
+        return "the component stopped before answering (memory limit, --component-memory-mb, or a trap)".into();
+    }
+    format!("the component failed: {e:#}")
+}
+
+fn error_response(status: u16, message: String) -> hyper::Response<WasiBody> {
+    let body = format!("{}\n", serde_json::json!({ "error": message, "line": null }));
+    let mut response =
+        hyper::Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed_unsync());
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The imports the component may use: WASI 0.2 and 0.3 (closed by [`RequestState`]'s
+/// context) and `wasi:http` 0.3 types.
+fn link_wasi(linker: &mut Linker<RequestState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)
+}
+
+/// One request's store data.
+pub struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: NoOutgoingHttp,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// The sandbox grants no network: every outgoing request is denied.
+struct NoOutgoingHttp;
+
+impl WasiHttpHooks for NoOutgoingHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Makes one store and instance per request.
+struct Instantiator {
+    pre: ProxyPre<RequestState>,
+    limits: RequestLimits,
+    environment: Vec<(String, String)>,
+}
+
+impl HandlerState for Instantiator {
+    type StoreData = RequestState;
+    type WorkerExpiration = Deadline;
+    type WorkerState = SingleUse;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<RequestState, Deadline, SingleUse>> {
+        // Granted: the two limit variables. Not granted: files, sockets, arguments,
+        // stdin; stdout and stderr are discarded.
+        let wasi = WasiCtxBuilder::new()
+            .envs(&self.environment)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = RequestState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: NoOutgoingHttp,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(self.limits.memory_bytes),
+        };
+        let mut store = Store::new(self.pre_engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            store,
+            proxy,
+            view: <RequestState as WasiHttpView>::http,
+            expiration: Deadline { timeout: self.limits.timeout, sleep: Box::pin(tokio::time::sleep(Duration::MAX)) },
+            state: SingleUse { timeout: self.limits.timeout },
+        })
+    }
+}
+
+impl Instantiator {
+    fn pre_engine(&self) -> &Engine {
+        match &self.pre {
+            ProxyPre::P3(pre) => pre.engine(),
+        }
+    }
+}
+
+/// Each instance serves exactly one request, then is dropped.
+struct SingleUse {
+    timeout: Duration,
+}
+
+impl WorkerState for SingleUse {
+    type StoreData = RequestState;
+    type RequestData = ();
+
+    fn should_accept_request(&self, _concurrent: usize, total: usize) -> ShouldAccept {
+        if total == 0 { ShouldAccept::Yes } else { ShouldAccept::Never }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, RequestState>,
+        _data: (),
+        _task: wasmtime::component::GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
+        Box::pin(tokio::time::sleep(self.timeout))
+    }
+
+    fn drop(&self, _store: Store<RequestState>, _result: wasmtime::Result<()>) {
+        // The request's outcome already reached its client (a 500 if it trapped).
+    }
+}
+
+/// How long an instance waits for its one request before it is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ends an instance once its request has run past the time limit (or it has waited
+/// [`IDLE_TIMEOUT`] for one). Once it has answered, the handler drops it anyway.
+struct Deadline {
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Deadline {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let this = self.get_mut();
+        let timeout = if status == WorkerStatus::Idle { IDLE_TIMEOUT } else { this.timeout };
+        let Some(deadline) = start.checked_add(timeout) else { return Poll::Pending };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
