@@ -29,3 +29,15 @@ cargo test --workspace --locked "$@"
 # NeMo-Aligner's own annotation client (PyTriton's FuturesModelClient, from PyPI)
 # against a real `steerlm serve`.
 tests/pytriton/run.sh target/debug/steerlm
+
+# The same .wasm files in other hosts, against the same goldens: Node through jco
+# (npm installs the pinned packages) and Python through wasmtime-py (a venv in target/).
+if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+fi
+components="target/exported-components"
+target/debug/steerlm --quiet export-components "$components"
+examples/node/run-tests.sh "$components"
+examples/python/run-tests.sh "$components" target/python-venv
