@@ -473,3 +473,108 @@ fn threads_keep_order_and_report_the_first_bad_line() {
     assert_eq!(bytes, fs::read(&four).unwrap());
     assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 3498);
 }
+
+fn manifest_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn manifest_records_hashes_and_verify_reproduces_the_bytes() {
+    let dir = tempdir();
+    let manifest = dir.path().join("run.manifest.json");
+    let out = dir.path().join("out.jsonl.gz");
+    let input = fixture("regression/input.jsonl");
+    assert_success(&steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+        "--manifest",
+        p(&manifest),
+    ]));
+    let json = manifest_json(&manifest);
+    assert_eq!(json["command"], "to-regression");
+    assert_eq!(json["steerlm_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["options"]["use_record_system"], "false");
+    assert_eq!(json["options"]["engine"], "component");
+    assert!(json["argv"].as_array().unwrap().iter().all(|a| a != "--manifest"));
+    // The component hash is the embedded component's: what export-components writes.
+    let exported = dir.path().join("components");
+    assert_success(&steerlm(&["export-components", p(&exported)]));
+    let wasm = fs::read(exported.join("steerlm-regression.wasm")).unwrap();
+    assert_eq!(json["components"][0]["sha256"], sha256_hex(&wasm));
+    assert_eq!(json["inputs"][0]["sha256"], sha256_hex(&fs::read(&input).unwrap()));
+    assert_eq!(json["inputs"][0]["lines"], 208);
+    assert_eq!(json["outputs"][0]["sha256"], sha256_hex(&fs::read(&out).unwrap()));
+    assert_eq!(
+        json["outputs"][0]["lines"],
+        fs::read_to_string(fixture("regression/expected.jsonl")).unwrap().lines().count()
+    );
+
+    let verified = steerlm(&["verify-manifest", p(&manifest)]);
+    assert_success(&verified);
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("match "));
+}
+
+#[test]
+fn verify_manifest_fails_when_inputs_outputs_or_hashes_changed() {
+    let dir = tempdir();
+    fs::copy(fixture("helpsteer/raw/train.jsonl"), dir.path().join("train.jsonl")).unwrap();
+    fs::copy(fixture("helpsteer/raw/validation.jsonl"), dir.path().join("validation.jsonl")).unwrap();
+    let out = dir.path().join("out");
+    let manifest = dir.path().join("m.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["preprocess", "helpsteer", "--input-dir", p(dir.path()), "--output-dir", p(&out)];
+        args.extend_from_slice(extra);
+        steerlm(&args)
+    };
+    assert_success(&run(&["--manifest", p(&manifest)]));
+    assert_eq!(manifest_json(&manifest)["components"][0]["name"], "preprocess");
+    assert_eq!(manifest_json(&manifest)["outputs"].as_array().unwrap().len(), 2);
+    assert_success(&steerlm(&["verify-manifest", p(&manifest)]));
+
+    // A recorded output hash that the re-run cannot reproduce.
+    let mut json = manifest_json(&manifest);
+    json["outputs"][1]["sha256"] = serde_json::json!("0".repeat(64));
+    let forged = dir.path().join("forged.json");
+    fs::write(&forged, serde_json::to_vec(&json).unwrap()).unwrap();
+    let verified = steerlm(&["verify-manifest", p(&forged)]);
+    assert_eq!(verified.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("DIFFERS"));
+
+    // An edited output, then an edited input.
+    fs::write(out.join("val.jsonl"), b"{}\n").unwrap();
+    let verified = steerlm(&["verify-manifest", p(&manifest)]);
+    assert_eq!(verified.status.code(), Some(1));
+    assert!(stderr(&verified).contains("was modified"), "{}", stderr(&verified));
+    assert_success(&run(&[]));
+    let mut train = fs::read(dir.path().join("train.jsonl")).unwrap();
+    train.extend_from_slice(b"\n");
+    fs::write(dir.path().join("train.jsonl"), train).unwrap();
+    let verified = steerlm(&["verify-manifest", p(&manifest)]);
+    assert_eq!(verified.status.code(), Some(1));
+    assert!(stderr(&verified).contains("changed since"), "{}", stderr(&verified));
+}
+
+#[test]
+fn manifest_needs_files_not_stdin() {
+    let dir = tempdir();
+    let out = steerlm(&[
+        "format",
+        "--input-file",
+        "-",
+        "--output-file",
+        p(&dir.path().join("x.jsonl")),
+        "--manifest",
+        p(&dir.path().join("m.json")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot record `-`"));
+    assert_eq!(listing(dir.path()), Vec::<String>::new());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -7,7 +7,9 @@ use steerlm::{commands, output};
 fn main() {
     let cli = commands::Cli::parse();
     output::install_interrupt_cleanup();
-    if let Err(error) = commands::run(cli) {
+    // Arguments that are not UTF-8 parse fine but cannot go into a --manifest.
+    let argv: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    if let Err(error) = commands::run(cli, &argv) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

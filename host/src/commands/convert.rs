@@ -3,7 +3,9 @@
 use super::{Context, ConvertArgs, rate, stream_lines};
 use crate::engine::LineConversion;
 use crate::input::InputPath;
+use crate::manifest::{Provenance, Role};
 use crate::output::Output;
+use crate::sandbox::Kind;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -24,6 +26,16 @@ pub struct LineArgs {
     use_record_system: bool,
     #[command(flatten)]
     convert: ConvertArgs,
+}
+
+impl LineArgs {
+    pub fn manifest_request(&self, component: Kind) -> Option<(PathBuf, Provenance)> {
+        let path = self.convert.manifest.clone()?;
+        let mut provenance = self.convert.provenance(component);
+        provenance.inputs.push(self.input_file.clone());
+        provenance.outputs.push((Role::OutputFile, self.output_file.clone()));
+        Some((path, provenance))
+    }
 }
 
 pub fn run(context: &Context, args: &LineArgs, conversion: LineConversion) -> Result<()> {

@@ -6,16 +6,19 @@ mod export;
 mod label;
 mod preprocess;
 mod score;
+mod verify;
 
 use crate::bad_records::{BadRecords, OnError};
 use crate::engine::{Backend, Engine, LineConverter};
 use crate::input::{DEFAULT_CHUNK_BYTES, InputPath, spawn_chunks};
+use crate::manifest::{Provenance, Role};
 use crate::output::{BackgroundWriter, Output};
 use crate::pipeline::run_ordered;
-use crate::sandbox::{Limits, Sandbox};
-use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use crate::sandbox::{Kind, Limits, Sandbox};
+use anyhow::{Context as _, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -82,6 +85,11 @@ enum Command {
     ExportComponents(export::ExportArgs),
     /// Preprocess a small embedded HelpSteer sample and convert it to regression format.
     Demo(demo::DemoArgs),
+    /// Re-run the conversion a --manifest FILE records and check that the bytes match.
+    #[command(name = "verify-manifest")]
+    VerifyManifest(verify::VerifyArgs),
+    /// Counts, label histograms and text lengths of an SFT, annotated or regression file.
+    Stats(crate::stats::StatsArgs),
 }
 
 /// Options every converting command takes.
@@ -103,6 +111,10 @@ pub struct ConvertArgs {
     /// defaults to the number of cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
+    /// Also write a provenance record to FILE: steerlm version, component hashes, options,
+    /// and the sha256 and line count of every input and output (`steerlm verify-manifest`).
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
 }
 
 impl ConvertArgs {
@@ -118,6 +130,18 @@ impl ConvertArgs {
     fn backend(&self, context: &Context) -> Result<Backend> {
         Backend::new(self.engine, || context.sandbox.sandbox())
     }
+    /// The part of a manifest these options decide: the component (unless the native
+    /// engine runs) and the error report.
+    fn provenance(&self, component: Kind) -> Provenance {
+        let mut provenance = Provenance::default();
+        if self.engine == Engine::Component {
+            provenance.components.push(component);
+        }
+        if let Some(report) = &self.error_report {
+            provenance.outputs.push((Role::ErrorReport, report.clone()));
+        }
+        provenance
+    }
 }
 
 /// Shared context of one command run.
@@ -128,7 +152,7 @@ pub struct Context {
 
 impl Context {
     /// A byte progress bar on stderr; drawn only on a terminal and when not quiet.
-    fn progress(&self, what: &str) -> ProgressBar {
+    pub(crate) fn progress(&self, what: &str) -> ProgressBar {
         let target = if self.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
@@ -140,16 +164,71 @@ impl Context {
         bar
     }
 
-    fn say(&self, message: impl AsRef<str>) {
+    pub(crate) fn say(&self, message: impl AsRef<str>) {
         if !self.quiet {
             eprintln!("{}", message.as_ref());
         }
     }
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+impl Command {
+    /// For a converting command run with `--manifest FILE`: FILE and what to record.
+    fn manifest_request(&self) -> Result<Option<(PathBuf, Provenance)>> {
+        let request = match self {
+            Command::ToRegression(args) => args.manifest_request(Kind::Regression),
+            Command::Format(args) => args.manifest_request(Kind::Formatting),
+            Command::Preprocess(dataset) => preprocess::manifest_request(dataset)?,
+            _ => None,
+        };
+        if let Some((_, provenance)) = &request {
+            provenance.check_files()?;
+        }
+        Ok(request)
+    }
+}
+
+/// The subcommand path (`preprocess oasst`) and every option's effective value, as
+/// clap parsed them from `argv`.
+fn command_and_options(argv: &[String]) -> (String, BTreeMap<String, String>) {
+    let matches =
+        Cli::command().try_get_matches_from(std::iter::once("steerlm").chain(argv.iter().map(String::as_str)));
+    let Ok(mut matches) = matches else { return (String::new(), BTreeMap::new()) };
+    let mut names = Vec::new();
+    while let Some((name, sub)) = matches.remove_subcommand() {
+        names.push(name);
+        matches = sub;
+    }
+    let options = matches
+        .ids()
+        .filter_map(|id| {
+            let values = matches.try_get_raw(id.as_str()).ok()??;
+            let values: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
+            Some((id.as_str().to_owned(), values.join(",")))
+        })
+        // Flattened argument structs show up as groups named after their type.
+        .filter(|(id, _)| id != "manifest" && !id.starts_with(|c: char| c.is_ascii_uppercase()))
+        .collect();
+    (names.join(" "), options)
+}
+
+/// Runs a parsed command line; `argv` (the arguments after the program name) is what
+/// `--manifest` records.
+pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
     let context = Context { sandbox: cli.sandbox, quiet: cli.quiet };
-    match cli.command {
+    let manifest = cli.command.manifest_request()?;
+    run_command(&context, cli.command)?;
+    if let Some((path, provenance)) = manifest {
+        let (command, options) = command_and_options(argv);
+        crate::manifest::write(&path, argv, command, options, &provenance)
+            .with_context(|| format!("writing the manifest {}", path.display()))?;
+        context.say(format!("manifest: {}", path.display()));
+    }
+    Ok(())
+}
+
+fn run_command(context: &Context, command: Command) -> Result<()> {
+    let context = Context { sandbox: context.sandbox, quiet: context.quiet };
+    match command {
         Command::ToRegression(args) => convert::run(&context, &args, crate::engine::LineConversion::Regression),
         Command::Format(args) => convert::run(&context, &args, crate::engine::LineConversion::Format),
         Command::Preprocess(dataset) => preprocess::run(&context, dataset),
@@ -166,6 +245,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Annotate(args) => crate::annotate::run(&args, context.quiet),
         Command::ExportComponents(args) => export::run(&context, &args),
         Command::Demo(args) => demo::run(&context, &args),
+        Command::VerifyManifest(args) => verify::run(&context, &args),
+        Command::Stats(args) => crate::stats::run(&context, &args),
     }
 }
 

@@ -2,7 +2,9 @@
 
 use super::{Context, ConvertArgs, rate};
 use crate::input::{InputPath, find_split_file, spawn_chunks};
+use crate::manifest::{Provenance, Role};
 use crate::output::{Output, commit_all};
+use crate::sandbox::Kind;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -95,6 +97,31 @@ pub fn run(context: &Context, dataset: Dataset) -> Result<()> {
         }
         Dataset::Oasst(args) => oasst(context, &args),
     }
+}
+
+/// `--manifest`: the dataset's input files (found as `run` finds them) and the two
+/// split files.
+pub fn manifest_request(dataset: &Dataset) -> Result<Option<(PathBuf, Provenance)>> {
+    let (convert, inputs, output_dir) = match dataset {
+        Dataset::Helpsteer(args) => (&args.convert, input_files(&args.input_dir, false)?, &args.output_dir),
+        Dataset::Helpsteer2(args) => {
+            let common = &args.common;
+            (&common.convert, input_files(&common.input_dir, args.preference)?, &common.output_dir)
+        }
+        Dataset::Oasst(args) => (&args.convert, vec![args.input.clone()], &args.output_dir),
+    };
+    let Some(path) = convert.manifest.clone() else { return Ok(None) };
+    let mut provenance = convert.provenance(Kind::Preprocess);
+    provenance.inputs = inputs;
+    for name in ["train.jsonl", "val.jsonl"] {
+        provenance.outputs.push((Role::OutputDir, output_dir.join(name)));
+    }
+    Ok(Some((path, provenance)))
+}
+
+fn input_files(dir: &Path, preference: bool) -> Result<Vec<PathBuf>> {
+    let names: &[&str] = if preference { &["preference"] } else { &["train", "validation"] };
+    names.iter().map(|name| Ok(find_split_file(dir, name)?.0)).collect()
 }
 
 fn split_outputs(dir: &Path) -> Result<(Output, Output)> {

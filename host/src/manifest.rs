@@ -1,0 +1,290 @@
+//! Provenance: `--manifest FILE` records what made a conversion's outputs, and
+//! `steerlm verify-manifest FILE` re-runs it to prove the bytes.
+//!
+//! A manifest is JSON: the steerlm version, the sha256 of every component the
+//! conversion ran, the command line and its effective options (defaults included),
+//! and the sha256, size and line count of every input and output file. Paths are
+//! kept as they were given, relative to the recorded working directory.
+
+use crate::sandbox::Kind;
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The manifest format's version, bumped on incompatible changes.
+pub const FORMAT: u32 = 1;
+
+/// What an output file is to the command that wrote it, so `verify-manifest` can send
+/// it elsewhere: the flag that named it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// `--output-file FILE`.
+    OutputFile,
+    /// A file inside `--output-dir DIR`.
+    OutputDir,
+    /// `--error-report FILE`.
+    ErrorReport,
+}
+
+impl Role {
+    fn flag(self) -> &'static str {
+        match self {
+            Role::OutputFile => "--output-file",
+            Role::OutputDir => "--output-dir",
+            Role::ErrorReport => "--error-report",
+        }
+    }
+}
+
+/// The files and components of one converting command, known before it runs.
+#[derive(Debug, Default)]
+pub struct Provenance {
+    /// Components the conversion runs (none with `--engine native`).
+    pub components: Vec<Kind>,
+    pub inputs: Vec<PathBuf>,
+    pub outputs: Vec<(Role, PathBuf)>,
+}
+
+impl Provenance {
+    /// `-` (stdin/stdout) cannot be hashed afterwards nor re-read by `verify-manifest`.
+    pub fn check_files(&self) -> Result<()> {
+        let dash = Path::new("-");
+        if self.inputs.iter().chain(self.outputs.iter().map(|(_, p)| p)).any(|p| p == dash) {
+            bail!("--manifest needs files: it cannot record `-` (stdin or stdout)");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub steerlm_manifest: u32,
+    pub steerlm_version: String,
+    /// The subcommand, e.g. `to-regression` or `preprocess oasst`.
+    pub command: String,
+    /// The arguments after `steerlm`, without `--manifest`.
+    pub argv: Vec<String>,
+    /// Every option of the subcommand with its effective value, defaults included.
+    pub options: BTreeMap<String, String>,
+    /// Working directory the paths are relative to.
+    pub cwd: PathBuf,
+    pub components: Vec<ComponentRecord>,
+    pub inputs: Vec<FileRecord>,
+    pub outputs: Vec<FileRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ComponentRecord {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone)]
+pub struct FileRecord {
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub role: Option<Role>,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Lines of the content (of the decompressed text for a `.gz` file).
+    pub lines: u64,
+}
+
+/// Hashes a file, counting its bytes and its content's lines.
+pub fn describe(path: &Path, role: Option<Role>) -> Result<FileRecord> {
+    let read = || std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    let mut file = read()?;
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        bytes += n as u64;
+    }
+    let mut content: Box<dyn Read> = Box::new(read()?);
+    if path.extension().is_some_and(|e| e == "gz") {
+        content = Box::new(flate2::read::MultiGzDecoder::new(content));
+    }
+    let lines = count_lines(&mut content, &mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(FileRecord { path: path.to_owned(), role, sha256: hex(&hasher.finalize()), bytes, lines })
+}
+
+/// Lines as `wc -l` counts them, plus a last line without a newline.
+fn count_lines(reader: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<u64> {
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = reader.read(buffer)?;
+        if n == 0 {
+            return Ok(lines + u64::from(last != b'\n'));
+        }
+        lines += memchr::memchr_iter(b'\n', &buffer[..n]).count() as u64;
+        last = buffer[n - 1];
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `argv` without `--manifest FILE` / `--manifest=FILE`.
+pub fn without_manifest_flag(argv: &[String]) -> Vec<String> {
+    let mut kept = Vec::with_capacity(argv.len());
+    let mut skip_next = false;
+    for arg in argv {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if arg == "--manifest" {
+            skip_next = true;
+        } else if !arg.starts_with("--manifest=") {
+            kept.push(arg.clone());
+        }
+    }
+    kept
+}
+
+/// Writes the manifest of a finished conversion (atomically, like every output).
+pub fn write(
+    manifest_path: &Path,
+    argv: &[String],
+    command: String,
+    options: BTreeMap<String, String>,
+    provenance: &Provenance,
+) -> Result<()> {
+    let mut outputs = Vec::new();
+    for (role, path) in &provenance.outputs {
+        // An error report exists only when some record was bad.
+        if *role == Role::ErrorReport && !path.exists() {
+            continue;
+        }
+        outputs.push(describe(path, Some(*role))?);
+    }
+    let manifest = Manifest {
+        steerlm_manifest: FORMAT,
+        steerlm_version: env!("CARGO_PKG_VERSION").to_owned(),
+        command,
+        argv: without_manifest_flag(argv),
+        options,
+        cwd: std::env::current_dir().context("cannot read the working directory")?,
+        components: provenance
+            .components
+            .iter()
+            .map(|kind| ComponentRecord { name: kind.name().to_owned(), sha256: kind.sha256() })
+            .collect(),
+        inputs: provenance.inputs.iter().map(|p| describe(p, None)).collect::<Result<_>>()?,
+        outputs,
+    };
+    let mut output = crate::output::Output::create(manifest_path)?;
+    let mut json = serde_json::to_vec_pretty(&manifest)?;
+    json.push(b'\n');
+    output.write_all(&json)?;
+    output.commit()
+}
+
+pub fn read(path: &Path) -> Result<Manifest> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a steerlm manifest", path.display()))?;
+    if manifest.steerlm_manifest != FORMAT {
+        bail!(
+            "{} is manifest format {}; this steerlm reads format {FORMAT}",
+            path.display(),
+            manifest.steerlm_manifest
+        );
+    }
+    Ok(manifest)
+}
+
+/// The manifest's command line with every output sent into `dir` instead; returns the
+/// new argv and, per recorded output, where the re-run writes it.
+pub fn redirect_outputs(manifest: &Manifest, dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    let mut argv = manifest.argv.clone();
+    let mut seen: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
+    let mut redirected = Vec::new();
+    for output in &manifest.outputs {
+        let role = output.role.context("an output of the manifest has no role")?;
+        let name = output.path.file_name().context("an output path of the manifest has no file name")?;
+        let (value, path) = match role {
+            Role::OutputDir => (dir.join("output-dir"), dir.join("output-dir").join(name)),
+            Role::OutputFile | Role::ErrorReport => {
+                let path = dir.join(role.flag().trim_start_matches('-')).join(name);
+                (path.clone(), path)
+            }
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        seen.insert(role.flag(), value);
+        redirected.push(path);
+    }
+    for (flag, value) in &seen {
+        let value = value.to_str().context("the scratch directory's path is not UTF-8")?.to_owned();
+        let mut found = false;
+        for i in 0..argv.len() {
+            if argv[i] == *flag && i + 1 < argv.len() {
+                argv[i + 1] = value.clone();
+                found = true;
+            } else if argv[i].starts_with(&format!("{flag}=")) {
+                argv[i] = format!("{flag}={value}");
+                found = true;
+            }
+        }
+        if !found {
+            bail!("the manifest's command line has no {flag}, though an output came from it");
+        }
+    }
+    Ok((argv, redirected))
+}
+
+/// Components the manifest names whose bytes differ from this binary's.
+pub fn component_differences(manifest: &Manifest) -> Vec<String> {
+    manifest
+        .components
+        .iter()
+        .filter_map(|recorded| {
+            let ours = Kind::ALL.iter().find(|k| k.name() == recorded.name)?;
+            (ours.sha256() != recorded.sha256).then(|| {
+                format!(
+                    "the {} component differs: manifest {}, this steerlm {}",
+                    recorded.name,
+                    short(&recorded.sha256),
+                    short(&ours.sha256())
+                )
+            })
+        })
+        .collect()
+}
+
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_flag_is_dropped_in_both_spellings() {
+        let argv: Vec<String> = ["format", "--manifest", "m.json", "--input-file", "a", "--manifest=x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(without_manifest_flag(&argv), ["format", "--input-file", "a"]);
+    }
+
+    #[test]
+    fn lines_are_counted_like_wc_plus_an_unterminated_last_line() {
+        let mut buffer = vec![0; 3];
+        for (text, lines) in [("", 0), ("a", 1), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3)] {
+            assert_eq!(count_lines(&mut text.as_bytes(), &mut buffer).unwrap(), lines, "{text:?}");
+        }
+    }
+}

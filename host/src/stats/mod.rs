@@ -1,0 +1,293 @@
+//! `steerlm stats`: a look at a SteerLM data file before training on it.
+//!
+//! Reads SFT records (`{"conversations": [...]}`, annotated or not) or regression
+//! lines (`{"text", "label": [9 floats]}`), and reports records, turns, labeled turns,
+//! a histogram of each attribute's values (0..4 and missing; values are clamped and
+//! rounded half to even, as label strings are written), and the mean text length in
+//! characters (Python's `len`) and, with `--model`, in the model's tokens. Stats read
+//! the data, they convert nothing, so they run natively rather than in the sandbox.
+
+mod glyph_text;
+mod plot;
+
+use crate::commands::Context;
+use crate::input::{InputPath, spawn_chunks};
+use anyhow::{Context as _, Result, anyhow};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::PathBuf;
+use steerlm_core::ALL_ATTRIBUTES;
+use steerlm_core::chunk::split_lines;
+use steerlm_core::labels::{MISSING, label_vector};
+use steerlm_core::pyfloat::python_round;
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// SFT, annotated or regression JSONL (.jsonl or .jsonl.gz; `-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub input_file: PathBuf,
+    /// Also draw one histogram per attribute into OUT (.svg or .png).
+    #[arg(long, value_name = "OUT")]
+    pub plot: Option<PathBuf>,
+    /// Picture size in pixels, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1200x900", value_parser = parse_size, value_name = "WxH")]
+    pub plot_size: (u32, u32),
+    /// A checkpoint folder (or any folder with a tokenizer.json): also count tokens.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// How to print the numbers.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let parsed = text.split_once(['x', 'X']).and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
+    match parsed {
+        Some((w, h)) if (200..=8000).contains(&w) && (200..=8000).contains(&h) => Ok((w, h)),
+        _ => Err(format!("{text:?}: expected WIDTHxHEIGHT, each 200 to 8000 pixels")),
+    }
+}
+
+/// What kind of lines the file holds (decided by its first record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// SFT records, with or without labels (annotated files are SFT records).
+    Sft,
+    /// `{"text", "label"}` regression lines.
+    Regression,
+}
+
+/// Bucket labels of a histogram: the five values, then missing.
+pub const BUCKETS: [&str; 6] = ["0", "1", "2", "3", "4", "missing"];
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub file: String,
+    pub kind: Option<Kind>,
+    pub records: u64,
+    /// Conversation turns (for regression lines: the turns inside each text).
+    pub turns: u64,
+    /// Turns with a label (SFT) or lines (regression).
+    pub labeled_turns: u64,
+    /// Per attribute, in SteerLM order: counts of 0, 1, 2, 3, 4 and missing over the
+    /// labeled turns.
+    pub histograms: Vec<(String, [u64; 6])>,
+    /// Mean characters per text: per turn for SFT, per line's text for regression.
+    pub mean_chars: f64,
+    /// Mean tokens per text, with `--model`.
+    pub mean_tokens: Option<f64>,
+    #[serde(skip)]
+    texts: u64,
+    #[serde(skip)]
+    chars: u64,
+    #[serde(skip)]
+    tokens: u64,
+}
+
+impl Stats {
+    fn new(file: String) -> Self {
+        Stats {
+            file,
+            kind: None,
+            records: 0,
+            turns: 0,
+            labeled_turns: 0,
+            histograms: ALL_ATTRIBUTES.iter().map(|a| (a.to_string(), [0; 6])).collect(),
+            mean_chars: 0.0,
+            mean_tokens: None,
+            texts: 0,
+            chars: 0,
+            tokens: 0,
+        }
+    }
+
+    fn count_label(&mut self, vector: &[f64; 9]) {
+        self.labeled_turns += 1;
+        for ((_, histogram), &value) in self.histograms.iter_mut().zip(vector) {
+            histogram[bucket(value)] += 1;
+        }
+    }
+}
+
+/// 0..=4 for a value (clamped, rounded half to even), 5 for missing.
+fn bucket(value: f64) -> usize {
+    if value == MISSING {
+        return 5;
+    }
+    python_round(value.clamp(0.0, 4.0)).map_or(5, |v| v as usize)
+}
+
+pub fn run(context: &Context, args: &StatsArgs) -> Result<()> {
+    if let Some(plot) = &args.plot {
+        plot::check_extension(plot)?;
+    }
+    let tokenizer = match &args.model {
+        Some(dir) => Some(load_tokenizer(dir)?),
+        None => None,
+    };
+    let stats = compute(context, &InputPath(args.input_file.clone()), tokenizer.as_ref())?;
+    match args.format {
+        Format::Table => print!("{}", table(&stats)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("{} ({} labeled turns)", stats.file, stats.labeled_turns);
+        let histograms: Vec<(&str, [u64; 6])> = stats.histograms.iter().map(|(a, h)| (a.as_str(), *h)).collect();
+        plot::draw_histograms(path, &title, &histograms, args.plot_size)?;
+        context.say(format!("plot: {}", path.display()));
+    }
+    Ok(())
+}
+
+fn load_tokenizer(dir: &std::path::Path) -> Result<tokenizers::Tokenizer> {
+    let path = if dir.is_dir() { dir.join("tokenizer.json") } else { dir.to_owned() };
+    tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("cannot load {}: {e}", path.display()))
+}
+
+/// Reads the whole input once.
+pub fn compute(context: &Context, input: &InputPath, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Stats> {
+    let mut stats = Stats::new(input.display());
+    let progress = context.progress("reading");
+    let mut texts: Vec<String> = Vec::new();
+    for chunk in spawn_chunks(input, 4 << 20, &progress)? {
+        let chunk = chunk?;
+        for (offset, line) in split_lines(&chunk.bytes).enumerate() {
+            let number = chunk.first_line + offset as u64;
+            let fail = |why: String| anyhow!("{}: line {number}: {why}", input.display());
+            let line = std::str::from_utf8(line).map_err(|_| fail("line is not valid UTF-8".into()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Value = serde_json::from_str(line).map_err(|e| fail(steerlm_core::chunk::json_error(&e)))?;
+            let kind = if record.get("conversations").is_some() {
+                Kind::Sft
+            } else if record.get("text").is_some() && record.get("label").is_some() {
+                Kind::Regression
+            } else {
+                return Err(fail(
+                    "neither an SFT record (\"conversations\") nor a regression line (\"text\", \"label\")".into(),
+                ));
+            };
+            match stats.kind {
+                None => stats.kind = Some(kind),
+                Some(first) if first != kind => {
+                    return Err(fail(format!("a {kind:?} line in a file of {first:?} lines").to_lowercase()));
+                }
+                Some(_) => {}
+            }
+            stats.records += 1;
+            match kind {
+                Kind::Sft => sft_record(&mut stats, &record, &mut texts).map_err(fail)?,
+                Kind::Regression => regression_line(&mut stats, &record, &mut texts).map_err(fail)?,
+            }
+        }
+        count_texts(&mut stats, &mut texts, tokenizer)?;
+    }
+    progress.finish_and_clear();
+    if stats.texts > 0 {
+        stats.mean_chars = stats.chars as f64 / stats.texts as f64;
+        if tokenizer.is_some() {
+            stats.mean_tokens = Some(stats.tokens as f64 / stats.texts as f64);
+        }
+    }
+    Ok(stats)
+}
+
+fn sft_record(stats: &mut Stats, record: &Value, texts: &mut Vec<String>) -> Result<(), String> {
+    let turns = record["conversations"].as_array().ok_or("\"conversations\" is not a list")?;
+    for (i, turn) in turns.iter().enumerate() {
+        stats.turns += 1;
+        let value = turn.get("value").and_then(Value::as_str).ok_or(format!("turn {i}: no string \"value\""))?;
+        texts.push(value.to_owned());
+        match turn.get("label") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(label)) => {
+                let vector = label_vector(label).map_err(|e| format!("turn {i}: {e}"))?;
+                stats.count_label(&vector);
+            }
+            Some(other) => return Err(format!("turn {i}: label is {other}, not a string")),
+        }
+    }
+    Ok(())
+}
+
+fn regression_line(stats: &mut Stats, record: &Value, texts: &mut Vec<String>) -> Result<(), String> {
+    let text = record["text"].as_str().ok_or("\"text\" is not a string")?;
+    let label = record["label"].as_array().filter(|l| l.len() == 9).ok_or("\"label\" is not a list of 9 numbers")?;
+    let mut vector = [MISSING; 9];
+    for (slot, value) in vector.iter_mut().zip(label) {
+        *slot = value.as_f64().ok_or("\"label\" is not a list of 9 numbers")?;
+    }
+    // Each turn of the rendered conversation starts with <extra_id_1>.
+    stats.turns += text.matches("<extra_id_1>").count() as u64;
+    stats.count_label(&vector);
+    texts.push(text.to_owned());
+    Ok(())
+}
+
+/// Adds a chunk's texts to the character (and token) totals.
+fn count_texts(stats: &mut Stats, texts: &mut Vec<String>, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<()> {
+    stats.texts += texts.len() as u64;
+    stats.chars += texts.iter().map(|t| t.chars().count() as u64).sum::<u64>();
+    if let Some(tokenizer) = tokenizer {
+        let encodings = tokenizer
+            .encode_batch(std::mem::take(texts), false)
+            .map_err(|e| anyhow!("tokenizer: {e}"))
+            .context("counting tokens")?;
+        stats.tokens += encodings.iter().map(|e| e.get_ids().len() as u64).sum::<u64>();
+    }
+    texts.clear();
+    Ok(())
+}
+
+/// The terminal report.
+pub fn table(stats: &Stats) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let kind = match stats.kind {
+        Some(Kind::Sft) => "SFT records",
+        Some(Kind::Regression) => "regression lines",
+        None => "empty",
+    };
+    let _ = writeln!(out, "{}  ({kind})", stats.file);
+    let _ = writeln!(out, "  records        {:>10}", stats.records);
+    let _ = writeln!(out, "  turns          {:>10}", stats.turns);
+    let _ = writeln!(out, "  labeled turns  {:>10}", stats.labeled_turns);
+    let per = if stats.kind == Some(Kind::Regression) { "text" } else { "turn" };
+    let _ = write!(out, "  mean length    {:>10.1} characters per {per}", stats.mean_chars);
+    if let Some(tokens) = stats.mean_tokens {
+        let _ = write!(out, ", {tokens:.1} tokens");
+    }
+    let _ = writeln!(out, "\n");
+    let _ = writeln!(out, "  {:<13}{}", "attribute", BUCKETS.map(|b| format!("{b:>9}")).concat());
+    for (attribute, histogram) in &stats.histograms {
+        let _ = writeln!(out, "  {attribute:<13}{}", histogram.map(|c| format!("{c:>9}")).concat());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_bucketed_like_label_strings() {
+        assert_eq!([0.0, 0.5, 1.5, 2.5, 3.49, 4.0, 9.0, -1.0].map(bucket), [0, 0, 2, 2, 3, 4, 4, 0]);
+        assert_eq!(bucket(MISSING), 5);
+    }
+
+    #[test]
+    fn sizes_parse_within_bounds() {
+        assert_eq!(parse_size("800x600"), Ok((800, 600)));
+        assert!(parse_size("10x10").is_err());
+        assert!(parse_size("800").is_err());
+    }
+}
