@@ -3,43 +3,25 @@
 //! dynamic batching, with scores checked against transformers' goldens.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use support::Server;
+
+#[path = "support/server.rs"]
+mod support;
 
 fn model_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `steerlm serve` on a free port and waits for its "serving ... on URL" line.
+/// Starts `steerlm serve` with the llama9 fixture on a free port.
 fn serve(extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steerlm"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    command
         .args(["serve", "--model", model_dir("llama9").to_str().unwrap(), "--device", "cpu", "--port", "0"])
         .args(extra)
-        .env_remove("STEERLM_API_KEY")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_owned();
-    Server { child, url }
+        .env_remove("STEERLM_API_KEY");
+    support::spawn(command)
 }
 
 fn goldens() -> Value {

@@ -7,9 +7,13 @@ use flate2::write::GzEncoder;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use support::Server;
+
+#[path = "support/server.rs"]
+mod support;
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
@@ -31,34 +35,11 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `steerlm serve-component` on a free port and waits for its "... on URL" line.
+/// Starts `steerlm serve-component` on a free port.
 fn serve(extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steerlm"))
-        .args(["serve-component", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_owned();
-    Server { child, url }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    command.args(["serve-component", "--listen", "127.0.0.1:0"]).args(extra);
+    support::spawn(command)
 }
 
 struct Reply {

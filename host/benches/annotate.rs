@@ -8,9 +8,12 @@
 //! - `steerlm annotate` against the same server with dynamic batching switched off.
 
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use support::Server;
+
+#[path = "../../tests/support/server.rs"]
+mod support;
 use std::time::Instant;
 
 const RECORDS: usize = 2000;
@@ -47,27 +50,10 @@ fn write_records(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steerlm"))
-        .args(["serve", "--device", "cpu", "--port", "0", "--model"])
-        .arg(model_dir())
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-    Server(child, url)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    command.args(["serve", "--device", "cpu", "--port", "0", "--model"]).arg(model_dir()).args(extra);
+    support::spawn(command)
 }
 
 fn annotate(url: &str, input: &Path, output: &Path) -> f64 {
@@ -117,11 +103,11 @@ fn main() {
         "annotating {RECORDS} records (1 labeled turn each) against steerlm serve, llama9 fixture model on the CPU"
     );
     let batched = serve(&[]);
-    let ours = annotate(&batched.1, &input, &dir.join("out-batched.jsonl"));
-    let reference_pattern = sequential(&batched.1, &input);
+    let ours = annotate(&batched.url, &input, &dir.join("out-batched.jsonl"));
+    let reference_pattern = sequential(&batched.url, &input);
     drop(batched);
     let unbatched = serve(&["--no-dynamic-batching"]);
-    let without_batching = annotate(&unbatched.1, &input, &dir.join("out-unbatched.jsonl"));
+    let without_batching = annotate(&unbatched.url, &input, &dir.join("out-unbatched.jsonl"));
     drop(unbatched);
 
     println!("{:<62} {:>9} {:>11}", "client / server", "seconds", "records/s");

@@ -8,8 +8,11 @@
 
 use futures::StreamExt;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use support::Server;
+
+#[path = "../../tests/support/server.rs"]
+mod support;
 use std::time::Instant;
 use steerlm::sandbox::bindings::regression::steerlm::pipeline::types::TemplateOptions;
 use steerlm::sandbox::{Limits, Sandbox};
@@ -27,25 +30,10 @@ fn record(i: usize) -> String {
         + "\n"
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steerlm"))
-        .args(["serve-component", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-    Server(child, url)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    command.args(["serve-component", "--listen", "127.0.0.1:0"]);
+    support::spawn(command)
 }
 
 fn main() {
@@ -70,7 +58,7 @@ fn main() {
     let server = serve();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let client = reqwest::Client::new();
-    let url = format!("{}/regression", server.1);
+    let url = format!("{}/regression", server.url);
     let post = |body: Vec<u8>| {
         let request = client.post(&url).body(body);
         async move {

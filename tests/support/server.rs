@@ -1,0 +1,33 @@
+//! A `steerlm` server process for tests and benches: started on a free port, its URL
+//! read from the first line it prints, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` (a `steerlm serve...` listening on port 0) and waits for its
+/// "... on http://ADDR ..." line.
+pub fn spawn(mut command: Command) -> Server {
+    let mut child = command.stdout(Stdio::piped()).spawn().expect("start the steerlm binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the server's first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in the server's first line {line:?}"))
+        .to_owned();
+    Server { child, url }
+}
