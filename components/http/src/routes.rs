@@ -233,7 +233,7 @@ fn pieces(body: &[u8]) -> impl Iterator<Item = (&[u8], u64)> {
         let end = if rest.len() <= PIECE_BYTES {
             rest.len()
         } else {
-            memchr_newline_after(rest, PIECE_BYTES).map_or(rest.len(), |i| i + 1)
+            newline_at_or_after(rest, PIECE_BYTES).map_or(rest.len(), |i| i + 1)
         };
         let piece = &rest[..end];
         let first = line;
@@ -243,7 +243,7 @@ fn pieces(body: &[u8]) -> impl Iterator<Item = (&[u8], u64)> {
     })
 }
 
-fn memchr_newline_after(bytes: &[u8], from: usize) -> Option<usize> {
+fn newline_at_or_after(bytes: &[u8], from: usize) -> Option<usize> {
     bytes[from..].iter().position(|&b| b == b'\n').map(|i| from + i)
 }
 
