@@ -574,6 +574,60 @@ fn manifest_needs_files_not_stdin() {
     assert_eq!(listing(dir.path()), Vec::<String>::new());
 }
 
+#[test]
+fn verify_manifest_only_reruns_conversions_and_checks_its_input() {
+    let dir = tempdir();
+    let out = dir.path().join("out.jsonl");
+    let manifest = dir.path().join("m.json");
+    let input = fixture("regression/input.jsonl");
+    assert_success(&steerlm(&[
+        "format",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+        "--manifest",
+        p(&manifest),
+    ]));
+    let rewrite = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut json = manifest_json(&manifest);
+        edit(&mut json);
+        let path = dir.path().join("edited.json");
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        steerlm(&["verify-manifest", p(&path)])
+    };
+    // Another command in argv is refused, not run.
+    let exported = dir.path().join("exported");
+    let out = rewrite(&|j| {
+        j["argv"] = serde_json::json!(["export-components", p(&exported)]);
+    });
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a conversion"), "{}", stderr(&out));
+    assert!(!exported.exists());
+    // A hash that is not a sha256, and no outputs at all.
+    let out = rewrite(&|j| j["outputs"][0]["sha256"] = serde_json::json!("aaaaaaaaaaaé"));
+    assert!(stderr(&out).contains("is not a sha256"), "{}", stderr(&out));
+    let out = rewrite(&|j| j["outputs"] = serde_json::json!([]));
+    assert!(stderr(&out).contains("no outputs"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unwritable_manifest_path_fails_before_converting() {
+    let dir = tempdir();
+    let out = dir.path().join("out.jsonl");
+    let result = steerlm(&[
+        "to-regression",
+        "--input-file",
+        p(&fixture("regression/input.jsonl")),
+        "--output-file",
+        p(&out),
+        "--manifest",
+        p(&dir.path().join("missing-dir/m.json")),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    assert_eq!(listing(dir.path()), Vec::<String>::new());
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()

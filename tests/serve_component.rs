@@ -116,12 +116,25 @@ fn regression_route_gives_the_reference_bytes_plain_and_gzipped() {
     });
 }
 
+/// What `steerlm format` writes for the same input, for comparing bytes.
+fn cli_format(input: &Path, extra: &[&str]) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_steerlm"))
+        .args(["format", "--input-file", input.to_str().unwrap(), "--output-file", "-"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
 #[test]
 fn format_route_yields_the_prefixes_the_reference_scored() {
     let server = serve(&[]);
     runtime().block_on(async {
+        let input = fixture("annotate/input.jsonl");
         let reply = post(&server, "/format", read("annotate/input.jsonl")).await;
-        assert_eq!(reply.status, 200);
+        reply.assert_body(&cli_format(&input, &[]));
+        // The same texts the reference sent to its reward model.
         let texts = |bytes: &[u8]| -> BTreeSet<String> {
             String::from_utf8(bytes.to_vec())
                 .unwrap()
@@ -131,7 +144,7 @@ fn format_route_yields_the_prefixes_the_reference_scored() {
         };
         assert_eq!(texts(&reply.body), texts(&read("annotate/scores.jsonl")));
         let with_system = post(&server, "/format?use_record_system=true", read("annotate/input.jsonl")).await;
-        assert_eq!(with_system.status, 200);
+        with_system.assert_body(&cli_format(&input, &["--use-record-system"]));
     });
 }
 
@@ -155,7 +168,7 @@ fn label_routes_parse_and_encode() {
         post(&server, "/labels/encode", named).await.assert_body(b"helpfulness:4,verbosity:0");
 
         post(&server, "/labels/parse", b"helpfulness".to_vec()).await.assert_error(400, Some(1), "no ':'");
-        post(&server, "/labels/encode", b"[1, 2]".to_vec()).await.assert_error(400, Some(1), "");
+        post(&server, "/labels/encode", b"[1, 2]".to_vec()).await.assert_error(400, Some(1), "2 scores for 9 attributes");
         post(&server, "/labels/encode", b"{\"scores\": [1], \"nmes\": []}".to_vec()).await.assert_error(
             400,
             Some(1),
@@ -270,8 +283,10 @@ fn bodies_over_the_limit_get_413_however_they_arrive() {
     let limited = serve(&["--max-body-mb", "1"]);
     runtime().block_on(async {
         let big = vec![b'a'; (1 << 20) + 1];
-        // Declared by Content-Length: refused before any instance is made.
-        post(&limited, "/regression", big.clone()).await.assert_error(413, None, "limit");
+        // Declared by Content-Length: refused by the host before any instance is made
+        // (the component's own messages say "as sent" or "once decompressed").
+        let reply = post(&limited, "/regression", big.clone()).await;
+        reply.assert_error(413, None, "limit of 1048576 bytes;");
         // Chunked, without a length: the component counts as it reads.
         let stream = futures::stream::iter(
             big.chunks(64 << 10).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),

@@ -89,6 +89,15 @@ fn sft_file_counts_match_an_independent_count() {
 }
 
 #[test]
+fn labeled_turns_are_the_ones_to_regression_converts() {
+    // The reference's input has empty, null and missing labels; its output has one line
+    // per truthy label.
+    let json = stats_json(&fixture("conversions/regression/input.jsonl"), &[]);
+    let expected = std::fs::read_to_string(fixture("conversions/regression/expected.jsonl")).unwrap();
+    assert_eq!(json["labeled_turns"], expected.lines().count());
+}
+
+#[test]
 fn annotated_and_regression_files() {
     // Annotated output: SFT records whose labels came from the reward model.
     let annotated = fixture("conversions/annotate/expected/output_fresh.jsonl");

@@ -14,14 +14,14 @@ use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreContextMut};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -37,11 +37,12 @@ pub struct ServeComponentArgs {
     #[arg(long, default_value = "127.0.0.1:8089", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
     /// Largest request body, in MiB, before and after gzip decoding (413 past it).
-    #[arg(long, default_value_t = 32, value_name = "MIB")]
-    pub max_body_mb: usize,
+    #[arg(long, default_value_t = 32, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_body_mb: u64,
     /// Largest response body, in MiB (413 past it; regression output grows quickly).
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
-    pub max_response_mb: usize,
+    /// The component is 32-bit: body and response share its 4 GiB address space.
+    #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=2048))]
+    pub max_response_mb: u64,
     /// Requests handled at once; more wait their turn.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_concurrent_requests: usize,
@@ -89,16 +90,21 @@ pub async fn serve(args: ServeComponentArgs, limits: RequestLimits, quiet: bool)
             // A client hanging up mid-request is its own business, not an error of ours.
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The listening side: admission (concurrency, body size) in front of the handler.
 struct Server {
     handler: ProxyHandler<Instantiator>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     max_body_bytes: usize,
 }
 
@@ -117,7 +123,7 @@ impl Server {
             .and_then(ServicePre::new)
             .map_err(anyhow::Error::from)
             .context("preparing the HTTP component")?;
-        let max_body_bytes = args.max_body_mb << 20;
+        let max_body_bytes = (args.max_body_mb << 20) as usize;
         let instantiator = Instantiator {
             pre: ProxyPre::P3(pre),
             limits,
@@ -128,13 +134,13 @@ impl Server {
         };
         Ok(Server {
             handler: ProxyHandler::new(instantiator),
-            permits: Semaphore::new(args.max_concurrent_requests.max(1)),
+            permits: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
             max_body_bytes,
         })
     }
 
     async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<WasiBody> {
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             return error_response(503, "the server is shutting down".into());
         };
         let declared = request
@@ -153,19 +159,50 @@ impl Server {
         }
         let request = request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
         match self.handler.handle((), request).await {
-            Ok(response) => response,
+            // The instance lives on while its body is sent, so the permit goes with the body.
+            Ok(response) => response.map(|body| PermitBody { body, _permit: permit }.boxed_unsync()),
             Err(e) => error_response(500, explain(&e)),
         }
     }
 }
 
-/// Why a request produced no response, for the client.
+/// A response body that holds its request's concurrency permit until it has been sent
+/// (or the client hung up).
+struct PermitBody {
+    body: WasiBody,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Why a request produced no response, for the client. A trap does not say which
+/// limit caused it, so the message names both.
 fn explain(e: &wasmtime::Error) -> String {
     if e.downcast_ref::<wasmtime_wasi_http::handler::ExpirationError>().is_some() {
         return "the request ran longer than the component's time limit (--component-timeout)".into();
     }
     if e.downcast_ref::<wasmtime_wasi_http::handler::TrapOrPanicError>().is_some() {
-        return "the component stopped before answering (memory limit, --component-memory-mb, or a trap)".into();
+        return "the component stopped before answering: it reached its memory limit (--component-memory-mb) \
+                or its time limit (--component-timeout)"
+            .into();
     }
     format!("the component failed: {e:#}")
 }

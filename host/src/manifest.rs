@@ -151,9 +151,10 @@ pub fn without_manifest_flag(argv: &[String]) -> Vec<String> {
     kept
 }
 
-/// Writes the manifest of a finished conversion (atomically, like every output).
+/// Writes the manifest of a finished conversion into `output`, which the caller
+/// created before the conversion ran (so a bad manifest path fails first).
 pub fn write(
-    manifest_path: &Path,
+    mut output: crate::output::Output,
     argv: &[String],
     command: String,
     options: BTreeMap<String, String>,
@@ -182,7 +183,6 @@ pub fn write(
         inputs: provenance.inputs.iter().map(|p| describe(p, None)).collect::<Result<_>>()?,
         outputs,
     };
-    let mut output = crate::output::Output::create(manifest_path)?;
     let mut json = serde_json::to_vec_pretty(&manifest)?;
     json.push(b'\n');
     output.write_all(&json)?;
@@ -193,6 +193,13 @@ pub fn read(path: &Path) -> Result<Manifest> {
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let manifest: Manifest =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a steerlm manifest", path.display()))?;
+    let hashes = manifest.components.iter().map(|c| &c.sha256);
+    let hashes = hashes.chain(manifest.inputs.iter().chain(&manifest.outputs).map(|f| &f.sha256));
+    for hash in hashes {
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("{} is not a valid manifest: {hash:?} is not a sha256", path.display());
+        }
+    }
     if manifest.steerlm_manifest != FORMAT {
         bail!(
             "{} is manifest format {}; this steerlm reads format {FORMAT}",
@@ -203,45 +210,52 @@ pub fn read(path: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// The manifest's command line with every output sent into `dir` instead; returns the
-/// new argv and, per recorded output, where the re-run writes it.
+/// The manifest's command line with every output flag pointed into `dir` (also flags
+/// whose file the original run did not write, such as an error report), and, per
+/// recorded output, where the re-run writes it.
 pub fn redirect_outputs(manifest: &Manifest, dir: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let mut argv = manifest.argv.clone();
-    let mut seen: BTreeMap<&'static str, PathBuf> = BTreeMap::new();
-    let mut redirected = Vec::new();
+    for role in [Role::OutputFile, Role::OutputDir, Role::ErrorReport] {
+        let flag = role.flag();
+        let inline = format!("{flag}=");
+        for i in 0..argv.len() {
+            let (index, original) = if argv[i] == flag && i + 1 < argv.len() {
+                (i + 1, argv[i + 1].clone())
+            } else if let Some(value) = argv[i].strip_prefix(&inline) {
+                (i, value.to_owned())
+            } else {
+                continue;
+            };
+            let target = scratch_target(dir, role, Path::new(&original))?;
+            let target = target.to_str().context("the scratch directory's path is not UTF-8")?.to_owned();
+            argv[index] = if index == i { format!("{inline}{target}") } else { target };
+        }
+    }
+    let mut rerun_paths = Vec::new();
     for output in &manifest.outputs {
         let role = output.role.context("an output of the manifest has no role")?;
-        let name = output.path.file_name().context("an output path of the manifest has no file name")?;
-        let (value, path) = match role {
-            Role::OutputDir => (dir.join("output-dir"), dir.join("output-dir").join(name)),
-            Role::OutputFile | Role::ErrorReport => {
-                let path = dir.join(role.flag().trim_start_matches('-')).join(name);
-                (path.clone(), path)
-            }
+        if !manifest.argv.iter().any(|a| a == role.flag() || a.starts_with(&format!("{}=", role.flag()))) {
+            bail!("the manifest's command line has no {}, though an output came from it", role.flag());
+        }
+        let path = match role {
+            Role::OutputDir => scratch_target(dir, role, &output.path)?
+                .join(output.path.file_name().context("an output path of the manifest has no file name")?),
+            _ => scratch_target(dir, role, &output.path)?,
         };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        seen.insert(role.flag(), value);
-        redirected.push(path);
+        rerun_paths.push(path);
     }
-    for (flag, value) in &seen {
-        let value = value.to_str().context("the scratch directory's path is not UTF-8")?.to_owned();
-        let mut found = false;
-        for i in 0..argv.len() {
-            if argv[i] == *flag && i + 1 < argv.len() {
-                argv[i + 1] = value.clone();
-                found = true;
-            } else if argv[i].starts_with(&format!("{flag}=")) {
-                argv[i] = format!("{flag}={value}");
-                found = true;
-            }
-        }
-        if !found {
-            bail!("the manifest's command line has no {flag}, though an output came from it");
-        }
-    }
-    Ok((argv, redirected))
+    Ok((argv, rerun_paths))
+}
+
+/// Where output `original` (named by `role`'s flag) goes in the scratch directory; the
+/// file name is kept so a `.gz` output is still compressed.
+fn scratch_target(dir: &Path, role: Role, original: &Path) -> Result<PathBuf> {
+    let folder = dir.join(role.flag().trim_start_matches('-'));
+    std::fs::create_dir_all(&folder)?;
+    Ok(match role {
+        Role::OutputDir => folder,
+        _ => folder.join(original.file_name().context("an output path of the manifest has no file name")?),
+    })
 }
 
 /// Components the manifest names whose bytes differ from this binary's.

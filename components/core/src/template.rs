@@ -113,13 +113,33 @@ pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<
     Ok(prefixes)
 }
 
+/// The error of a line whose output would pass a bounded conversion's limit.
+pub const OUTPUT_LIMIT: &str = "the output limit was reached";
+
+/// Fails with [`OUTPUT_LIMIT`] once `bytes` would pass `max_output`.
+pub(crate) fn check_budget(bytes: usize, max_output: usize) -> Result<(), String> {
+    if bytes > max_output { Err(OUTPUT_LIMIT.to_owned()) } else { Ok(()) }
+}
+
 /// The `format` conversion of one JSONL line: a `{"text": prefix}` line per labeled
 /// prefix (annotation's rule: what a reward model is asked to score).
 pub fn format_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> Result<u64, String> {
+    format_line_bounded(line, options, out, usize::MAX)
+}
+
+/// [`format_line`] that fails with [`OUTPUT_LIMIT`] before `out` passes `max_output`
+/// bytes (see `regression::convert_bounded`).
+pub fn format_line_bounded(
+    line: &str,
+    options: TemplateOptions,
+    out: &mut Vec<u8>,
+    max_output: usize,
+) -> Result<u64, String> {
     let record = SftRecord::parse(line)?;
     let mut text = EscapedText::default();
     let mut written = 0;
     walk_prefixes(&record, options, LabelRule::Present, &mut text, |_, _, text| {
+        check_budget(out.len() + text.0.len(), max_output)?;
         out.extend_from_slice(b"{\"text\": \"");
         out.extend_from_slice(&text.0);
         out.extend_from_slice(LABEL_MARK.as_bytes());

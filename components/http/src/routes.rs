@@ -14,7 +14,7 @@
 use serde_json::{Value, json};
 use steerlm_core::chunk::{LineError, Split, split_lines};
 use steerlm_core::preprocess::{PreprocessOptions, Source};
-use steerlm_core::template::{self, TemplateOptions};
+use steerlm_core::template::{self, OUTPUT_LIMIT, TemplateOptions};
 use steerlm_core::{ALL_ATTRIBUTES, chunk, labels, oasst, preprocess, regression, shuffle};
 
 /// Media type of every JSONL response.
@@ -91,13 +91,19 @@ pub fn route_method(path: &str) -> Option<&'static str> {
     ROUTES.iter().find(|(_, p)| *p == path).map(|(m, _)| *m)
 }
 
+/// The `404` or `405` for a request no route takes, decided before its body is read.
+pub fn reject(method: &str, path: &str) -> Option<Reply> {
+    let Some(allowed) = route_method(path) else {
+        return Some(Reply::error(404, format!("no route {path}; routes: {}", route_list()), None));
+    };
+    (method != allowed)
+        .then(|| Reply::error(405, format!("{path} takes {allowed}, not {method}"), None).header("allow", allowed))
+}
+
 /// Answers one request whose body is already read and decoded.
 pub fn handle(method: &str, path: &str, query: &str, body: &[u8], limits: Limits) -> Reply {
-    let Some(allowed) = route_method(path) else {
-        return Reply::error(404, format!("no route {path}; routes: {}", route_list()), None);
-    };
-    if method != allowed {
-        return Reply::error(405, format!("{path} takes {allowed}, not {method}"), None).header("allow", allowed);
+    if let Some(reply) = reject(method, path) {
+        return reply;
     }
     let query = match Query::parse(query) {
         Ok(query) => query,
@@ -105,12 +111,11 @@ pub fn handle(method: &str, path: &str, query: &str, body: &[u8], limits: Limits
     };
     let result = match path {
         "/health" => Ok(Reply::ok(JSON, health())),
-        "/regression" => template_options(&query)
-            .and_then(|options| jsonl(body, limits, |piece, first| regression::convert(piece, first, options))),
+        "/regression" => template_options(&query).and_then(|options| {
+            jsonl(body, limits, |piece, first, budget| regression::convert_bounded(piece, first, options, budget))
+        }),
         "/format" => template_options(&query).and_then(|options| {
-            jsonl(body, limits, |piece, first| {
-                chunk::convert_chunk(piece, first, |line, out| template::format_line(line, options, out))
-            })
+            jsonl(body, limits, |piece, first, budget| format_bounded(piece, first, options, budget))
         }),
         "/labels/parse" => labels_parse(body),
         "/labels/encode" => labels_encode(body),
@@ -190,18 +195,34 @@ fn template_options(query: &Query) -> Result<TemplateOptions, Reply> {
     Ok(TemplateOptions { use_record_system: query.flag("use_record_system")? })
 }
 
+/// `format` of a chunk, stopping like `regression::convert_bounded`.
+fn format_bounded(piece: &[u8], first_line: u64, options: TemplateOptions, budget: usize) -> chunk::ChunkOutput {
+    let mut exceeded = false;
+    chunk::convert_chunk(piece, first_line, |line, out| {
+        if exceeded {
+            return Err(OUTPUT_LIMIT.to_owned());
+        }
+        let result = template::format_line_bounded(line, options, out, budget);
+        exceeded = result.as_ref().is_err_and(|e| e == OUTPUT_LIMIT);
+        result
+    })
+}
+
 /// Converts a JSONL body piece by piece, stopping at the first bad line or when the
-/// output passes the response limit.
+/// output would pass the response limit (`convert` gets the bytes left).
 fn jsonl(
     body: &[u8],
     limits: Limits,
-    mut convert: impl FnMut(&[u8], u64) -> chunk::ChunkOutput,
+    mut convert: impl FnMut(&[u8], u64, usize) -> chunk::ChunkOutput,
 ) -> Result<Reply, Reply> {
     let text = body_text(body)?;
     let (mut output, mut records, mut lines) = (Vec::new(), 0, 0);
     for (piece, first_line) in pieces(text.as_bytes()) {
-        let out = convert(piece, first_line);
+        let out = convert(piece, first_line, limits.max_response_bytes.saturating_sub(output.len()));
         if let Some(e) = out.errors.into_iter().next() {
+            if e.message == OUTPUT_LIMIT {
+                return Err(response_too_large(limits));
+            }
             return Err(Reply::bad_line(e));
         }
         output.extend_from_slice(&out.output);
@@ -249,16 +270,20 @@ fn newline_at_or_after(bytes: &[u8], from: usize) -> Option<usize> {
 
 fn check_response_size(bytes: usize, limits: Limits) -> Result<(), Reply> {
     if bytes > limits.max_response_bytes {
-        return Err(Reply::error(
-            413,
-            format!(
-                "the response would be larger than {} MiB; send fewer records per request",
-                limits.max_response_bytes >> 20
-            ),
-            None,
-        ));
+        return Err(response_too_large(limits));
     }
     Ok(())
+}
+
+fn response_too_large(limits: Limits) -> Reply {
+    Reply::error(
+        413,
+        format!(
+            "the response would be larger than the limit of {} bytes; send fewer or shorter records per request",
+            limits.max_response_bytes
+        ),
+        None,
+    )
 }
 
 fn labels_parse(body: &[u8]) -> Result<Reply, Reply> {
@@ -446,6 +471,19 @@ mod tests {
         assert_eq!(reply.status, 400);
         let json: Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(json["line"], 60_001);
+    }
+
+    #[test]
+    fn one_record_with_many_turns_stops_at_the_response_limit() {
+        // 20,000 labeled turns in one 3 MB line: its prefixes would come to about 26 GB,
+        // so this only finishes if the limit is checked within the line.
+        let turn = format!(r#"{{"from": "User", "value": "{}", "label": "helpfulness:3"}}"#, "x".repeat(100));
+        let body = format!(r#"{{"mask": "User", "system": "", "conversations": [{}]}}"#, vec![turn; 20_000].join(", "));
+        let limits = Limits { max_body_bytes: 1 << 20, max_response_bytes: 4 << 20 };
+        for route in ["/regression", "/format"] {
+            let reply = handle("POST", route, "", body.as_bytes(), limits);
+            assert_eq!(reply.status, 413, "{route}: {}", String::from_utf8_lossy(&reply.body));
+        }
     }
 
     #[test]

@@ -14,6 +14,10 @@ async fn handle(request: Request) -> Response<FullBody<Bytes>> {
     let query = parts.uri.query().unwrap_or("").to_owned();
     let encoding = parts.headers.get("content-encoding").and_then(|v| v.to_str().ok()).map(str::to_owned);
 
+    // A request no route takes is answered without reading its body.
+    if let Some(reply) = routes::reject(parts.method.as_str(), &path) {
+        return to_response(reply);
+    }
     let reply = match read_body(&parts.headers, incoming, limits.max_body_bytes).await {
         Err(reply) => reply,
         Ok(raw) => match body::decode(raw, encoding.as_deref(), limits.max_body_bytes) {

@@ -215,11 +215,15 @@ fn command_and_options(argv: &[String]) -> (String, BTreeMap<String, String>) {
 /// `--manifest` records.
 pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
     let context = Context { sandbox: cli.sandbox, quiet: cli.quiet };
-    let manifest = cli.command.manifest_request()?;
+    let manifest = match cli.command.manifest_request()? {
+        // Created (as a temporary file) before the conversion, so a bad path fails first.
+        Some((path, provenance)) => Some((Output::create(&path)?, path, provenance)),
+        None => None,
+    };
     run_command(&context, cli.command)?;
-    if let Some((path, provenance)) = manifest {
+    if let Some((output, path, provenance)) = manifest {
         let (command, options) = command_and_options(argv);
-        crate::manifest::write(&path, argv, command, options, &provenance)
+        crate::manifest::write(output, argv, command, options, &provenance)
             .with_context(|| format!("writing the manifest {}", path.display()))?;
         context.say(format!("manifest: {}", path.display()));
     }

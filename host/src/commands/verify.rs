@@ -1,7 +1,7 @@
 //! `verify-manifest FILE`: re-runs the conversion a manifest records, into a scratch
 //! directory, and checks every output's bytes against the recorded sha256.
 
-use super::{Cli, Context, run_command};
+use super::{Cli, Command, Context, run_command};
 use crate::manifest::{self, short};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser};
@@ -18,6 +18,9 @@ pub struct VerifyArgs {
 
 pub fn run(context: &Context, args: &VerifyArgs) -> Result<()> {
     let manifest = manifest::read(&args.manifest)?;
+    if manifest.outputs.is_empty() {
+        bail!("{} records no outputs: there is nothing to verify", args.manifest.display());
+    }
     let base = args.base_dir.clone().unwrap_or_else(|| manifest.cwd.clone());
     let mut problems = Vec::new();
 
@@ -42,6 +45,18 @@ pub fn run(context: &Context, args: &VerifyArgs) -> Result<()> {
             manifest.steerlm_version,
             env!("CARGO_PKG_VERSION")
         ));
+    }
+
+    // A manifest is data: it may only re-run a conversion, never another command.
+    let recorded = Cli::try_parse_from(std::iter::once("steerlm").chain(manifest.argv.iter().map(String::as_str)));
+    if !recorded
+        .is_ok_and(|cli| matches!(cli.command, Command::ToRegression(_) | Command::Format(_) | Command::Preprocess(_)))
+    {
+        bail!(
+            "{} records `{}`, which is not a conversion steerlm verifies",
+            args.manifest.display(),
+            manifest.argv.join(" ")
+        );
     }
 
     let scratch = tempfile::tempdir().context("cannot make a scratch directory")?;

@@ -75,7 +75,7 @@ pub struct Stats {
     pub records: u64,
     /// Conversation turns (for regression lines: the turns inside each text).
     pub turns: u64,
-    /// Turns with a label (SFT) or lines (regression).
+    /// Turns with a truthy label, as to-regression counts them (SFT), or lines (regression).
     pub labeled_turns: u64,
     /// Per attribute, in SteerLM order: counts of 0, 1, 2, 3, 4 and missing over the
     /// labeled turns.
@@ -205,15 +205,20 @@ fn sft_record(stats: &mut Stats, record: &Value, texts: &mut Vec<String>) -> Res
     let turns = record["conversations"].as_array().ok_or("\"conversations\" is not a list")?;
     for (i, turn) in turns.iter().enumerate() {
         stats.turns += 1;
-        let value = turn.get("value").and_then(Value::as_str).ok_or(format!("turn {i}: no string \"value\""))?;
+        let value = turn.get("value").and_then(Value::as_str).ok_or(format!("turn {}: no string \"value\"", i + 1))?;
         texts.push(value.to_owned());
+        // Labeled means what to-regression converts: a truthy label, which must be a string.
         match turn.get("label") {
-            None | Some(Value::Null) => {}
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::String(label)) if label.is_empty() => {}
+            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => {}
+            Some(Value::Array(items)) if items.is_empty() => {}
+            Some(Value::Object(fields)) if fields.is_empty() => {}
             Some(Value::String(label)) => {
-                let vector = label_vector(label).map_err(|e| format!("turn {i}: {e}"))?;
+                let vector = label_vector(label).map_err(|e| format!("turn {}: {e}", i + 1))?;
                 stats.count_label(&vector);
             }
-            Some(other) => return Err(format!("turn {i}: label is {other}, not a string")),
+            Some(other) => return Err(format!("turn {}: label is {other}, not a string", i + 1)),
         }
     }
     Ok(())
