@@ -474,6 +474,19 @@ fn threads_keep_order_and_report_the_first_bad_line() {
     assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 3498);
 }
 
+/// Runs `command --input-file IN --output-file OUT --manifest MANIFEST` and checks it succeeded.
+fn convert_with_manifest(command: &str, input: &Path, output: &Path, manifest: &Path) {
+    assert_success(&steerlm(&[
+        command,
+        "--input-file",
+        p(input),
+        "--output-file",
+        p(output),
+        "--manifest",
+        p(manifest),
+    ]));
+}
+
 fn manifest_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
 }
@@ -484,15 +497,7 @@ fn manifest_records_hashes_and_verify_reproduces_the_bytes() {
     let manifest = dir.path().join("run.manifest.json");
     let out = dir.path().join("out.jsonl.gz");
     let input = fixture("regression/input.jsonl");
-    assert_success(&steerlm(&[
-        "to-regression",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-        "--manifest",
-        p(&manifest),
-    ]));
+    convert_with_manifest("to-regression", &input, &out, &manifest);
     let json = manifest_json(&manifest);
     assert_eq!(json["command"], "to-regression");
     assert_eq!(json["steerlm_version"], env!("CARGO_PKG_VERSION"));
@@ -580,15 +585,7 @@ fn verify_manifest_only_reruns_conversions_and_checks_its_input() {
     let out = dir.path().join("out.jsonl");
     let manifest = dir.path().join("m.json");
     let input = fixture("regression/input.jsonl");
-    assert_success(&steerlm(&[
-        "format",
-        "--input-file",
-        p(&input),
-        "--output-file",
-        p(&out),
-        "--manifest",
-        p(&manifest),
-    ]));
+    convert_with_manifest("format", &input, &out, &manifest);
     let rewrite = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut json = manifest_json(&manifest);
         edit(&mut json);

@@ -125,6 +125,7 @@ impl Server {
             .context("preparing the HTTP component")?;
         let max_body_bytes = (args.max_body_mb << 20) as usize;
         let instantiator = Instantiator {
+            engine: engine.clone(),
             pre: ProxyPre::P3(pre),
             limits,
             environment: vec![
@@ -270,6 +271,7 @@ impl WasiHttpHooks for NoOutgoingHttp {
 
 /// Makes one store and instance per request.
 struct Instantiator {
+    engine: Engine,
     pre: ProxyPre<RequestState>,
     limits: RequestLimits,
     environment: Vec<(String, String)>,
@@ -296,7 +298,7 @@ impl HandlerState for Instantiator {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
         };
-        let mut store = Store::new(self.pre_engine(), state);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
@@ -308,14 +310,6 @@ impl HandlerState for Instantiator {
             expiration: Deadline { timeout: self.limits.timeout, sleep: Box::pin(tokio::time::sleep(Duration::MAX)) },
             state: SingleUse { timeout: self.limits.timeout },
         })
-    }
-}
-
-impl Instantiator {
-    fn pre_engine(&self) -> &Engine {
-        match &self.pre {
-            ProxyPre::P3(pre) => pre.engine(),
-        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! and the sha256, size and line count of every input and output file. Paths are
 //! kept as they were given, relative to the recorded working directory.
 
-use crate::sandbox::Kind;
+use crate::input::InputPath;
+use crate::sandbox::{Kind, hex};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -109,10 +110,8 @@ pub fn describe(path: &Path, role: Option<Role>) -> Result<FileRecord> {
         hasher.update(&buffer[..n]);
         bytes += n as u64;
     }
-    let mut content: Box<dyn Read> = Box::new(read()?);
-    if path.extension().is_some_and(|e| e == "gz") {
-        content = Box::new(flate2::read::MultiGzDecoder::new(content));
-    }
+    // Lines of the content, opened as every input is (gzip recognised by its bytes).
+    let mut content = InputPath(path.to_owned()).open(&indicatif::ProgressBar::hidden())?;
     let lines = count_lines(&mut content, &mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(FileRecord { path: path.to_owned(), role, sha256: hex(&hasher.finalize()), bytes, lines })
 }
@@ -128,10 +127,6 @@ fn count_lines(reader: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<u64>
         lines += memchr::memchr_iter(b'\n', &buffer[..n]).count() as u64;
         last = buffer[n - 1];
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `argv` without `--manifest FILE` / `--manifest=FILE`.

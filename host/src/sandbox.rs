@@ -76,7 +76,8 @@ impl Kind {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as sha256sum prints digests.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -108,6 +108,32 @@ where
     out
 }
 
+/// The error of a line whose output would pass a bounded conversion's limit.
+pub const OUTPUT_LIMIT: &str = "the output limit was reached";
+
+/// Fails with [`OUTPUT_LIMIT`] once `bytes` would pass `max_output`.
+pub(crate) fn check_budget(bytes: usize, max_output: usize) -> Result<(), String> {
+    if bytes > max_output { Err(OUTPUT_LIMIT.to_owned()) } else { Ok(()) }
+}
+
+/// [`convert_chunk`] for conversions that check a budget ([`check_budget`]): once a line
+/// fails with [`OUTPUT_LIMIT`], every later line fails the same way without being
+/// converted, so a chunk past the limit costs no more work.
+pub fn convert_chunk_bounded<F>(chunk: &[u8], first_line: u64, mut convert: F) -> ChunkOutput
+where
+    F: FnMut(&str, &mut Vec<u8>) -> Result<u64, String>,
+{
+    let mut exceeded = false;
+    convert_chunk(chunk, first_line, |line, out| {
+        if exceeded {
+            return Err(OUTPUT_LIMIT.to_owned());
+        }
+        let result = convert(line, out);
+        exceeded = result.as_ref().is_err_and(|e| e == OUTPUT_LIMIT);
+        result
+    })
+}
+
 /// Where a converted record goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {

@@ -1,11 +1,11 @@
 //! SFT records to regression training lines (`process_to_regression_format.py`):
 //! one `{"text": <labeled prefix>, "label": [9 floats]}` line per truthy label.
 
-use crate::chunk::{ChunkOutput, convert_chunk};
+use crate::chunk::{ChunkOutput, check_budget, convert_chunk, convert_chunk_bounded};
 use crate::labels::label_vector;
 use crate::pyjson::write_float;
 use crate::record::{Label, SftRecord};
-use crate::template::{EscapedText, LABEL_MARK, LabelRule, OUTPUT_LIMIT, TemplateOptions, check_budget, walk_prefixes};
+use crate::template::{EscapedText, LABEL_MARK, LabelRule, TemplateOptions, walk_prefixes};
 
 /// Converts one JSONL line, appending its regression lines to `out`.
 pub fn convert_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> Result<u64, String> {
@@ -57,17 +57,9 @@ pub fn convert(chunk: &[u8], first_line: u64, options: TemplateOptions) -> Chunk
 
 /// [`convert`] for a caller that must bound memory (an HTTP service): the output stops
 /// growing at about `max_output` bytes, and every line from the one that would pass it
-/// fails with [`OUTPUT_LIMIT`]. One record's output grows with the square of its turns,
-/// so the bound is checked per prefix, not per line.
+/// fails with [`OUTPUT_LIMIT`](crate::chunk::OUTPUT_LIMIT). One record's output grows
+/// with the square of its turns, so the bound is checked per prefix, not per line.
 pub fn convert_bounded(chunk: &[u8], first_line: u64, options: TemplateOptions, max_output: usize) -> ChunkOutput {
     let mut text = EscapedText::default();
-    let mut exceeded = false;
-    convert_chunk(chunk, first_line, |line, out| {
-        if exceeded {
-            return Err(OUTPUT_LIMIT.to_owned());
-        }
-        let result = convert_line_with(line, options, out, &mut text, max_output);
-        exceeded = result.as_ref().is_err_and(|e| e == OUTPUT_LIMIT);
-        result
-    })
+    convert_chunk_bounded(chunk, first_line, |line, out| convert_line_with(line, options, out, &mut text, max_output))
 }

@@ -5,6 +5,7 @@
 //! ```
 
 use crate::attributes::SYSTEM_PROMPT;
+use crate::chunk::{ChunkOutput, check_budget, convert_chunk_bounded};
 use crate::pyjson::{Ascii, transcode_str_body, write_str_body};
 use crate::record::{Label, SftRecord};
 use serde_json::value::RawValue;
@@ -113,23 +114,21 @@ pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<
     Ok(prefixes)
 }
 
-/// The error of a line whose output would pass a bounded conversion's limit.
-pub const OUTPUT_LIMIT: &str = "the output limit was reached";
-
-/// Fails with [`OUTPUT_LIMIT`] once `bytes` would pass `max_output`.
-pub(crate) fn check_budget(bytes: usize, max_output: usize) -> Result<(), String> {
-    if bytes > max_output { Err(OUTPUT_LIMIT.to_owned()) } else { Ok(()) }
-}
-
 /// The `format` conversion of one JSONL line: a `{"text": prefix}` line per labeled
 /// prefix (annotation's rule: what a reward model is asked to score).
 pub fn format_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> Result<u64, String> {
     format_line_bounded(line, options, out, usize::MAX)
 }
 
-/// [`format_line`] that fails with [`OUTPUT_LIMIT`] before `out` passes `max_output`
-/// bytes (see `regression::convert_bounded`).
-pub fn format_line_bounded(
+/// The `format` conversion of a chunk, its output bounded like
+/// `regression::convert_bounded`.
+pub fn format_chunk_bounded(chunk: &[u8], first_line: u64, options: TemplateOptions, max_output: usize) -> ChunkOutput {
+    convert_chunk_bounded(chunk, first_line, |line, out| format_line_bounded(line, options, out, max_output))
+}
+
+/// [`format_line`] that fails with [`OUTPUT_LIMIT`](crate::chunk::OUTPUT_LIMIT) before
+/// `out` passes `max_output` bytes.
+fn format_line_bounded(
     line: &str,
     options: TemplateOptions,
     out: &mut Vec<u8>,

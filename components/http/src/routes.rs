@@ -12,9 +12,9 @@
 //! | `GET /health` | | `{"status": "ok", "version"}` |
 
 use serde_json::{Value, json};
-use steerlm_core::chunk::{LineError, Split, split_lines};
+use steerlm_core::chunk::{LineError, OUTPUT_LIMIT, Split, split_lines};
 use steerlm_core::preprocess::{PreprocessOptions, Source};
-use steerlm_core::template::{self, OUTPUT_LIMIT, TemplateOptions};
+use steerlm_core::template::{self, TemplateOptions};
 use steerlm_core::{ALL_ATTRIBUTES, chunk, labels, oasst, preprocess, regression, shuffle};
 
 /// Media type of every JSONL response.
@@ -115,7 +115,7 @@ pub fn handle(method: &str, path: &str, query: &str, body: &[u8], limits: Limits
             jsonl(body, limits, |piece, first, budget| regression::convert_bounded(piece, first, options, budget))
         }),
         "/format" => template_options(&query).and_then(|options| {
-            jsonl(body, limits, |piece, first, budget| format_bounded(piece, first, options, budget))
+            jsonl(body, limits, |piece, first, budget| template::format_chunk_bounded(piece, first, options, budget))
         }),
         "/labels/parse" => labels_parse(body),
         "/labels/encode" => labels_encode(body),
@@ -193,19 +193,6 @@ impl Query {
 fn template_options(query: &Query) -> Result<TemplateOptions, Reply> {
     query.only(&["use_record_system"])?;
     Ok(TemplateOptions { use_record_system: query.flag("use_record_system")? })
-}
-
-/// `format` of a chunk, stopping like `regression::convert_bounded`.
-fn format_bounded(piece: &[u8], first_line: u64, options: TemplateOptions, budget: usize) -> chunk::ChunkOutput {
-    let mut exceeded = false;
-    chunk::convert_chunk(piece, first_line, |line, out| {
-        if exceeded {
-            return Err(OUTPUT_LIMIT.to_owned());
-        }
-        let result = template::format_line_bounded(line, options, out, budget);
-        exceeded = result.as_ref().is_err_and(|e| e == OUTPUT_LIMIT);
-        result
-    })
 }
 
 /// Converts a JSONL body piece by piece, stopping at the first bad line or when the
@@ -497,10 +484,10 @@ mod tests {
     #[test]
     fn query_flags_and_unknown_parameters() {
         let query = Query::parse("use_record_system&x=1").unwrap();
-        assert_eq!(query.flag("use_record_system").unwrap(), true);
+        assert!(query.flag("use_record_system").unwrap());
         assert!(query.only(&["use_record_system"]).is_err());
         assert!(Query::parse("seed=%31").is_err());
-        assert_eq!(Query::parse("a=false").unwrap().flag("a").unwrap(), false);
+        assert!(!Query::parse("a=false").unwrap().flag("a").unwrap());
         assert!(Query::parse("a=maybe").unwrap().flag("a").is_err());
     }
 }

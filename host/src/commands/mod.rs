@@ -231,13 +231,12 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
 }
 
 fn run_command(context: &Context, command: Command) -> Result<()> {
-    let context = Context { sandbox: context.sandbox, quiet: context.quiet };
     match command {
-        Command::ToRegression(args) => convert::run(&context, &args, crate::engine::LineConversion::Regression),
-        Command::Format(args) => convert::run(&context, &args, crate::engine::LineConversion::Format),
-        Command::Preprocess(dataset) => preprocess::run(&context, dataset),
-        Command::Label(command) => label::run(&context, command),
-        Command::Score(args) => score::run(&context, &args),
+        Command::ToRegression(args) => convert::run(context, &args, crate::engine::LineConversion::Regression),
+        Command::Format(args) => convert::run(context, &args, crate::engine::LineConversion::Format),
+        Command::Preprocess(dataset) => preprocess::run(context, dataset),
+        Command::Label(command) => label::run(context, command),
+        Command::Score(args) => score::run(context, &args),
         Command::Serve(args) => crate::serve::run(&args, context.quiet),
         Command::ServeComponent(args) => {
             let limits = crate::component_server::RequestLimits {
@@ -247,10 +246,10 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
             crate::component_server::run(&args, limits, context.quiet)
         }
         Command::Annotate(args) => crate::annotate::run(&args, context.quiet),
-        Command::ExportComponents(args) => export::run(&context, &args),
-        Command::Demo(args) => demo::run(&context, &args),
-        Command::VerifyManifest(args) => verify::run(&context, &args),
-        Command::Stats(args) => crate::stats::run(&context, &args),
+        Command::ExportComponents(args) => export::run(context, &args),
+        Command::Demo(args) => demo::run(context, &args),
+        Command::VerifyManifest(args) => verify::run(context, &args),
+        Command::Stats(args) => crate::stats::run(context, &args),
     }
 }
 
