@@ -1,29 +1,34 @@
-//! Where annotation scores come from: KServe v2 servers over HTTP (round-robin over
-//! several), or the model in this process.
+//! Where annotation scores come from: KServe v2 / Triton servers over HTTP (round-robin
+//! over several), or the model in this process.
 
+use super::triton::{self, ModelInfo};
 use crate::model::RewardModel;
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub enum Scorer {
-    Remote { client: reqwest::Client, urls: Vec<String>, next: AtomicUsize },
+    Remote {
+        client: reqwest::Client,
+        models: Vec<ModelInfo>,
+        next: AtomicUsize,
+        /// Texts the servers said were cut to the model's context.
+        exceeded: AtomicU64,
+    },
     Local(Arc<RewardModel>),
 }
 
 impl Scorer {
-    /// `servers` are base URLs such as `http://127.0.0.1:5555`.
-    pub fn remote(servers: &[String], model_name: &str) -> Result<Self> {
-        let urls = servers
-            .iter()
-            .map(|s| {
-                let base = if s.contains("://") { s.clone() } else { format!("http://{s}") };
-                format!("{}/v2/models/{model_name}/infer", base.trim_end_matches('/'))
-            })
-            .collect();
+    /// Connects to every server in `servers` (base URLs such as `http://127.0.0.1:5555`)
+    /// and checks that each serves `model_name` as a reward model, before any work.
+    pub async fn remote(servers: &[String], model_name: &str) -> Result<Self> {
         let client = reqwest::Client::builder().build().context("starting the HTTP client")?;
-        Ok(Scorer::Remote { client, urls, next: AtomicUsize::new(0) })
+        let mut models = Vec::with_capacity(servers.len());
+        for server in servers {
+            let base = if server.contains("://") { server.clone() } else { format!("http://{server}") };
+            models.push(triton::probe(&client, base.trim_end_matches('/'), model_name).await?);
+        }
+        Ok(Scorer::Remote { client, models, next: AtomicUsize::new(0), exceeded: AtomicU64::new(0) })
     }
 
     /// Attribute names for `count` scores: the model's own names in-process; over the
@@ -36,6 +41,14 @@ impl Scorer {
             9 => Ok(steerlm_core::ALL_ATTRIBUTES.iter().map(|s| s.to_string()).collect()),
             5 => Ok(steerlm_core::attributes::HELPSTEER_ATTRIBUTES.iter().map(|s| s.to_string()).collect()),
             n => bail!("the server returned {n} scores per text; expected 9 (SteerLM) or 5 (HelpSteer)"),
+        }
+    }
+
+    /// How many texts the servers reported as longer than the model's context.
+    pub fn exceeded(&self) -> u64 {
+        match self {
+            Scorer::Remote { exceeded, .. } => exceeded.load(Ordering::Relaxed),
+            Scorer::Local(_) => 0,
         }
     }
 
@@ -58,65 +71,60 @@ impl Scorer {
                 .await
                 .map_err(|e| anyhow!("the model panicked: {e}"))?
             }
-            Scorer::Remote { client, urls, next } => {
-                let url = &urls[next.fetch_add(1, Ordering::Relaxed) % urls.len()];
-                let request = json!({
-                    "inputs": [{ "name": "sentences", "datatype": "BYTES", "shape": [texts.len(), 1], "data": texts }],
-                    "outputs": [{ "name": "rewards" }, { "name": "exceeded" }]
-                });
-                let mut last_error = None;
-                // Transient failures (connection resets, 5xx) are retried a few times.
-                for attempt in 0..4u32 {
-                    if attempt > 0 {
-                        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                    }
-                    let response = match client
-                        .post(url)
-                        .body(request.to_string())
-                        .header("content-type", "application/json")
-                        .send()
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            last_error = Some(anyhow!("{url}: {e}"));
-                            continue;
-                        }
-                    };
-                    let status = response.status();
-                    let body = response.bytes().await.with_context(|| format!("{url}: reading the response"))?;
-                    if status.is_server_error() {
-                        last_error = Some(anyhow!("{url}: {status}: {}", String::from_utf8_lossy(&body)));
-                        continue;
-                    }
-                    if !status.is_success() {
-                        bail!("{url}: {status}: {}", String::from_utf8_lossy(&body));
-                    }
-                    return parse_rewards(&body, texts.len()).with_context(|| format!("{url}: unexpected response"));
+            Scorer::Remote { client, models, next, exceeded } => {
+                let model = &models[next.fetch_add(1, Ordering::Relaxed) % models.len()];
+                let rewards = infer(client, model, &texts).await?;
+                if let Some(flags) = &rewards.exceeded {
+                    exceeded.fetch_add(flags.iter().filter(|&&f| f).count() as u64, Ordering::Relaxed);
                 }
-                Err(last_error.unwrap_or_else(|| anyhow!("{url}: no answer")))
+                Ok(rewards.rows)
             }
         }
     }
 }
 
-/// `rewards` (FP32 [n, L]) from a JSON inference response.
-fn parse_rewards(body: &[u8], rows: usize) -> Result<Vec<Vec<f32>>> {
-    let response: Value = serde_json::from_slice(body).context("not JSON")?;
-    let outputs = response.get("outputs").and_then(Value::as_array).ok_or_else(|| anyhow!("no `outputs`"))?;
-    if !outputs.iter().any(|o| o.get("name").and_then(Value::as_str) == Some("exceeded")) {
-        bail!("no `exceeded` output (the reference annotator needs it)");
+/// One inference request; transient failures (connection resets, 5xx) are retried a
+/// few times with backoff, anything else is an error at once.
+async fn infer(client: &reqwest::Client, model: &ModelInfo, texts: &[String]) -> Result<triton::Rewards> {
+    let url = &model.infer_url;
+    let (body, header_length) = triton::infer_request(model, texts);
+    let body = bytes::Bytes::from(body);
+    let mut last_error = None;
+    for attempt in 0..4u32 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+        }
+        let sent = client
+            .post(url)
+            .body(body.clone())
+            .header("content-type", "application/octet-stream")
+            .header(triton::HEADER_LENGTH, header_length)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                last_error = Some(anyhow!("{url}: {e}"));
+                continue;
+            }
+        };
+        let status = response.status();
+        let response_header_length = response
+            .headers()
+            .get(triton::HEADER_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
+            .map(|n| n.ok_or_else(|| anyhow!("{url}: {} is not a number", triton::HEADER_LENGTH)))
+            .transpose()?;
+        let body = response.bytes().await.with_context(|| format!("{url}: reading the response"))?;
+        if status.is_server_error() {
+            last_error = Some(anyhow!("{url}: {status}: {}", triton::server_message(&body)));
+            continue;
+        }
+        if !status.is_success() {
+            bail!("{url}: {status}: {}", triton::server_message(&body));
+        }
+        return triton::parse_response(&body, response_header_length, texts.len())
+            .with_context(|| format!("{url}: unexpected response"));
     }
-    let rewards = outputs
-        .iter()
-        .find(|o| o.get("name").and_then(Value::as_str) == Some("rewards"))
-        .ok_or_else(|| anyhow!("no `rewards` output"))?;
-    let data = rewards.get("data").and_then(Value::as_array).ok_or_else(|| anyhow!("`rewards` has no JSON data"))?;
-    if rows == 0 || data.len() % rows != 0 {
-        bail!("{} reward values for {rows} texts", data.len());
-    }
-    let per_row = data.len() / rows;
-    // JSON cannot carry NaN or Infinity; a null stands for one.
-    let values: Vec<f32> = data.iter().map(|v| v.as_f64().map_or(f32::NAN, |f| f as f32)).collect();
-    Ok(values.chunks_exact(per_row).map(<[f32]>::to_vec).collect())
+    Err(last_error.unwrap_or_else(|| anyhow!("{url}: no answer")))
 }

@@ -1,84 +1,66 @@
 //! The annotation output file as a journal: whole lines appended and synced in small
-//! groups. On start, a torn last line (a crash mid-write) is cut off, and the keys of
-//! the records already there are collected so they are not annotated twice.
+//! groups, so a crash loses at most the records since the last sync and never leaves a
+//! half-written record behind. On start, a torn last line (a crash mid-write) is cut off.
+//!
+//! Outputs that are not regular files (a FIFO, `/dev/null`, a terminal) are written
+//! through: nothing is read back from them, cut, or synced.
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
-use std::collections::HashSet;
+use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-
-/// The reference's resume key: the concatenation of every turn's `value`.
-pub fn record_key(record: &Value) -> Result<String, String> {
-    let turns = record.get("conversations").and_then(Value::as_array).ok_or("record has no `conversations` array")?;
-    let mut key = String::new();
-    for turn in turns {
-        match turn.get("value") {
-            Some(Value::String(v)) => key.push_str(v),
-            _ => return Err("every turn needs a string `value`".to_owned()),
-        }
-    }
-    Ok(key)
-}
 
 pub struct Journal {
     path: PathBuf,
     file: File,
     unsynced: usize,
     sync_every: usize,
+    /// fsync only means something for a regular file.
+    regular: bool,
 }
 
-/// What was found in an existing output file.
-pub struct Existing {
-    pub keys: HashSet<String>,
-    pub records: u64,
+/// What was found in the output file before this run.
+pub struct Previous {
+    /// The file already holds records to resume after (regular files only).
+    pub resumable: bool,
     /// Bytes of a torn last line that were cut off.
     pub cut_bytes: u64,
 }
 
 impl Journal {
     /// Opens (or creates) `path` for appending, repairing a torn tail first.
-    pub fn open(path: &Path, sync_every: usize) -> Result<(Journal, Existing)> {
-        let mut existing = Existing { keys: HashSet::new(), records: 0, cut_bytes: 0 };
-        if path.exists() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            if whole < bytes.len() {
-                existing.cut_bytes = (bytes.len() - whole) as u64;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open {}", path.display()))?;
-                file.set_len(whole as u64)
-                    .with_context(|| format!("cannot cut the torn last line of {}", path.display()))?;
-                file.sync_all()?;
+    pub fn open(path: &Path, sync_every: usize) -> Result<(Journal, Previous)> {
+        let regular = match std::fs::metadata(path) {
+            Ok(meta) => meta.is_file(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        let mut previous = Previous { resumable: false, cut_bytes: 0 };
+        let file = if regular {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for appending", path.display()))?;
+            let length = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
+            let whole =
+                whole_lines_length(&mut file, length).with_context(|| format!("cannot read {}", path.display()))?;
+            if whole < length {
+                previous.cut_bytes = length - whole;
+                file.set_len(whole).with_context(|| format!("cannot cut the torn last line of {}", path.display()))?;
+                file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
             }
-            for (i, line) in bytes[..whole].split(|&b| b == b'\n').enumerate() {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let record: Value = serde_json::from_slice(line).with_context(|| {
-                    format!("{}:{}: not a JSON record; is this an annotation output?", path.display(), i + 1)
-                })?;
-                match record_key(&record) {
-                    Ok(key) => {
-                        existing.keys.insert(key);
-                        existing.records += 1;
-                    }
-                    Err(e) => bail!("{}:{}: {e}", path.display(), i + 1),
-                }
-            }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {} for appending", path.display()))?;
-        Ok((Journal { path: path.to_path_buf(), file, unsynced: 0, sync_every: sync_every.max(1) }, existing))
+            previous.resumable = whole > 0;
+            file
+        } else {
+            OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for writing", path.display()))?
+        };
+        let journal = Journal { path: path.to_path_buf(), file, unsynced: 0, sync_every: sync_every.max(1), regular };
+        Ok((journal, previous))
     }
 
     /// Appends one whole line (one `write` call) and syncs every `sync_every` lines.
@@ -93,10 +75,85 @@ impl Journal {
     }
 
     pub fn sync(&mut self) -> Result<()> {
-        if self.unsynced > 0 {
+        if self.unsynced > 0 && self.regular {
             self.file.sync_data().with_context(|| format!("cannot sync {}", self.path.display()))?;
-            self.unsynced = 0;
         }
+        self.unsynced = 0;
         Ok(())
+    }
+}
+
+/// The length of the file up to and including its last `\n`, read from the end.
+fn whole_lines_length(file: &mut File, length: u64) -> std::io::Result<u64> {
+    let mut end = length;
+    let mut block = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let block = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(block)?;
+        if let Some(i) = memchr::memrchr(b'\n', block) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The non-blank lines already in an output file, with their 1-based line numbers.
+pub fn existing_lines(path: &Path) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>)>>> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let name = path.display().to_string();
+    let mut number = 0u64;
+    Ok(std::iter::from_fn(move || {
+        loop {
+            let mut line = Vec::new();
+            number += 1;
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => return None,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    if !line.iter().all(u8::is_ascii_whitespace) {
+                        return Some(Ok((number, line)));
+                    }
+                }
+                Err(e) => {
+                    return Some(Err(anyhow::Error::new(e).context(format!("{name}: cannot read line {number}"))));
+                }
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_tail_is_cut_and_whole_lines_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let long = "x".repeat(100_000);
+        std::fs::write(&path, format!("a\n\n{long}\nhalf")).unwrap();
+        let (mut journal, previous) = Journal::open(&path, 1).unwrap();
+        assert_eq!(previous.cut_bytes, 4);
+        assert!(previous.resumable);
+        journal.append(b"b\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("a\n\n{long}\nb\n"));
+        let lines: Vec<(u64, Vec<u8>)> = existing_lines(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(lines, vec![(1, b"a".to_vec()), (3, long.into_bytes()), (4, b"b".to_vec())]);
+    }
+
+    #[test]
+    fn a_file_with_no_whole_line_is_not_resumable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, "torn").unwrap();
+        let (_, previous) = Journal::open(&path, 1).unwrap();
+        assert_eq!((previous.resumable, previous.cut_bytes), (false, 4));
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 }

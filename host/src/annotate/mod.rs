@@ -1,9 +1,15 @@
 //! `steerlm annotate`: label every labeled turn of SFT records with a reward model's
 //! clamped, rounded scores, exactly as NeMo-Aligner's `attribute_annotate.py` writes
-//! them — concurrently, in input order, resumable, and safe against crashes.
+//! them: concurrently, in input order, streaming, resumable, and safe against crashes.
+//!
+//! A reader thread parses the input (and, when resuming, checks the output already
+//! written against it); records flow through a bounded queue to up to `--concurrency`
+//! scoring requests at once, and come out in input order into the [`Journal`].
 
 pub mod client;
 pub mod journal;
+pub mod resume;
+pub mod triton;
 
 use crate::input::{InputPath, spawn_chunks};
 use crate::model::{Device, LoadOptions, RewardModel};
@@ -12,10 +18,12 @@ use clap::Args;
 use client::Scorer;
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use journal::{Journal, record_key};
+use journal::Journal;
+use resume::ResumeMode;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use steerlm_core::pyjson::{Ascii, write_value};
 use steerlm_core::record::SftRecord;
@@ -26,7 +34,8 @@ pub struct AnnotateArgs {
     /// SFT records to annotate (.jsonl or .jsonl.gz, `-` for stdin).
     #[arg(long, value_name = "IN")]
     input_file: PathBuf,
-    /// Annotated records are appended here; records already in it are skipped.
+    /// Annotated records are appended here, in input order. An existing file is resumed:
+    /// see --resume-by.
     #[arg(long, value_name = "OUT")]
     output_file: PathBuf,
     /// Reward server host (with --port), as in the reference script.
@@ -52,6 +61,15 @@ pub struct AnnotateArgs {
     /// fsync the output every N records.
     #[arg(long, default_value_t = 16, value_name = "N")]
     sync_every: usize,
+    /// How to resume into an output that already holds records. `position` (default):
+    /// its lines must be the first input records' annotations, and the run continues
+    /// after them. `key`: NeMo-Aligner's rule, for outputs its annotator wrote: skip
+    /// input records whose turn values (concatenated) are already in the output.
+    #[arg(long, value_enum, default_value_t = ResumeMode::Position, value_name = "MODE")]
+    resume_by: ResumeMode,
+    /// Shorthand for --resume-by key.
+    #[arg(long, conflicts_with = "resume_by")]
+    resume_by_key: bool,
 }
 
 /// One record waiting for its scores.
@@ -63,18 +81,30 @@ struct Work {
     turns: Vec<usize>,
 }
 
+/// How the run went so far, shared with the reader thread.
+#[derive(Default)]
+struct Counts {
+    kept: AtomicU64,
+}
+
 fn progress(quiet: bool) -> ProgressBar {
     let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
     let bar = ProgressBar::with_draw_target(None, target);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} records, {msg} [{elapsed_precise}, eta {eta}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} of the input, {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("valid template"),
     );
     bar
 }
 
 pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
+    let mode = if args.resume_by_key { ResumeMode::Key } else { args.resume_by };
+    let input = InputPath(args.input_file.clone());
+    refuse_same_file(&input, &args.output_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let scorer = match &args.model {
         Some(dir) => {
             let model = RewardModel::load(dir, LoadOptions { device: args.device, add_bos: false })
@@ -87,93 +117,178 @@ pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
             } else {
                 args.servers.clone()
             };
-            Scorer::remote(&servers, &args.model_name)?
+            runtime.block_on(Scorer::remote(&servers, &args.model_name))?
         }
     };
-    let (mut journal, existing) = Journal::open(&args.output_file, args.sync_every)?;
-    if existing.cut_bytes > 0 && !quiet {
+    let (mut journal, previous) = Journal::open(&args.output_file, args.sync_every)?;
+    if previous.cut_bytes > 0 && !quiet {
         eprintln!(
             "{}: cut a torn last line ({} bytes) left by an interrupted run",
             args.output_file.display(),
-            existing.cut_bytes
+            previous.cut_bytes
         );
     }
 
-    // Read every record first (the reference does too): the key check needs them all,
-    // and the count gives the progress bar its length.
-    let input = InputPath(args.input_file.clone());
+    let bar = progress(quiet);
+    let counts = Arc::new(Counts::default());
+    let queue = args.concurrency.max(1) * 2;
+    let existing = previous.resumable.then(|| args.output_file.clone());
+    let records = spawn_reader(input.clone(), existing, mode, queue, bar.clone(), Arc::clone(&counts))?;
+    let name = &input.display();
+    let scorer = &scorer;
+    let result: Result<(u64, u64)> = runtime.block_on(async {
+        let results = records
+            .map(|work| async move {
+                let mut item = work?;
+                // The prefixes are only needed for the request: move them into it.
+                let prefixes = std::mem::take(&mut item.prefixes);
+                let scores = if prefixes.is_empty() { Ok(Vec::new()) } else { scorer.score(prefixes).await };
+                let scores = scores.with_context(|| format!("{name}:{}", item.line))?;
+                anyhow::Ok((item, scores))
+            })
+            .buffered(args.concurrency.max(1));
+        let mut results = std::pin::pin!(results);
+        let (mut records, mut turns) = (0u64, 0u64);
+        while let Some(result) = results.next().await {
+            let (mut item, scores) = result?;
+            let line = annotate_record(scorer, &mut item, &scores).with_context(|| format!("{name}:{}", item.line))?;
+            journal.append(&line)?;
+            records += 1;
+            turns += scores.len() as u64;
+            let seconds = started.elapsed().as_secs_f64();
+            bar.set_message(format!("{records} records, {turns} turns, {:.1} records/s", records as f64 / seconds));
+        }
+        journal.sync()?;
+        Ok((records, turns))
+    });
+    bar.finish_and_clear();
+    let kept = counts.kept.load(Ordering::Relaxed);
+    let (records, turns) = result.inspect_err(|_| {
+        if !quiet && kept > 0 {
+            eprintln!("{kept} records were already in {}", args.output_file.display());
+        }
+    })?;
+    if !quiet {
+        eprintln!(
+            "annotated {records} records ({turns} turns) into {} in {:.2} s{}",
+            args.output_file.display(),
+            started.elapsed().as_secs_f64(),
+            if kept > 0 { format!("; {kept} records were already there") } else { String::new() }
+        );
+        let exceeded = scorer.exceeded();
+        if exceeded > 0 {
+            eprintln!("warning: the server cut {exceeded} texts to the model's context before scoring them");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to annotate a file into itself: appending to the input while reading it
+/// would destroy it.
+fn refuse_same_file(input: &InputPath, output: &Path) -> Result<()> {
+    if input.is_stdin() {
+        return Ok(());
+    }
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(&input.0), std::fs::metadata(output)) {
+        use std::os::unix::fs::MetadataExt;
+        if a.dev() == b.dev() && a.ino() == b.ino() {
+            bail!(
+                "--output-file {} is the input file {}: write the annotations elsewhere",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads, parses and (when resuming) skips input records on a thread of its own; the
+/// records to annotate come out of the returned stream, at most `queue` ahead.
+fn spawn_reader(
+    input: InputPath,
+    existing: Option<PathBuf>,
+    mode: ResumeMode,
+    queue: usize,
+    bar: ProgressBar,
+    counts: Arc<Counts>,
+) -> Result<impl futures::Stream<Item = Result<Work>>> {
+    let chunks = spawn_chunks(&input, 4 << 20, &bar)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Work>>(queue);
+    std::thread::Builder::new().name("steerlm-annotate-reader".into()).spawn(move || {
+        if let Err(e) = read_records(&input, chunks, existing.as_deref(), mode, &counts, &sender) {
+            let _ = sender.blocking_send(Err(e));
+        }
+    })?;
+    Ok(stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) }))
+}
+
+fn read_records(
+    input: &InputPath,
+    chunks: std::sync::mpsc::Receiver<Result<crate::input::Chunk>>,
+    existing: Option<&Path>,
+    mode: ResumeMode,
+    counts: &Counts,
+    sender: &tokio::sync::mpsc::Sender<Result<Work>>,
+) -> Result<()> {
     let name = input.display();
-    let mut work = Vec::new();
-    let mut skipped = 0u64;
-    for chunk in spawn_chunks(&input, 4 << 20, &ProgressBar::hidden())? {
+    let keys = match (existing, mode) {
+        (Some(path), ResumeMode::Key) => Some(resume::existing_keys(path)?),
+        _ => None,
+    };
+    let mut written = match (existing, mode) {
+        (Some(path), ResumeMode::Position) => Some((path, journal::existing_lines(path)?)),
+        _ => None,
+    };
+    for chunk in chunks {
         let chunk = chunk?;
         for (i, raw) in steerlm_core::chunk::split_lines(&chunk.bytes).enumerate() {
             let line = chunk.first_line + i as u64;
             if raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let text = std::str::from_utf8(raw).map_err(|e| anyhow!("{name}:{line}: invalid UTF-8 ({e})"))?;
-            let record: Value = serde_json::from_str(text)
-                .map_err(|e| anyhow!("{name}:{line}: {}", steerlm_core::chunk::json_error(&e)))?;
-            let key = record_key(&record).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
-            if existing.keys.contains(&key) {
-                skipped += 1;
+            let work = parse_work(raw, line).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
+            if let Some((path, lines)) = &mut written {
+                match lines.next().transpose()? {
+                    Some((number, bytes)) => {
+                        resume::check_position(path, number, &bytes, &work.record, &work.turns)?;
+                        counts.kept.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    None => written = None,
+                }
+            }
+            if let Some(keys) = &keys
+                && keys.contains(&resume::record_key(&work.record).map_err(|e| anyhow!("{name}:{line}: {e}"))?)
+            {
+                counts.kept.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let parsed = SftRecord::parse(text).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
-            let prefixes =
-                labeled_prefixes(&parsed, TemplateOptions::default()).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
-            let turns =
-                parsed.conversations.iter().enumerate().filter(|(_, t)| t.label.is_present()).map(|(i, _)| i).collect();
-            work.push(Work { line, record, prefixes, turns });
+            if sender.blocking_send(Ok(work)).is_err() {
+                return Ok(()); // the writer stopped: its error is reported
+            }
         }
     }
-    if !quiet {
-        eprintln!(
-            "{} records already in {}, {} to annotate",
-            existing.records.max(skipped),
-            args.output_file.display(),
-            work.len()
-        );
-    }
-
-    let bar = progress(quiet);
-    bar.set_length(work.len() as u64);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let scorer = &scorer;
-    let result: Result<(u64, u64)> = runtime.block_on(async {
-        let mut results = stream::iter(work)
-            .map(|mut item| async move {
-                // The prefixes are only needed for the request: move them into it.
-                let prefixes = std::mem::take(&mut item.prefixes);
-                let scores = if prefixes.is_empty() { Ok(Vec::new()) } else { scorer.score(prefixes).await };
-                (item, scores)
-            })
-            .buffered(args.concurrency.max(1));
-        let (mut records, mut turns) = (0u64, 0u64);
-        while let Some((mut item, scores)) = results.next().await {
-            let scores = scores.with_context(|| format!("{name}:{}", item.line))?;
-            let line = annotate_record(scorer, &mut item, &scores).with_context(|| format!("{name}:{}", item.line))?;
-            journal.append(&line)?;
-            records += 1;
-            turns += scores.len() as u64;
-            bar.inc(1);
-            let seconds = started.elapsed().as_secs_f64();
-            bar.set_message(format!("{turns} turns, {:.1} records/s", records as f64 / seconds));
-        }
-        journal.sync()?;
-        Ok((records, turns))
-    });
-    bar.finish_and_clear();
-    let (records, turns) = result?;
-    if !quiet {
-        eprintln!(
-            "annotated {records} records ({turns} turns) into {} in {:.2} s",
-            args.output_file.display(),
-            started.elapsed().as_secs_f64()
+    if let Some((path, mut lines)) = written
+        && let Some((number, _)) = lines.next().transpose()?
+    {
+        bail!(
+            "{}:{number}: the output has more records than {name}: it was written from another input. \
+             Write to a new --output-file",
+            path.display()
         );
     }
     Ok(())
+}
+
+/// Parses one input line into the record and the prefixes of its labeled turns.
+fn parse_work(raw: &[u8], line: u64) -> Result<Work, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| format!("invalid UTF-8 ({e})"))?;
+    let record: Value = serde_json::from_str(text).map_err(|e| steerlm_core::chunk::json_error(&e))?;
+    resume::record_key(&record)?;
+    let parsed = SftRecord::parse(text)?;
+    let prefixes = labeled_prefixes(&parsed, TemplateOptions::default())?;
+    let turns = parsed.conversations.iter().enumerate().filter(|(_, t)| t.label.is_present()).map(|(i, _)| i).collect();
+    Ok(Work { line, record, prefixes, turns })
 }
 
 /// Writes the scores into the record's labeled turns and renders it as the reference's
