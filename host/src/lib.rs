@@ -5,6 +5,7 @@
 pub mod annotate;
 pub mod bad_records;
 pub mod commands;
+pub mod component_cache;
 pub mod component_server;
 pub mod engine;
 pub mod input;

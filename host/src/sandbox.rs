@@ -4,12 +4,12 @@
 //! no arguments, no network, stdin closed, stdout/stderr discarded), a memory limit
 //! enforced by a [`ResourceLimiter`], and a wall-clock deadline per call enforced by
 //! epoch interruption. A trap becomes an error that says which component and why.
-//! Compiled components are cached on disk so later runs start instantly.
+//! Compiled components are cached on disk so later runs start instantly
+//! ([`crate::component_cache`]).
 
+use crate::component_cache::ComponentCache;
 use anyhow::{Context, Result, anyhow};
 use sha2::{Digest, Sha256};
-use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
@@ -262,58 +262,20 @@ pub(crate) fn deadline_ticks(limit: Duration) -> u64 {
     (limit.as_millis() / TICK.as_millis()).max(1) as u64
 }
 
-/// Compiles an embedded component, or loads its compiled form from the cache.
+/// Compiles an embedded component, or loads its compiled form from the cache
+/// (see [`crate::component_cache`] for when a cached file is trusted).
 pub(crate) fn load_component(engine: &Engine, kind: Kind) -> Result<Component> {
     let wasm = kind.wasm();
-    let cached = cache_path(engine, wasm);
-    if let Some(path) = &cached {
-        if path.exists() {
-            // SAFETY: the file was written by `Component::serialize` below, into the
-            // user's own cache directory, and is keyed by the wasm's hash and the
-            // engine's compatibility hash; wasmtime still checks its header.
-            if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
-                return Ok(component);
-            }
-        }
+    let cache = ComponentCache::from_env();
+    if let Some(component) = cache.and_then(|cache| cache.load(engine, wasm)) {
+        return Ok(component);
     }
     let component = Component::new(engine, wasm)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("compiling the {} component", kind.name()))?;
-    if let Some(path) = cached {
+    if let Some(cache) = cache {
         // The cache is an optimisation: failing to write it is not an error.
-        let _ = write_cache(&path, &component);
+        let _ = cache.store(engine, wasm, &component);
     }
     Ok(component)
-}
-
-fn cache_dir() -> Option<PathBuf> {
-    if std::env::var_os("STEERLM_NO_CACHE").is_some() {
-        return None;
-    }
-    if let Some(dir) = std::env::var_os("STEERLM_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("steerlm").join("components"))
-}
-
-fn cache_path(engine: &Engine, wasm: &[u8]) -> Option<PathBuf> {
-    let dir = cache_dir()?;
-    let mut engine_hash = std::hash::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut engine_hash);
-    let mut key = Sha256::new();
-    key.update(wasm);
-    key.update(engine_hash.finish().to_le_bytes());
-    Some(dir.join(format!("{}.cwasm", hex(&key.finalize()[..16]))))
-}
-
-fn write_cache(path: &std::path::Path, component: &Component) -> Result<()> {
-    let dir = path.parent().expect("cache files live in a directory");
-    std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut temp, &component.serialize().map_err(anyhow::Error::from)?)?;
-    temp.persist(path)?;
-    Ok(())
 }

@@ -170,6 +170,18 @@ where
     out
 }
 
+/// Refuses a line that starts with a UTF-8 byte order mark. Python's `json.loads`
+/// refuses it too; without this check the error would be a bare "expected value".
+pub fn refuse_bom(line: &str) -> Result<(), String> {
+    if line.starts_with('\u{feff}') {
+        return Err(
+            "the line starts with a UTF-8 byte order mark (BOM); remove it (e.g. save the file as UTF-8 without BOM)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// Turns a serde_json error into a message without its "line 1" (every chunk line is
 /// parsed on its own, so the line number is the caller's and only the column helps).
 pub fn json_error(e: &serde_json::Error) -> String {

@@ -16,10 +16,12 @@ pub mod oasst;
 pub mod preprocess;
 pub mod pyfloat;
 pub mod pyjson;
+pub mod pyvalue;
 pub mod record;
 pub mod regression;
 pub mod shuffle;
 pub mod template;
+pub mod unique_keys;
 
 pub use attributes::{ALL_ATTRIBUTES, SYSTEM_PROMPT};
 pub use chunk::{ChunkOutput, LineError, SplitChunkOutput};

@@ -6,43 +6,45 @@
 //! trees through and reorder the converted bytes afterwards.
 
 use crate::attributes::OPEN_ASSISTANT_ATTRIBUTES;
-use crate::chunk::{LineError, for_each_line, json_error};
+use crate::chunk::{LineError, for_each_line};
 use crate::preprocess::write_record_tail;
 use crate::pyfloat::python_round;
-use crate::pyjson::{Ascii, describe, write_str, write_value};
-use serde_json::Value;
+use crate::pyjson::{Ascii, write_str};
+use crate::pyvalue::PyValue;
 
 /// One converted message, shared by every thread through it.
 struct Message<'a> {
-    text: &'a Value,
+    text: &'a PyValue,
     is_user: bool,
     label: Option<String>,
 }
 
 /// `encode_labels`: `name:round(value * 4)` for the Open Assistant attributes present.
-fn encode_labels(labels: &Value) -> Result<String, String> {
+fn encode_labels(labels: &PyValue) -> Result<String, String> {
     let mut items = Vec::new();
     for key in OPEN_ASSISTANT_ATTRIBUTES {
         let Some(entry) = labels.get(key) else {
             continue;
         };
         let value = entry.get("value").ok_or_else(|| format!("label `{key}` has no `value`"))?;
-        let number = match value {
-            Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-            Value::Bool(b) => f64::from(u8::from(*b)),
+        let rounded = match value {
+            // Python's int and bool arithmetic is exact, however large the int.
+            PyValue::Int(n) => n.times(4).as_str().to_owned(),
+            PyValue::Bool(b) => (4 * u8::from(*b)).to_string(),
+            PyValue::Float(x) => python_round(x * 4.0)
+                .ok_or_else(|| format!("label `{key}` value {x} times 4 is beyond the 64-bit integer range"))?
+                .to_string(),
             other => {
-                return Err(format!("label `{key}` value is {}, not a number", describe(other)));
+                return Err(format!("label `{key}` value is {}, not a number", other.describe()));
             }
         };
-        let rounded =
-            python_round(number * 4.0).ok_or_else(|| format!("label `{key}` value {number} is not finite"))?;
         items.push(format!("{key}:{rounded}"));
     }
     Ok(items.join(","))
 }
 
 /// `parse_conversations`: every thread below `node`, as indices into `messages`.
-fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<Vec<usize>>, String> {
+fn threads<'a>(node: &'a PyValue, messages: &mut Vec<Message<'a>>) -> Result<Vec<Vec<usize>>, String> {
     let message = if let Some(prompt) = node.get("prompt") {
         prompt
     } else if node.get("text").is_some() && node.get("role").is_some() {
@@ -51,17 +53,17 @@ fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<V
         return Ok(vec![vec![]]);
     };
     let is_user = match message.get("role").ok_or("message has no `role`")? {
-        Value::String(r) if r == "prompter" => true,
-        Value::String(r) if r == "assistant" => false,
-        other => return Err(format!("unknown role {other}")),
+        PyValue::Str(r) if r == "prompter" => true,
+        PyValue::Str(r) if r == "assistant" => false,
+        other => return Err(format!("unknown role {}", dumps(other))),
     };
     let text = message.get("text").ok_or("message has no `text`")?;
     let label = message.get("labels").map(encode_labels).transpose()?;
     let me = messages.len();
     messages.push(Message { text, is_user, label });
     let replies = match message.get("replies").ok_or("message has no `replies`")? {
-        Value::Array(replies) => replies,
-        other => return Err(format!("`replies` is {}, not an array", describe(other))),
+        PyValue::Array(replies) => replies,
+        other => return Err(format!("`replies` is {}, not an array", other.describe())),
     };
     let mut below = Vec::new();
     for reply in replies {
@@ -81,9 +83,18 @@ fn threads<'a>(node: &'a Value, messages: &mut Vec<Message<'a>>) -> Result<Vec<V
         .collect())
 }
 
+/// A value as JSON, for error messages.
+fn dumps(value: &PyValue) -> String {
+    let mut out = Vec::new();
+    match value.write(&mut out, Ascii::Raw) {
+        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => value.describe().to_owned(),
+    }
+}
+
 /// Converts one tree line, appending one SFT record line per thread.
 pub fn convert_tree(line: &str, out: &mut Vec<u8>) -> Result<u64, String> {
-    let tree: Value = serde_json::from_str(line).map_err(|e| json_error(&e))?;
+    let tree = PyValue::parse(line)?;
     let mut messages = Vec::new();
     let mut written = 0;
     for thread in threads(&tree, &mut messages)? {
@@ -97,7 +108,7 @@ pub fn convert_tree(line: &str, out: &mut Vec<u8>) -> Result<u64, String> {
                 out.extend_from_slice(b"}, ");
             }
             out.extend_from_slice(b"{\"value\": ");
-            write_value(out, message.text, Ascii::Raw)?;
+            message.text.write(out, Ascii::Raw)?;
             if message.is_user {
                 // User turns always get `label: null`, labels or not.
                 out.extend_from_slice(b", \"from\": \"User\", \"label\": null");
@@ -140,4 +151,19 @@ pub fn convert_trees(chunk: &[u8], first_line: u64) -> TreeChunkOutput {
         result.map(|_| ())
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expected label as the reference computes `round(value * 4)` in CPython 3.11.
+    #[test]
+    fn integer_label_values_stay_exact() {
+        let tree = r#"{"prompt": {"text": "q", "role": "prompter", "replies": [{"text": "a", "role": "assistant", "replies": [], "labels": {"quality": {"value": 123456789012345678901234567890}, "humor": {"value": true}, "toxicity": {"value": 0.625}}}]}}"#;
+        let mut out = Vec::new();
+        assert_eq!(convert_tree(tree, &mut out).unwrap(), 1);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""label": "quality:493827156049382715604938271560,toxicity:2,humor:4"}"#), "{text}");
+    }
 }

@@ -2,9 +2,9 @@
 //! (`preprocess_helpsteer_data.py`, `preprocess_helpsteer2_data.py`).
 
 use crate::attributes::{ALL_ATTRIBUTES, HELPSTEER_ATTRIBUTES, SYSTEM_PROMPT};
-use crate::chunk::{Split, SplitChunkOutput, convert_split_chunk, json_error};
-use crate::pyjson::{Ascii, python_str, write_str, write_value};
-use serde_json::{Map, Value};
+use crate::chunk::{Split, SplitChunkOutput, convert_split_chunk};
+use crate::pyjson::{Ascii, write_str};
+use crate::pyvalue::{PyObject, PyValue};
 
 /// Which dataset the rows come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,9 +24,9 @@ pub struct PreprocessOptions {
     pub only_helpfulness: bool,
 }
 
-type Row = Map<String, Value>;
+type Row = PyObject;
 
-fn field<'a>(row: &'a Row, name: &str) -> Result<&'a Value, String> {
+fn field<'a>(row: &'a Row, name: &str) -> Result<&'a PyValue, String> {
     row.get(name).ok_or_else(|| format!("row has no `{name}` field"))
 }
 
@@ -34,7 +34,7 @@ fn field<'a>(row: &'a Row, name: &str) -> Result<&'a Value, String> {
 fn format_label(row: &Row, attributes: &[&str], required: bool, only_helpfulness: bool) -> Result<String, String> {
     let mut pieces = Vec::new();
     for attr in attributes {
-        let value = match row.get(*attr) {
+        let value = match row.get(attr) {
             Some(value) => value,
             None if required => return Err(format!("row has no `{attr}` field")),
             None => continue,
@@ -42,18 +42,18 @@ fn format_label(row: &Row, attributes: &[&str], required: bool, only_helpfulness
         if only_helpfulness && *attr != "helpfulness" {
             continue;
         }
-        let text = python_str(value).map_err(|e| format!("`{attr}`: {e}"))?;
+        let text = value.python_str().map_err(|e| format!("`{attr}`: {e}"))?;
         pieces.push(format!("{attr}:{text}"));
     }
     Ok(pieces.join(","))
 }
 
 /// Writes one SFT record line as the reference's `json.dumps(obj, ensure_ascii=False)`.
-pub fn write_sft_record(out: &mut Vec<u8>, prompt: &Value, response: &Value, label: &str) -> Result<(), String> {
+pub fn write_sft_record(out: &mut Vec<u8>, prompt: &PyValue, response: &PyValue, label: &str) -> Result<(), String> {
     out.extend_from_slice(b"{\"conversations\": [{\"value\": ");
-    write_value(out, prompt, Ascii::Raw)?;
+    prompt.write(out, Ascii::Raw)?;
     out.extend_from_slice(b", \"from\": \"User\", \"label\": null}, {\"value\": ");
-    write_value(out, response, Ascii::Raw)?;
+    response.write(out, Ascii::Raw)?;
     out.extend_from_slice(b", \"from\": \"Assistant\", \"label\": ");
     write_str(out, label, Ascii::Raw);
     write_record_tail(out);
@@ -77,7 +77,10 @@ pub fn convert_row(
     train: &mut Vec<u8>,
     val: &mut Vec<u8>,
 ) -> Result<(u64, u64), String> {
-    let row: Row = serde_json::from_str(line).map_err(|e| json_error(&e))?;
+    let row = match PyValue::parse(line)? {
+        PyValue::Object(row) => row,
+        other => return Err(format!("a row must be a JSON object, got {}", other.describe())),
+    };
     let (split, count) = match source {
         Source::HelpSteer => {
             let label = format_label(&row, &HELPSTEER_ATTRIBUTES, true, false)?;
@@ -94,13 +97,13 @@ pub fn convert_row(
         Source::HelpSteer2Preference => {
             let prompt = field(&row, "prompt")?;
             let strength = field(&row, "preference_strength")?;
-            let split = if field(&row, "split")? == "train" { Split::Train } else { Split::Val };
+            let split = if field(&row, "split")?.as_str() == Some("train") { Split::Train } else { Split::Val };
             // The reference builds {"prompt", "response", "quality"} rows, so the label
             // has `quality` only, and nothing at all with --only-helpfulness.
             let label = if options.only_helpfulness {
                 String::new()
             } else {
-                format!("quality:{}", python_str(strength).map_err(|e| format!("`preference_strength`: {e}"))?)
+                format!("quality:{}", strength.python_str().map_err(|e| format!("`preference_strength`: {e}"))?)
             };
             let out = if split == Split::Train { &mut *train } else { &mut *val };
             write_sft_record(out, prompt, field(&row, "response_1")?, &label)?;
@@ -146,5 +149,38 @@ mod tests {
             &mut val,
         );
         assert!(err.unwrap_err().contains("helpfulness"));
+    }
+
+    /// Expected labels as CPython 3.11 formats `f"{attr}:{dp[attr]}"` after `json.loads`.
+    #[test]
+    fn scores_keep_python_number_semantics() {
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        let line = r#"{"prompt": 12345678901234567890123, "response": "r", "helpfulness": 123456789012345678901234567890, "correctness": -0, "coherence": 4.0, "complexity": 2.50, "verbosity": 1e2}"#;
+        convert_row(Source::HelpSteer, Split::Train, PreprocessOptions::default(), line, &mut train, &mut val).unwrap();
+        let text = String::from_utf8(train).unwrap();
+        assert!(text.starts_with(r#"{"conversations": [{"value": 12345678901234567890123, "#), "{text}");
+        assert!(
+            text.contains(r#""label": "helpfulness:123456789012345678901234567890,correctness:0,coherence:4.0,complexity:2.5,verbosity:100.0"}"#),
+            "{text}"
+        );
+        for (bad, reason) in [
+            (
+                line.replace(r#""correctness": -0"#, r#""correctness": -0, "correctness": 1"#),
+                "duplicate key \"correctness\"",
+            ),
+            (line.replace("1e2", "1e400"), "beyond the float range"),
+            ("[1, 2]".to_owned(), "a row must be a JSON object, got an array"),
+        ] {
+            let err = convert_row(
+                Source::HelpSteer,
+                Split::Train,
+                PreprocessOptions::default(),
+                &bad,
+                &mut val,
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+            assert!(err.contains(reason), "{bad}: {err}");
+        }
     }
 }

@@ -180,8 +180,12 @@ pub fn write_float(out: &mut Vec<u8>, x: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Appends any JSON value as `json.dumps` would after `json.loads`: integers as
+/// Appends a serde_json value as `json.dumps` would after `json.loads`: integers as
 /// integers, other numbers as float reprs, object keys in their original order.
+///
+/// serde_json has already turned integers beyond 64 bits into floats by the time it
+/// hands over a `Value`: for records read from input use
+/// [`PyValue`](crate::pyvalue::PyValue), which keeps them exact.
 pub fn write_value(out: &mut Vec<u8>, value: &Value, ascii: Ascii) -> Result<(), String> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -224,37 +228,6 @@ fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), String>
         write_float(out, n.as_f64().unwrap_or(f64::NAN))?;
     }
     Ok(())
-}
-
-/// Python's `str()` of a scalar JSON value, as an f-string would render it:
-/// `3`, `3.5`, `True`, `None`, or the string itself.
-pub fn python_str(value: &Value) -> Result<String, String> {
-    Ok(match value {
-        Value::Null => "None".to_owned(),
-        Value::Bool(true) => "True".to_owned(),
-        Value::Bool(false) => "False".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => {
-            let mut out = Vec::new();
-            write_number(&mut out, n)?;
-            String::from_utf8(out).expect("numbers are ASCII")
-        }
-        Value::Array(_) | Value::Object(_) => {
-            return Err(format!("expected a number or string, got {}", describe(value)));
-        }
-    })
-}
-
-/// A short description of a JSON value's type for error messages.
-pub fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -303,9 +276,5 @@ mod tests {
         write_value(&mut out, &v, Ascii::Escaped).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, r#"{"b": [1, 2.0, -0.0, 1e+16, true, null], "a": {"x": "\u00e9"}}"#);
-        assert_eq!(python_str(&serde_json::json!(3)).unwrap(), "3");
-        assert_eq!(python_str(&serde_json::json!(3.0)).unwrap(), "3.0");
-        assert_eq!(python_str(&serde_json::json!(true)).unwrap(), "True");
-        assert_eq!(python_str(&serde_json::json!(null)).unwrap(), "None");
     }
 }

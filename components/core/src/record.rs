@@ -1,36 +1,110 @@
 //! The attribute-conditioned SFT record, read without copying its strings.
 //!
 //! `{"conversations": [{"value", "from", "label"}, ...], "mask", "system", "type", ...}`;
-//! unknown keys are ignored, `label` and `system` may be missing.
+//! unknown keys are ignored, `label` and `system` may be missing. A record and each
+//! turn must be JSON objects (serde's derived readers would also take arrays), and no
+//! object in the line may repeat a key ([`crate::unique_keys`]).
 
+use crate::unique_keys::{CowStr, KeySet, Unread, check_unread, set_once, skip_unknown};
 use serde::Deserialize;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
-#[derive(Deserialize, Debug)]
+#[derive(Debug)]
 pub struct SftRecord<'a> {
-    #[serde(borrow)]
     pub conversations: Vec<Turn<'a>>,
     /// Turns whose `from` equals this are rendered as the user.
-    #[serde(borrow)]
     pub mask: Cow<'a, str>,
     /// Kept raw: the reference ignores it, so any JSON is accepted unless a caller
     /// asks to format with it.
-    #[serde(borrow, default)]
     pub system: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize, Debug)]
+#[derive(Debug)]
 pub struct Turn<'a> {
     /// Kept as the raw JSON literal: conversions re-escape it without decoding it.
-    #[serde(borrow)]
     pub value: &'a RawValue,
-    #[serde(borrow)]
     pub from: Cow<'a, str>,
-    #[serde(borrow, default)]
     pub label: Label<'a>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for SftRecord<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordVisitor(PhantomData))
+    }
+}
+
+struct RecordVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for RecordVisitor<'a> {
+    type Value = SftRecord<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an SFT record (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut conversations, mut mask, mut system) = (None, None, None::<Option<&'a RawValue>>);
+        // Known fields are checked by their slot (no allocation on the hot path), the
+        // rest by the set.
+        let mut others = KeySet::default();
+        while let Some(CowStr(key)) = map.next_key()? {
+            match key.as_ref() {
+                "conversations" => set_once(&mut map, &mut conversations, &key)?,
+                "mask" => set_once(&mut map, &mut mask, &key)?,
+                "system" => {
+                    set_once(&mut map, &mut system, &key)?;
+                    if let Some(Some(raw)) = system {
+                        // Not read unless asked for, but held to the same rules as the rest.
+                        check_unread(raw.get()).map_err(|e| de::Error::custom(format!("`system`: {e}")))?;
+                    }
+                }
+                _ => skip_unknown(&mut map, &mut others, key)?,
+            }
+        }
+        Ok(SftRecord {
+            conversations: conversations.ok_or_else(|| de::Error::missing_field("conversations"))?,
+            mask: mask.map(|CowStr(mask)| mask).ok_or_else(|| de::Error::missing_field("mask"))?,
+            system: system.flatten(),
+        })
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Turn<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TurnVisitor(PhantomData))
+    }
+}
+
+struct TurnVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for TurnVisitor<'a> {
+    type Value = Turn<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a turn (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut value, mut from, mut label) = (None, None, None);
+        let mut others = KeySet::default();
+        while let Some(CowStr(key)) = map.next_key()? {
+            match key.as_ref() {
+                "value" => set_once(&mut map, &mut value, &key)?,
+                "from" => set_once(&mut map, &mut from, &key)?,
+                "label" => set_once(&mut map, &mut label, &key)?,
+                _ => skip_unknown(&mut map, &mut others, key)?,
+            }
+        }
+        Ok(Turn {
+            value: value.ok_or_else(|| de::Error::missing_field("value"))?,
+            from: from.map(|CowStr(from)| from).ok_or_else(|| de::Error::missing_field("from"))?,
+            label: label.unwrap_or_default(),
+        })
+    }
 }
 
 /// A turn's `label` field, classified the way the reference scripts test it.
@@ -99,14 +173,16 @@ impl<'de> Visitor<'de> for LabelVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut empty = true;
-        while seq.next_element::<IgnoredAny>()?.is_some() {
+        while seq.next_element::<Unread>()?.is_some() {
             empty = false;
         }
         Ok(if empty { Label::Falsy } else { Label::Other("an array") })
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut empty = true;
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+        let mut keys = KeySet::default();
+        while let Some(CowStr(key)) = map.next_key()? {
+            skip_unknown(&mut map, &mut keys, key)?;
             empty = false;
         }
         Ok(if empty { Label::Falsy } else { Label::Other("an object") })
@@ -124,6 +200,7 @@ impl Turn<'_> {
 impl<'a> SftRecord<'a> {
     /// Parses one JSONL line.
     pub fn parse(line: &'a str) -> Result<Self, String> {
+        crate::chunk::refuse_bom(line)?;
         serde_json::from_str(line).map_err(|e| crate::chunk::json_error(&e))
     }
 
@@ -168,5 +245,51 @@ mod tests {
     fn missing_mask_is_named() {
         let err = SftRecord::parse(r#"{"conversations": []}"#).unwrap_err();
         assert!(err.contains("missing field `mask`"), "{err}");
+    }
+
+    #[test]
+    fn records_and_turns_are_objects_with_each_key_once() {
+        let dup = crate::unique_keys::duplicate_key;
+        let cases = [
+            (
+                r#"[[{"value": "v", "from": "User"}], "User"]"#.to_owned(),
+                "expected an SFT record (a JSON object)".to_owned(),
+            ),
+            (
+                r#"{"mask": "User", "conversations": [["v", "User"]]}"#.to_owned(),
+                "expected a turn (a JSON object)".to_owned(),
+            ),
+            (r#"{"mask": "User", "mask": "User", "conversations": []}"#.to_owned(), dup("mask")),
+            (r#"{"id": {"a": 1, "\u0061": 1}, "mask": "User", "conversations": []}"#.to_owned(), dup("a")),
+            (r#"{"mask": "User", "system": {"s": 1, "s": 2}, "conversations": []}"#.to_owned(), dup("s")),
+            (
+                r#"{"mask": "User", "conversations": [{"value": "v", "from": "User", "x": [{"k": 1, "k": 2}]}]}"#
+                    .to_owned(),
+                dup("k"),
+            ),
+            (
+                r#"{"mask": "User", "conversations": [{"value": "v", "from": "User", "label": {"k": 1, "k": 2}}]}"#
+                    .to_owned(),
+                dup("k"),
+            ),
+            (
+                r#"{"mask": "User", "conversations": [{"value": "v", "from": "User", "from": "User"}]}"#.to_owned(),
+                dup("from"),
+            ),
+            ("\u{feff}{\"mask\": \"User\", \"conversations\": []}".to_owned(), "byte order mark".to_owned()),
+        ];
+        for (line, reason) in &cases {
+            let err = SftRecord::parse(line).unwrap_err();
+            assert!(err.contains(reason.as_str()), "{line}: {err}");
+        }
+        // Pass-through numbers follow PyValue's rules: any integer, no infinite float.
+        let big = format!(r#"{{"id": {}, "mask": "User", "conversations": []}}"#, "9".repeat(400));
+        SftRecord::parse(&big).unwrap();
+        let err = SftRecord::parse(r#"{"x": [1e400], "mask": "User", "conversations": []}"#).unwrap_err();
+        assert!(err.contains("beyond the float range"), "{err}");
+        // The same keys in different objects are fine.
+        let ok =
+            r#"{"mask": "User", "id": {"a": 1}, "conversations": [{"value": "v", "from": "User", "id": {"a": 1}}]}"#;
+        assert_eq!(SftRecord::parse(ok).unwrap().conversations.len(), 1);
     }
 }

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
+use steerlm_core::pyvalue::PyValue;
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
@@ -127,11 +128,14 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
 }
 
 fn text_of(raw: &[u8]) -> Result<String, String> {
-    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| steerlm_core::chunk::json_error(&e))?;
-    match value.get("text") {
-        Some(serde_json::Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(format!("`text` must be a string, got {}", steerlm_core::pyjson::describe(other))),
-        None => Err("the line has no `text`".to_owned()),
+    let line = std::str::from_utf8(raw).map_err(|e| format!("invalid UTF-8 ({e})"))?;
+    match PyValue::parse(line)? {
+        PyValue::Object(mut line) => match line.get_mut("text") {
+            Some(PyValue::Str(text)) => Ok(std::mem::take(text)),
+            Some(other) => Err(format!("`text` must be a string, got {}", other.describe())),
+            None => Err("the line has no `text`".to_owned()),
+        },
+        other => Err(format!("a line must be a JSON object, got {}", other.describe())),
     }
 }
 

@@ -15,12 +15,12 @@ use crate::input::{InputPath, spawn_chunks};
 use anyhow::{Context as _, Result, anyhow};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use serde_json::Value;
 use std::path::PathBuf;
 use steerlm_core::ALL_ATTRIBUTES;
 use steerlm_core::chunk::split_lines;
 use steerlm_core::labels::{MISSING, label_vector};
 use steerlm_core::pyfloat::python_round;
+use steerlm_core::pyvalue::PyValue;
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {
@@ -166,7 +166,8 @@ pub fn compute(context: &Context, input: &InputPath, tokenizer: Option<&tokenize
             if line.trim().is_empty() {
                 continue;
             }
-            let record: Value = serde_json::from_str(line).map_err(|e| fail(steerlm_core::chunk::json_error(&e)))?;
+            // The same reader (and rules) as the conversions: exact numbers, no duplicate keys.
+            let record = PyValue::parse(line).map_err(fail)?;
             let kind = if record.get("conversations").is_some() {
                 Kind::Sft
             } else if record.get("text").is_some() && record.get("label").is_some() {
@@ -201,32 +202,37 @@ pub fn compute(context: &Context, input: &InputPath, tokenizer: Option<&tokenize
     Ok(stats)
 }
 
-fn sft_record(stats: &mut Stats, record: &Value, texts: &mut Vec<String>) -> Result<(), String> {
-    let turns = record["conversations"].as_array().ok_or("\"conversations\" is not a list")?;
+fn sft_record(stats: &mut Stats, record: &PyValue, texts: &mut Vec<String>) -> Result<(), String> {
+    let turns = record.get("conversations").and_then(PyValue::as_array).ok_or("\"conversations\" is not a list")?;
     for (i, turn) in turns.iter().enumerate() {
         stats.turns += 1;
-        let value = turn.get("value").and_then(Value::as_str).ok_or(format!("turn {}: no string \"value\"", i + 1))?;
+        if turn.as_object().is_none() {
+            return Err(format!("turn {}: a turn must be a JSON object, got {}", i + 1, turn.describe()));
+        }
+        let value =
+            turn.get("value").and_then(PyValue::as_str).ok_or(format!("turn {}: no string \"value\"", i + 1))?;
         texts.push(value.to_owned());
         // Labeled means what to-regression converts: a truthy label, which must be a string.
         match turn.get("label") {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(Value::String(label)) if label.is_empty() => {}
-            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => {}
-            Some(Value::Array(items)) if items.is_empty() => {}
-            Some(Value::Object(fields)) if fields.is_empty() => {}
-            Some(Value::String(label)) => {
+            Some(label) if !label.is_truthy() => {}
+            None => {}
+            Some(PyValue::Str(label)) => {
                 let vector = label_vector(label).map_err(|e| format!("turn {}: {e}", i + 1))?;
                 stats.count_label(&vector);
             }
-            Some(other) => return Err(format!("turn {}: label is {other}, not a string", i + 1)),
+            Some(other) => return Err(format!("turn {}: label is {}, not a string", i + 1, other.describe())),
         }
     }
     Ok(())
 }
 
-fn regression_line(stats: &mut Stats, record: &Value, texts: &mut Vec<String>) -> Result<(), String> {
-    let text = record["text"].as_str().ok_or("\"text\" is not a string")?;
-    let label = record["label"].as_array().filter(|l| l.len() == 9).ok_or("\"label\" is not a list of 9 numbers")?;
+fn regression_line(stats: &mut Stats, record: &PyValue, texts: &mut Vec<String>) -> Result<(), String> {
+    let text = record.get("text").and_then(PyValue::as_str).ok_or("\"text\" is not a string")?;
+    let label = record
+        .get("label")
+        .and_then(PyValue::as_array)
+        .filter(|l| l.len() == 9)
+        .ok_or("\"label\" is not a list of 9 numbers")?;
     let mut vector = [MISSING; 9];
     for (slot, value) in vector.iter_mut().zip(label) {
         *slot = value.as_f64().ok_or("\"label\" is not a list of 9 numbers")?;
