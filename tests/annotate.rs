@@ -411,14 +411,14 @@ fn records_without_labels_are_written_back_and_bad_scores_are_errors() {
     let output = dir.path().join("out.jsonl");
     fs::write(
         &input,
-        "{\"mask\": \"User\", \"extra\": 1.50, \"conversations\": [{\"value\": \"caf\u{e9}\", \"from\": \"User\"}]}\n",
+        "{\"id\": 123456789012345678901234567890, \"mask\": \"User\", \"extra\": 1.50, \"conversations\": [{\"value\": \"caf\u{e9}\", \"from\": \"User\"}]}\n",
     )
     .unwrap();
     assert_success(&run(&mut annotate(&server, &input, &output, &[])));
-    // Written back as json.dumps would: ASCII-escaped, 1.50 as 1.5.
+    // Written back as json.dumps would: ASCII-escaped, 1.50 as 1.5, the integer exact.
     assert_eq!(
         fs::read_to_string(&output).unwrap(),
-        "{\"mask\": \"User\", \"extra\": 1.5, \"conversations\": [{\"value\": \"caf\\u00e9\", \"from\": \"User\"}]}\n"
+        "{\"id\": 123456789012345678901234567890, \"mask\": \"User\", \"extra\": 1.5, \"conversations\": [{\"value\": \"caf\\u00e9\", \"from\": \"User\"}]}\n"
     );
 
     let input = dir.path().join("nan.jsonl");

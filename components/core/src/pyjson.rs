@@ -4,7 +4,6 @@
 //! pairs, lowercase hex).
 
 use crate::pyfloat::write_python_repr;
-use serde_json::Value;
 
 /// Which of `json.dumps`' two string escapings to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,56 +179,6 @@ pub fn write_float(out: &mut Vec<u8>, x: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Appends a serde_json value as `json.dumps` would after `json.loads`: integers as
-/// integers, other numbers as float reprs, object keys in their original order.
-///
-/// serde_json has already turned integers beyond 64 bits into floats by the time it
-/// hands over a `Value`: for records read from input use
-/// [`PyValue`](crate::pyvalue::PyValue), which keeps them exact.
-pub fn write_value(out: &mut Vec<u8>, value: &Value, ascii: Ascii) -> Result<(), String> {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => write_number(out, n)?,
-        Value::String(s) => write_str(out, s, ascii),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_value(out, item, ascii)?;
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            out.push(b'{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_str(out, key, ascii);
-                out.extend_from_slice(b": ");
-                write_value(out, item, ascii)?;
-            }
-            out.push(b'}');
-        }
-    }
-    Ok(())
-}
-
-fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) -> Result<(), String> {
-    if let Some(i) = n.as_i64() {
-        out.extend_from_slice(i.to_string().as_bytes());
-    } else if let Some(u) = n.as_u64() {
-        out.extend_from_slice(u.to_string().as_bytes());
-    } else {
-        write_float(out, n.as_f64().unwrap_or(f64::NAN))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,14 +216,5 @@ mod tests {
         for bad in [r#""\ud800""#, r#""\udc00x""#, r#""\ud800\u0041""#, "5", "null"] {
             assert!(transcode_str_body(&mut Vec::new(), bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn values_like_python() {
-        let v: Value = serde_json::from_str(r#"{"b": [1, 2.0, -0.0, 1e16, true, null], "a": {"x": "é"}}"#).unwrap();
-        let mut out = Vec::new();
-        write_value(&mut out, &v, Ascii::Escaped).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, r#"{"b": [1, 2.0, -0.0, 1e+16, true, null], "a": {"x": "\u00e9"}}"#);
     }
 }

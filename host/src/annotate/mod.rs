@@ -20,12 +20,12 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use journal::Journal;
 use resume::ResumeMode;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use steerlm_core::pyjson::{Ascii, write_value};
+use steerlm_core::pyjson::Ascii;
+use steerlm_core::pyvalue::PyValue;
 use steerlm_core::record::SftRecord;
 use steerlm_core::template::{TemplateOptions, labeled_prefixes};
 
@@ -75,7 +75,8 @@ pub struct AnnotateArgs {
 /// One record waiting for its scores.
 struct Work {
     line: u64,
-    record: Value,
+    /// The record as read, big integers and key order intact.
+    record: PyValue,
     prefixes: Vec<String>,
     /// Indices of the turns the prefixes belong to.
     turns: Vec<usize>,
@@ -283,7 +284,7 @@ fn read_records(
 /// Parses one input line into the record and the prefixes of its labeled turns.
 fn parse_work(raw: &[u8], line: u64) -> Result<Work, String> {
     let text = std::str::from_utf8(raw).map_err(|e| format!("invalid UTF-8 ({e})"))?;
-    let record: Value = serde_json::from_str(text).map_err(|e| steerlm_core::chunk::json_error(&e))?;
+    let record = PyValue::parse(text)?;
     resume::record_key(&record)?;
     let parsed = SftRecord::parse(text)?;
     let prefixes = labeled_prefixes(&parsed, TemplateOptions::default())?;
@@ -292,12 +293,12 @@ fn parse_work(raw: &[u8], line: u64) -> Result<Work, String> {
 }
 
 /// Writes the scores into the record's labeled turns and renders it as the reference's
-/// `json.dumps(record)` (ASCII-escaped, key order kept).
+/// `json.dumps(record)` (ASCII-escaped, key order and integers as written).
 fn annotate_record(scorer: &Scorer, item: &mut Work, scores: &[Vec<f32>]) -> Result<Vec<u8>> {
     if scores.len() != item.turns.len() {
         bail!("{} scores for {} labeled turns", scores.len(), item.turns.len());
     }
-    let turns = item.record.get_mut("conversations").and_then(Value::as_array_mut).expect("checked when read");
+    let turns = item.record.get_mut("conversations").and_then(PyValue::as_array_mut).expect("checked when read");
     for (&turn, scores) in item.turns.iter().zip(scores) {
         if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
             bail!("the reward model returned a non-finite score ({bad}) for turn {}", turn + 1);
@@ -306,10 +307,11 @@ fn annotate_record(scorer: &Scorer, item: &mut Work, scores: &[Vec<f32>]) -> Res
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let values: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
         let label = steerlm_core::labels::encode_scores(&values, Some(&names)).map_err(|e| anyhow!(e))?;
-        turns[turn]["label"] = Value::String(label);
+        let turn = turns[turn].as_object_mut().expect("turns are objects: checked when read");
+        turn.insert("label", PyValue::Str(label));
     }
     let mut line = Vec::new();
-    write_value(&mut line, &item.record, Ascii::Escaped).map_err(|e| anyhow!(e))?;
+    item.record.write(&mut line, Ascii::Escaped).map_err(|e| anyhow!(e))?;
     line.push(b'\n');
     Ok(line)
 }

@@ -13,10 +13,10 @@
 //! duplicate records), which is why it is not the default.
 
 use anyhow::{Result, anyhow, bail};
-use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
-use steerlm_core::pyjson::{Ascii, write_value};
+use steerlm_core::pyjson::Ascii;
+use steerlm_core::pyvalue::PyValue;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ResumeMode {
@@ -27,14 +27,11 @@ pub enum ResumeMode {
 }
 
 /// The reference's resume key: the concatenation of every turn's `value`.
-pub fn record_key(record: &Value) -> Result<String, String> {
-    let turns = record.get("conversations").and_then(Value::as_array).ok_or("record has no `conversations` array")?;
+pub fn record_key(record: &PyValue) -> Result<String, String> {
+    let turns = record.get("conversations").and_then(PyValue::as_array).ok_or("record has no `conversations` array")?;
     let mut key = String::new();
     for turn in turns {
-        match turn.get("value") {
-            Some(Value::String(v)) => key.push_str(v),
-            _ => return Err("every turn needs a string `value`".to_owned()),
-        }
+        key.push_str(turn.get("value").and_then(PyValue::as_str).ok_or("every turn needs a string `value`")?);
     }
     Ok(key)
 }
@@ -52,25 +49,26 @@ pub fn existing_keys(path: &Path) -> Result<HashSet<String>> {
 
 /// Checks that `line` (line `number` of the output at `path`) is what annotating `record`
 /// gives, whatever scores its labeled turns (`labeled`) got.
-pub fn check_position(path: &Path, number: u64, line: &[u8], record: &Value, labeled: &[usize]) -> Result<()> {
+pub fn check_position(path: &Path, number: u64, line: &[u8], record: &PyValue, labeled: &[usize]) -> Result<()> {
     let written = parse_output_line(path, number, line)?;
     let mut expected = record.clone();
-    let turns = expected.get_mut("conversations").and_then(Value::as_array_mut);
-    let written_turns = written.get("conversations").and_then(Value::as_array);
+    let turns = expected.get_mut("conversations").and_then(PyValue::as_array_mut);
+    let written_turns = written.get("conversations").and_then(PyValue::as_array);
     let labels_carried = match (turns, written_turns) {
-        (Some(turns), Some(written_turns)) => {
-            labeled.iter().all(|&t| match (turns.get_mut(t), written_turns.get(t).and_then(|w| w.get("label"))) {
-                (Some(turn), Some(label @ Value::String(text))) if !text.is_empty() => {
-                    turn["label"] = label.clone();
+        (Some(turns), Some(written_turns)) => labeled.iter().all(|&t| {
+            let label = written_turns.get(t).and_then(|w| w.get("label")).and_then(PyValue::as_str);
+            match (turns.get_mut(t).and_then(PyValue::as_object_mut), label) {
+                (Some(turn), Some(label)) => {
+                    turn.insert("label", PyValue::Str(label.to_owned()));
                     true
                 }
                 _ => false,
-            })
-        }
+            }
+        }),
         _ => false,
     };
     let mut rendered = Vec::with_capacity(line.len());
-    write_value(&mut rendered, &expected, Ascii::Escaped).map_err(|e| anyhow!(e))?;
+    expected.write(&mut rendered, Ascii::Escaped).map_err(|e| anyhow!(e))?;
     if !labels_carried || rendered != line {
         bail!(
             "{}:{number} is not the annotation of the input's record at the same position: the output was \
@@ -82,26 +80,36 @@ pub fn check_position(path: &Path, number: u64, line: &[u8], record: &Value, lab
     Ok(())
 }
 
-fn parse_output_line(path: &Path, number: u64, line: &[u8]) -> Result<Value> {
-    serde_json::from_slice(line)
+fn parse_output_line(path: &Path, number: u64, line: &[u8]) -> Result<PyValue> {
+    let text = std::str::from_utf8(line)
+        .map_err(|e| anyhow!("{}:{number}: invalid UTF-8 ({e}); is this an annotation output?", path.display()))?;
+    PyValue::parse(text)
         .map_err(|e| anyhow!("{}:{number}: not a JSON record ({e}); is this an annotation output?", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn render(value: &Value) -> Vec<u8> {
+    fn parse(json: &str) -> PyValue {
+        PyValue::parse(json).unwrap()
+    }
+
+    fn render(value: &PyValue) -> Vec<u8> {
         let mut out = Vec::new();
-        write_value(&mut out, value, Ascii::Escaped).unwrap();
+        value.write(&mut out, Ascii::Escaped).unwrap();
         out
+    }
+
+    fn set(value: &mut PyValue, turn: usize, key: &str, to: &str) {
+        let turns = value.get_mut("conversations").and_then(PyValue::as_array_mut).unwrap();
+        turns[turn].as_object_mut().unwrap().insert(key, PyValue::Str(to.to_owned()));
     }
 
     #[test]
     fn keys_collide_where_positions_do_not() {
-        let a = json!({ "conversations": [{ "value": "ab" }, { "value": "c" }] });
-        let b = json!({ "conversations": [{ "value": "a" }, { "value": "bc" }] });
+        let a = parse(r#"{"conversations": [{"value": "ab"}, {"value": "c"}]}"#);
+        let b = parse(r#"{"conversations": [{"value": "a"}, {"value": "bc"}]}"#);
         assert_eq!(record_key(&a), record_key(&b));
         let path = Path::new("out.jsonl");
         let annotated_a = render(&a);
@@ -112,22 +120,27 @@ mod tests {
 
     #[test]
     fn only_labeled_turns_may_differ() {
-        let input = json!({ "mask": "User", "conversations": [
-            { "value": "q", "from": "User", "label": null },
-            { "value": "a", "from": "Assistant", "label": "" } ] });
+        let input = parse(
+            r#"{"id": 123456789012345678901234567890, "mask": "User", "conversations": [
+                {"value": "q", "from": "User", "label": null}, {"value": "a", "from": "Assistant", "label": ""}]}"#,
+        );
         let mut annotated = input.clone();
-        annotated["conversations"][1]["label"] = json!("quality:4");
+        set(&mut annotated, 1, "label", "quality:4");
+        assert!(String::from_utf8(render(&annotated)).unwrap().starts_with("{\"id\": 123456789012345678901234567890,"));
         let path = Path::new("o");
         assert!(check_position(path, 1, &render(&annotated), &input, &[1]).is_ok());
         // A label on a turn that is not scored, or a changed value, is another record.
         let mut wrong = annotated.clone();
-        wrong["conversations"][0]["label"] = json!("quality:1");
+        set(&mut wrong, 0, "label", "quality:1");
         assert!(check_position(path, 1, &render(&wrong), &input, &[1]).is_err());
         let mut wrong = annotated.clone();
-        wrong["conversations"][1]["value"] = json!("b");
+        set(&mut wrong, 1, "value", "b");
         assert!(check_position(path, 1, &render(&wrong), &input, &[1]).is_err());
         // A labeled turn the output left without a label string is not annotated.
-        assert!(check_position(path, 1, &render(&input), &input, &[1]).is_err());
+        let mut unlabeled = annotated.clone();
+        let turns = unlabeled.get_mut("conversations").and_then(PyValue::as_array_mut).unwrap();
+        turns[1].as_object_mut().unwrap().insert("label", PyValue::Null);
+        assert!(check_position(path, 1, &render(&unlabeled), &input, &[1]).is_err());
         assert!(
             check_position(path, 2, b"{not json", &input, &[1]).unwrap_err().to_string().contains("o:2: not a JSON")
         );
