@@ -194,11 +194,269 @@ fn api_key_json_api_metrics_and_dynamic_batching() {
         }
         let (status, metrics) = get(&format!("{base}/metrics"), Some("s3cret")).await;
         assert_eq!(status, 200);
-        let value = |name: &str| -> f64 {
-            metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap().split(' ').nth(1).unwrap().parse().unwrap()
-        };
+        let value = |name: &str| metric(&metrics, name);
         assert_eq!(value("steerlm_requests_total"), 26.0, "{metrics}");
         assert!(value("steerlm_batches_total") < 26.0, "no batching happened: {metrics}");
         assert!(value("steerlm_tokens_total") > 0.0);
     });
+}
+
+/// The value of one metric in a /metrics text.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn metrics(base: &str) -> String {
+    get(&format!("{base}/metrics"), None).await.1
+}
+
+/// Waits (polling /metrics) until `ready` holds, failing after a minute rather than hanging.
+async fn wait_for_metrics(base: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    for _ in 0..6000 {
+        let text = metrics(base).await;
+        if ready(&text) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("gave up waiting for {what}: {}", metrics(base).await);
+}
+
+/// Texts of a few tokens each: many batches under a small --max-batch-tokens.
+fn many_texts(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("hello world number {i}")).collect()
+}
+
+#[test]
+fn overflowing_tensor_shapes_get_400_and_the_server_stays_up() {
+    let server = serve(&[]);
+    let infer = format!("{}/v2/models/reward_model/infer", server.url);
+    runtime().block_on(async {
+        let json = json!({"inputs": [
+            {"name": "tokens", "datatype": "INT64", "shape": [i64::MAX, 4], "data": [1, 2, 3, 4]},
+            {"name": "sequence_lengths", "datatype": "INT64", "shape": [1, 1], "data": [4]}]});
+        let header = json!({"inputs": [
+            {"name": "tokens", "datatype": "INT64", "shape": [4, i64::MAX], "parameters": {"binary_data_size": 8}},
+            {"name": "sequence_lengths", "datatype": "INT64", "shape": [1], "data": [1]}]})
+        .to_string();
+        let mut binary = header.clone().into_bytes();
+        binary.extend_from_slice(&1i64.to_le_bytes());
+        for (body, headers) in [
+            (json.to_string().into_bytes(), vec![]),
+            (binary, vec![("inference-header-content-length", header.len().to_string())]),
+        ] {
+            let (status, body, _) = post(&infer, body, &headers).await;
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(status, 400, "{text}");
+            assert!(text.contains("input `tokens`") && text.contains("more elements"), "{text}");
+        }
+        let ok = json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [1, 1], "data": ["hi"]}]});
+        assert_eq!(post(&infer, ok.to_string().into_bytes(), &[]).await.0, 200, "still serving");
+    });
+}
+
+#[test]
+fn empty_sentences_answer_with_the_label_dimension() {
+    let server = serve(&[]);
+    let infer = format!("{}/v2/models/reward_model/infer", server.url);
+    runtime().block_on(async {
+        let request = json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [0, 1], "data": []}]});
+        let (status, body, _) = post(&infer, request.to_string().into_bytes(), &[]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let response: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(response["outputs"][0]["shape"], json!([0, 9]));
+        assert_eq!(response["outputs"][0]["data"], json!([]));
+    });
+}
+
+/// A request far bigger than --max-batch-tokens runs as many batches, and a small
+/// request sent while it runs is answered first.
+#[test]
+fn big_requests_are_split_into_batches_and_do_not_starve_small_ones() {
+    let server = serve(&["--max-batch-tokens", "16", "--max-queue-delay-ms", "0"]);
+    let base = server.url.clone();
+    let texts = many_texts(3000);
+    runtime().block_on(async {
+        let score = format!("{base}/v1/score");
+        let big_body = json!({ "texts": texts }).to_string().into_bytes();
+        let big = tokio::spawn({
+            let score = score.clone();
+            async move { post(&score, big_body, &[]).await }
+        });
+        wait_for_metrics(&base, "the big request's first batch", |m| metric(m, "steerlm_batches_total") >= 1.0).await;
+        let (status, body, _) = post(&score, json!({"texts": ["a small one"]}).to_string().into_bytes(), &[]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        // Seen from the server: the big request still had sequences to run.
+        let scored = metric(&metrics(&base).await, "steerlm_batch_sequences_total");
+        assert!(scored < 3001.0, "the small request waited for the whole big one ({scored} sequences scored)");
+
+        let (status, body, _) = big.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let response: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(response["results"].as_array().unwrap().len(), 3000);
+        let metrics = metrics(&base).await;
+        // Every text has at least 4 tokens, so at most 4 fit in 16 tokens.
+        assert!(metric(&metrics, "steerlm_batches_total") >= 3000.0 / 4.0, "{metrics}");
+        assert_eq!(metric(&metrics, "steerlm_batch_sequences_total"), 3001.0);
+        assert_eq!(metric(&metrics, "steerlm_requests_total"), 2.0);
+    });
+}
+
+#[test]
+fn requests_over_the_limits_get_413_naming_the_flag() {
+    let server = serve(&["--max-request-texts", "3", "--max-body-mb", "1"]);
+    let base = server.url.clone();
+    runtime().block_on(async {
+        let score = format!("{base}/v1/score");
+        let four = json!({"texts": ["a", "b", "c", "d"]}).to_string().into_bytes();
+        let turn = json!({"value": "hi", "from": "Assistant", "label": "helpfulness:1"});
+        let user = json!({"value": "q", "from": "User", "label": null});
+        let record = json!({"mask": "User", "conversations": [user, turn, user, turn]});
+        let records = json!({"records": [record, record]}).to_string().into_bytes();
+        for body in [four, records] {
+            let (status, body, _) = post(&score, body, &[]).await;
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(status, 413, "{text}");
+            assert!(text.contains("4 texts") && text.contains("limit is 3 (--max-request-texts)"), "{text}");
+        }
+        let (status, body, _) = post(&score, vec![b' '; 2 << 20], &[]).await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("limit of 1048576 bytes (--max-body-mb)"), "{text}");
+        let (status, _, _) = post(&score, json!({"texts": ["a", "b", "c"]}).to_string().into_bytes(), &[]).await;
+        assert_eq!(status, 200);
+
+        // KServe clients learn the limit from the config; over it is Triton's 400.
+        let config: Value = serde_json::from_str(&get(&format!("{base}/v2/models/reward_model/config"), None).await.1).unwrap();
+        assert_eq!(config["max_batch_size"], 3);
+        let request = json!({"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [4, 1], "data": ["a", "b", "c", "d"]}]});
+        let (status, body, _) = post(&format!("{base}/v2/models/reward_model/infer"), request.to_string().into_bytes(), &[]).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    });
+}
+
+/// A client that hangs up mid-request: its unscored sequences are skipped, and the
+/// request is counted as cancelled.
+#[test]
+fn work_of_a_client_that_hung_up_is_skipped() {
+    use std::io::Write;
+    let server = serve(&["--max-batch-tokens", "16", "--max-queue-delay-ms", "0"]);
+    let base = server.url.clone();
+    let body = json!({ "texts": many_texts(3000) }).to_string();
+    let mut socket = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    write!(
+        socket,
+        "POST /v1/score HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    runtime().block_on(async {
+        wait_for_metrics(&base, "the request's first batch", |m| metric(m, "steerlm_batches_total") >= 1.0).await;
+        drop(socket);
+        let metrics = wait_for_metrics(&base, "the cancellation", |m| {
+            metric(m, "steerlm_skipped_sequences_total") > 0.0 && metric(m, "steerlm_cancelled_requests_total") == 1.0
+        })
+        .await;
+        let (run, skipped) =
+            (metric(&metrics, "steerlm_batch_sequences_total"), metric(&metrics, "steerlm_skipped_sequences_total"));
+        assert_eq!(run + skipped, 3000.0, "{metrics}");
+        assert_eq!(metric(&metrics, "steerlm_requests_total"), 1.0, "{metrics}");
+        assert_eq!(metric(&metrics, "steerlm_failed_requests_total"), 0.0, "{metrics}");
+        // The server is free for the next request.
+        let (status, _, _) =
+            post(&format!("{base}/v1/score"), json!({"texts": ["next"]}).to_string().into_bytes(), &[]).await;
+        assert_eq!(status, 200);
+    });
+}
+
+/// Sockets that never send their headers are closed after --header-read-timeout, and
+/// beyond --max-connections new ones wait instead of exhausting the server.
+#[test]
+fn silent_connections_are_closed_and_health_checks_still_answer() {
+    use std::io::Read;
+    let server = serve(&["--max-connections", "2", "--header-read-timeout", "1"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let silent: Vec<std::net::TcpStream> = (0..6).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    runtime().block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+        let response = client.get(format!("{}/v2/health/ready", server.url)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    });
+    for mut socket in silent {
+        // Generous: a server that never closes them fails here instead of hanging.
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        let mut rest = Vec::new();
+        socket.read_to_end(&mut rest).expect("the server closes a connection that sends no headers");
+    }
+}
+
+/// Waits for a server that should refuse to start, failing (not hanging) if it runs.
+fn refused_start(mut command: Command) -> String {
+    let mut child = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return stderr;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("the server started");
+}
+
+#[test]
+fn empty_api_keys_are_refused_and_bearer_is_case_insensitive() {
+    let serve_command = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+        command.args(["serve", "--model", model_dir("llama9").to_str().unwrap(), "--device", "cpu", "--port", "0"]);
+        command
+    };
+    let mut from_env = serve_command();
+    from_env.env("STEERLM_API_KEY", "");
+    let mut from_flag = serve_command();
+    from_flag.args(["--api-key", ""]).env_remove("STEERLM_API_KEY");
+    for command in [from_env, from_flag] {
+        let stderr = refused_start(command);
+        assert!(stderr.contains("API key (--api-key or STEERLM_API_KEY) is empty"), "{stderr}");
+    }
+
+    let server = serve(&["--api-key", "s3cret"]);
+    runtime().block_on(async {
+        let url = format!("{}/v2/models/reward_model", server.url);
+        for (header, want) in
+            [("bearer s3cret", 200), ("BEARER s3cret", 200), ("Bearer s3cre", 401), ("Basic s3cret", 401)]
+        {
+            let response = reqwest::Client::new().get(&url).header("authorization", header).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), want, "{header}");
+        }
+    });
+}
+
+#[test]
+fn a_hostile_config_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(model_dir("llama9").join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 0"),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    command.args(["serve", "--model", dir.path().to_str().unwrap(), "--device", "cpu", "--port", "0"]);
+    let stderr = refused_start(command);
+    assert!(stderr.contains("config.json") && stderr.contains("`num_attention_heads` must be at least 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -350,3 +350,42 @@ fn two_hundred_concurrent_requests_all_succeed() {
         assert_eq!(failures, 0, "{failures} of 200 concurrent requests failed");
     });
 }
+
+/// Sends a chunked POST whose body never ends: headers and one chunk, then silence.
+fn start_endless_body(server: &Server) -> std::net::TcpStream {
+    let mut socket = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    socket
+        .write_all(b"POST /regression HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    socket
+}
+
+#[test]
+fn a_body_that_never_ends_gets_408() {
+    use std::io::Read;
+    let server = serve(&["--body-read-timeout", "1"]);
+    let mut socket = start_endless_body(&server);
+    // Generous: a server that waits for --component-timeout fails here instead of hanging.
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut reply = vec![0; 4096];
+    let n = socket.read(&mut reply).expect("a reply before the read timeout");
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("within 1 seconds (--body-read-timeout)"), "{reply}");
+}
+
+#[test]
+fn health_checks_answer_while_every_slot_is_busy() {
+    use std::io::Read;
+    let server = serve(&["--max-concurrent-requests", "1"]);
+    let mut busy = start_endless_body(&server);
+    runtime().block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+        let reply = send(client.get(format!("{}/health", server.url))).await;
+        assert_eq!((reply.status, reply.json()["status"].clone()), (200, json!("ok")));
+    });
+    // The endless request still holds its slot, unanswered.
+    busy.set_nonblocking(true).unwrap();
+    let error = busy.read(&mut [0; 16]).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+}

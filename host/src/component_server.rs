@@ -43,9 +43,13 @@ pub struct ServeComponentArgs {
     /// The component is 32-bit: body and response share its 4 GiB address space.
     #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=2048))]
     pub max_response_mb: u64,
-    /// Requests handled at once; more wait their turn.
+    /// Requests handled at once; more wait their turn (`GET /health` never waits).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_concurrent_requests: usize,
+    /// Seconds a client has to send a whole request body once its request is taken
+    /// (408 past it), so a body that never ends cannot hold a request slot.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
 }
 
 /// Memory and time each request's instance may use (the global sandbox flags).
@@ -106,6 +110,7 @@ struct Server {
     handler: ProxyHandler<Instantiator>,
     permits: Arc<Semaphore>,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
 }
 
 impl Server {
@@ -137,12 +142,20 @@ impl Server {
             handler: ProxyHandler::new(instantiator),
             permits: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
             max_body_bytes,
+            body_read_timeout: Duration::from_secs(args.body_read_timeout),
         })
     }
 
     async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<WasiBody> {
-        let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-            return error_response(503, "the server is shutting down".into());
+        // Health checks take no slot: they must answer while every slot is busy.
+        let is_health_check = request.method() == hyper::Method::GET && request.uri().path() == "/health";
+        let permit = if is_health_check {
+            None
+        } else {
+            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                return error_response(503, "the server is shutting down".into());
+            };
+            Some(permit)
         };
         let declared = request
             .headers()
@@ -158,8 +171,22 @@ impl Server {
                 ),
             );
         }
-        let request = request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
-        match self.handler.handle((), request).await {
+        // The deadline starts once the request has its slot: waiting for one is not the client's doing.
+        let body_deadline = BodyDeadline::new(self.body_read_timeout);
+        let request =
+            request.map(|body| DeadlineBody { body, deadline: body_deadline.clone(), sleep: None }.boxed_unsync());
+        let outcome = self.handler.handle((), request).await;
+        if body_deadline.passed() {
+            // The component saw its body fail; the client is told why.
+            return error_response(
+                408,
+                format!(
+                    "the request body did not arrive within {} seconds (--body-read-timeout)",
+                    self.body_read_timeout.as_secs()
+                ),
+            );
+        }
+        match outcome {
             // The instance lives on while its body is sent, so the permit goes with the body.
             Ok(response) => response.map(|body| PermitBody { body, _permit: permit }.boxed_unsync()),
             Err(e) => error_response(500, explain(&e)),
@@ -167,11 +194,65 @@ impl Server {
     }
 }
 
+/// When a request's body must have arrived, and whether a read ran past it.
+#[derive(Clone)]
+struct BodyDeadline {
+    at: tokio::time::Instant,
+    passed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BodyDeadline {
+    fn new(timeout: Duration) -> Self {
+        BodyDeadline { at: tokio::time::Instant::now() + timeout, passed: Arc::default() }
+    }
+
+    fn passed(&self) -> bool {
+        self.passed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A request body that fails once its [`BodyDeadline`] passes before its end.
+struct DeadlineBody {
+    body: hyper::body::Incoming,
+    deadline: BodyDeadline,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(wasmtime_wasi_http::Error::from)));
+        }
+        let deadline = this.deadline.at;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.deadline.passed.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A response body that holds its request's concurrency permit until it has been sent
 /// (or the client hung up).
 struct PermitBody {
     body: WasiBody,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl http_body::Body for PermitBody {

@@ -72,18 +72,48 @@ pub struct ModelConfig {
     pub dtype: String,
 }
 
-fn usize_field(config: &Value, names: &[&str]) -> Result<usize> {
+/// A count named by one of `names` (the first present wins): `None` when absent or null,
+/// an error naming the field when it is not a non-negative integer.
+fn count_field(config: &Value, names: &[&str]) -> Result<Option<usize>> {
     for name in names {
-        if let Some(v) = config.get(*name).and_then(Value::as_u64) {
-            return Ok(v as usize);
+        match config.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(value) => {
+                let count = value
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| anyhow!("`{name}` must be a non-negative integer, got {value}"))?;
+                return Ok(Some(count));
+            }
         }
     }
-    bail!("config.json has no `{}`", names[0])
+    Ok(None)
+}
+
+fn required_count(config: &Value, names: &[&str]) -> Result<usize> {
+    count_field(config, names)?.ok_or_else(|| anyhow!("config.json has no `{}`", names[0]))
+}
+
+/// `value` of the field `name`, refused when zero (a size or count every layer divides by
+/// or allocates with).
+fn positive(name: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        bail!("`{name}` must be at least 1, got 0");
+    }
+    Ok(value)
 }
 
 fn f64_field(config: &Value, name: &str) -> Option<f64> {
     config.get(name).and_then(Value::as_f64)
 }
+
+/// Most rotary-table entries (`max_position_embeddings` x rotary dimension) allocated at
+/// load: 2^28 f32s is 1 GiB for each of cos and sin (a 128k context at 128 dims is 2^24).
+pub const MAX_ROPE_TABLE: usize = 1 << 28;
+
+/// Most outputs a score head may have (reward models have a handful; `num_labels` also
+/// sizes the label list before any tensor is read).
+pub const MAX_LABELS: usize = 1 << 16;
 
 impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
@@ -93,6 +123,9 @@ impl ModelConfig {
         Self::from_json(&config).with_context(|| format!("in {}", path.display()))
     }
 
+    /// Reads and checks every value: sizes positive, heads dividing evenly, RoPE
+    /// dimensions even, and nothing that would size an allocation beyond reason. Shapes
+    /// against the checkpoint are checked by [`super::layout::ModelTensors::locate`].
     pub fn from_json(config: &Value) -> Result<Self> {
         let names: Vec<&str> = config
             .get("architectures")
@@ -102,16 +135,32 @@ impl ModelConfig {
         let architecture = names.iter().find_map(|n| Architecture::from_name(n)).ok_or_else(|| {
             anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::SUPPORTED.join(", "))
         })?;
-        let hidden_size = usize_field(config, &["hidden_size"])?;
-        let num_heads = usize_field(config, &["num_attention_heads"])?;
-        let num_kv_heads = usize_field(config, &["num_key_value_heads"]).unwrap_or(num_heads);
-        let head_dim = match config.get("head_dim").and_then(Value::as_u64) {
-            Some(d) => d as usize,
-            None => hidden_size / num_heads,
-        };
+        let hidden_size = positive("hidden_size", required_count(config, &["hidden_size"])?)?;
+        let num_heads = positive("num_attention_heads", required_count(config, &["num_attention_heads"])?)?;
+        let num_kv_heads =
+            positive("num_key_value_heads", count_field(config, &["num_key_value_heads"])?.unwrap_or(num_heads))?;
         if num_heads % num_kv_heads != 0 {
             bail!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}");
         }
+        let head_dim = match count_field(config, &["head_dim"])? {
+            Some(d) => positive("head_dim", d)?,
+            None if hidden_size % num_heads != 0 => {
+                bail!(
+                    "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads} (and there is no head_dim)"
+                )
+            }
+            None => hidden_size / num_heads,
+        };
+        if num_heads.checked_mul(head_dim).is_none() {
+            bail!("num_attention_heads {num_heads} x head_dim {head_dim} is too large");
+        }
+        let num_layers = positive("num_hidden_layers", required_count(config, &["num_hidden_layers"])?)?;
+        let intermediate_size = positive("intermediate_size", required_count(config, &["intermediate_size"])?)?;
+        let vocab_size = positive("vocab_size", required_count(config, &["vocab_size"])?)?;
+        let max_positions = positive(
+            "max_position_embeddings",
+            count_field(config, &["max_position_embeddings", "max_sequence_length", "seq_length"])?.unwrap_or(4096),
+        )?;
 
         // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps them at the
         // top level (and may have a `rope_scaling` block, which steerlm does not apply).
@@ -126,20 +175,35 @@ impl ModelConfig {
             bail!("RoPE type {rope_type:?} is not supported (only the default rotary embedding)");
         }
         let rope_theta = rope_field("rope_theta").unwrap_or(10000.0);
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            bail!("`rope_theta` must be a positive number, got {rope_theta}");
+        }
         let partial = rope_field("partial_rotary_factor").unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            bail!("`partial_rotary_factor` must be in (0, 1], got {partial}");
+        }
         let rotary_dim = (head_dim as f64 * partial) as usize;
-        if rotary_dim % 2 != 0 || rotary_dim > head_dim || rotary_dim > 512 {
+        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim || rotary_dim > 512 {
             bail!(
-                "rotary dimension {rotary_dim} (head_dim {head_dim} x {partial}) must be even and at most head_dim (and 512)"
+                "rotary dimension {rotary_dim} (head_dim {head_dim} x {partial}) must be even, positive and at most head_dim (and 512)"
+            );
+        }
+        if max_positions.checked_mul(rotary_dim).is_none_or(|entries| entries > MAX_ROPE_TABLE) {
+            bail!(
+                "max_position_embeddings {max_positions} x rotary dimension {rotary_dim} is more than the {MAX_ROPE_TABLE} rotary-table entries steerlm allocates"
             );
         }
 
-        let norm_eps = ["rms_norm_eps", "norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
+        let (eps_name, norm_eps) = ["rms_norm_eps", "norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
             .iter()
-            .find_map(|n| f64_field(config, n))
-            .unwrap_or(1e-5) as f32;
+            .find_map(|n| f64_field(config, n).map(|v| (*n, v)))
+            .unwrap_or(("rms_norm_eps", 1e-5));
+        if !(norm_eps.is_finite() && norm_eps > 0.0) {
+            bail!("`{eps_name}` must be a positive number, got {norm_eps}");
+        }
+        let norm_eps = norm_eps as f32;
 
-        let labels = match config.get("id2label").and_then(Value::as_object) {
+        let labels: Vec<String> = match config.get("id2label").and_then(Value::as_object) {
             Some(map) => {
                 let mut pairs: Vec<(usize, String)> = map
                     .iter()
@@ -147,28 +211,36 @@ impl ModelConfig {
                     .collect::<Result<_>>()
                     .context("id2label keys must be integers")?;
                 pairs.sort();
+                if pairs.iter().enumerate().any(|(i, (id, _))| *id != i) {
+                    bail!("`id2label` keys must be 0 to {} without gaps or repeats", pairs.len().saturating_sub(1));
+                }
                 pairs.into_iter().map(|(_, name)| name).collect()
             }
             None => {
-                let n = usize_field(config, &["num_labels"]).unwrap_or(1);
+                let n = positive("num_labels", count_field(config, &["num_labels"])?.unwrap_or(1))?;
+                if n > MAX_LABELS {
+                    bail!("`num_labels` {n} is more than the {MAX_LABELS} outputs steerlm reads");
+                }
                 (0..n).map(|i| format!("LABEL_{i}")).collect()
             }
         };
+        if labels.is_empty() {
+            bail!("`id2label` names no labels");
+        }
 
         Ok(ModelConfig {
             architecture,
             hidden_size,
-            num_layers: usize_field(config, &["num_hidden_layers"])?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
-            intermediate_size: usize_field(config, &["intermediate_size"])?,
-            vocab_size: usize_field(config, &["vocab_size"])?,
+            intermediate_size,
+            vocab_size,
             norm_eps,
             rope_theta,
             rotary_dim,
-            max_positions: usize_field(config, &["max_position_embeddings", "max_sequence_length", "seq_length"])
-                .unwrap_or(4096),
+            max_positions,
             labels,
             bos_token_id: config.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
             dtype: config
@@ -218,5 +290,45 @@ mod tests {
         let mut c = base();
         c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
         assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("llama3"));
+    }
+
+    /// Hostile values are refused by name instead of dividing by zero or sizing a huge
+    /// allocation.
+    #[test]
+    fn hostile_values_are_named() {
+        let cases: [(&str, Value, &str); 14] = [
+            ("num_attention_heads", json!(0), "`num_attention_heads` must be at least 1"),
+            ("num_key_value_heads", json!(0), "`num_key_value_heads` must be at least 1"),
+            ("num_key_value_heads", json!(3), "not a multiple of num_key_value_heads 3"),
+            ("hidden_size", json!(0), "`hidden_size` must be at least 1"),
+            ("hidden_size", json!(66), "hidden_size 66 is not a multiple of num_attention_heads 4"),
+            ("num_hidden_layers", json!(0), "`num_hidden_layers` must be at least 1"),
+            ("num_hidden_layers", json!(-2), "`num_hidden_layers` must be a non-negative integer, got -2"),
+            ("intermediate_size", json!(1.5), "`intermediate_size` must be a non-negative integer"),
+            ("vocab_size", json!(0), "`vocab_size` must be at least 1"),
+            ("head_dim", json!(0), "`head_dim` must be at least 1"),
+            ("head_dim", json!(u64::MAX), "too large"),
+            ("max_position_embeddings", json!(1_000_000_000_000u64), "rotary-table entries"),
+            ("num_labels", json!(1_000_000_000_000u64), "`num_labels` 1000000000000 is more than"),
+            ("norm_eps", json!(-1.0), "`norm_eps` must be a positive number"),
+        ];
+        for (field, value, says) in cases {
+            let mut c = base();
+            c[field] = value.clone();
+            let e = format!("{:#}", ModelConfig::from_json(&c).unwrap_err());
+            assert!(e.contains(says), "{field} = {value}: {e:?} does not say {says:?}");
+        }
+        let mut c = base();
+        c["rope_theta"] = json!(0.0);
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("`rope_theta` must be a positive"));
+        let mut c = base();
+        c["partial_rotary_factor"] = json!(0.0);
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("`partial_rotary_factor`"));
+        let mut c = base();
+        c["head_dim"] = json!(15);
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("must be even"));
+        let mut c = base();
+        c["id2label"] = json!({"0": "a", "2": "b"});
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("without gaps"));
     }
 }

@@ -59,12 +59,69 @@ fn norm<'a>(w: &'a Weights, config: &ModelConfig, prefix: &str) -> Result<NormTe
     Ok(NormTensors { weight, bias })
 }
 
+/// How many decoder layers the checkpoint stores: one past the highest `model.layers.N`.
+fn stored_layers(w: &Weights) -> usize {
+    w.names()
+        .filter_map(|name| name.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |highest| highest + 1)
+}
+
+/// Compares config.json's sizes with the checkpoint's tensors, before anything is
+/// allocated by them, so a wrong value is named rather than sizing a huge allocation.
+fn check_config_against(config: &ModelConfig, w: &Weights) -> Result<()> {
+    let stored = stored_layers(w);
+    if config.num_layers != stored {
+        bail!(
+            "config.json says `num_hidden_layers` is {}, but the checkpoint has {stored} layers (model.layers.N tensors)",
+            config.num_layers
+        );
+    }
+    let hd = config.head_dim;
+    // (the config field, its value, the tensor that must agree, the dimension that must equal it)
+    let expectations: [(&str, Option<usize>, &str, usize); 5] = [
+        ("vocab_size", Some(config.vocab_size), "model.embed_tokens.weight", 0),
+        ("hidden_size", Some(config.hidden_size), "model.embed_tokens.weight", 1),
+        ("intermediate_size", Some(config.intermediate_size), "model.layers.0.mlp.up_proj.weight", 0),
+        (
+            "num_attention_heads x head_dim",
+            config.num_heads.checked_mul(hd),
+            "model.layers.0.self_attn.q_proj.weight",
+            0,
+        ),
+        (
+            "num_key_value_heads x head_dim",
+            config.num_kv_heads.checked_mul(hd),
+            "model.layers.0.self_attn.k_proj.weight",
+            0,
+        ),
+    ];
+    for (field, value, tensor, dimension) in expectations {
+        let Some(stored) = w.shape(tensor).and_then(|shape| shape.get(dimension).copied()) else {
+            bail!("the checkpoint has no tensor `{tensor}` (or it has fewer than {} dimensions)", dimension + 1);
+        };
+        if value != Some(stored) {
+            let value = value.map_or_else(|| "too large".to_owned(), |v| v.to_string());
+            bail!("config.json says `{field}` is {value}, but `{tensor}` has {stored} in dimension {dimension}");
+        }
+    }
+    let labels = config.labels.len();
+    if let Some(rows) = w.rows("score.weight")
+        && rows != labels
+    {
+        bail!("score.weight has {rows} outputs but config.json names {labels} labels");
+    }
+    Ok(())
+}
+
 impl<'a> ModelTensors<'a> {
     pub fn locate(config: &ModelConfig, w: &'a Weights) -> Result<Self> {
+        check_config_against(config, w)?;
         let (h, hd) = (config.hidden_size, config.head_dim);
         let (q_out, kv_out) = (config.num_heads * hd, config.num_kv_heads * hd);
         let ffn = config.intermediate_size;
-        let mut layers = Vec::with_capacity(config.num_layers);
+        // Grown as layers are found, not sized by the config up front.
+        let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
             let gated = !config.architecture.squared_relu_mlp();
@@ -80,10 +137,7 @@ impl<'a> ModelTensors<'a> {
                 down: linear(w, &format!("{p}.mlp.down_proj"), h, ffn)?,
             });
         }
-        let num_labels = w.rows("score.weight").unwrap_or(config.labels.len());
-        if num_labels != config.labels.len() {
-            bail!("score.weight has {num_labels} outputs but config.json names {} labels", config.labels.len());
-        }
+        let num_labels = config.labels.len();
         Ok(ModelTensors {
             embed: w.get("model.embed_tokens.weight", &[config.vocab_size, h])?,
             layers,

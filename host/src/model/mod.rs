@@ -99,6 +99,11 @@ impl RewardModel {
         &self.config.labels
     }
 
+    /// Whether the forward pass runs on the CPU (Triton's `KIND_CPU`).
+    pub fn runs_on_cpu(&self) -> bool {
+        matches!(self.backend, Backend::Cpu(_))
+    }
+
     pub fn device_name(&self) -> String {
         match &self.backend {
             Backend::Cpu(_) => format!("cpu ({} threads)", rayon::current_num_threads()),

@@ -133,7 +133,66 @@ fn missing_tensors_and_bad_folders_are_named() {
     )
     .unwrap();
     let error = RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false }).err().unwrap();
-    assert!(format!("{error:#}").contains("model.layers.2.input_layernorm.weight"), "{error:#}");
+    assert!(format!("{error:#}").contains("`num_hidden_layers` is 3, but the checkpoint has 2 layers"), "{error:#}");
+}
+
+/// llama9 with one config.json value replaced (the large files symlinked).
+fn doctored_llama9(field: &str, value: serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = model_dir("llama9");
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap()).unwrap();
+    config[field] = value;
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Hostile config.json values are errors naming the file and the field, never a panic
+/// (division by zero) or an abort (a huge allocation sized by the config).
+#[test]
+fn hostile_config_values_are_named_not_panics() {
+    use serde_json::json;
+    let cases = [
+        ("num_attention_heads", json!(0), "`num_attention_heads` must be at least 1"),
+        ("num_key_value_heads", json!(0), "`num_key_value_heads` must be at least 1"),
+        (
+            "num_hidden_layers",
+            json!(1_000_000_000_000u64),
+            "`num_hidden_layers` is 1000000000000, but the checkpoint has 2 layers",
+        ),
+        ("num_hidden_layers", json!(1), "`num_hidden_layers` is 1, but the checkpoint has 2 layers"),
+        ("max_position_embeddings", json!(1_000_000_000_000u64), "max_position_embeddings 1000000000000"),
+        ("vocab_size", json!(32001), "`vocab_size` is 32001, but `model.embed_tokens.weight` has 32000"),
+        ("hidden_size", json!(128), "`hidden_size` is 128, but `model.embed_tokens.weight` has 64"),
+        (
+            "head_dim",
+            json!(32),
+            "`num_attention_heads x head_dim` is 128, but `model.layers.0.self_attn.q_proj.weight` has 64",
+        ),
+        (
+            "intermediate_size",
+            json!(175),
+            "`intermediate_size` is 175, but `model.layers.0.mlp.up_proj.weight` has 176",
+        ),
+        ("num_key_value_heads", json!(4), "`num_key_value_heads x head_dim` is 64, but"),
+        ("id2label", json!({"0": "only"}), "score.weight has 9 outputs but config.json names 1 labels"),
+    ];
+    for (field, value, says) in cases {
+        let dir = doctored_llama9(field, value.clone());
+        let loaded = std::panic::catch_unwind(|| {
+            RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false })
+        });
+        let error = match loaded {
+            Ok(Ok(_)) => panic!("{field} = {value}: loaded"),
+            Ok(Err(error)) => format!("{error:#}"),
+            Err(_) => panic!("{field} = {value}: panicked"),
+        };
+        assert!(error.contains(says), "{field} = {value}: {error:?} does not say {says:?}");
+        assert!(error.contains("config.json"), "{field} = {value}: {error:?} does not name config.json");
+    }
 }
 
 /// Writes a random one-layer checkpoint shaped like SmolLM2-135M's layers (hidden 576,

@@ -136,7 +136,17 @@ impl Weights {
 
     /// Rows of a 2-D tensor (the score head's output count).
     pub fn rows(&self, name: &str) -> Option<usize> {
-        self.entries.get(name).and_then(|e| e.shape.first().copied())
+        self.shape(name).and_then(|shape| shape.first().copied())
+    }
+
+    /// The stored shape of `name`, if the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Every tensor name in the checkpoint, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
     }
 }
 

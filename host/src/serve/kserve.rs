@@ -95,19 +95,16 @@ pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(Infer
             }
             None => None,
         };
-        let rows = batch_rows(input)?;
+        let elements = element_count(input)?;
         match input.name.as_str() {
             "sentences" => {
                 expect_type(input, "BYTES")?;
+                check_sentences_shape(input)?;
                 let values = match raw {
                     Some(bytes) => decode_bytes_elements(bytes, &input.name)?,
                     None => json_strings(input)?,
                 };
-                if values.len() != rows {
-                    return Err(
-                        format!("input `sentences` has {} elements for shape {:?}", values.len(), input.shape).into()
-                    );
-                }
+                check_element_count(input, values.len(), elements)?;
                 sentences = Some(values);
             }
             "tokens" | "sequence_lengths" => {
@@ -121,16 +118,7 @@ pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(Infer
                     }
                     None => json_ints(input)?,
                 };
-                let expected: i64 = input.shape.iter().product();
-                if values.len() as i64 != expected {
-                    return Err(format!(
-                        "input `{}` has {} elements for shape {:?}",
-                        input.name,
-                        values.len(),
-                        input.shape
-                    )
-                    .into());
-                }
+                check_element_count(input, values.len(), elements)?;
                 if input.name == "tokens" {
                     tokens = Some((values, input.shape.clone()));
                 } else {
@@ -184,15 +172,33 @@ fn expect_type(input: &InputTensor, datatype: &str) -> Result<(), BadRequest> {
     Ok(())
 }
 
-/// The batch dimension of `sentences`: shape [n] or [n, 1].
-fn batch_rows(input: &InputTensor) -> Result<usize, BadRequest> {
-    if input.shape.iter().any(|&d| d < 0) {
-        return Err(format!("input `{}` has a negative dimension in {:?}", input.name, input.shape).into());
+/// How many elements the input's shape holds. Shapes come from the client, so the
+/// product is checked: a shape whose product overflows is a bad request, not a panic.
+fn element_count(input: &InputTensor) -> Result<usize, BadRequest> {
+    let mut count: usize = 1;
+    for &dimension in &input.shape {
+        let dimension = usize::try_from(dimension)
+            .map_err(|_| format!("input `{}` has a negative dimension in {:?}", input.name, input.shape))?;
+        count = count.checked_mul(dimension).ok_or_else(|| {
+            format!("input `{}`: shape {:?} has more elements than can be addressed", input.name, input.shape)
+        })?;
     }
-    if input.name == "sentences" && !matches!(input.shape.as_slice(), [_] | [_, 1]) {
+    Ok(count)
+}
+
+fn check_element_count(input: &InputTensor, found: usize, expected: usize) -> Result<(), BadRequest> {
+    if found != expected {
+        return Err(format!("input `{}` has {found} elements for shape {:?}", input.name, input.shape).into());
+    }
+    Ok(())
+}
+
+/// `sentences` is one text per batch row: shape [n] or [n, 1].
+fn check_sentences_shape(input: &InputTensor) -> Result<(), BadRequest> {
+    if !matches!(input.shape.as_slice(), [_] | [_, 1]) {
         return Err(format!("input `sentences` must have shape [batch, 1] or [batch], got {:?}", input.shape).into());
     }
-    Ok(input.shape.first().copied().unwrap_or(0) as usize)
+    Ok(())
 }
 
 fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
@@ -275,15 +281,16 @@ fn wants(request: &InferRequest, name: &str) -> bool {
     request.outputs.as_ref().is_none_or(|outputs| outputs.iter().any(|o| o.name == name))
 }
 
-/// The response body and, for binary outputs, the JSON header's length.
+/// The response body and, for binary outputs, the JSON header's length. `labels` is the
+/// model's number of outputs: `rewards` is `[rows, labels]` even when there are no rows.
 pub fn response(
     request: &InferRequest,
     model_name: &str,
+    labels: usize,
     rewards: &[Vec<f32>],
     exceeded: &[bool],
 ) -> (Vec<u8>, Option<usize>) {
     let rows = rewards.len();
-    let labels = rewards.first().map_or(0, Vec::len);
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
     let mut add = |name: &str, datatype: &str, shape: Vec<usize>, json_data: Value, bytes: Vec<u8>| {
@@ -336,7 +343,7 @@ mod tests {
         body.extend_from_slice(&data);
         let (request, inputs) = parse_request(&body, Some(header.len())).unwrap();
         assert_eq!(inputs, Inputs::Sentences(vec!["hello".into(), "wörld".into()]));
-        let (response, header_length) = response(&request, "m", &[vec![1.0, 2.0], vec![3.0, 4.0]], &[false, true]);
+        let (response, header_length) = response(&request, "m", 2, &[vec![1.0, 2.0], vec![3.0, 4.0]], &[false, true]);
         let header_length = header_length.unwrap();
         let head: Value = serde_json::from_slice(&response[..header_length]).unwrap();
         assert_eq!(head["outputs"].as_array().unwrap().len(), 1, "only rewards was asked for");
@@ -353,5 +360,46 @@ mod tests {
         assert_eq!(inputs, Inputs::Tokens(vec![vec![5, 6, 7], vec![8]]));
         let bad = br#"{"inputs": [{"name": "sentences", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}"#;
         assert!(parse_request(bad, None).unwrap_err().0.contains("must be BYTES"));
+    }
+
+    /// Shapes whose element count overflows are refused by name, JSON and binary alike.
+    #[test]
+    fn overflowing_shapes_are_bad_requests() {
+        let huge = i64::MAX;
+        let json = format!(
+            r#"{{"inputs": [{{"name": "tokens", "datatype": "INT64", "shape": [{huge}, 4], "data": [1, 2, 3, 4]}},
+                           {{"name": "sequence_lengths", "datatype": "INT64", "shape": [1], "data": [4]}}]}}"#
+        );
+        let e = parse_request(json.as_bytes(), None).unwrap_err().0;
+        assert!(e.contains("input `tokens`") && e.contains("more elements"), "{e}");
+
+        let header = format!(
+            r#"{{"inputs": [{{"name": "tokens", "datatype": "INT64", "shape": [4, {huge}], "parameters": {{"binary_data_size": 8}}}},
+                           {{"name": "sequence_lengths", "datatype": "INT64", "shape": [{huge}, {huge}], "data": [1]}}]}}"#
+        );
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&1i64.to_le_bytes());
+        let e = parse_request(&body, Some(header.len())).unwrap_err().0;
+        assert!(e.contains("input `tokens`") && e.contains("more elements"), "{e}");
+
+        let sentences = format!(
+            r#"{{"inputs": [{{"name": "sentences", "datatype": "BYTES", "shape": [{huge}, 1], "data": ["a"]}}]}}"#
+        );
+        assert!(parse_request(sentences.as_bytes(), None).unwrap_err().0.contains("1 elements for shape"));
+        let negative = br#"{"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, 2], "data": [1, 2]}]}"#;
+        assert!(parse_request(negative, None).unwrap_err().0.contains("negative dimension"));
+    }
+
+    /// No rows still has the model's number of outputs as its second dimension.
+    #[test]
+    fn empty_batch_keeps_the_label_dimension() {
+        let body = br#"{"inputs": [{"name": "sentences", "datatype": "BYTES", "shape": [0, 1], "data": []}]}"#;
+        let (request, inputs) = parse_request(body, None).unwrap();
+        assert_eq!(inputs, Inputs::Sentences(Vec::new()));
+        let (response, header_length) = response(&request, "m", 9, &[], &[]);
+        assert_eq!(header_length, None);
+        let head: Value = serde_json::from_slice(&response).unwrap();
+        assert_eq!(head["outputs"][0]["shape"], json!([0, 9]));
+        assert_eq!(head["outputs"][1]["shape"], json!([0, 1]));
     }
 }

@@ -1,12 +1,17 @@
 //! Counters for `GET /metrics`, in Prometheus' text format.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Counted on arrival, so requests that never finish are in it too.
     pub requests: AtomicU64,
     pub failed_requests: AtomicU64,
+    /// Requests whose client hung up before the answer.
+    pub cancelled_requests: AtomicU64,
+    /// Sequences never run because their request was cancelled.
+    pub skipped_sequences: AtomicU64,
     pub batches: AtomicU64,
     pub batched_sequences: AtomicU64,
     pub tokens: AtomicU64,
@@ -23,12 +28,10 @@ impl Metrics {
         self.batch_micros.fetch_add(took.as_micros() as u64, Relaxed);
     }
 
-    pub fn record_request(&self, took: Duration, ok: bool) {
+    /// Counts a request as it arrives; the guard records how it ended.
+    pub fn start_request(&self) -> InFlight<'_> {
         self.requests.fetch_add(1, Relaxed);
-        if !ok {
-            self.failed_requests.fetch_add(1, Relaxed);
-        }
-        self.request_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        InFlight { metrics: self, started: Instant::now(), answered: false }
     }
 
     pub fn render(&self) -> String {
@@ -42,6 +45,18 @@ impl Metrics {
                 "counter",
                 "Inference requests that failed.",
                 self.failed_requests.load(Relaxed) as f64,
+            ),
+            (
+                "steerlm_cancelled_requests_total",
+                "counter",
+                "Inference requests whose client hung up before the answer.",
+                self.cancelled_requests.load(Relaxed) as f64,
+            ),
+            (
+                "steerlm_skipped_sequences_total",
+                "counter",
+                "Sequences not run because their client hung up.",
+                self.skipped_sequences.load(Relaxed) as f64,
             ),
             (
                 "steerlm_request_seconds_total",
@@ -76,5 +91,50 @@ impl Metrics {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
         }
         out
+    }
+}
+
+/// One request being answered. Dropped without [`InFlight::answered`] (the client hung
+/// up and the handler's future was dropped), it counts as cancelled.
+pub struct InFlight<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+    answered: bool,
+}
+
+impl InFlight<'_> {
+    pub fn answered(mut self, ok: bool) {
+        self.answered = true;
+        if !ok {
+            self.metrics.failed_requests.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.cancelled_requests.fetch_add(1, Relaxed);
+        }
+        self.metrics.request_micros.fetch_add(self.started.elapsed().as_micros() as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_is_counted_however_it_ends() {
+        let metrics = Metrics::default();
+        metrics.start_request().answered(true);
+        metrics.start_request().answered(false);
+        drop(metrics.start_request());
+        assert_eq!(metrics.requests.load(Relaxed), 3);
+        assert_eq!(metrics.failed_requests.load(Relaxed), 1);
+        assert_eq!(metrics.cancelled_requests.load(Relaxed), 1);
+        let text = metrics.render();
+        assert!(text.contains("\nsteerlm_requests_total 3\n"), "{text}");
+        assert!(text.contains("\nsteerlm_cancelled_requests_total 1\n"), "{text}");
     }
 }

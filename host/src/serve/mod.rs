@@ -2,12 +2,16 @@
 //! (so NeMo-Aligner's PyTriton annotation client works unchanged), plus a plain JSON
 //! API and Prometheus metrics. Requests are merged by the dynamic batcher.
 
+pub mod auth;
 pub mod batcher;
+pub mod connections;
 pub mod kserve;
+pub mod limits;
 pub mod metrics;
 
 use crate::model::{Device, LoadOptions, RewardModel};
 use anyhow::{Context, Result};
+use auth::ApiKey;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -18,12 +22,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use batcher::{BatchPolicy, Batcher};
 use clap::Args;
+use connections::ConnectionLimits;
+use futures::FutureExt;
+use limits::RequestLimits;
 use metrics::Metrics;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -44,7 +51,8 @@ pub struct ServeArgs {
     /// Prepend the BOS token (the reference server adds none).
     #[arg(long)]
     pub add_bos: bool,
-    /// Most tokens merged into one batch.
+    /// Most tokens in one batch. Requests are split into batches of at most this many
+    /// tokens, taken in turn from every waiting request.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_batch_tokens: usize,
     /// How long a request waits for others to batch with, in milliseconds.
@@ -56,12 +64,23 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every request but health checks.
     #[arg(long, env = "STEERLM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Largest request body, in MiB.
+    /// Largest request body, in MiB (413 past it).
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub max_body_mb: usize,
+    /// Most texts (or labeled turns of records) in one request (413 past it; KServe
+    /// requests are also held to the max_batch_size of 1024 their config advertises).
+    #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_request_texts: u64,
+    /// Most connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's headers (and an idle keep-alive
+    /// connection stays open) before the connection is closed.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
 }
 
-/// Sequences per request the Triton config advertises.
+/// Sequences per request the Triton config advertises (at most).
 const MAX_BATCH_SIZE: usize = 1024;
 
 struct AppState {
@@ -69,39 +88,48 @@ struct AppState {
     model: Arc<RewardModel>,
     batcher: Batcher,
     metrics: Arc<Metrics>,
-    api_key: Option<String>,
+    api_key: Option<ApiKey>,
     max_delay: Duration,
+    limits: RequestLimits,
+    /// Sequences per KServe request: `max_batch_size` in the model's config.
+    max_batch_size: usize,
 }
 
 type Shared = Arc<AppState>;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
 pub fn run(args: &ServeArgs, quiet: bool) -> Result<()> {
+    // Settings first: a bad key should not wait for a model to load.
+    let api_key = args.api_key.as_deref().map(ApiKey::new).transpose()?;
     let model = RewardModel::load(&args.model, LoadOptions { device: args.device, add_bos: args.add_bos })
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args.clone(), Arc::new(model), quiet))
+    runtime.block_on(serve(args.clone(), Arc::new(model), api_key, quiet))
 }
 
-pub async fn serve(args: ServeArgs, model: Arc<RewardModel>, quiet: bool) -> Result<()> {
+async fn serve(args: ServeArgs, model: Arc<RewardModel>, api_key: Option<ApiKey>, quiet: bool) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let policy = BatchPolicy {
         max_tokens: args.max_batch_tokens.max(1),
         max_delay: Duration::from_secs_f64(args.max_queue_delay_ms.max(0.0) / 1000.0),
         enabled: !args.no_dynamic_batching,
     };
+    let max_texts = usize::try_from(args.max_request_texts).unwrap_or(usize::MAX);
+    let limits = RequestLimits { max_texts, max_body_bytes: args.max_body_mb << 20 };
     let state = Arc::new(AppState {
         model_name: args.model_name.clone(),
         batcher: Batcher::start(Arc::clone(&model), policy, Arc::clone(&metrics)),
         model,
         metrics,
-        api_key: args.api_key.clone(),
+        api_key,
         max_delay: policy.max_delay,
+        limits,
+        max_batch_size: MAX_BATCH_SIZE.min(max_texts),
     });
-    let app = router(Arc::clone(&state), args.max_body_mb << 20);
+    let app = router(Arc::clone(&state), limits.max_body_bytes);
     let address: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("{}:{} is not an address to listen on", args.host, args.port))?;
@@ -118,7 +146,11 @@ pub async fn serve(args: ServeArgs, model: Arc<RewardModel>, quiet: bool) -> Res
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
-    axum::serve(listener, app).await.context("the HTTP server stopped")
+    let connection_limits = ConnectionLimits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+    };
+    connections::serve(listener, app, connection_limits).await.context("the HTTP server stopped")
 }
 
 fn router(state: Shared, max_body: usize) -> Router {
@@ -148,11 +180,10 @@ fn router(state: Shared, max_body: usize) -> Router {
 }
 
 async fn require_key(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
-        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(format!("Bearer {key}").as_str()) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong `Authorization: Bearer` key");
-        }
+    if let Some(key) = &state.api_key
+        && !key.accepts(request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes))
+    {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong `Authorization: Bearer` key");
     }
     next.run(request).await
 }
@@ -212,13 +243,13 @@ async fn model_config(State(state): State<Shared>, Path(path): PathMap) -> Respo
         return e;
     }
     let labels = state.model.config.labels.len();
-    let kind = if state.model.device_name().starts_with("cpu") { "KIND_CPU" } else { "KIND_GPU" };
+    let kind = if state.model.runs_on_cpu() { "KIND_CPU" } else { "KIND_GPU" };
     Json(json!({
         "name": state.model_name,
         "platform": "",
         "backend": "steerlm",
         "version_policy": { "latest": { "num_versions": 1 } },
-        "max_batch_size": MAX_BATCH_SIZE,
+        "max_batch_size": state.max_batch_size,
         "input": [{ "name": "sentences", "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [-1],
                      "is_shape_tensor": false, "allow_ragged_batch": false, "optional": false }],
         "output": [
@@ -256,16 +287,26 @@ async fn run_model(state: &AppState, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec
     Ok(scores)
 }
 
+/// Answers an inference request, counted in the metrics however it ends: answered,
+/// failed, cancelled by the client hanging up (the future is dropped), or panicked
+/// (answered 500, the server goes on).
+async fn counted(metrics: &Metrics, handler: impl Future<Output = Response>) -> Response {
+    let request = metrics.start_request();
+    let response = std::panic::AssertUnwindSafe(handler)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal error: the request handler panicked"));
+    request.answered(response.status().is_success());
+    response
+}
+
 async fn infer(
     State(state): State<Shared>,
     Path(path): PathMap,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let response = infer_inner(&state, &model_name_from(&path), &headers, body).await;
-    state.metrics.record_request(started.elapsed(), response.status().is_success());
-    response
+    counted(&state.metrics, infer_inner(&state, &model_name_from(&path), &headers, body)).await
 }
 
 async fn infer_inner(
@@ -277,9 +318,9 @@ async fn infer_inner(
     if let Err(e) = check_model(state, name) {
         return e;
     }
-    let body = match body {
+    let body = match state.limits.body(body) {
         Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        Err(e) => return e,
     };
     let header_length =
         match headers.get(kserve::HEADER_LENGTH).map(|v| v.to_str().ok().and_then(|s| s.parse::<usize>().ok())) {
@@ -291,6 +332,20 @@ async fn infer_inner(
         Ok(parsed) => parsed,
         Err(kserve::BadRequest(message)) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let rows = match &inputs {
+        kserve::Inputs::Sentences(texts) => texts.len(),
+        kserve::Inputs::Tokens(sequences) => sequences.len(),
+    };
+    if rows > state.max_batch_size {
+        // Triton answers a batch over max_batch_size with 400.
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{rows} sequences in one request; at most {} (max_batch_size; --max-request-texts)",
+                state.max_batch_size
+            ),
+        );
+    }
     let (sequences, exceeded) = match inputs {
         kserve::Inputs::Sentences(texts) => match tokenize_all(&state.model, &texts) {
             Ok(tokenized) => tokenized,
@@ -310,17 +365,12 @@ async fn infer_inner(
             (sequences, exceeded)
         }
     };
-    if sequences.len() > MAX_BATCH_SIZE {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("{} sequences in one request; at most {MAX_BATCH_SIZE}", sequences.len()),
-        );
-    }
     let scores = match run_model(state, sequences).await {
         Ok(scores) => scores,
         Err(e) => return e,
     };
-    let (body, header_length) = kserve::response(&request, &state.model_name, &scores, &exceeded);
+    let labels = state.model.config.labels.len();
+    let (body, header_length) = kserve::response(&request, &state.model_name, labels, &scores, &exceeded);
     let mut response = body.into_response();
     let headers = response.headers_mut();
     match header_length {
@@ -337,16 +387,13 @@ async fn infer_inner(
 
 /// `POST /v1/score`: `{"texts": [...]}` or `{"records": [SFT records]}`.
 async fn score_json(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let response = score_json_inner(&state, body).await;
-    state.metrics.record_request(started.elapsed(), response.status().is_success());
-    response
+    counted(&state.metrics, score_json_inner(&state, body)).await
 }
 
 async fn score_json_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
+    let body = match state.limits.body(body) {
         Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        Err(e) => return e,
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -360,6 +407,9 @@ async fn score_json_inner(state: &AppState, body: Result<Bytes, BytesRejection>)
         else {
             return error(StatusCode::BAD_REQUEST, "`texts` must be an array of strings");
         };
+        if let Err(e) = state.limits.check_texts(texts.len()) {
+            return e;
+        }
         let (sequences, exceeded) = match tokenize_all(&state.model, &texts) {
             Ok(t) => t,
             Err(e) => return e,
@@ -398,6 +448,9 @@ async fn score_json_inner(state: &AppState, body: Result<Bytes, BytesRejection>)
         for (prefix, turn) in prefixes.into_iter().zip(turns) {
             texts.push(prefix);
             owners.push((r, turn));
+        }
+        if let Err(e) = state.limits.check_texts(texts.len()) {
+            return e;
         }
     }
     let (sequences, exceeded) = match tokenize_all(&state.model, &texts) {
