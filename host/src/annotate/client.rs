@@ -22,7 +22,12 @@ impl Scorer {
     /// Connects to every server in `servers` (base URLs such as `http://127.0.0.1:5555`)
     /// and checks that each serves `model_name` as a reward model, before any work.
     pub async fn remote(servers: &[String], model_name: &str) -> Result<Self> {
-        let client = reqwest::Client::builder().build().context("starting the HTTP client")?;
+        // Idle connections are dropped before servers close them (steerlm serve's
+        // --header-read-timeout is 30 s), so a request rarely meets a closing socket.
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
+            .build()
+            .context("starting the HTTP client")?;
         let mut models = Vec::with_capacity(servers.len());
         for server in servers {
             let base = if server.contains("://") { server.clone() } else { format!("http://{server}") };
