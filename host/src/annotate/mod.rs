@@ -105,7 +105,7 @@ pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
     let name = input.display();
     let mut work = Vec::new();
     let mut skipped = 0u64;
-    for chunk in spawn_chunks(&input, 4 << 20, &ProgressBar::hidden())? {
+    for chunk in spawn_chunks(&input, 4 << 20, crate::input::DEFAULT_MAX_LINE_BYTES, &ProgressBar::hidden())? {
         let chunk = chunk?;
         for (i, raw) in steerlm_core::chunk::split_lines(&chunk.bytes).enumerate() {
             let line = chunk.first_line + i as u64;
