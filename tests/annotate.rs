@@ -344,7 +344,7 @@ fn the_input_is_never_the_output() {
     std::os::unix::fs::symlink(&input, &link).unwrap();
     for output in [&input, &link] {
         let stderr = assert_failure(&run(&mut annotate(&server, &input, output, &[])));
-        assert!(stderr.contains("is the input file"), "{stderr}");
+        assert!(stderr.contains("is the same file as --input-file"), "{stderr}");
         assert_eq!(fs::read_to_string(&input).unwrap(), original);
     }
 }

@@ -1,8 +1,8 @@
 //! What to do with records that cannot be converted (`--on-error`).
 
-use anyhow::{Context, Result, bail};
+use crate::output::Output;
+use anyhow::{Result, bail};
 use clap::ValueEnum;
-use std::io::Write;
 use std::path::PathBuf;
 use steerlm_core::LineError;
 
@@ -20,19 +20,14 @@ const SHOWN: u64 = 20;
 /// Applies the policy to the errors of every chunk of every input.
 pub struct BadRecords {
     policy: OnError,
-    report: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    /// `--error-report`: like every output, it appears only when the command succeeds.
+    report: Option<Output>,
     skipped: u64,
 }
 
 impl BadRecords {
     pub fn new(policy: OnError, report: Option<PathBuf>) -> Result<Self> {
-        let report = match report {
-            Some(path) => {
-                let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-                Some((path, std::io::BufWriter::new(file)))
-            }
-            None => None,
-        };
+        let report = report.map(|path| Output::create(&path)).transpose()?;
         Ok(BadRecords { policy, report, skipped: 0 })
     }
 
@@ -46,24 +41,25 @@ impl BadRecords {
             if self.skipped <= SHOWN {
                 eprintln!("skipped {file}:{}: {}", error.line, error.message);
             }
-            if let Some((path, report)) = &mut self.report {
+            if let Some(report) = &mut self.report {
                 let line = serde_json::json!({ "file": file, "line": error.line, "error": error.message });
-                writeln!(report, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
+                report.write_all(format!("{line}\n").as_bytes())?;
             }
         }
         Ok(())
     }
 
-    /// Flushes the report and prints a summary of what was skipped.
-    pub fn finish(mut self) -> Result<()> {
-        if let Some((path, report)) = &mut self.report {
-            report.flush().with_context(|| format!("cannot write {}", path.display()))?;
+    /// Commits the report and prints a summary of what was skipped.
+    pub fn finish(self) -> Result<()> {
+        let report_name = self.report.as_ref().map(Output::name);
+        if let Some(report) = self.report {
+            report.commit()?;
         }
         if self.skipped > SHOWN {
             eprintln!("... and {} more", self.skipped - SHOWN);
         }
         if self.skipped > 0 {
-            let where_ = self.report.as_ref().map(|(p, _)| format!(" (listed in {})", p.display())).unwrap_or_default();
+            let where_ = report_name.map(|name| format!(" (listed in {name})")).unwrap_or_default();
             eprintln!("skipped {} bad record(s){where_}", self.skipped);
         }
         Ok(())

@@ -66,17 +66,68 @@ pub fn find_split_file(dir: &Path, name: &str) -> Result<InputPath> {
     anyhow::bail!("{} has neither {name}.jsonl nor {name}.jsonl.gz", dir.display())
 }
 
-/// Reads whole-line chunks of about `target` bytes (a longer line makes a longer chunk).
-pub fn read_chunk(reader: &mut dyn BufRead, target: usize, first_line: u64) -> io::Result<Option<Chunk>> {
+/// Default longest line, in MiB: far above any real record, low enough that one
+/// runaway line (a 3 GiB line gzips to 14 MB) cannot take all memory.
+pub const DEFAULT_MAX_LINE_MB: u64 = 256;
+pub const DEFAULT_MAX_LINE_BYTES: usize = (DEFAULT_MAX_LINE_MB as usize) << 20;
+
+/// Why a chunk could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    /// Line `line` (1-based) has more bytes than the limit, not counting its `\n`.
+    LineTooLong {
+        line: u64,
+    },
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Reads whole-line chunks of about `target` bytes (a longer line makes a longer
+/// chunk). No line may be longer than `max_line` bytes: a longer one is an error, and
+/// no more than one byte past the limit is ever read into memory.
+pub fn read_chunk(
+    reader: &mut dyn BufRead,
+    target: usize,
+    max_line: usize,
+    first_line: u64,
+) -> Result<Option<Chunk>, ReadError> {
     let mut bytes = Vec::with_capacity(target + (64 << 10));
     reader.take(target as u64).read_to_end(&mut bytes)?;
     if bytes.len() == target && bytes.last() != Some(&b'\n') {
-        reader.read_until(b'\n', &mut bytes)?;
+        // Finish the last line, but read at most one byte more than it may hold.
+        let line_start = memchr::memrchr(b'\n', &bytes).map_or(0, |i| i + 1);
+        let room = max_line.saturating_sub(bytes.len() - line_start) as u64 + 1;
+        reader.take(room).read_until(b'\n', &mut bytes)?;
     }
     if bytes.is_empty() {
         return Ok(None);
     }
+    if let Some(index) = first_long_line(&bytes, max_line) {
+        return Err(ReadError::LineTooLong { line: first_line + index });
+    }
     Ok(Some(Chunk { bytes, first_line }))
+}
+
+/// The 0-based index of the first line in `bytes` longer than `max_line`.
+fn first_long_line(bytes: &[u8], max_line: usize) -> Option<u64> {
+    if bytes.len() <= max_line {
+        return None;
+    }
+    let mut start = 0;
+    let mut index = 0;
+    for end in memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len())) {
+        if end - start > max_line {
+            return Some(index);
+        }
+        start = end + 1;
+        index += 1;
+    }
+    None
 }
 
 /// Lines in a chunk, counting a final line without `\n`.
@@ -85,26 +136,37 @@ pub fn count_lines(bytes: &[u8]) -> u64 {
     newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
-/// Streams an input's chunks from a background thread (at most two ahead).
-pub fn spawn_chunks(input: &InputPath, chunk_bytes: usize, progress: &ProgressBar) -> Result<Receiver<Result<Chunk>>> {
+/// Streams an input's chunks of about `chunk_bytes` from a background thread (at most
+/// two ahead). A line longer than `max_line_bytes` ends the stream with an error that
+/// names it and `--max-line-mb`.
+pub fn spawn_chunks(
+    input: &InputPath,
+    chunk_bytes: usize,
+    max_line_bytes: usize,
+    progress: &ProgressBar,
+) -> Result<Receiver<Result<Chunk>>> {
     let mut reader = input.open(progress)?;
     let name = input.display();
     let (sender, receiver) = sync_channel(2);
     std::thread::Builder::new().name("steerlm-reader".into()).spawn(move || {
         let mut next_line = 1;
         loop {
-            let result = read_chunk(&mut *reader, chunk_bytes, next_line)
-                .with_context(|| format!("{name}: read error after line {}", next_line - 1));
-            let done = !matches!(result, Ok(Some(_)));
-            let message = match result {
+            let message = match read_chunk(&mut *reader, chunk_bytes, max_line_bytes, next_line) {
                 Ok(Some(chunk)) => {
                     next_line += count_lines(&chunk.bytes);
                     Ok(chunk)
                 }
                 Ok(None) => break,
-                Err(e) => Err(e),
+                Err(ReadError::Io(e)) => {
+                    Err(anyhow::Error::from(e).context(format!("{name}: read error after line {}", next_line - 1)))
+                }
+                Err(ReadError::LineTooLong { line }) => Err(anyhow::anyhow!(
+                    "{name}:{line}: line is longer than the limit of {} MiB (raise it with --max-line-mb)",
+                    max_line_bytes >> 20
+                )),
             };
-            if sender.send(message).is_err() || done {
+            let failed = message.is_err();
+            if sender.send(message).is_err() || failed {
                 break;
             }
         }
@@ -122,10 +184,46 @@ mod tests {
         let mut reader: &[u8] = data;
         let mut chunks = Vec::new();
         let mut line = 1;
-        while let Some(chunk) = read_chunk(&mut reader, 6, line).unwrap() {
+        while let Some(chunk) = read_chunk(&mut reader, 6, 100, line).unwrap() {
             line += count_lines(&chunk.bytes);
             chunks.push((chunk.first_line, String::from_utf8(chunk.bytes).unwrap()));
         }
         assert_eq!(chunks, vec![(1, "aaaa\nbb\n".to_owned()), (3, "cccccccc\n".to_owned()), (4, "d".to_owned())]);
+    }
+
+    fn first_error(data: &[u8], target: usize, max_line: usize) -> Option<u64> {
+        let mut reader: &[u8] = data;
+        let mut line = 1;
+        loop {
+            match read_chunk(&mut reader, target, max_line, line) {
+                Ok(Some(chunk)) => line += count_lines(&chunk.bytes),
+                Ok(None) => return None,
+                Err(ReadError::LineTooLong { line }) => return Some(line),
+                Err(ReadError::Io(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_named_wherever_it_falls() {
+        let data = b"aaaa\nbbbbbbb\ncc\n";
+        // Inside a chunk, as the chunk's last line, and as a line that starts a chunk.
+        assert_eq!(first_error(data, 64, 6), Some(2));
+        assert_eq!(first_error(data, 8, 6), Some(2));
+        assert_eq!(first_error(data, 5, 6), Some(2));
+        // A line of exactly the limit (its `\n` not counted) is fine, and so is a last
+        // line without `\n`.
+        assert_eq!(first_error(data, 5, 7), None);
+        assert_eq!(first_error(b"aaaa\nbbbbbbb", 5, 7), None);
+        assert_eq!(first_error(b"aaaa\nbbbbbbbb", 5, 7), Some(2));
+    }
+
+    #[test]
+    fn a_long_line_is_not_read_past_the_limit() {
+        let data = vec![b'x'; 1 << 20];
+        let mut reader: &[u8] = &data;
+        assert!(matches!(read_chunk(&mut reader, 4, 100, 1), Err(ReadError::LineTooLong { line: 1 })));
+        // One byte past the limit was read, the rest is still there.
+        assert_eq!(reader.len(), data.len() - 101);
     }
 }

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod same_file;
 pub mod sandbox;
 pub mod serve;
 pub mod stats;

@@ -51,11 +51,17 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// `-` (stdin/stdout) cannot be hashed afterwards nor re-read by `verify-manifest`.
+    /// `-` (stdin/stdout), FIFOs and devices cannot be hashed afterwards (reading a
+    /// FIFO again would wait forever) nor re-read by `verify-manifest`.
     pub fn check_files(&self) -> Result<()> {
         let dash = Path::new("-");
-        if self.inputs.iter().chain(self.outputs.iter().map(|(_, p)| p)).any(|p| p == dash) {
-            bail!("--manifest needs files: it cannot record `-` (stdin or stdout)");
+        for path in self.inputs.iter().chain(self.outputs.iter().map(|(_, p)| p)) {
+            if path == dash {
+                bail!("--manifest needs files: it cannot record `-` (stdin or stdout)");
+            }
+            if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+                bail!("--manifest needs regular files: it cannot record {}", path.display());
+            }
         }
         Ok(())
     }

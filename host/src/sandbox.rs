@@ -164,6 +164,11 @@ impl Sandbox {
         let limiter = MemoryLimiter::new(self.limits.memory_bytes);
         let mut store = Store::new(&self.engine, State { wasi, table: ResourceTable::new(), limiter });
         store.limiter(|state| &mut state.limiter);
+        // wasmtime caps what one call may hand back to the host at 128 MiB by default,
+        // below what a chunk (up to --chunk-mb plus --max-line-mb) can convert to. All
+        // of a result lives in the instance's memory, so its memory limit is the one
+        // limit that applies, and the error for it names --component-memory-mb.
+        store.set_hostcall_fuel(self.limits.memory_bytes);
         store.epoch_deadline_trap();
         store
     }
@@ -228,6 +233,12 @@ impl<B> Instance<B> {
                 "the {name} component needed more than its memory limit of {} MiB (it asked for {} MiB); raise --component-memory-mb or use smaller lines",
                 self.limits.memory_bytes >> 20,
                 bytes >> 20
+            );
+        }
+        if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+            return anyhow!(
+                "the {name} component returned more than {} MiB for one chunk (its memory limit); raise --component-memory-mb or lower --chunk-mb",
+                self.limits.memory_bytes >> 20
             );
         }
         if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {

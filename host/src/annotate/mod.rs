@@ -13,6 +13,7 @@ pub mod triton;
 
 use crate::input::{InputPath, spawn_chunks};
 use crate::model::{Device, LoadOptions, RewardModel};
+use crate::same_file::NamedFile;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use client::Scorer;
@@ -100,11 +101,19 @@ fn progress(quiet: bool) -> ProgressBar {
     bar
 }
 
-pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
+/// The files `annotate` reads and writes, named by their flags, for the overlap check
+/// every command makes before it opens anything for writing.
+pub fn files(args: &AnnotateArgs) -> (Vec<NamedFile>, Vec<NamedFile>) {
+    let inputs = [NamedFile::new("--input-file", &args.input_file)];
+    let model = args.model.iter().map(|dir| NamedFile::new("--model", dir));
+    (inputs.into_iter().chain(model).collect(), vec![NamedFile::new("--output-file", &args.output_file)])
+}
+
+/// Runs `annotate`; `max_line_bytes` bounds one input line (`--max-line-mb`).
+pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()> {
     let started = Instant::now();
     let mode = if args.resume_by_key { ResumeMode::Key } else { args.resume_by };
     let input = InputPath(args.input_file.clone());
-    refuse_same_file(&input, &args.output_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let scorer = match &args.model {
         Some(dir) => {
@@ -134,7 +143,8 @@ pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
     let counts = Arc::new(Counts::default());
     let queue = args.concurrency.max(1) * 2;
     let existing = previous.resumable.then(|| args.output_file.clone());
-    let records = spawn_reader(input.clone(), existing, mode, queue, bar.clone(), Arc::clone(&counts))?;
+    let chunks = spawn_chunks(&input, 4 << 20, max_line_bytes, &bar)?;
+    let records = spawn_reader(input.clone(), chunks, existing, mode, queue, Arc::clone(&counts))?;
     let name = &input.display();
     let scorer = &scorer;
     let result: Result<(u64, u64)> = runtime.block_on(async {
@@ -184,36 +194,16 @@ pub fn run(args: &AnnotateArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to annotate a file into itself: appending to the input while reading it
-/// would destroy it.
-fn refuse_same_file(input: &InputPath, output: &Path) -> Result<()> {
-    if input.is_stdin() {
-        return Ok(());
-    }
-    if let (Ok(a), Ok(b)) = (std::fs::metadata(&input.0), std::fs::metadata(output)) {
-        use std::os::unix::fs::MetadataExt;
-        if a.dev() == b.dev() && a.ino() == b.ino() {
-            bail!(
-                "--output-file {} is the input file {}: write the annotations elsewhere",
-                output.display(),
-                input.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Reads, parses and (when resuming) skips input records on a thread of its own; the
 /// records to annotate come out of the returned stream, at most `queue` ahead.
 fn spawn_reader(
     input: InputPath,
+    chunks: std::sync::mpsc::Receiver<Result<crate::input::Chunk>>,
     existing: Option<PathBuf>,
     mode: ResumeMode,
     queue: usize,
-    bar: ProgressBar,
     counts: Arc<Counts>,
 ) -> Result<impl futures::Stream<Item = Result<Work>>> {
-    let chunks = spawn_chunks(&input, 4 << 20, &bar)?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Work>>(queue);
     std::thread::Builder::new().name("steerlm-annotate-reader".into()).spawn(move || {
         if let Err(e) = read_records(&input, chunks, existing.as_deref(), mode, &counts, &sender) {

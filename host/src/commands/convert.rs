@@ -5,6 +5,7 @@ use crate::engine::LineConversion;
 use crate::input::InputPath;
 use crate::manifest::{Provenance, Role};
 use crate::output::Output;
+use crate::same_file::NamedFile;
 use crate::sandbox::Kind;
 use anyhow::Result;
 use clap::Args;
@@ -29,6 +30,12 @@ pub struct LineArgs {
 }
 
 impl LineArgs {
+    pub fn files(&self) -> super::Files {
+        let mut outputs = vec![NamedFile::new("--output-file", &self.output_file)];
+        outputs.extend(self.convert.output_files());
+        super::Files { inputs: vec![NamedFile::new("--input-file", &self.input_file)], outputs }
+    }
+
     pub fn manifest_request(&self, component: Kind) -> Option<(PathBuf, Provenance)> {
         let path = self.convert.manifest.clone()?;
         let mut provenance = self.convert.provenance(component);

@@ -20,8 +20,8 @@ pub fn run(context: &Context, args: &DemoArgs) -> Result<()> {
     let dir = &args.output_dir;
     let raw = dir.join("raw");
     std::fs::create_dir_all(&raw).with_context(|| format!("cannot create {}", raw.display()))?;
-    std::fs::write(raw.join("train.jsonl"), SAMPLE_TRAIN)?;
-    std::fs::write(raw.join("validation.jsonl"), SAMPLE_VALIDATION)?;
+    crate::output::write_file(&raw.join("train.jsonl"), SAMPLE_TRAIN)?;
+    crate::output::write_file(&raw.join("validation.jsonl"), SAMPLE_VALIDATION)?;
     let sft = dir.join("sft");
     let regression = dir.join("regression");
     std::fs::create_dir_all(&regression)?;

@@ -1,6 +1,7 @@
 //! `export-components DIR`: the embedded `.wasm` files, for other hosts.
 
 use super::Context;
+use crate::same_file::NamedFile;
 use crate::sandbox::Kind;
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -12,13 +13,17 @@ pub struct ExportArgs {
     dir: PathBuf,
 }
 
+/// The component files `run` writes into DIR.
+pub fn files(args: &ExportArgs) -> super::Files {
+    let outputs = Kind::ALL.iter().map(|kind| NamedFile::new("DIR", args.dir.join(kind.file_name())));
+    super::Files { inputs: Vec::new(), outputs: outputs.collect() }
+}
+
 pub fn run(context: &Context, args: &ExportArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     for kind in Kind::ALL {
         let path = args.dir.join(kind.file_name());
-        let mut output = crate::output::Output::create(&path)?;
-        output.write_all(kind.wasm())?;
-        output.commit()?;
+        crate::output::write_file(&path, kind.wasm())?;
         context.say(format!("{}  {}  ({} bytes)", kind.sha256(), path.display(), kind.wasm().len()));
     }
     Ok(())

@@ -10,10 +10,11 @@ mod verify;
 
 use crate::bad_records::{BadRecords, OnError};
 use crate::engine::{Backend, Engine, LineConverter};
-use crate::input::{DEFAULT_CHUNK_BYTES, InputPath, spawn_chunks};
+use crate::input::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_LINE_MB, InputPath, spawn_chunks};
 use crate::manifest::{Provenance, Role};
 use crate::output::{BackgroundWriter, Output};
 use crate::pipeline::run_ordered;
+use crate::same_file::NamedFile;
 use crate::sandbox::{Kind, Limits, Sandbox};
 use anyhow::{Context as _, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -37,6 +38,16 @@ pub struct Cli {
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Longest input line accepted, in MiB; a longer line is an error naming it. Memory
+    /// use stays below a few chunks plus this.
+    #[arg(long, global = true, default_value_t = DEFAULT_MAX_LINE_MB, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_line_mb: u64,
+}
+
+impl Cli {
+    fn context(&self, quiet: bool) -> Context {
+        Context { sandbox: self.sandbox, quiet, max_line_bytes: (self.max_line_mb as usize) << 20 }
+    }
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -130,6 +141,11 @@ impl ConvertArgs {
     fn backend(&self, context: &Context) -> Result<Backend> {
         Backend::new(self.engine, || context.sandbox.sandbox())
     }
+    /// The outputs these options add: the error report and the manifest.
+    fn output_files(&self) -> Vec<NamedFile> {
+        let report = self.error_report.iter().map(|p| NamedFile::new("--error-report", p));
+        report.chain(self.manifest.iter().map(|p| NamedFile::new("--manifest", p))).collect()
+    }
     /// The part of a manifest these options decide: the component (unless the native
     /// engine runs) and the error report.
     fn provenance(&self, component: Kind) -> Provenance {
@@ -148,6 +164,8 @@ impl ConvertArgs {
 pub struct Context {
     sandbox: SandboxArgs,
     quiet: bool,
+    /// `--max-line-mb` in bytes.
+    max_line_bytes: usize,
 }
 
 impl Context {
@@ -164,6 +182,16 @@ impl Context {
         bar
     }
 
+    /// Chunks of whole lines of `input`, none longer than `--max-line-mb`.
+    pub(crate) fn chunks(
+        &self,
+        input: &InputPath,
+        chunk_bytes: usize,
+        progress: &ProgressBar,
+    ) -> Result<std::sync::mpsc::Receiver<Result<crate::input::Chunk>>> {
+        spawn_chunks(input, chunk_bytes, self.max_line_bytes, progress)
+    }
+
     pub(crate) fn say(&self, message: impl AsRef<str>) {
         if !self.quiet {
             eprintln!("{}", message.as_ref());
@@ -171,7 +199,33 @@ impl Context {
     }
 }
 
+/// The files a command reads and the files it writes, named by their flags.
+#[derive(Default)]
+pub struct Files {
+    pub inputs: Vec<NamedFile>,
+    pub outputs: Vec<NamedFile>,
+}
+
 impl Command {
+    /// Every file the command will read or write, known before it runs.
+    fn files(&self) -> Result<Files> {
+        Ok(match self {
+            Command::ToRegression(args) | Command::Format(args) => args.files(),
+            Command::Preprocess(dataset) => preprocess::files(dataset)?,
+            Command::Score(args) => args.files(),
+            Command::Stats(args) => Files {
+                inputs: vec![NamedFile::new("--input-file", &args.input_file)],
+                outputs: args.plot.iter().map(|p| NamedFile::new("--plot", p)).collect(),
+            },
+            Command::ExportComponents(args) => export::files(args),
+            Command::Annotate(args) => {
+                let (inputs, outputs) = crate::annotate::files(args);
+                Files { inputs, outputs }
+            }
+            _ => Files::default(),
+        })
+    }
+
     /// For a converting command run with `--manifest FILE`: FILE and what to record.
     fn manifest_request(&self) -> Result<Option<(PathBuf, Provenance)>> {
         let request = match self {
@@ -214,7 +268,10 @@ fn command_and_options(argv: &[String]) -> (String, BTreeMap<String, String>) {
 /// Runs a parsed command line; `argv` (the arguments after the program name) is what
 /// `--manifest` records.
 pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
-    let context = Context { sandbox: cli.sandbox, quiet: cli.quiet };
+    let context = cli.context(cli.quiet);
+    // Before anything is opened for writing: no output may be an input or another output.
+    let files = cli.command.files()?;
+    crate::same_file::refuse_overlaps(&files.inputs, &files.outputs)?;
     let manifest = match cli.command.manifest_request()? {
         // Created (as a temporary file) before the conversion, so a bad path fails first.
         Some((path, provenance)) => Some((Output::create(&path)?, path, provenance)),
@@ -245,7 +302,7 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
             };
             crate::component_server::run(&args, limits, context.quiet)
         }
-        Command::Annotate(args) => crate::annotate::run(&args, context.quiet),
+        Command::Annotate(args) => crate::annotate::run(&args, context.quiet, context.max_line_bytes),
         Command::ExportComponents(args) => export::run(context, &args),
         Command::Demo(args) => demo::run(context, &args),
         Command::VerifyManifest(args) => verify::run(context, &args),
@@ -274,7 +331,7 @@ pub fn stream_lines(
     let progress = context.progress("converting");
     let mut totals = Totals::default();
     let mut writer = BackgroundWriter::spawn(output)?;
-    let chunks = spawn_chunks(input, convert.chunk_bytes(), &progress)?;
+    let chunks = context.chunks(input, convert.chunk_bytes(), &progress)?;
     run_ordered(
         chunks,
         convert.threads(),

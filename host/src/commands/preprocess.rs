@@ -1,9 +1,10 @@
 //! `preprocess helpsteer|helpsteer2|oasst`: raw datasets to `train.jsonl` and `val.jsonl`.
 
 use super::{Context, ConvertArgs, rate};
-use crate::input::{InputPath, find_split_file, spawn_chunks};
+use crate::input::{InputPath, find_split_file};
 use crate::manifest::{Provenance, Role};
 use crate::output::{Output, commit_all};
+use crate::same_file::NamedFile;
 use crate::sandbox::Kind;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use steerlm_core::chunk::Split;
 use steerlm_core::preprocess::{PreprocessOptions, Source};
+
+/// What every dataset is preprocessed into, inside `--output-dir`.
+const SPLIT_FILES: [&str; 2] = ["train.jsonl", "val.jsonl"];
 
 #[derive(Subcommand, Debug)]
 pub enum Dataset {
@@ -99,24 +103,42 @@ pub fn run(context: &Context, dataset: Dataset) -> Result<()> {
     }
 }
 
-/// `--manifest`: the dataset's input files (found as `run` finds them) and the two
-/// split files.
-pub fn manifest_request(dataset: &Dataset) -> Result<Option<(PathBuf, Provenance)>> {
-    let (convert, inputs, output_dir) = match dataset {
-        Dataset::Helpsteer(args) => (&args.convert, input_files(&args.input_dir, false)?, &args.output_dir),
+/// A dataset command's conversion options, input files (found as `run` finds them),
+/// the flag that named them, and its output folder.
+fn parts(dataset: &Dataset) -> Result<(&ConvertArgs, Vec<PathBuf>, &'static str, &Path)> {
+    Ok(match dataset {
+        Dataset::Helpsteer(args) => {
+            (&args.convert, input_files(&args.input_dir, false)?, "--input-dir", args.output_dir.as_path())
+        }
         Dataset::Helpsteer2(args) => {
             let common = &args.common;
-            (&common.convert, input_files(&common.input_dir, args.preference)?, &common.output_dir)
+            let inputs = input_files(&common.input_dir, args.preference)?;
+            (&common.convert, inputs, "--input-dir", common.output_dir.as_path())
         }
-        Dataset::Oasst(args) => (&args.convert, vec![args.input.clone()], &args.output_dir),
-    };
+        Dataset::Oasst(args) => (&args.convert, vec![args.input.clone()], "--input", args.output_dir.as_path()),
+    })
+}
+
+/// `--manifest`: the dataset's input files and the two split files.
+pub fn manifest_request(dataset: &Dataset) -> Result<Option<(PathBuf, Provenance)>> {
+    let (convert, inputs, _, output_dir) = parts(dataset)?;
     let Some(path) = convert.manifest.clone() else { return Ok(None) };
     let mut provenance = convert.provenance(Kind::Preprocess);
     provenance.inputs = inputs;
-    for name in ["train.jsonl", "val.jsonl"] {
+    for name in SPLIT_FILES {
         provenance.outputs.push((Role::OutputDir, output_dir.join(name)));
     }
     Ok(Some((path, provenance)))
+}
+
+/// The dataset's input files, and the split files inside `--output-dir` with the
+/// error report and manifest.
+pub fn files(dataset: &Dataset) -> Result<super::Files> {
+    let (convert, inputs, flag, output_dir) = parts(dataset)?;
+    let mut outputs: Vec<NamedFile> =
+        SPLIT_FILES.iter().map(|name| NamedFile::new("--output-dir", output_dir.join(name))).collect();
+    outputs.extend(convert.output_files());
+    Ok(super::Files { inputs: inputs.into_iter().map(|path| NamedFile::new(flag, path)).collect(), outputs })
 }
 
 fn input_files(dir: &Path, preference: bool) -> Result<Vec<PathBuf>> {
@@ -126,7 +148,8 @@ fn input_files(dir: &Path, preference: bool) -> Result<Vec<PathBuf>> {
 
 fn split_outputs(dir: &Path) -> Result<(Output, Output)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok((Output::create(&dir.join("train.jsonl"))?, Output::create(&dir.join("val.jsonl"))?))
+    let [train, val] = SPLIT_FILES;
+    Ok((Output::create(&dir.join(train))?, Output::create(&dir.join(val))?))
 }
 
 /// HelpSteer-style rows: each input file streams into train and/or val.
@@ -144,7 +167,7 @@ pub fn rows(
     let (mut records, mut train_lines, mut val_lines, mut bytes) = (0, 0, 0, 0);
     for (input, split) in inputs {
         let progress = context.progress(&format!("{split:?}").to_lowercase());
-        for chunk in spawn_chunks(&input, args.convert.chunk_bytes(), &progress)? {
+        for chunk in context.chunks(&input, args.convert.chunk_bytes(), &progress)? {
             let chunk = chunk?;
             bytes += chunk.bytes.len() as u64;
             let out = converter.convert(&chunk.bytes, chunk.first_line, split)?;
@@ -184,7 +207,7 @@ fn oasst(context: &Context, args: &OasstArgs) -> Result<()> {
     let mut spooled = 0u64;
     let mut bytes = 0u64;
     let progress = context.progress("trees");
-    for chunk in spawn_chunks(&input, args.convert.chunk_bytes(), &progress)? {
+    for chunk in context.chunks(&input, args.convert.chunk_bytes(), &progress)? {
         let chunk = chunk?;
         bytes += chunk.bytes.len() as u64;
         let out = converter.convert(&chunk.bytes, chunk.first_line)?;

@@ -1,9 +1,10 @@
 //! `score`: run a reward model over `{"text": ...}` lines.
 
 use super::Context;
-use crate::input::{InputPath, spawn_chunks};
+use crate::input::InputPath;
 use crate::model::{Device, LoadOptions, RewardModel};
 use crate::output::Output;
+use crate::same_file::NamedFile;
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -32,6 +33,15 @@ pub struct ScoreArgs {
     /// Prepend the BOS token (the reference reward server adds none).
     #[arg(long)]
     add_bos: bool,
+}
+
+impl ScoreArgs {
+    pub fn files(&self) -> super::Files {
+        super::Files {
+            inputs: vec![NamedFile::new("--input-file", &self.input_file)],
+            outputs: vec![NamedFile::new("--output-file", &self.output_file)],
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -94,7 +104,7 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         pending.clear();
         Ok(())
     };
-    for chunk in spawn_chunks(&input, 1 << 20, &bytes_bar)? {
+    for chunk in context.chunks(&input, 1 << 20, &bytes_bar)? {
         let chunk = chunk?;
         for (i, raw) in steerlm_core::chunk::split_lines(&chunk.bytes).enumerate() {
             let line = chunk.first_line + i as u64;

@@ -63,7 +63,7 @@ pub fn run(context: &Context, args: &VerifyArgs) -> Result<()> {
     let (argv, rerun_paths) = manifest::redirect_outputs(&manifest, scratch.path())?;
     let cli = Cli::try_parse_from(std::iter::once("steerlm".to_owned()).chain(argv))
         .map_err(|e| anyhow::anyhow!("the manifest's command line does not parse: {e}"))?;
-    let rerun_context = Context { sandbox: cli.sandbox, quiet: true };
+    let rerun_context = cli.context(true);
     let previous = std::env::current_dir()?;
     std::env::set_current_dir(&base).with_context(|| format!("cannot enter {}", base.display()))?;
     let result = run_command(&rerun_context, cli.command);

@@ -11,7 +11,7 @@ mod glyph_text;
 mod plot;
 
 use crate::commands::Context;
-use crate::input::{InputPath, spawn_chunks};
+use crate::input::InputPath;
 use anyhow::{Context as _, Result, anyhow};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -157,7 +157,7 @@ pub fn compute(context: &Context, input: &InputPath, tokenizer: Option<&tokenize
     let mut stats = Stats::new(input.display());
     let progress = context.progress("reading");
     let mut texts: Vec<String> = Vec::new();
-    for chunk in spawn_chunks(input, 4 << 20, &progress)? {
+    for chunk in context.chunks(input, 4 << 20, &progress)? {
         let chunk = chunk?;
         for (offset, line) in split_lines(&chunk.bytes).enumerate() {
             let number = chunk.first_line + offset as u64;

@@ -49,7 +49,7 @@ pub fn draw_histograms(path: &Path, title: &str, attributes: &[(&str, [u64; 6])]
                 draw_grid(&root, title, attributes)?;
                 root.present().map_err(|e| anyhow!("{e}"))?;
             }
-            write_atomically(path, svg.as_bytes())?;
+            crate::output::write_file(path, svg.as_bytes())?;
         }
         Some("png") => {
             let (w, h) = size;
@@ -99,14 +99,7 @@ fn write_png(path: &Path, (w, h): (u32, u32), rgb: &[u8]) -> Result<()> {
     let mut writer = enc.write_header()?;
     writer.write_image_data(rgb)?;
     writer.finish()?;
-    write_atomically(path, &encoded)
-}
-
-/// Like every steerlm output: a temporary file renamed into place when complete.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut output = crate::output::Output::create(path)?;
-    output.write_all(bytes)?;
-    output.commit()
+    crate::output::write_file(path, &encoded)
 }
 
 /// Backend-independent drawing: title on top, then the grid of histograms.

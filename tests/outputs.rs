@@ -1,0 +1,361 @@
+//! What steerlm may and may not do to the files it is given, through the binary:
+//! outputs never replace an input, a FIFO, a device or a symbolic link; no temporary
+//! file survives SIGTERM or a failed rename; lines longer than `--max-line-mb` are
+//! refused with their FILE:LINE; a result past wasmtime's default 128 MiB converts.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path)
+}
+
+fn steerlm_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    command.env("STEERLM_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
+    command.args(args);
+    command
+}
+
+fn steerlm(args: &[&str]) -> Output {
+    steerlm_command(args).output().expect("run steerlm")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "steerlm failed: {}", stderr(out));
+}
+
+/// Asserts a refusal: exit status 1 and a message containing every one of `parts`.
+#[track_caller]
+fn assert_refused(out: &Output, parts: &[&str]) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    let message = stderr(out);
+    for part in parts {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn regression_input() -> PathBuf {
+    fixture("conversions/regression/input.jsonl")
+}
+
+fn regression_expected() -> Vec<u8> {
+    fs::read(fixture("conversions/regression/expected.jsonl")).unwrap()
+}
+
+/// A copy of the regression fixture in `dir`, to be protected.
+fn input_copy(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let path = dir.join("data.jsonl");
+    let bytes = fs::read(regression_input()).unwrap();
+    fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(p(path)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+// ---- outputs that are inputs, or each other ----
+
+#[test]
+fn an_error_report_or_manifest_naming_the_input_is_refused_and_the_input_kept() {
+    for command in ["to-regression", "format"] {
+        for flag in ["--error-report", "--manifest"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (input, bytes) = input_copy(dir.path());
+            let out = dir.path().join("out.jsonl");
+            let result = steerlm(&[
+                command,
+                "--on-error",
+                "skip",
+                flag,
+                p(&input),
+                "--input-file",
+                p(&input),
+                "--output-file",
+                p(&out),
+            ]);
+            assert_refused(&result, &[flag, "--input-file", "refusing to overwrite an input"]);
+            assert_eq!(fs::read(&input).unwrap(), bytes, "{command} {flag}");
+            assert_eq!(listing(dir.path()), ["data.jsonl"], "{command} {flag}");
+        }
+    }
+}
+
+#[test]
+fn an_output_file_that_is_the_input_through_a_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, bytes) = input_copy(dir.path());
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink("data.jsonl", &link).unwrap();
+    let result = steerlm(&["to-regression", "--input-file", p(&input), "--output-file", p(&link)]);
+    assert_refused(&result, &["--output-file", "is the same file as --input-file"]);
+    assert_eq!(fs::read(&input).unwrap(), bytes);
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn two_outputs_naming_one_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let same = dir.path().join(".").join("out.jsonl");
+    let result = steerlm(&[
+        "to-regression",
+        "--on-error",
+        "skip",
+        "--error-report",
+        p(&same),
+        "--input-file",
+        p(&regression_input()),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_refused(&result, &["--output-file", "--error-report", "are the same file"]);
+    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+}
+
+#[test]
+fn preprocess_into_its_own_input_dir_is_refused_and_the_raw_data_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    fs::create_dir(&raw).unwrap();
+    for name in ["train.jsonl", "validation.jsonl"] {
+        fs::copy(fixture("conversions/helpsteer/raw").join(name), raw.join(name)).unwrap();
+    }
+    let before = fs::read(raw.join("train.jsonl")).unwrap();
+    let result = steerlm(&["preprocess", "helpsteer", "--input-dir", p(&raw), "--output-dir", p(&raw)]);
+    assert_refused(&result, &["--output-dir", "train.jsonl", "--input-dir", "refusing to overwrite an input"]);
+    assert_eq!(fs::read(raw.join("train.jsonl")).unwrap(), before);
+    assert_eq!(listing(&raw), ["train.jsonl", "validation.jsonl"]);
+}
+
+#[test]
+fn stats_plot_and_score_output_naming_the_input_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A JSONL file with a picture's name, so that --plot accepts the name.
+    let input = dir.path().join("data.svg");
+    let bytes = fs::read(regression_input()).unwrap();
+    fs::write(&input, &bytes).unwrap();
+    let result = steerlm(&["stats", "--input-file", p(&input), "--plot", p(&input)]);
+    assert_refused(&result, &["--plot", "--input-file"]);
+    // Refused before the model is even looked for.
+    let result = steerlm(&["score", "--model", "no-such-model", "--input-file", p(&input), "--output-file", p(&input)]);
+    assert_refused(&result, &["--output-file", "--input-file"]);
+    assert_eq!(fs::read(&input).unwrap(), bytes);
+}
+
+// ---- special outputs ----
+
+#[test]
+fn a_fifo_output_is_written_through_and_stays_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    mkfifo(&fifo);
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || fs::read(reader_path).unwrap());
+    let result = steerlm(&["to-regression", "--input-file", p(&regression_input()), "--output-file", p(&fifo)]);
+    assert_success(&result);
+    assert_eq!(reader.join().unwrap(), regression_expected());
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(listing(dir.path()), ["pipe"]);
+}
+
+#[test]
+fn a_symlinked_output_keeps_the_link_and_its_target_gets_the_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("real.jsonl");
+    fs::write(&target, b"old\n").unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink("real.jsonl", &link).unwrap();
+    let result = steerlm(&["to-regression", "--input-file", p(&regression_input()), "--output-file", p(&link)]);
+    assert_success(&result);
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read(&target).unwrap(), regression_expected());
+    assert_eq!(listing(dir.path()), ["link.jsonl", "real.jsonl"]);
+}
+
+#[test]
+fn dev_null_as_every_output_stays_a_char_device() {
+    // Writes /dev/null only through the write-through path the FIFO tests prove, and
+    // only after Output's unit test has shown it chooses that path for /dev/null.
+    let result = steerlm(&[
+        "to-regression",
+        "--on-error",
+        "skip",
+        "--error-report",
+        "/dev/null",
+        "--input-file",
+        p(&regression_input()),
+        "--output-file",
+        "/dev/null",
+    ]);
+    assert_success(&result);
+    assert!(fs::symlink_metadata("/dev/null").unwrap().file_type().is_char_device());
+}
+
+// ---- temporary files ----
+
+/// `to-regression` reading from a pipe this test holds open, so it never finishes on
+/// its own; returns once its temporary output exists.
+fn start_endless_conversion(dir: &Path, out: &Path) -> (Child, std::process::ChildStdin) {
+    let mut child = steerlm_command(&["-q", "to-regression", "--input-file", "-", "--output-file", p(out)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&fs::read(regression_input()).unwrap()).unwrap();
+    // A generous deadline only so that a broken build fails instead of hanging.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !listing(dir).iter().any(|name| name.ends_with(".tmp")) {
+        assert!(Instant::now() < deadline, "no temporary output appeared");
+        assert!(child.try_wait().unwrap().is_none(), "steerlm exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, stdin)
+}
+
+#[test]
+fn sigterm_removes_the_temporary_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let (child, stdin) = start_endless_conversion(dir.path(), &out);
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let result = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert!(!result.status.success());
+    assert!(!out.exists());
+    assert!(listing(dir.path()).is_empty(), "left {:?}", listing(dir.path()));
+}
+
+#[test]
+fn a_failed_final_rename_removes_the_temporary_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let (child, stdin) = start_endless_conversion(dir.path(), &out);
+    // The destination becomes a non-empty directory before the output is renamed.
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("keep"), b"").unwrap();
+    drop(stdin);
+    let result = child.wait_with_output().unwrap();
+    assert_refused(&result, &["cannot move the output into place"]);
+    assert_eq!(listing(dir.path()), ["out.jsonl"]);
+    assert_eq!(listing(&out), ["keep"]);
+}
+
+// ---- limits ----
+
+/// An SFT record whose assistant turn is `size` bytes of text: one line of about `size`.
+fn record_of(size: usize) -> String {
+    let value = "a".repeat(size);
+    format!(
+        "{{\"mask\": \"User\", \"conversations\": [{{\"value\": \"Hi\", \"from\": \"User\", \"label\": null}}, \
+         {{\"value\": \"{value}\", \"from\": \"Assistant\", \"label\": \"helpfulness:3\"}}]}}\n"
+    )
+}
+
+#[test]
+fn a_line_over_max_line_mb_is_refused_naming_it_in_every_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("long.jsonl");
+    let mut content = fs::read_to_string(regression_input()).unwrap().lines().next().unwrap().to_owned();
+    content.push('\n');
+    content.push_str(&record_of(3 << 19));
+    fs::write(&input, &content).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let expected =
+        format!("{}:2: line is longer than the limit of 1 MiB (raise it with --max-line-mb)", input.display());
+    for engine in ["component", "native"] {
+        let result = steerlm(&[
+            "--max-line-mb",
+            "1",
+            "to-regression",
+            "--engine",
+            engine,
+            "--input-file",
+            p(&input),
+            "--output-file",
+            p(&out),
+        ]);
+        assert_refused(&result, &[&expected]);
+        assert_eq!(listing(dir.path()), ["long.jsonl"]);
+    }
+    let result = steerlm(&["stats", "--max-line-mb", "1", "--input-file", p(&input)]);
+    assert_refused(&result, &[&expected]);
+    let model = fixture("models/qwen9");
+    let texts = dir.path().join("texts.jsonl");
+    fs::write(&texts, format!("{{\"text\": \"hi\"}}\n{{\"text\": \"{}\"}}\n", "a".repeat(3 << 19))).unwrap();
+    let result = steerlm(&[
+        "score",
+        "--max-line-mb",
+        "1",
+        "--model",
+        p(&model),
+        "--device",
+        "cpu",
+        "--input-file",
+        p(&texts),
+        "--output-file",
+        p(&out),
+    ]);
+    assert_refused(&result, &[&format!("{}:2: line is longer than the limit of 1 MiB", texts.display())]);
+    // Raising the limit lets the same line through.
+    let result = steerlm(&["--max-line-mb", "2", "to-regression", "--input-file", p(&input), "--output-file", p(&out)]);
+    assert_success(&result);
+    assert_eq!(fs::read_to_string(&out).unwrap().lines().count(), 2);
+}
+
+#[test]
+fn a_gzip_of_one_long_line_is_refused_without_inflating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bomb.jsonl.gz");
+    let mut encoder = flate2::write::GzEncoder::new(fs::File::create(&input).unwrap(), flate2::Compression::best());
+    // 64 MiB of one line, a few hundred KB compressed; only 1 MiB of it may be read.
+    let block = vec![b'a'; 1 << 20];
+    for _ in 0..64 {
+        encoder.write_all(&block).unwrap();
+    }
+    encoder.finish().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let result = steerlm(&["to-regression", "--max-line-mb", "1", "--input-file", p(&input), "--output-file", p(&out)]);
+    assert_refused(&result, &[&format!("{}:1: line is longer than the limit of 1 MiB", input.display())]);
+    assert_eq!(listing(dir.path()), ["bomb.jsonl.gz"]);
+}
+
+#[test]
+fn a_line_past_wasmtimes_default_128_mib_converts_in_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.jsonl");
+    fs::write(&input, record_of(130 << 20)).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let result = steerlm(&["to-regression", "--threads", "1", "--input-file", p(&input), "--output-file", p(&out)]);
+    assert_success(&result);
+    let output = fs::read(&out).unwrap();
+    assert!(output.len() > 130 << 20, "{} bytes", output.len());
+    assert!(output.starts_with(b"{\"text\": \"<extra_id_0>System\\n"), "{:?}", String::from_utf8_lossy(&output[..80]));
+    assert_eq!(output.iter().filter(|&&b| b == b'\n').count(), 1);
+}
