@@ -381,6 +381,9 @@ impl HandlerState for Instantiator {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        // As in the conversion sandbox: the memory limit, not wasmtime's 128 MiB default
+        // for data crossing one host call, bounds what a request may move.
+        store.set_hostcall_fuel(self.limits.memory_bytes);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let proxy = self.pre.instantiate_async(&mut store).await?;
