@@ -229,6 +229,17 @@ fn a_missing_model_or_one_without_rewards_fails_before_any_output() {
     assert!(stderr.contains("no `rewards` output (it has logits)"), "{stderr}");
     assert!(!output.exists());
 
+    // A server that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(socket, _)| socket));
+    let mut command =
+        annotate(&format!("http://{address}"), &fixture("input.jsonl"), &output, &["--request-timeout", "1"]);
+    let stderr = assert_failure(&run(&mut command));
+    assert!(stderr.contains("did not answer within --request-timeout"), "{stderr}");
+    drop(held);
+    assert!(!output.exists());
+
     // Nothing listening.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let stderr =

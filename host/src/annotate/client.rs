@@ -6,6 +6,7 @@ use crate::model::RewardModel;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 pub enum Scorer {
     Remote {
@@ -21,11 +22,14 @@ pub enum Scorer {
 impl Scorer {
     /// Connects to every server in `servers` (base URLs such as `http://127.0.0.1:5555`)
     /// and checks that each serves `model_name` as a reward model, before any work.
-    pub async fn remote(servers: &[String], model_name: &str) -> Result<Self> {
+    pub async fn remote(servers: &[String], model_name: &str, timeout: Duration) -> Result<Self> {
         // Idle connections are dropped before servers close them (steerlm serve's
         // --header-read-timeout is 30 s), so a request rarely meets a closing socket.
+        // A server that stops answering fails the request instead of hanging the run.
         let client = reqwest::Client::builder()
-            .pool_idle_timeout(std::time::Duration::from_secs(20))
+            .pool_idle_timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(30).min(timeout))
+            .timeout(timeout)
             .build()
             .context("starting the HTTP client")?;
         let mut models = Vec::with_capacity(servers.len());
@@ -88,6 +92,25 @@ impl Scorer {
     }
 }
 
+/// The most a reward server's answer may hold: far more than the rewards of any request
+/// annotate sends, so only a broken or hostile server reaches it.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Reads a response body, refusing one longer than `limit` before it is all in memory.
+pub(super) async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        bail!("the response is {} bytes, over the limit of {limit}", response.content_length().unwrap_or(0));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            bail!("the response is longer than the limit of {limit} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// One inference request; transient failures (connection resets, 5xx) are retried a
 /// few times with backoff, anything else is an error at once.
 async fn infer(client: &reqwest::Client, model: &ModelInfo, texts: &[String]) -> Result<triton::Rewards> {
@@ -120,7 +143,8 @@ async fn infer(client: &reqwest::Client, model: &ModelInfo, texts: &[String]) ->
             .map(|v| v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()))
             .map(|n| n.ok_or_else(|| anyhow!("{url}: {} is not a number", triton::HEADER_LENGTH)))
             .transpose()?;
-        let body = response.bytes().await.with_context(|| format!("{url}: reading the response"))?;
+        let body =
+            read_bounded(response, MAX_RESPONSE_BYTES).await.with_context(|| format!("{url}: reading the response"))?;
         if status.is_server_error() {
             last_error = Some(anyhow!("{url}: {status}: {}", triton::server_message(&body)));
             continue;

@@ -24,7 +24,7 @@ use resume::ResumeMode;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use steerlm_core::pyjson::Ascii;
 use steerlm_core::pyvalue::PyValue;
 use steerlm_core::record::SftRecord;
@@ -50,6 +50,10 @@ pub struct AnnotateArgs {
     /// Server base URL (e.g. http://10.0.0.5:5555); repeat to spread the work over several.
     #[arg(long = "server", value_name = "URL")]
     servers: Vec<String>,
+    /// Seconds one request to a server may take (connecting, sending, waiting for the
+    /// model, reading the answer) before it counts as failed and is retried.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout: u64,
     /// Run the model in this process instead of asking a server.
     #[arg(long, value_name = "DIR", conflicts_with = "servers")]
     model: Option<PathBuf>,
@@ -127,7 +131,7 @@ pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()
             } else {
                 args.servers.clone()
             };
-            runtime.block_on(Scorer::remote(&servers, &args.model_name))?
+            runtime.block_on(Scorer::remote(&servers, &args.model_name, Duration::from_secs(args.request_timeout)))?
         }
     };
     let (mut journal, previous) = Journal::open(&args.output_file, args.sync_every)?;

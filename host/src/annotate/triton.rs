@@ -39,11 +39,18 @@ pub struct Rewards {
 /// that it can score texts: a `sentences` input and a `rewards` output.
 pub async fn probe(client: &reqwest::Client, base: &str, model: &str) -> Result<ModelInfo> {
     let model_url = format!("{base}/v2/models/{model}");
-    let response = client.get(&model_url).send().await.with_context(|| {
-        format!("cannot reach the reward server at {base} (is it running, and is the address right?)")
+    let response = client.get(&model_url).send().await.map_err(|e| {
+        if e.is_timeout() {
+            anyhow!("the reward server at {base} did not answer within --request-timeout")
+        } else {
+            anyhow!(e)
+                .context(format!("cannot reach the reward server at {base} (is it running, and is the address right?)"))
+        }
     })?;
     let status = response.status();
-    let body = response.bytes().await.with_context(|| format!("{model_url}: reading the model metadata"))?;
+    let body = super::client::read_bounded(response, 1 << 20)
+        .await
+        .with_context(|| format!("{model_url}: reading the model metadata"))?;
     if !status.is_success() {
         bail!(
             "the reward server at {base} has no model `{model}` ({status}: {}); name the served model with --model_name",
