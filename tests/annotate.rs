@@ -35,6 +35,8 @@ enum Flavour {
     SteerlmJson,
     /// A model with no `rewards` output.
     NoRewards,
+    /// NeMo's, with a config of `max_batch_size` 1: more texts in one request are refused.
+    OneAtATime,
 }
 
 struct Mock {
@@ -45,7 +47,7 @@ struct Mock {
 
 fn declared_outputs(flavour: Flavour) -> Vec<&'static str> {
     match flavour {
-        Flavour::Nemo => vec!["rewards"],
+        Flavour::Nemo | Flavour::OneAtATime => vec!["rewards"],
         Flavour::SteerlmJson => vec!["rewards", "exceeded"],
         Flavour::NoRewards => vec!["logits"],
     }
@@ -58,6 +60,11 @@ async fn metadata(State(mock): State<Arc<Mock>>) -> Json<Value> {
         .collect();
     Json(json!({ "name": "reward_model", "versions": ["1"], "platform": "python",
         "inputs": [{ "name": "sentences", "datatype": "BYTES", "shape": [-1, -1] }], "outputs": outputs }))
+}
+
+async fn config(State(mock): State<Arc<Mock>>) -> Json<Value> {
+    let max_batch_size = if mock.flavour == Flavour::OneAtATime { 1 } else { 9999999 };
+    Json(json!({ "name": "reward_model", "max_batch_size": max_batch_size }))
 }
 
 /// The texts of a request, from JSON `data` or the binary tensor extension.
@@ -88,6 +95,10 @@ fn request_texts(headers: &HeaderMap, body: &[u8]) -> (Value, Vec<String>) {
 async fn infer(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
     tokio::time::sleep(mock.delay).await;
     let (request, texts) = request_texts(&headers, &body);
+    if mock.flavour == Flavour::OneAtATime && texts.len() > 1 {
+        let message = format!("inference request batch-size must be <= 1 for 'reward_model', got {}", texts.len());
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+    }
     let declared = declared_outputs(mock.flavour);
     let asked: Vec<&str> = request["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
     if let Some(unknown) = asked.iter().find(|name| !declared.contains(name)) {
@@ -103,7 +114,8 @@ async fn infer(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -
             None => flat.extend((0..9).map(|i| ((text.len() * 7 + i * 3) % 9) as f64 * 0.5)),
         }
     }
-    let binary = request["outputs"][0]["parameters"]["binary_data"] == json!(true) && mock.flavour == Flavour::Nemo;
+    let binary =
+        request["outputs"][0]["parameters"]["binary_data"] == json!(true) && mock.flavour != Flavour::SteerlmJson;
     if binary {
         let data: Vec<u8> = flat.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
         let header = serde_json::to_vec(&json!({ "model_name": "reward_model", "outputs": [
@@ -147,6 +159,7 @@ fn start_mock(flavour: Flavour, delay: Duration, extra: &[(&str, Value)]) -> Str
             sender.send(listener.local_addr().unwrap()).unwrap();
             let app = Router::new()
                 .route("/v2/models/reward_model", get(metadata))
+                .route("/v2/models/reward_model/config", get(config))
                 .route("/v2/models/reward_model/infer", post(infer))
                 .with_state(mock);
             axum::serve(listener, app).await.unwrap();
@@ -204,8 +217,9 @@ fn assert_same(ours: &Path, golden: &Path) {
 }
 
 #[test]
-fn fresh_run_matches_the_reference_against_both_servers() {
-    for flavour in [Flavour::Nemo, Flavour::SteerlmJson] {
+fn fresh_run_matches_the_reference_against_every_server() {
+    // OneAtATime: records with several labeled turns must be sent in parts.
+    for flavour in [Flavour::Nemo, Flavour::SteerlmJson, Flavour::OneAtATime] {
         let server = start_mock(flavour, Duration::ZERO, &[]);
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("out.jsonl");
@@ -319,7 +333,8 @@ fn an_output_of_another_or_changed_input_is_refused_untouched() {
 
     // Another input's output (here: its records shifted by one).
     let output = dir.path().join("out.jsonl");
-    let shifted = full[1..4].concat();
+    // Its torn tail is not cut either: nothing is touched before the check passes.
+    let shifted = full[1..4].concat() + "{\"conversations\": [{\"val";
     fs::write(&output, &shifted).unwrap();
     let stderr = assert_failure(&run(&mut annotate(&server, &input, &output, &[])));
     assert!(stderr.contains("out.jsonl:1 is not the annotation") && stderr.contains("--resume-by-key"), "{stderr}");
@@ -334,6 +349,13 @@ fn an_output_of_another_or_changed_input_is_refused_untouched() {
     let stderr = assert_failure(&run(&mut annotate(&server, &input, &output, &[])));
     assert!(stderr.contains("out2.jsonl:4 is not the annotation"), "{stderr}");
     assert_eq!(fs::read_to_string(&output).unwrap(), full[..5].concat());
+
+    // A file that is not an annotation output at all (no newline at its end).
+    let notes = dir.path().join("notes.txt");
+    fs::write(&notes, "my notes").unwrap();
+    let stderr = assert_failure(&run(&mut annotate(&server, &input, &notes, &[])));
+    assert!(stderr.contains("not an annotation output"), "{stderr}");
+    assert_eq!(fs::read_to_string(&notes).unwrap(), "my notes");
 
     // An output longer than the input.
     fs::write(&input, original.lines().take(2).map(|l| format!("{l}\n")).collect::<String>()).unwrap();

@@ -398,6 +398,29 @@ fn silent_connections_are_closed_and_health_checks_still_answer() {
     }
 }
 
+#[test]
+fn a_body_that_trickles_gets_408_and_frees_its_connection() {
+    use std::io::{Read, Write};
+    let server = serve(&["--max-connections", "1", "--body-read-timeout", "1"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    // Headers complete, then one byte of a 1,000-byte body, then nothing.
+    write!(socket, "POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{{").unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = socket.read(&mut answer).expect("the server answers a body that does not arrive");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--body-read-timeout"), "{answer}");
+    drop(socket);
+    // The one connection slot is free again.
+    runtime().block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+        let response = client.get(format!("{}/v2/health/ready", server.url)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    });
+}
+
 /// Waits for a server that should refuse to start, failing (not hanging) if it runs.
 fn refused_start(mut command: Command) -> String {
     let mut child = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();

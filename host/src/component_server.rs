@@ -106,9 +106,14 @@ pub async fn serve(args: ServeComponentArgs, limits: RequestLimits, quiet: bool)
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The listening side: admission (concurrency, body size) in front of the handler.
+/// `GET /health` requests served at once, apart from the request slots.
+const HEALTH_CHECKS_AT_ONCE: usize = 4;
+
 struct Server {
     handler: ProxyHandler<Instantiator>,
     permits: Arc<Semaphore>,
+    /// Separate slots for health checks (see [`HEALTH_CHECKS_AT_ONCE`]).
+    health_permits: Arc<Semaphore>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
 }
@@ -141,22 +146,21 @@ impl Server {
         Ok(Server {
             handler: ProxyHandler::new(instantiator),
             permits: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
+            health_permits: Arc::new(Semaphore::new(HEALTH_CHECKS_AT_ONCE)),
             max_body_bytes,
             body_read_timeout: Duration::from_secs(args.body_read_timeout),
         })
     }
 
     async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<WasiBody> {
-        // Health checks take no slot: they must answer while every slot is busy.
+        // Health checks have slots of their own: they must answer while every request
+        // slot is busy, and a flood of them must not start unbounded instances either.
         let is_health_check = request.method() == hyper::Method::GET && request.uri().path() == "/health";
-        let permit = if is_health_check {
-            None
-        } else {
-            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                return error_response(503, "the server is shutting down".into());
-            };
-            Some(permit)
+        let slots = if is_health_check { &self.health_permits } else { &self.permits };
+        let Ok(permit) = Arc::clone(slots).acquire_owned().await else {
+            return error_response(503, "the server is shutting down".into());
         };
+        let permit = Some(permit);
         let declared = request
             .headers()
             .get(hyper::header::CONTENT_LENGTH)

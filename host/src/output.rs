@@ -237,6 +237,14 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
+        // An uncommitted gzip stream must not be finished: its trailer would make a
+        // truncated stream written through a FIFO or device look complete. (The
+        // encoder's buffers are leaked, once, on this error path.)
+        if let Sink::Gzip(_) = &self.sink
+            && let Sink::Gzip(encoder) = std::mem::replace(&mut self.sink, Sink::Stdout(BufWriter::new(io::stdout())))
+        {
+            std::mem::forget(encoder);
+        }
         // An uncommitted temporary file is deleted, and forgotten under the same lock.
         if let Destination::Replace { temp, .. } = std::mem::replace(&mut self.destination, Destination::Through) {
             let mut pending = pending();

@@ -107,7 +107,13 @@ where
                         permits.release();
                         break;
                     };
-                    let result = chunk.and_then(|chunk| work(&mut worker, &chunk).map(|t| (chunk, t)));
+                    // A panic becomes this chunk's error: a worker that died silently would
+                    // leave the in-order reassembly waiting for its chunk for ever.
+                    let result = chunk.and_then(|chunk| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut worker, &chunk)))
+                            .unwrap_or_else(|_| Err(anyhow!("a conversion worker panicked")))
+                            .map(|t| (chunk, t))
+                    });
                     let failed = result.is_err();
                     if results.send((Some(seq), result)).is_err() || failed {
                         break;
@@ -221,6 +227,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(consumed, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panicking_worker_fails_the_run_instead_of_hanging_it() {
+        let error = run_ordered(
+            chunks(100),
+            2,
+            || Ok(()),
+            |_, chunk| {
+                assert!(chunk.first_line != 3, "a converter bug");
+                Ok(())
+            },
+            |_, ()| Ok(()),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("panicked"), "{error}");
     }
 
     #[test]

@@ -82,11 +82,16 @@ impl Scorer {
             }
             Scorer::Remote { client, models, next, exceeded } => {
                 let model = &models[next.fetch_add(1, Ordering::Relaxed) % models.len()];
-                let rewards = infer(client, model, &texts).await?;
-                if let Some(flags) = &rewards.exceeded {
-                    exceeded.fetch_add(flags.iter().filter(|&&f| f).count() as u64, Ordering::Relaxed);
+                // A record with more labeled turns than the model takes at once goes in parts.
+                let mut rows = Vec::with_capacity(texts.len());
+                for part in texts.chunks(model.max_texts.unwrap_or(usize::MAX)) {
+                    let rewards = infer(client, model, part).await?;
+                    if let Some(flags) = &rewards.exceeded {
+                        exceeded.fetch_add(flags.iter().filter(|&&f| f).count() as u64, Ordering::Relaxed);
+                    }
+                    rows.extend(rewards.rows);
                 }
-                Ok(rewards.rows)
+                Ok(rows)
             }
         }
     }

@@ -1,11 +1,13 @@
 //! The annotation output file as a journal: whole lines appended and synced in small
 //! groups, so a crash loses at most the records since the last sync and never leaves a
-//! half-written record behind. On start, a torn last line (a crash mid-write) is cut off.
+//! half-written record behind. A torn last line (a crash mid-write) is cut off, but only
+//! once the run has checked the whole lines before it and is about to write: a file that
+//! is not this input's output is refused untouched.
 //!
 //! Outputs that are not regular files (a FIFO, `/dev/null`, a terminal) are written
 //! through: nothing is read back from them, cut, or synced.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -17,18 +19,21 @@ pub struct Journal {
     sync_every: usize,
     /// fsync only means something for a regular file.
     regular: bool,
+    /// The length to cut the file to before the first append (a torn last line).
+    pending_cut: Option<u64>,
 }
 
 /// What was found in the output file before this run.
 pub struct Previous {
     /// The file already holds records to resume after (regular files only).
     pub resumable: bool,
-    /// Bytes of a torn last line that were cut off.
+    /// Bytes of a torn last line, cut before the first append.
     pub cut_bytes: u64,
 }
 
 impl Journal {
-    /// Opens (or creates) `path` for appending, repairing a torn tail first.
+    /// Opens (or creates) `path` for appending. A torn tail must start like a record
+    /// (`{`): anything else means the file is not an annotation output, and is refused.
     pub fn open(path: &Path, sync_every: usize) -> Result<(Journal, Previous)> {
         let regular = match std::fs::metadata(path) {
             Ok(meta) => meta.is_file(),
@@ -36,6 +41,7 @@ impl Journal {
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
         };
         let mut previous = Previous { resumable: false, cut_bytes: 0 };
+        let mut pending_cut = None;
         let file = if regular {
             let mut file = OpenOptions::new()
                 .read(true)
@@ -47,9 +53,20 @@ impl Journal {
             let whole =
                 whole_lines_length(&mut file, length).with_context(|| format!("cannot read {}", path.display()))?;
             if whole < length {
+                let mut first = [0u8];
+                file.seek(SeekFrom::Start(whole))
+                    .and_then(|_| file.read_exact(&mut first))
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if first[0] != b'{' {
+                    bail!(
+                        "{} ends with {} bytes that are neither a whole line nor the start of a record: \
+                         it is not an annotation output. Write to a new --output-file",
+                        path.display(),
+                        length - whole
+                    );
+                }
                 previous.cut_bytes = length - whole;
-                file.set_len(whole).with_context(|| format!("cannot cut the torn last line of {}", path.display()))?;
-                file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+                pending_cut = Some(whole);
             }
             previous.resumable = whole > 0;
             file
@@ -59,17 +76,35 @@ impl Journal {
                 .open(path)
                 .with_context(|| format!("cannot open {} for writing", path.display()))?
         };
-        let journal = Journal { path: path.to_path_buf(), file, unsynced: 0, sync_every: sync_every.max(1), regular };
+        let journal = Journal {
+            path: path.to_path_buf(),
+            file,
+            unsynced: 0,
+            sync_every: sync_every.max(1),
+            regular,
+            pending_cut,
+        };
         Ok((journal, previous))
     }
 
     /// Appends one whole line (one `write` call) and syncs every `sync_every` lines.
     pub fn append(&mut self, line: &[u8]) -> Result<()> {
         debug_assert!(line.ends_with(b"\n"));
+        self.cut_torn_tail()?;
         self.file.write_all(line).with_context(|| format!("cannot write {}", self.path.display()))?;
         self.unsynced += 1;
         if self.unsynced >= self.sync_every {
             self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts a torn last line off, once the lines before it were found to be this run's.
+    pub fn cut_torn_tail(&mut self) -> Result<()> {
+        if let Some(whole) = self.pending_cut.take() {
+            let name = self.path.display();
+            self.file.set_len(whole).with_context(|| format!("cannot cut the torn last line of {name}"))?;
+            self.file.sync_all().with_context(|| format!("cannot sync {name}"))?;
         }
         Ok(())
     }
@@ -100,8 +135,9 @@ fn whole_lines_length(file: &mut File, length: u64) -> std::io::Result<u64> {
     Ok(0)
 }
 
-/// The non-blank lines already in an output file, with their 1-based line numbers.
-pub fn existing_lines(path: &Path) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>)>>> {
+/// The whole non-blank lines already in an output file (a torn tail is not one), with
+/// their 1-based line numbers; a line over `max_line_bytes` is an error.
+pub fn existing_lines(path: &Path, max_line_bytes: usize) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>)>>> {
     let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let name = path.display().to_string();
@@ -110,12 +146,17 @@ pub fn existing_lines(path: &Path) -> Result<impl Iterator<Item = Result<(u64, V
         loop {
             let mut line = Vec::new();
             number += 1;
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) => return None,
+            match (&mut reader).take(max_line_bytes as u64 + 1).read_until(b'\n', &mut line) {
+                Ok(_) if line.last() != Some(&b'\n') && line.len() > max_line_bytes => {
+                    return Some(Err(anyhow::anyhow!(
+                        "{name}:{number}: line is longer than the limit of {} MiB (raise it with --max-line-mb)",
+                        max_line_bytes >> 20
+                    )));
+                }
+                // End of file, or a torn tail (cut before the first append).
+                Ok(_) if line.last() != Some(&b'\n') => return None,
                 Ok(_) => {
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
+                    line.pop();
                     if !line.iter().all(u8::is_ascii_whitespace) {
                         return Some(Ok((number, line)));
                     }
@@ -137,23 +178,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         let long = "x".repeat(100_000);
-        std::fs::write(&path, format!("a\n\n{long}\nhalf")).unwrap();
+        std::fs::write(&path, format!("a\n\n{long}\n{{hal")).unwrap();
         let (mut journal, previous) = Journal::open(&path, 1).unwrap();
         assert_eq!(previous.cut_bytes, 4);
         assert!(previous.resumable);
+        // Nothing is cut until the run writes.
+        let lines: Vec<(u64, Vec<u8>)> = existing_lines(&path, 1 << 20).unwrap().map(Result::unwrap).collect();
+        assert_eq!(lines, vec![(1, b"a".to_vec()), (3, long.clone().into_bytes())]);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("{hal"));
         journal.append(b"b\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("a\n\n{long}\nb\n"));
-        let lines: Vec<(u64, Vec<u8>)> = existing_lines(&path).unwrap().map(Result::unwrap).collect();
-        assert_eq!(lines, vec![(1, b"a".to_vec()), (3, long.into_bytes()), (4, b"b".to_vec())]);
+        let lines = existing_lines(&path, 1 << 10).unwrap().map(|l| l.map_err(|e| e.to_string())).collect::<Vec<_>>();
+        assert!(lines[1].as_ref().unwrap_err().contains(":3: line is longer than the limit"), "{lines:?}");
     }
 
     #[test]
-    fn a_file_with_no_whole_line_is_not_resumable() {
+    fn a_tail_that_is_not_a_record_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.jsonl");
-        std::fs::write(&path, "torn").unwrap();
-        let (_, previous) = Journal::open(&path, 1).unwrap();
-        assert_eq!((previous.resumable, previous.cut_bytes), (false, 4));
-        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        let path = dir.path().join("notes.txt");
+        for text in ["my notes, no newline", "{\"a\": 1}\nmore notes"] {
+            std::fs::write(&path, text).unwrap();
+            let e = Journal::open(&path, 1).err().unwrap().to_string();
+            assert!(e.contains("not an annotation output"), "{e}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+        // A first record torn mid-write is cut once the run writes.
+        std::fs::write(&path, "{\"conv").unwrap();
+        let (mut journal, previous) = Journal::open(&path, 1).unwrap();
+        assert_eq!((previous.resumable, previous.cut_bytes), (false, 6));
+        journal.append(b"{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     }
 }

@@ -21,7 +21,7 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use journal::Journal;
 use resume::ResumeMode;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ pub struct AnnotateArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// Records in flight at once.
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     concurrency: usize,
     /// fsync the output every N records.
     #[arg(long, default_value_t = 16, value_name = "N")]
@@ -85,6 +85,14 @@ struct Work {
     prefixes: Vec<String>,
     /// Indices of the turns the prefixes belong to.
     turns: Vec<usize>,
+}
+
+/// What the reader needs to skip the records an earlier run wrote.
+struct Resume {
+    /// The output, when it already holds records.
+    existing: Option<PathBuf>,
+    mode: ResumeMode,
+    max_line_bytes: usize,
 }
 
 /// How the run went so far, shared with the reader thread.
@@ -148,7 +156,8 @@ pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()
     let queue = args.concurrency.max(1) * 2;
     let existing = previous.resumable.then(|| args.output_file.clone());
     let chunks = spawn_chunks(&input, 4 << 20, max_line_bytes, &bar)?;
-    let records = spawn_reader(input.clone(), chunks, existing, mode, queue, Arc::clone(&counts))?;
+    let resume = Resume { existing, mode, max_line_bytes };
+    let records = spawn_reader(input.clone(), chunks, resume, queue, Arc::clone(&counts))?;
     let name = &input.display();
     let scorer = &scorer;
     let result: Result<(u64, u64)> = runtime.block_on(async {
@@ -173,6 +182,7 @@ pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()
             let seconds = started.elapsed().as_secs_f64();
             bar.set_message(format!("{records} records, {turns} turns, {:.1} records/s", records as f64 / seconds));
         }
+        journal.cut_torn_tail()?;
         journal.sync()?;
         Ok((records, turns))
     });
@@ -203,14 +213,13 @@ pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()
 fn spawn_reader(
     input: InputPath,
     chunks: std::sync::mpsc::Receiver<Result<crate::input::Chunk>>,
-    existing: Option<PathBuf>,
-    mode: ResumeMode,
+    resume: Resume,
     queue: usize,
     counts: Arc<Counts>,
 ) -> Result<impl futures::Stream<Item = Result<Work>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Work>>(queue);
     std::thread::Builder::new().name("steerlm-annotate-reader".into()).spawn(move || {
-        if let Err(e) = read_records(&input, chunks, existing.as_deref(), mode, &counts, &sender) {
+        if let Err(e) = read_records(&input, chunks, &resume, &counts, &sender) {
             let _ = sender.blocking_send(Err(e));
         }
     })?;
@@ -220,18 +229,18 @@ fn spawn_reader(
 fn read_records(
     input: &InputPath,
     chunks: std::sync::mpsc::Receiver<Result<crate::input::Chunk>>,
-    existing: Option<&Path>,
-    mode: ResumeMode,
+    resume: &Resume,
     counts: &Counts,
     sender: &tokio::sync::mpsc::Sender<Result<Work>>,
 ) -> Result<()> {
     let name = input.display();
-    let keys = match (existing, mode) {
-        (Some(path), ResumeMode::Key) => Some(resume::existing_keys(path)?),
+    let existing = resume.existing.as_deref();
+    let keys = match (existing, resume.mode) {
+        (Some(path), ResumeMode::Key) => Some(resume::existing_keys(path, resume.max_line_bytes)?),
         _ => None,
     };
-    let mut written = match (existing, mode) {
-        (Some(path), ResumeMode::Position) => Some((path, journal::existing_lines(path)?)),
+    let mut written = match (existing, resume.mode) {
+        (Some(path), ResumeMode::Position) => Some((path, journal::existing_lines(path, resume.max_line_bytes)?)),
         _ => None,
     };
     for chunk in chunks {

@@ -37,9 +37,9 @@ pub fn record_key(record: &PyValue) -> Result<String, String> {
 }
 
 /// The keys of every record in an existing output (for [`ResumeMode::Key`]).
-pub fn existing_keys(path: &Path) -> Result<HashSet<String>> {
+pub fn existing_keys(path: &Path, max_line_bytes: usize) -> Result<HashSet<String>> {
     let mut keys = HashSet::new();
-    for line in super::journal::existing_lines(path)? {
+    for line in super::journal::existing_lines(path, max_line_bytes)? {
         let (number, line) = line?;
         let record = parse_output_line(path, number, &line)?;
         keys.insert(record_key(&record).map_err(|e| anyhow!("{}:{number}: {e}", path.display()))?);

@@ -25,6 +25,9 @@ pub struct ModelInfo {
     pub sentence_dims: Vec<usize>,
     /// Whether the model declares an `exceeded` output (steerlm serve does; NeMo's does not).
     pub has_exceeded: bool,
+    /// Most texts one request may carry (the config's `max_batch_size`; `None`: no limit
+    /// known). A record with more labeled turns is sent in several requests.
+    pub max_texts: Option<usize>,
 }
 
 /// Rewards for each text, and which texts were cut to the model's context (when the
@@ -70,7 +73,7 @@ pub async fn probe(client: &reqwest::Client, base: &str, model: &str) -> Result<
         bail!("model `{model}` at {base} has no `rewards` output (it has {}): is it a reward model?", names(&outputs));
     };
     if let Some(datatype) = rewards.get("datatype").and_then(Value::as_str)
-        && !matches!(datatype, "FP32" | "FP64" | "FP16")
+        && !matches!(datatype, "FP32" | "FP64" | "FP16" | "BF16")
     {
         bail!("model `{model}` at {base}: `rewards` is {datatype}; expected floating-point rewards");
     }
@@ -82,7 +85,21 @@ pub async fn probe(client: &reqwest::Client, base: &str, model: &str) -> Result<
         infer_url: format!("{model_url}/infer"),
         sentence_dims: vec![1; rank - 1],
         has_exceeded: named(&outputs, "exceeded").is_some(),
+        max_texts: max_batch_size(client, &model_url).await,
     })
+}
+
+/// The `max_batch_size` of the model's Triton config, when the server has one (the
+/// configuration extension is optional) and it limits the batch (0 means it does not).
+async fn max_batch_size(client: &reqwest::Client, model_url: &str) -> Option<usize> {
+    let response = client.get(format!("{model_url}/config")).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = super::client::read_bounded(response, 1 << 20).await.ok()?;
+    let config: Value = serde_json::from_slice(&body).ok()?;
+    let size = config.get("max_batch_size").and_then(Value::as_u64)?;
+    usize::try_from(size).ok().filter(|&n| n > 0)
 }
 
 /// The body of an inference request for `texts`, and the length of its JSON header.
@@ -129,6 +146,7 @@ pub fn parse_response(body: &[u8], header_length: Option<usize>, texts: usize) -
         let name = output.get("name").and_then(Value::as_str).unwrap_or("");
         let datatype = output.get("datatype").and_then(Value::as_str).unwrap_or("");
         let binary_size = output.get("parameters").and_then(|p| p.get("binary_data_size")).and_then(Value::as_u64);
+        let wanted = matches!(name, "rewards" | "exceeded");
         let values = match binary_size {
             Some(size) => {
                 let size = usize::try_from(size).ok().filter(|&s| s <= binary.len()).ok_or_else(|| {
@@ -136,8 +154,13 @@ pub fn parse_response(body: &[u8], header_length: Option<usize>, texts: usize) -
                 })?;
                 let (mine, rest) = binary.split_at(size);
                 binary = rest;
+                // Other outputs are stepped over, whatever their type.
+                if !wanted {
+                    continue;
+                }
                 decode_binary(mine, datatype).with_context(|| format!("output `{name}`"))?
             }
+            None if !wanted => continue,
             None => decode_json(output).with_context(|| format!("output `{name}`"))?,
         };
         match name {
@@ -218,7 +241,7 @@ mod tests {
     use super::*;
 
     fn model(has_exceeded: bool) -> ModelInfo {
-        ModelInfo { infer_url: String::new(), sentence_dims: vec![1], has_exceeded }
+        ModelInfo { infer_url: String::new(), sentence_dims: vec![1], has_exceeded, max_texts: None }
     }
 
     #[test]
@@ -241,11 +264,13 @@ mod tests {
         let binary: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let header = json!({ "outputs": [
             { "name": "exceeded", "datatype": "BOOL", "shape": [2, 1], "parameters": { "binary_data_size": 2 } },
+            { "name": "extra", "datatype": "BYTES", "shape": [1], "parameters": { "binary_data_size": 5 } },
             { "name": "rewards", "datatype": "FP32", "shape": [2, 2], "parameters": { "binary_data_size": 16 } }
         ]});
         let mut body = serde_json::to_vec(&header).unwrap();
         let n = body.len();
         body.extend_from_slice(&[0, 1]);
+        body.extend_from_slice(b"\x01\0\0\0x");
         body.extend_from_slice(&binary);
         let from_binary = parse_response(&body, Some(n), 2).unwrap();
         let json_body = json!({ "outputs": [

@@ -64,7 +64,7 @@ fn stored_layers(w: &Weights) -> usize {
     w.names()
         .filter_map(|name| name.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
         .max()
-        .map_or(0, |highest| highest + 1)
+        .map_or(0, |highest| highest.saturating_add(1))
 }
 
 /// Compares config.json's sizes with the checkpoint's tensors, before anything is

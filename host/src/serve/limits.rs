@@ -2,15 +2,21 @@
 //! flag that raises it.
 
 use super::error;
+use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::Response;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RequestLimits {
     /// Most texts (or labeled prefixes of records) one `/v1/score` request may carry.
     pub max_texts: usize,
     pub max_body_bytes: usize,
+    /// Time to send the whole body once the headers are in.
+    pub body_read_timeout: Duration,
 }
 
 impl RequestLimits {
@@ -27,17 +33,37 @@ impl RequestLimits {
         Ok(())
     }
 
+    /// The request with its body read in full, or the error to answer: 408 when it does
+    /// not arrive within `body_read_timeout`, 413 past `max_body_bytes`.
+    pub async fn read_body(&self, request: Request) -> Result<Request, Response> {
+        let (parts, body) = request.into_parts();
+        let collected = tokio::time::timeout(self.body_read_timeout, Limited::new(body, self.max_body_bytes).collect());
+        match collected.await {
+            Ok(Ok(body)) => Ok(Request::from_parts(parts, Body::from(body.to_bytes()))),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(self.too_large()),
+            Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+            Err(_) => Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} seconds (--body-read-timeout)",
+                    self.body_read_timeout.as_secs()
+                ),
+            )),
+        }
+    }
+
+    fn too_large(&self) -> Response {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than the limit of {} bytes (--max-body-mb)", self.max_body_bytes),
+        )
+    }
+
     /// The body, or the error for why it could not be read.
     pub fn body(&self, body: Result<axum::body::Bytes, BytesRejection>) -> Result<axum::body::Bytes, Response> {
         body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the request body is larger than the limit of {} bytes (--max-body-mb)",
-                        self.max_body_bytes
-                    ),
-                )
+                self.too_large()
             } else {
                 error(rejection.status(), rejection.body_text())
             }

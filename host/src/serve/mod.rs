@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// connection stays open) before the connection is closed.
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout: u64,
+    /// Seconds a client has, once its headers are in, to send the whole body (408 past
+    /// it), so bodies that trickle cannot hold connections.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
 }
 
 /// Sequences per request the Triton config advertises (at most).
@@ -118,7 +122,11 @@ async fn serve(args: ServeArgs, model: Arc<RewardModel>, api_key: Option<ApiKey>
         enabled: !args.no_dynamic_batching,
     };
     let max_texts = usize::try_from(args.max_request_texts).unwrap_or(usize::MAX);
-    let limits = RequestLimits { max_texts, max_body_bytes: args.max_body_mb << 20 };
+    let limits = RequestLimits {
+        max_texts,
+        max_body_bytes: args.max_body_mb << 20,
+        body_read_timeout: Duration::from_secs(args.body_read_timeout),
+    };
     let state = Arc::new(AppState {
         model_name: args.model_name.clone(),
         batcher: Batcher::start(Arc::clone(&model), policy, Arc::clone(&metrics)),
@@ -176,7 +184,17 @@ fn router(state: Shared, max_body: usize) -> Router {
             error(StatusCode::NOT_FOUND, format!("no route for {} {}", request.method(), request.uri().path()))
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), read_body_in_time))
         .with_state(state)
+}
+
+/// Reads the whole body within `--body-read-timeout` (408 otherwise) and the body limit
+/// (413), before any handler sees the request.
+async fn read_body_in_time(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    match state.limits.read_body(request).await {
+        Ok(request) => next.run(request).await,
+        Err(response) => response,
+    }
 }
 
 async fn require_key(State(state): State<Shared>, request: Request, next: Next) -> Response {
