@@ -145,7 +145,7 @@ pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()
     let (mut journal, previous) = Journal::open(&args.output_file, args.sync_every)?;
     if previous.cut_bytes > 0 && !quiet {
         eprintln!(
-            "{}: cut a torn last line ({} bytes) left by an interrupted run",
+            "{}: a torn last line ({} bytes) left by an interrupted run is cut before anything is written",
             args.output_file.display(),
             previous.cut_bytes
         );
