@@ -14,9 +14,9 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::stderr;
 
 /// The conversions used here, each through its own component.
 #[derive(Clone, Copy)]

@@ -5,32 +5,15 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
 }
 
-fn steerlm_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    // One compile cache for the whole test run.
-    command.env("STEERLM_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
-    command.args(args);
-    command
-}
-
-fn steerlm(args: &[&str]) -> Output {
-    steerlm_command(args).output().expect("run steerlm")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "steerlm failed: {}", stderr(out));
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{assert_success, stderr, steerlm, steerlm_command};
 
 #[track_caller]
 fn assert_same(ours: &Path, golden: &Path) {

@@ -4,17 +4,10 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn steerlm(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    command.env("STEERLM_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
-    command.args(args).output().expect("run steerlm")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{stderr, steerlm};
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()

@@ -7,32 +7,16 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path)
 }
 
-fn steerlm_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    command.env("STEERLM_CACHE_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
-    command.args(args);
-    command
-}
-
-fn steerlm(args: &[&str]) -> Output {
-    steerlm_command(args).output().expect("run steerlm")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_success(out: &Output) {
-    assert!(out.status.success(), "steerlm failed: {}", stderr(out));
-}
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{assert_success, stderr, steerlm, steerlm_command};
 
 /// Asserts a refusal: exit status 1 and a message containing every one of `parts`.
 #[track_caller]
