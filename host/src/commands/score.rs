@@ -2,7 +2,7 @@
 
 use super::Context;
 use crate::input::InputPath;
-use crate::model::{Device, LoadOptions, RewardModel};
+use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use crate::output::Output;
 use crate::same_file::NamedFile;
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -27,6 +27,14 @@ pub struct ScoreArgs {
     /// Where the forward pass runs.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
+    /// accumulation) when the adapter has them, `f32` is the exact path.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
+    /// Print each kernel's GPU time (total ms, share, TFLOP/s) at the end, from
+    /// timestamp queries (wgpu adapters that have them).
+    #[arg(long)]
+    profile: bool,
     /// Most tokens in one packed batch.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     batch_tokens: usize,
@@ -60,8 +68,11 @@ struct Pending {
 
 pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     let started = Instant::now();
-    let model = RewardModel::load(&args.model, LoadOptions { device: args.device, add_bos: args.add_bos })
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let model = RewardModel::load(
+        &args.model,
+        LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision },
+    )
+    .with_context(|| format!("loading the model in {}", args.model.display()))?;
     context.say(format!(
         "{}: {:?}, {} layers, hidden {}, {} labels, on {}",
         args.model.display(),
