@@ -2,6 +2,7 @@
 
 use super::Context;
 use crate::input::InputPath;
+use crate::model::gpu::kernels::KernelTimes;
 use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use crate::output::Output;
 use crate::same_file::NamedFile;
@@ -91,13 +92,22 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     let mut pending: Vec<Pending> = Vec::new();
     let mut pending_tokens = 0usize;
     let (mut texts, mut tokens) = (0u64, 0u64);
+    let mut kernel_times = KernelTimes::default();
     let mut flush = |pending: &mut Vec<Pending>, output: &mut Output| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         // The ids move into the batch; only their counts are needed afterwards.
         let sequences: Vec<Vec<u32>> = pending.iter_mut().map(|p| std::mem::take(&mut p.ids)).collect();
-        let scores = model.score(&sequences)?;
+        let scores = if args.profile {
+            let (scores, times) = model.score_profiled(&sequences)?;
+            if let Some(times) = times {
+                kernel_times.add(&times);
+            }
+            scores
+        } else {
+            model.score(&sequences)?
+        };
         let mut out = Vec::new();
         for ((p, scores), ids) in pending.iter().zip(&scores).zip(&sequences) {
             if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
@@ -145,6 +155,17 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         "{texts} texts, {tokens} tokens -> {out_name} in {seconds:.2} s ({:.0} tokens/s)",
         tokens as f64 / seconds
     ));
+    if args.profile {
+        if kernel_times.kernels.is_empty() {
+            eprintln!(
+                "--profile: no kernel times: {} has no GPU timestamp queries",
+                if model.runs_on_cpu() { "the CPU path" } else { "this adapter" }
+            );
+        } else {
+            // The table is the output asked for: printed even with --quiet.
+            eprint!("{}", kernel_times.table());
+        }
+    }
     Ok(())
 }
 

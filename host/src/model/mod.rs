@@ -128,6 +128,16 @@ impl RewardModel {
 
     /// Scores of each token sequence, computed as one packed batch.
     pub fn score(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.check(sequences)?;
+        let batch = Batch::pack(sequences);
+        match &self.backend {
+            Backend::Cpu(model) => model.forward(&batch),
+            Backend::Gpu(model) => model.forward(&batch),
+        }
+    }
+
+    /// Every sequence is non-empty, inside the vocabulary and the context.
+    fn check(&self, sequences: &[Vec<u32>]) -> Result<()> {
         for (i, seq) in sequences.iter().enumerate() {
             if seq.is_empty() {
                 bail!("sequence {i} has no tokens");
@@ -139,10 +149,18 @@ impl RewardModel {
                 bail!("sequence {i} has {} tokens, more than the context of {}", seq.len(), self.config.max_positions);
             }
         }
-        let batch = Batch::pack(sequences);
+        Ok(())
+    }
+
+    /// [`RewardModel::score`] with per-kernel GPU times, where the backend can time its
+    /// kernels (wgpu adapters with timestamp queries); `None` elsewhere.
+    pub fn score_profiled(&self, sequences: &[Vec<u32>]) -> Result<(Vec<Vec<f32>>, Option<gpu::kernels::KernelTimes>)> {
         match &self.backend {
-            Backend::Cpu(model) => model.forward(&batch),
-            Backend::Gpu(model) => model.forward(&batch),
+            Backend::Gpu(model) if model.can_profile() => {
+                self.check(sequences)?;
+                model.forward_timed(&Batch::pack(sequences), true)
+            }
+            _ => Ok((self.score(sequences)?, None)),
         }
     }
 }

@@ -101,11 +101,29 @@ pub fn open_device(choice: AdapterChoice) -> Result<Option<Gpu>> {
     Ok(Some(Gpu { device, queue, info, caps }))
 }
 
+/// Which attention kernel runs over whole sequences (the last layer's single rows
+/// always use the row kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// `attention.wgsl`: one workgroup per (query row, head).
+    Rows,
+}
+
+impl AttentionVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Rows => "rows",
+        }
+    }
+}
+
 /// The kernel variants a forward pass uses on one adapter, and why.
 #[derive(Clone, Debug)]
 pub struct KernelPlan {
     pub matmul: MatmulVariant,
     pub matmul_reason: String,
+    pub attention: AttentionVariant,
+    pub attention_reason: String,
     /// Whether weights are converted to f16 at load (the tensor-core path).
     pub f16_weights: bool,
 }
@@ -122,6 +140,12 @@ impl KernelPlan {
             (MatmulVariant::RegisterBlocked, "the only portable variant in this build".to_owned())
         };
         let _ = (caps, precision);
-        KernelPlan { matmul, matmul_reason, f16_weights: false }
+        KernelPlan {
+            matmul,
+            matmul_reason,
+            attention: AttentionVariant::Rows,
+            attention_reason: "the only attention kernel in this build".to_owned(),
+            f16_weights: false,
+        }
     }
 }

@@ -157,6 +157,11 @@ impl GpuModel {
         format!("wgpu: {} ({:?}, {:?}; matmul {})", info.name, info.backend, info.device_type, self.plan.matmul.name())
     }
 
+    /// Whether the adapter has timestamp queries (`--profile`).
+    pub fn can_profile(&self) -> bool {
+        self.gpu.caps.timestamps
+    }
+
     pub fn plan(&self) -> &KernelPlan {
         &self.plan
     }

@@ -144,6 +144,22 @@ pub struct KernelTimes {
 }
 
 impl KernelTimes {
+    /// Kernels by total time: dispatches, milliseconds, share of GPU time and TFLOP/s.
+    pub fn table(&self) -> String {
+        let total: f64 = self.kernels.iter().map(|k| k.2).sum();
+        let mut rows = self.kernels.clone();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut out =
+            format!("{:<16} {:>10} {:>12} {:>7} {:>9}\n", "kernel", "dispatches", "GPU ms", "share", "TFLOP/s");
+        for (name, count, seconds, flops) in rows {
+            let rate = if flops > 0.0 && seconds > 0.0 { format!("{:.3}", flops / seconds / 1e12) } else { "-".into() };
+            let share = if total > 0.0 { 100.0 * seconds / total } else { 0.0 };
+            out += &format!("{name:<16} {count:>10} {:>12.3} {share:>6.1}% {rate:>9}\n", seconds * 1e3);
+        }
+        out += &format!("{:<16} {:>10} {:>12.3}\n", "total", "", total * 1e3);
+        out
+    }
+
     pub fn add(&mut self, other: &KernelTimes) {
         for &(name, count, seconds, flops) in &other.kernels {
             match self.kernels.iter_mut().find(|k| k.0 == name) {
