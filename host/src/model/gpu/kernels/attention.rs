@@ -1,7 +1,7 @@
 //! Causal attention with grouped KV heads over packed sequences (`shaders/attention.wgsl`).
 
 use super::{Access, Kernel, Recorder, grid};
-use anyhow::Result;
+use anyhow::{Result, anyhow, bail};
 use bytemuck::{Pod, Zeroable};
 
 #[repr(C)]
@@ -54,3 +54,320 @@ impl RowAttention {
         rec.dispatch(&self.kernel, &params, &[q, k, v, key_ranges, out], groups, flops);
     }
 }
+
+/// Parameters of `shaders/flash_attention.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct FlashParams {
+    pub heads: u32,
+    pub kv_heads: u32,
+    /// Must be the head size the kernel was compiled for.
+    pub head_dim: u32,
+    /// Entries of the blocks buffer used by this dispatch.
+    pub blocks: u32,
+    /// Usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
+/// Largest head size [`FlashAttention`] handles (16 output dimensions per invocation, 16
+/// invocations per query slot), as for [`RowAttention`].
+pub const FLASH_MAX_HEAD_DIM: usize = 256;
+/// Largest GQA group (query heads per KV head) [`FlashAttention`] handles.
+pub const FLASH_MAX_GROUP: usize = 8;
+
+/// Tile sizes of the flash kernel, chosen from the head size and the adapter's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashTiles {
+    /// Invocations per query slot: `ceil(head_dim / 16)`.
+    pub slices: u32,
+    /// (row, head) query slots per workgroup; a block has `queries / group` rows.
+    pub queries: u32,
+    /// Keys per K/V tile (at most `8 * slices`).
+    pub keys: u32,
+    /// K and V tiles side by side (else V overwrites K after the scores: half the memory).
+    pub split_kv: bool,
+}
+
+impl FlashTiles {
+    /// The largest tiles that fit `limits`: up to 256 invocations and 64 query slots per
+    /// workgroup, split K/V tiles of at least 16 keys when the workgroup memory allows,
+    /// otherwise one shared tile, otherwise fewer query slots.
+    pub fn choose(limits: &wgpu::Limits, head_dim: usize) -> Result<Self> {
+        if head_dim == 0 || head_dim > FLASH_MAX_HEAD_DIM {
+            bail!("flash attention handles head sizes 1..={FLASH_MAX_HEAD_DIM}, not {head_dim}");
+        }
+        let slices = head_dim.div_ceil(16);
+        let invocations =
+            (limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x) as usize).min(256);
+        let floats = limits.max_compute_workgroup_storage_size as usize / 4;
+        let max_keys = (8 * slices).min(64);
+        // Rounded down to a multiple of `slices` so that every invocation scores as many keys.
+        let round = |keys: usize| if keys >= slices { keys / slices * slices } else { keys };
+        let mut queries = (invocations / slices).min(64);
+        while queries >= FLASH_MAX_GROUP {
+            for (split, least) in [(true, 16.min(max_keys)), (false, 1)] {
+                // kv: (1 or 2) * keys * (head_dim + 1); scores: queries * (keys + 1).
+                let per_key = if split { 2 } else { 1 } * (head_dim + 1) + queries;
+                let keys = round(floats.saturating_sub(queries) / per_key).min(max_keys);
+                if keys >= least && keys >= 1 {
+                    return Ok(FlashTiles {
+                        slices: slices as u32,
+                        queries: queries as u32,
+                        keys: keys as u32,
+                        split_kv: split,
+                    });
+                }
+            }
+            queries /= 2;
+        }
+        bail!(
+            "flash attention with head size {head_dim} does not fit this adapter ({} bytes of workgroup memory, {} invocations)",
+            limits.max_compute_workgroup_storage_size,
+            invocations
+        )
+    }
+
+    /// Invocations per workgroup.
+    pub fn workgroup(&self) -> u32 {
+        self.queries * self.slices
+    }
+
+    /// Workgroup memory the kernel declares, in bytes.
+    pub fn workgroup_bytes(&self, head_dim: usize) -> usize {
+        let kv = if self.split_kv { 2 } else { 1 } * self.keys as usize * (head_dim + 1);
+        4 * (kv + self.queries as usize * (self.keys as usize + 1))
+    }
+
+    /// Query rows per block for a GQA group of `group` query heads per KV head.
+    pub fn block_rows(&self, group: usize) -> usize {
+        (self.queries as usize / group.max(1)).max(1)
+    }
+}
+
+/// Blocks of one flash-attention dispatch: `[first query row, rows, sequence start, 0]`,
+/// at most `block_rows` rows each, never crossing a sequence. Sequence `i` occupies rows
+/// `starts[i] .. starts[i] + lengths[i]` of the packed batch.
+pub fn attention_blocks(starts: &[u32], lengths: &[u32], block_rows: usize) -> Vec<[u32; 4]> {
+    assert_eq!(starts.len(), lengths.len(), "one start per sequence");
+    let block_rows = block_rows.max(1) as u32;
+    let mut blocks = Vec::new();
+    for (&start, &length) in starts.iter().zip(lengths) {
+        let mut first = start;
+        while first < start + length {
+            let rows = block_rows.min(start + length - first);
+            blocks.push([first, rows, start, 0]);
+            first += rows;
+        }
+    }
+    blocks
+}
+
+/// Most blocks [`attention_blocks`] makes for `sequences` sequences of `tokens` tokens in
+/// all (for sizing the blocks buffer): `min(S, T) + (T - min(S, T)) / block_rows`.
+pub fn max_blocks(tokens: usize, sequences: usize, block_rows: usize) -> usize {
+    let nonempty = sequences.min(tokens);
+    nonempty + (tokens - nonempty) / block_rows.max(1)
+}
+
+/// Floating-point operations of causal attention over sequences of `lengths` (QK^T and
+/// PV, two per multiply-add), for `--profile`.
+pub fn causal_attention_flops(lengths: &[u32], heads: usize, head_dim: usize) -> f64 {
+    let pairs: f64 = lengths.iter().map(|&l| l as f64 * (l as f64 + 1.0) / 2.0).sum();
+    4.0 * pairs * heads as f64 * head_dim as f64
+}
+
+/// Causal prefill attention, flash style: one workgroup per (block of query rows of one
+/// sequence, KV head). K/V tiles in workgroup memory are shared by the block's rows and by
+/// every query head of the KV head's group; online softmax in f32; key tiles above the
+/// block's causal diagonal are never loaded. Compiled for one head size.
+pub struct FlashAttention {
+    kernel: Kernel,
+    head_dim: usize,
+    tiles: FlashTiles,
+}
+
+impl FlashAttention {
+    /// Compiles the kernel for `head_dim` with tiles chosen from the device's limits.
+    pub fn new(device: &wgpu::Device, head_dim: usize) -> Result<Self> {
+        let tiles = FlashTiles::choose(&device.limits(), head_dim)?;
+        Self::with_tiles(device, head_dim, tiles)
+    }
+
+    /// Compiles the kernel with the given tiles (benchmarks and tests).
+    pub fn with_tiles(device: &wgpu::Device, head_dim: usize, tiles: FlashTiles) -> Result<Self> {
+        if head_dim == 0 || head_dim > FLASH_MAX_HEAD_DIM {
+            bail!("flash attention handles head sizes 1..={FLASH_MAX_HEAD_DIM}, not {head_dim}");
+        }
+        if tiles.slices as usize != head_dim.div_ceil(16) || tiles.keys == 0 || tiles.keys > 8 * tiles.slices {
+            bail!("flash attention tiles {tiles:?} do not fit head size {head_dim}");
+        }
+        let constants = [
+            ("HEAD_DIM", head_dim as f64),
+            ("SLICES", tiles.slices as f64),
+            ("QUERIES", tiles.queries as f64),
+            ("KEYS", tiles.keys as f64),
+            ("SPLIT_KV", if tiles.split_kv { 1.0 } else { 0.0 }),
+            ("WORKGROUP", tiles.workgroup() as f64),
+        ];
+        let kernel = Kernel::new(
+            device,
+            "flash_attention",
+            include_str!("../../../../../shaders/flash_attention.wgsl"),
+            &constants,
+            std::mem::size_of::<FlashParams>() as u64,
+            &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        )?;
+        Ok(FlashAttention { kernel, head_dim, tiles })
+    }
+
+    pub fn tiles(&self) -> FlashTiles {
+        self.tiles
+    }
+
+    /// Whether this kernel serves `heads` query heads over `kv_heads` KV heads (a group of
+    /// at most [`FLASH_MAX_GROUP`], and at most the workgroup's query slots).
+    pub fn supports(&self, heads: usize, kv_heads: usize) -> bool {
+        kv_heads > 0
+            && heads % kv_heads == 0
+            && heads / kv_heads <= FLASH_MAX_GROUP
+            && heads / kv_heads <= self.tiles.queries as usize
+    }
+
+    /// Query rows per block (the `block_rows` of [`attention_blocks`]) for this model.
+    pub fn block_rows(&self, heads: usize, kv_heads: usize) -> usize {
+        self.tiles.block_rows(heads / kv_heads.max(1))
+    }
+
+    /// `out = causal softmax(q k^T * scale) v` for every row of every block in `blocks`
+    /// (the first `number_of_blocks` entries, made by [`attention_blocks`] with
+    /// [`Self::block_rows`]). q and out are `[tokens, heads * head_dim]`, k and v
+    /// `[tokens, kv_heads * head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        params: FlashParams,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        blocks: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        number_of_blocks: usize,
+        flops: f64,
+    ) {
+        assert_eq!(params.head_dim as usize, self.head_dim, "flash attention compiled for another head size");
+        assert!(self.supports(params.heads as usize, params.kv_heads as usize), "unsupported GQA group");
+        let params = FlashParams { blocks: number_of_blocks as u32, ..params };
+        if number_of_blocks == 0 {
+            return;
+        }
+        let groups = grid(number_of_blocks * params.kv_heads as usize, 1);
+        rec.dispatch(&self.kernel, &params, &[q, k, v, blocks, out], groups, flops);
+    }
+}
+
+/// Seconds per dispatch of [`FlashAttention`] and [`RowAttention`] over one batch (for
+/// benches; see [`time_attention`]).
+#[derive(Clone, Debug)]
+pub struct AttentionTimes {
+    pub shape: String,
+    pub tiles: FlashTiles,
+    pub flash_s: f64,
+    pub row_s: f64,
+    pub flops: f64,
+}
+
+impl std::fmt::Display for AttentionTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: flash {:.1} ms ({:.2} GFLOP/s), rows {:.1} ms ({:.2} GFLOP/s), rows/flash {:.2}x; tiles {:?}",
+            self.shape,
+            self.flash_s * 1e3,
+            self.flops / self.flash_s * 1e-9,
+            self.row_s * 1e3,
+            self.flops / self.row_s * 1e-9,
+            self.row_s / self.flash_s,
+            self.tiles
+        )
+    }
+}
+
+/// Times causal attention over `sequences` sequences of `length` tokens with both
+/// kernels: the median of `iterations` submissions each, after one warm-up.
+pub fn time_attention(
+    gpu: &crate::model::gpu::Gpu,
+    sequences: usize,
+    length: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    iterations: usize,
+) -> Result<AttentionTimes> {
+    use wgpu::util::DeviceExt;
+    let device = &gpu.device;
+    let tokens = sequences * length;
+    let buffer = |data: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("attention timing"),
+            contents: data,
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    };
+    let pattern = |count: usize, seed: usize| -> Vec<f32> {
+        (0..count).map(|i| ((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0 - 1.0).collect()
+    };
+    let q = buffer(bytemuck::cast_slice(&pattern(tokens * heads * head_dim, 1)));
+    let k = buffer(bytemuck::cast_slice(&pattern(tokens * kv_heads * head_dim, 2)));
+    let v = buffer(bytemuck::cast_slice(&pattern(tokens * kv_heads * head_dim, 3)));
+    let out = buffer(bytemuck::cast_slice(&vec![0f32; tokens * heads * head_dim]));
+    let starts: Vec<u32> = (0..sequences).map(|s| (s * length) as u32).collect();
+    let lengths = vec![length as u32; sequences];
+    let ranges: Vec<[u32; 2]> = starts.iter().flat_map(|&s| (s..s + length as u32).map(move |t| [s, t + 1])).collect();
+    let ranges = buffer(bytemuck::cast_slice(&ranges));
+    let flash = FlashAttention::new(device, head_dim)?;
+    let rows = RowAttention::new(device)?;
+    let block_list = attention_blocks(&starts, &lengths, flash.block_rows(heads, kv_heads));
+    let blocks = buffer(bytemuck::cast_slice(&block_list));
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let flops = causal_attention_flops(&lengths, heads, head_dim);
+    let (h, kvh, hd) = (heads as u32, kv_heads as u32, head_dim as u32);
+    fn time<'k>(gpu: &crate::model::gpu::Gpu, iterations: usize, record: &dyn Fn(&mut Recorder<'k>)) -> Result<f64> {
+        let mut cache = super::BindCache::default();
+        let mut seconds = Vec::new();
+        for _ in 0..=iterations.max(1) {
+            let mut rec = Recorder::new(&gpu.device);
+            record(&mut rec);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let began = std::time::Instant::now();
+            rec.encode(&gpu.device, &gpu.queue, &mut cache, &mut encoder, false)?;
+            gpu.queue.submit([encoder.finish()]);
+            gpu.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+            seconds.push(began.elapsed().as_secs_f64());
+        }
+        seconds.remove(0);
+        seconds.sort_by(f64::total_cmp);
+        Ok(seconds[seconds.len() / 2])
+    }
+    let flash_s = time(gpu, iterations, &|rec| {
+        let params = FlashParams { heads: h, kv_heads: kvh, head_dim: hd, blocks: 0, scale, _pad: [0; 3] };
+        flash.record(rec, params, &q, &k, &v, &blocks, &out, block_list.len(), flops)
+    })?;
+    let row_s = time(gpu, iterations, &|rec| {
+        let params =
+            AttentionParams { rows: tokens as u32, heads: h, kv_heads: kvh, head_dim: hd, scale, _pad: [0; 3] };
+        rows.record(rec, params, &q, &k, &v, &ranges, &out, tokens * (length + 1) / 2)
+    })?;
+    Ok(AttentionTimes {
+        shape: format!("{sequences} x {length} tokens, {heads}/{kv_heads} heads x {head_dim}"),
+        tiles: flash.tiles(),
+        flash_s,
+        row_s,
+        flops,
+    })
+}
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;

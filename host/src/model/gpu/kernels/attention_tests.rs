@@ -1,0 +1,300 @@
+//! FlashAttention and RowAttention against a plain f64 CPU reference, on whatever adapter
+//! is present (lavapipe in CI), over packed batches of uneven sequences.
+
+use super::*;
+use crate::model::gpu::kernels::{BindCache, Recorder, read_buffer};
+use crate::model::gpu::{AdapterChoice, Gpu, open_device};
+use wgpu::util::DeviceExt;
+
+fn gpu() -> Gpu {
+    open_device(AdapterChoice::Any).expect("opening a wgpu device").expect("Any gives an adapter")
+}
+
+/// A packed batch: q `[tokens, heads * head_dim]`, k and v `[tokens, kv_heads * head_dim]`.
+struct Batch {
+    lengths: Vec<u32>,
+    starts: Vec<u32>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Deterministic values in [-1, 1).
+fn values(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+impl Batch {
+    fn new(lengths: &[u32], heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        let starts: Vec<u32> = lengths.iter().scan(0, |s, &l| Some(std::mem::replace(s, *s + l))).collect();
+        let tokens = lengths.iter().sum::<u32>() as usize;
+        // q spans [-3, 3) so that some rows have peaked softmaxes, not near-uniform ones.
+        let q = values(tokens * heads * head_dim, 1).into_iter().map(|x| 3.0 * x).collect();
+        let k = values(tokens * kv_heads * head_dim, 2);
+        let v = values(tokens * kv_heads * head_dim, 3);
+        Batch { lengths: lengths.to_vec(), starts, heads, kv_heads, head_dim, q, k, v }
+    }
+
+    fn tokens(&self) -> usize {
+        self.lengths.iter().sum::<u32>() as usize
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    /// Causal attention in f64 loops.
+    fn reference(&self) -> Vec<f32> {
+        let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
+        let group = heads / kv_heads;
+        let scale = self.scale() as f64;
+        let mut out = vec![0.0f32; self.tokens() * heads * hd];
+        for (&start, &length) in self.starts.iter().zip(&self.lengths) {
+            let (start, length) = (start as usize, length as usize);
+            for t in start..start + length {
+                for h in 0..heads {
+                    let kvh = h / group;
+                    let q = &self.q[(t * heads + h) * hd..][..hd];
+                    let scores: Vec<f64> = (start..=t)
+                        .map(|s| {
+                            let k = &self.k[(s * kv_heads + kvh) * hd..][..hd];
+                            q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = weights.iter().sum();
+                    for d in 0..hd {
+                        let value: f64 = (start..=t)
+                            .zip(&weights)
+                            .map(|(s, w)| w * self.v[(s * kv_heads + kvh) * hd + d] as f64)
+                            .sum();
+                        out[(t * heads + h) * hd + d] = (value / sum) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn storage(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
+    let contents = if data.is_empty() { &[0u8; 16][..] } else { data };
+    gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// Runs what `record` records and reads `out` back.
+fn run<'k>(gpu: &Gpu, out: &wgpu::Buffer, record: impl FnOnce(&mut Recorder<'k>)) -> Vec<f32> {
+    let mut rec = Recorder::new(&gpu.device);
+    record(&mut rec);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let mut cache = BindCache::default();
+    rec.encode(&gpu.device, &gpu.queue, &mut cache, &mut encoder, false).expect("encoding");
+    let readback = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: out.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    encoder.copy_buffer_to_buffer(out, 0, &readback, 0, out.size());
+    gpu.queue.submit([encoder.finish()]);
+    bytemuck::cast_slice(&read_buffer(&gpu.device, &readback).expect("reading back")).to_vec()
+}
+
+/// Output buffer filled with NaN, so that a row the kernel never writes fails the check.
+fn output(gpu: &Gpu, batch: &Batch) -> wgpu::Buffer {
+    storage(gpu, bytemuck::cast_slice(&vec![f32::NAN; batch.tokens() * batch.heads * batch.head_dim]))
+}
+
+fn run_flash(gpu: &Gpu, flash: &FlashAttention, batch: &Batch) -> Vec<f32> {
+    let blocks = attention_blocks(&batch.starts, &batch.lengths, flash.block_rows(batch.heads, batch.kv_heads));
+    assert!(
+        blocks.len() <= max_blocks(batch.tokens(), batch.lengths.len(), flash.block_rows(batch.heads, batch.kv_heads))
+    );
+    let (q, k, v) = (
+        storage(gpu, bytemuck::cast_slice(&batch.q)),
+        storage(gpu, bytemuck::cast_slice(&batch.k)),
+        storage(gpu, bytemuck::cast_slice(&batch.v)),
+    );
+    let blocks_buffer = storage(gpu, bytemuck::cast_slice(&blocks));
+    let out = output(gpu, batch);
+    let params = FlashParams {
+        heads: batch.heads as u32,
+        kv_heads: batch.kv_heads as u32,
+        head_dim: batch.head_dim as u32,
+        blocks: blocks.len() as u32,
+        scale: batch.scale(),
+        _pad: [0; 3],
+    };
+    let flops = causal_attention_flops(&batch.lengths, batch.heads, batch.head_dim);
+    run(gpu, &out, |rec| flash.record(rec, params, &q, &k, &v, &blocks_buffer, &out, blocks.len(), flops))
+}
+
+fn run_rows(gpu: &Gpu, rows: &RowAttention, batch: &Batch) -> Vec<f32> {
+    let ranges: Vec<[u32; 2]> =
+        batch.starts.iter().zip(&batch.lengths).flat_map(|(&s, &l)| (s..s + l).map(move |t| [s, t + 1])).collect();
+    let (q, k, v) = (
+        storage(gpu, bytemuck::cast_slice(&batch.q)),
+        storage(gpu, bytemuck::cast_slice(&batch.k)),
+        storage(gpu, bytemuck::cast_slice(&batch.v)),
+    );
+    let ranges_buffer = storage(gpu, bytemuck::cast_slice(&ranges));
+    let out = output(gpu, batch);
+    let params = AttentionParams {
+        rows: batch.tokens() as u32,
+        heads: batch.heads as u32,
+        kv_heads: batch.kv_heads as u32,
+        head_dim: batch.head_dim as u32,
+        scale: batch.scale(),
+        _pad: [0; 3],
+    };
+    let keys = ranges.iter().map(|r| (r[1] - r[0]) as usize).sum();
+    run(gpu, &out, |rec| rows.record(rec, params, &q, &k, &v, &ranges_buffer, &out, keys))
+}
+
+/// Within 1e-5 relative + 1e-6 absolute, element by element.
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0.0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let error = (g - w).abs();
+        assert!(error <= 1e-5 * w.abs() + 1e-6, "{what}: element {i} is {g}, want {w}");
+        worst = worst.max(error);
+    }
+    eprintln!("{what}: {} values, max |error| {worst:e}", got.len());
+}
+
+const MIXED: &[u32] = &[1, 5, 17, 64, 100];
+
+#[test]
+fn flash_attention_matches_the_cpu_on_mixed_lengths() {
+    let gpu = gpu();
+    // (heads, kv_heads, head_dim): groups 1, 3, 4 and 3 again with an odd head size.
+    for (heads, kv_heads, head_dim) in [(4, 4, 64), (9, 3, 64), (8, 2, 128), (6, 2, 80)] {
+        let flash = FlashAttention::new(&gpu.device, head_dim).expect("compiling flash attention");
+        let batch = Batch::new(MIXED, heads, kv_heads, head_dim);
+        let what = format!("flash {heads}/{kv_heads} heads x {head_dim}, tiles {:?}", flash.tiles());
+        assert_close(&run_flash(&gpu, &flash, &batch), &batch.reference(), &what);
+    }
+}
+
+#[test]
+fn flash_attention_matches_row_attention() {
+    let gpu = gpu();
+    let rows = RowAttention::new(&gpu.device).expect("compiling row attention");
+    for (heads, kv_heads, head_dim) in [(9, 3, 64), (8, 2, 128)] {
+        let flash = FlashAttention::new(&gpu.device, head_dim).expect("compiling flash attention");
+        let batch = Batch::new(MIXED, heads, kv_heads, head_dim);
+        let by_rows = run_rows(&gpu, &rows, &batch);
+        assert_close(&by_rows, &batch.reference(), "row attention");
+        assert_close(&run_flash(&gpu, &flash, &batch), &by_rows, "flash vs row attention");
+    }
+}
+
+#[test]
+fn flash_attention_handles_a_long_sequence() {
+    // A past kernel broke on lavapipe beyond 500 keys.
+    let gpu = gpu();
+    let flash = FlashAttention::new(&gpu.device, 64).expect("compiling flash attention");
+    let batch = Batch::new(&[700, 3], 3, 1, 64);
+    assert_close(&run_flash(&gpu, &flash, &batch), &batch.reference(), "flash, 700 tokens");
+}
+
+#[test]
+fn flash_attention_tile_variants_agree() {
+    let gpu = gpu();
+    let tiles = |head_dim: usize, queries, keys, split_kv| FlashTiles {
+        slices: head_dim.div_ceil(16) as u32,
+        queries,
+        keys,
+        split_kv,
+    };
+    // (tiles, heads, kv_heads, lengths): shared and split K/V tiles, key tiles that are not
+    // a multiple of the slices, one row per block (group 8 in 8 slots), head sizes 16 and 256.
+    let cases = [
+        (tiles(64, 8, 5, false), 8, 8, 64, MIXED),
+        (tiles(64, 64, 32, true), 4, 1, 64, MIXED),
+        (tiles(64, 16, 3, true), 3, 1, 64, &[0, 1, 2, 33][..]),
+        (tiles(64, 8, 32, false), 8, 1, 64, &[9, 20][..]),
+        (tiles(16, 32, 8, true), 6, 3, 16, MIXED),
+        (tiles(72, 16, 10, false), 4, 2, 72, &[7, 30][..]),
+        (tiles(256, 16, 14, false), 2, 1, 256, &[3, 40][..]),
+    ];
+    for (tiles, heads, kv_heads, head_dim, lengths) in cases {
+        let flash = FlashAttention::with_tiles(&gpu.device, head_dim, tiles).expect("compiling flash attention");
+        let batch = Batch::new(lengths, heads, kv_heads, head_dim);
+        let what = format!("flash {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, tiles {tiles:?}");
+        assert_close(&run_flash(&gpu, &flash, &batch), &batch.reference(), &what);
+    }
+}
+
+#[test]
+fn blocks_cover_every_row_once_within_its_sequence() {
+    let lengths = [0u32, 1, 5, 17, 64, 100, 0, 33];
+    let starts: Vec<u32> = lengths.iter().scan(0, |s, &l| Some(std::mem::replace(s, *s + l))).collect();
+    let tokens = lengths.iter().sum::<u32>() as usize;
+    for block_rows in [1, 2, 3, 8, 10, 21, 64, 1000] {
+        let blocks = attention_blocks(&starts, &lengths, block_rows);
+        let mut seen = vec![0; tokens];
+        for &[first, rows, start, _] in &blocks {
+            assert!(rows >= 1 && rows as usize <= block_rows);
+            let i = starts.iter().zip(&lengths).position(|(&s, &l)| s <= first && first < s + l).expect("a sequence");
+            assert_eq!(start, starts[i], "block starting at {first}");
+            assert!(first + rows <= starts[i] + lengths[i], "block crosses its sequence's end");
+            for row in first..first + rows {
+                seen[row as usize] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "rows covered once with {block_rows} rows per block");
+        assert!(blocks.len() <= max_blocks(tokens, lengths.len(), block_rows));
+    }
+    // The bound is reached: one long sequence and the rest single tokens.
+    let lengths = [1u32, 1, 1, 50];
+    let starts = [0u32, 1, 2, 3];
+    assert_eq!(attention_blocks(&starts, &lengths, 8).len(), max_blocks(53, 4, 8));
+}
+
+#[test]
+fn tiles_fit_the_limits() {
+    for limits in [wgpu::Limits::default(), wgpu::Limits::downlevel_defaults(), {
+        let mut l = wgpu::Limits::default();
+        l.max_compute_workgroup_storage_size = 48 * 1024;
+        l.max_compute_invocations_per_workgroup = 1024;
+        l.max_compute_workgroup_size_x = 1024;
+        l
+    }] {
+        for head_dim in 1..=FLASH_MAX_HEAD_DIM {
+            let tiles = FlashTiles::choose(&limits, head_dim).expect("tiles for every head size");
+            assert!(tiles.workgroup_bytes(head_dim) <= limits.max_compute_workgroup_storage_size as usize);
+            assert!(tiles.workgroup() <= limits.max_compute_invocations_per_workgroup);
+            assert!(tiles.queries as usize >= FLASH_MAX_GROUP && tiles.keys >= 1);
+            assert!(tiles.keys <= 8 * tiles.slices);
+        }
+    }
+    assert!(FlashTiles::choose(&wgpu::Limits::default(), 257).is_err());
+    assert!(FlashTiles::choose(&wgpu::Limits::default(), 0).is_err());
+}
+
+/// Lavapipe timings for the README (not a test: `cargo test ... time_attention -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn time_flash_against_row_attention() {
+    let gpu = gpu();
+    for (sequences, length, heads, kv_heads, head_dim) in [(8, 512, 9, 3, 64), (64, 128, 9, 3, 64)] {
+        let times = time_attention(&gpu, sequences, length, heads, kv_heads, head_dim, 3).expect("timing");
+        eprintln!("{times}");
+    }
+}
