@@ -2,22 +2,29 @@
 // style. One workgroup per (block of query rows, KV head). A block's rows all belong to one
 // sequence (`blocks[i] = (first row, row count, sequence start, 0)`, built by the host), and
 // the workgroup serves every query head of the KV head's group: its QUERIES query slots are
-// (row, head) pairs, row-major, so K/V tiles staged in workgroup memory are shared by the
-// block's rows and by the group's heads.
+// (row, head) pairs, row-major, so the K/V tiles staged in workgroup memory are shared by
+// the block's rows and by the group's heads.
 //
-// Keys run from the sequence start to the block's last row (tiles above the causal diagonal
-// are never loaded), KEYS at a time. Each query slot has SLICES invocations; invocation
-// `slice` of a slot scores keys slice, slice + SLICES, .. of the tile, then owns output
-// dimensions slice, slice + SLICES, .. (at most DIMS of them) and folds the tile into them
-// with an online softmax (running max and sum), all in f32.
+// Keys run from the sequence start to the block's last row, KEYS at a time (tiles above the
+// causal diagonal are never loaded). Per tile:
+// 1. stage K (and V) as vec4 rows;
+// 2. scores S = Q K^T * scale, masked at the diagonal: each invocation computes a register
+//    block of ROWS query slots x up to KEYS_PER_SLICE keys (q read as vec4 from global
+//    memory, k from the tile), so one vec4 load feeds several multiply-adds;
+// 3. online softmax, one query slot per invocation: new running max, P = exp(S - max) in
+//    place, the running sum, and the factor that rescales the slot's output so far;
+// 4. O = O * factor + P V: each invocation keeps ROWS query slots x COLUMNS vec4 output
+//    columns in registers (one scalar p and one vec4 of V feed four multiply-adds).
+// All in f32. Invocation (group, slice) owns query slots group + i * GROUPS and columns
+// slice + c * SLICES (strided: neighbouring invocations read neighbouring rows of the tile
+// and write neighbouring vec4s). Tile rows are padded (one vec4 for K/V, one float for S)
+// against bank conflicts. With SPLIT_KV the K and V tiles have their own storage and are
+// loaded together; without it V overwrites K once the scores are taken (less workgroup
+// memory, a second pass over global memory per tile).
 //
-// Tile rows are padded by one float (HEAD_DIM + 1, KEYS + 1) so that the invocations of a
-// warp read different banks. With SPLIT_KV the K and V tiles have their own storage and are
-// loaded together; without it V overwrites K once the scores are taken (half the workgroup
-// memory, one more barrier per tile).
-//
-// Query head h reads KV head h / (heads / kv_heads); token t of a sequence starting at s
-// attends to keys s..=t, scaled by 1/sqrt(head_dim) (`p.scale`).
+// HEAD_DIM must be a multiple of 4 and at most 16 * SLICES (<= 256). Query head h reads KV
+// head h / (heads / kv_heads); token t of a sequence starting at s attends to keys s..=t,
+// scaled by `p.scale` (1/sqrt(head_dim)).
 
 struct Params {
     heads: u32,
@@ -33,41 +40,50 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 // [tokens, heads * HEAD_DIM], rotary applied.
-@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 // [tokens, kv_heads * HEAD_DIM].
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 // (first query row, row count, sequence start, unused).
 @group(0) @binding(4) var<storage, read> blocks: array<vec4<u32>>;
 // [tokens, heads * HEAD_DIM].
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
 override HEAD_DIM: u32 = 64u;
-// Invocations per query slot: ceil(HEAD_DIM / DIMS).
+// Invocations per group of ROWS query slots: ceil(HEAD_DIM / (4 * COLUMNS)).
 override SLICES: u32 = 4u;
-// (row, head) query slots per workgroup; the host's blocks have QUERIES / group rows.
-override QUERIES: u32 = 32u;
+// (row, head) query slots per workgroup, a multiple of ROWS; blocks have QUERIES / group rows.
+override QUERIES: u32 = 64u;
 // Keys per tile, at most SLICES * KEYS_PER_SLICE.
 override KEYS: u32 = 32u;
 override SPLIT_KV: bool = true;
-// QUERIES * SLICES.
-override WORKGROUP: u32 = 128u;
+// QUERIES / ROWS * SLICES.
+override WORKGROUP: u32 = 64u;
 
-// Output dimensions per invocation: HEAD_DIM <= 16 * DIMS = 256.
-const DIMS: u32 = 16u;
+// Query slots per invocation.
+const ROWS: u32 = 4u;
+// vec4 output columns per invocation.
+const COLUMNS: u32 = 4u;
 // Most keys one invocation scores per tile.
 const KEYS_PER_SLICE: u32 = 8u;
 // Below any real score, and far enough from -FLT_MAX that subtracting stays finite.
 const LOWEST: f32 = -1.0e30;
 
-override ROW: u32 = HEAD_DIM + 1u;
-override V_OFFSET: u32 = select(0u, KEYS * ROW, SPLIT_KV);
+override HD4: u32 = HEAD_DIM / 4u;
+override ROW4: u32 = HD4 + 1u;
+override GROUPS: u32 = QUERIES / ROWS;
+override V_OFFSET: u32 = select(0u, KEYS * ROW4, SPLIT_KV);
+override KV_VEC4S: u32 = select(1u, 2u, SPLIT_KV) * KEYS * ROW4;
 override SCORE_ROW: u32 = KEYS + 1u;
-override KV_FLOATS: u32 = select(1u, 2u, SPLIT_KV) * KEYS * ROW;
 override SCORE_FLOATS: u32 = QUERIES * SCORE_ROW;
 
-var<workgroup> kv: array<f32, KV_FLOATS>;
+var<workgroup> kv: array<vec4<f32>, KV_VEC4S>;
+// Scores, then probabilities, of the tile: [QUERIES, KEYS] (rows padded).
 var<workgroup> scores: array<f32, SCORE_FLOATS>;
+// Per query slot: running max and sum, and this tile's rescaling factor.
+var<workgroup> row_max: array<f32, QUERIES>;
+var<workgroup> row_sum: array<f32, QUERIES>;
+var<workgroup> row_factor: array<f32, QUERIES>;
 
 @compute @workgroup_size(WORKGROUP)
 fn main(
@@ -85,93 +101,134 @@ fn main(
     let count = block.y;
     let start = block.z;
     let end = first + count; // one past the last key any row of the block sees
-
     let group = p.heads / p.kv_heads;
-    let slot = lid / SLICES;
-    let slice = lid % SLICES;
-    let writes = slot < count * group;
-    // Idle slots shadow the block's last row, so their arithmetic stays finite.
-    let t = first + min(slot / group, count - 1u);
-    let h = kv_head * group + slot % group;
-    let q_base = t * p.heads * HEAD_DIM + h * HEAD_DIM;
-    let kv_stride = p.kv_heads * HEAD_DIM;
-    let kv_base = kv_head * HEAD_DIM;
-    let score_base = slot * SCORE_ROW;
+    let used = count * group;
 
-    var acc: array<f32, DIMS>;
-    var m = LOWEST;
-    var l = 0.0;
+    let qgroup = lid / SLICES;
+    let slice = lid % SLICES;
+    // This invocation's query slots: their query row, and where their q and out start.
+    var slots: array<u32, ROWS>;
+    var rows: array<u32, ROWS>;
+    var bases: array<u32, ROWS>;
+    for (var i = 0u; i < ROWS; i = i + 1u) {
+        let slot = qgroup + i * GROUPS;
+        // Idle slots shadow the block's last row, so their arithmetic stays finite.
+        let t = first + min(slot / group, count - 1u);
+        slots[i] = slot;
+        rows[i] = t;
+        bases[i] = (t * p.heads + kv_head * group + slot % group) * HD4;
+    }
+    for (var r = lid; r < QUERIES; r = r + WORKGROUP) {
+        row_max[r] = LOWEST;
+        row_sum[r] = 0.0;
+    }
+    let kv_stride = p.kv_heads * HD4;
+    let kv_base = kv_head * HD4;
+
+    var acc: array<vec4<f32>, ROWS * COLUMNS>;
     for (var tile = start; tile < end; tile = tile + KEYS) {
         let n = min(KEYS, end - tile);
-        for (var i = lid; i < n * HEAD_DIM; i = i + WORKGROUP) {
-            let key = i / HEAD_DIM;
-            let d = i % HEAD_DIM;
-            let src = (tile + key) * kv_stride + kv_base + d;
-            kv[key * ROW + d] = k[src];
+        for (var i = lid; i < n * HD4; i = i + WORKGROUP) {
+            let key = i / HD4;
+            let c = i % HD4;
+            let src = (tile + key) * kv_stride + kv_base + c;
+            kv[key * ROW4 + c] = k[src];
             if (SPLIT_KV) {
-                kv[V_OFFSET + key * ROW + d] = v[src];
+                kv[V_OFFSET + key * ROW4 + c] = v[src];
             }
         }
         workgroupBarrier();
 
-        // Scores of this slot against keys slice, slice + SLICES, .. of the tile. Keys past
-        // `n` read the previous tile's (finite) values and are masked with the diagonal.
-        var dots: array<f32, KEYS_PER_SLICE>;
-        for (var d = 0u; d < HEAD_DIM; d = d + 1u) {
-            let qd = q[q_base + d];
+        // Scores of slots x keys slice, slice + SLICES, .. . Keys past `n` read the
+        // previous tile's (finite) values and are masked with the diagonal.
+        var dots: array<f32, ROWS * KEYS_PER_SLICE>;
+        for (var c = 0u; c < HD4; c = c + 1u) {
+            var qv: array<vec4<f32>, ROWS>;
+            for (var i = 0u; i < ROWS; i = i + 1u) {
+                qv[i] = q[bases[i] + c];
+            }
             for (var j = 0u; j < KEYS_PER_SLICE; j = j + 1u) {
                 let key = slice + j * SLICES;
                 if (key < KEYS) {
-                    dots[j] = dots[j] + qd * kv[key * ROW + d];
+                    let kc = kv[key * ROW4 + c];
+                    for (var i = 0u; i < ROWS; i = i + 1u) {
+                        dots[i * KEYS_PER_SLICE + j] = dots[i * KEYS_PER_SLICE + j] + dot(qv[i], kc);
+                    }
                 }
             }
         }
         for (var j = 0u; j < KEYS_PER_SLICE; j = j + 1u) {
             let key = slice + j * SLICES;
             if (key < KEYS) {
-                scores[score_base + key] = select(LOWEST, dots[j] * p.scale, tile + key <= t);
+                for (var i = 0u; i < ROWS; i = i + 1u) {
+                    let s = select(LOWEST, dots[i * KEYS_PER_SLICE + j] * p.scale, tile + key <= rows[i]);
+                    scores[slots[i] * SCORE_ROW + key] = s;
+                }
             }
         }
         workgroupBarrier();
 
         if (!SPLIT_KV) {
-            for (var i = lid; i < n * HEAD_DIM; i = i + WORKGROUP) {
-                let key = i / HEAD_DIM;
-                let d = i % HEAD_DIM;
-                kv[key * ROW + d] = v[(tile + key) * kv_stride + kv_base + d];
+            for (var i = lid; i < n * HD4; i = i + WORKGROUP) {
+                let key = i / HD4;
+                let c = i % HD4;
+                kv[key * ROW4 + c] = v[(tile + key) * kv_stride + kv_base + c];
             }
-            workgroupBarrier();
         }
+        // Online softmax, one slot per invocation.
+        for (var r = lid; r < QUERIES; r = r + WORKGROUP) {
+            let base = r * SCORE_ROW;
+            let old = row_max[r];
+            var m = old;
+            for (var j = 0u; j < n; j = j + 1u) {
+                m = max(m, scores[base + j]);
+            }
+            var sum = 0.0;
+            for (var j = 0u; j < n; j = j + 1u) {
+                let e = exp(scores[base + j] - m);
+                scores[base + j] = e;
+                sum = sum + e;
+            }
+            let factor = exp(old - m);
+            row_factor[r] = factor;
+            row_sum[r] = row_sum[r] * factor + sum;
+            row_max[r] = m;
+        }
+        workgroupBarrier();
 
-        var tile_max = m;
-        for (var j = 0u; j < n; j = j + 1u) {
-            tile_max = max(tile_max, scores[score_base + j]);
-        }
-        let correction = exp(m - tile_max);
-        l = l * correction;
-        for (var r = 0u; r < DIMS; r = r + 1u) {
-            acc[r] = acc[r] * correction;
+        for (var i = 0u; i < ROWS; i = i + 1u) {
+            let factor = row_factor[slots[i]];
+            for (var c = 0u; c < COLUMNS; c = c + 1u) {
+                acc[i * COLUMNS + c] = acc[i * COLUMNS + c] * factor;
+            }
         }
         for (var j = 0u; j < n; j = j + 1u) {
-            let weight = exp(scores[score_base + j] - tile_max);
-            l = l + weight;
-            let v_row = V_OFFSET + j * ROW;
-            for (var r = 0u; r < DIMS; r = r + 1u) {
-                let d = slice + r * SLICES;
-                if (d < HEAD_DIM) {
-                    acc[r] = acc[r] + weight * kv[v_row + d];
+            var pj: array<f32, ROWS>;
+            for (var i = 0u; i < ROWS; i = i + 1u) {
+                pj[i] = scores[slots[i] * SCORE_ROW + j];
+            }
+            let v_row = V_OFFSET + j * ROW4;
+            for (var c = 0u; c < COLUMNS; c = c + 1u) {
+                let column = slice + c * SLICES;
+                if (column < HD4) {
+                    let vc = kv[v_row + column];
+                    for (var i = 0u; i < ROWS; i = i + 1u) {
+                        acc[i * COLUMNS + c] = acc[i * COLUMNS + c] + pj[i] * vc;
+                    }
                 }
             }
         }
-        m = tile_max;
         workgroupBarrier();
     }
 
-    if (writes) {
-        for (var r = 0u; r < DIMS; r = r + 1u) {
-            let d = slice + r * SLICES;
-            if (d < HEAD_DIM) {
-                out[q_base + d] = acc[r] / l;
+    for (var i = 0u; i < ROWS; i = i + 1u) {
+        if (slots[i] < used) {
+            let inverse = 1.0 / row_sum[slots[i]];
+            for (var c = 0u; c < COLUMNS; c = c + 1u) {
+                let column = slice + c * SLICES;
+                if (column < HD4) {
+                    out[bases[i] + column] = acc[i * COLUMNS + c] * inverse;
+                }
             }
         }
     }

@@ -70,73 +70,85 @@ pub struct FlashParams {
     pub _pad: [u32; 3],
 }
 
-/// Largest head size [`FlashAttention`] handles (16 output dimensions per invocation, 16
-/// invocations per query slot), as for [`RowAttention`].
+/// Largest head size [`FlashAttention`] handles (16 output dimensions per invocation, at
+/// most 16 invocations per group of query slots), as for [`RowAttention`].
 pub const FLASH_MAX_HEAD_DIM: usize = 256;
 /// Largest GQA group (query heads per KV head) [`FlashAttention`] handles.
 pub const FLASH_MAX_GROUP: usize = 8;
+/// Query slots per invocation (`ROWS` in the shader).
+const FLASH_ROWS: usize = 4;
+/// Most keys one invocation scores per tile (`KEYS_PER_SLICE`).
+const FLASH_KEYS_PER_SLICE: usize = 8;
+
+/// Whether [`FlashAttention`] handles this head size: a multiple of 4 (q, k, v and out are
+/// read as vec4) up to [`FLASH_MAX_HEAD_DIM`]. Other sizes use [`RowAttention`].
+pub fn flash_supports_head_dim(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim % 4 == 0 && head_dim <= FLASH_MAX_HEAD_DIM
+}
+
+fn check_head_dim(head_dim: usize) -> Result<()> {
+    if !flash_supports_head_dim(head_dim) {
+        bail!("flash attention handles head sizes that are multiples of 4 up to {FLASH_MAX_HEAD_DIM}, not {head_dim}");
+    }
+    Ok(())
+}
 
 /// Tile sizes of the flash kernel, chosen from the head size and the adapter's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlashTiles {
-    /// Invocations per query slot: `ceil(head_dim / 16)`.
+    /// Invocations per group of 4 query slots: `ceil(head_dim / 16)`.
     pub slices: u32,
-    /// (row, head) query slots per workgroup; a block has `queries / group` rows.
+    /// (row, head) query slots per workgroup, a multiple of 4 and at least 8; a block has
+    /// `queries / group` rows.
     pub queries: u32,
     /// Keys per K/V tile (at most `8 * slices`).
     pub keys: u32,
-    /// K and V tiles side by side (else V overwrites K after the scores: half the memory).
+    /// K and V tiles side by side (else V overwrites K after the scores: less memory).
     pub split_kv: bool,
 }
 
 impl FlashTiles {
-    /// The largest tiles that fit `limits`: up to 256 invocations and 64 query slots per
-    /// workgroup, split K/V tiles of at least 16 keys when the workgroup memory allows,
-    /// otherwise one shared tile, otherwise fewer query slots.
+    /// Tiles for `head_dim` within `limits`: 64 query slots (fewer if the invocation or
+    /// memory limits say so), split K/V tiles when at least 16 keys (or `8 * slices`) fit,
+    /// otherwise one shared K/V tile, as many keys as fit up to `8 * slices` and 64.
     pub fn choose(limits: &wgpu::Limits, head_dim: usize) -> Result<Self> {
-        if head_dim == 0 || head_dim > FLASH_MAX_HEAD_DIM {
-            bail!("flash attention handles head sizes 1..={FLASH_MAX_HEAD_DIM}, not {head_dim}");
-        }
-        let slices = head_dim.div_ceil(16);
+        check_head_dim(head_dim)?;
+        let slices = head_dim.div_ceil(4 * FLASH_ROWS);
         let invocations =
             (limits.max_compute_invocations_per_workgroup.min(limits.max_compute_workgroup_size_x) as usize).min(256);
-        let floats = limits.max_compute_workgroup_storage_size as usize / 4;
-        let max_keys = (8 * slices).min(64);
+        let bytes = limits.max_compute_workgroup_storage_size as usize;
+        let max_keys = (FLASH_KEYS_PER_SLICE * slices).min(64);
         // Rounded down to a multiple of `slices` so that every invocation scores as many keys.
         let round = |keys: usize| if keys >= slices { keys / slices * slices } else { keys };
-        let mut queries = (invocations / slices).min(64);
+        let mut queries = (invocations / slices * FLASH_ROWS).min(64);
         while queries >= FLASH_MAX_GROUP {
-            for (split, least) in [(true, 16.min(max_keys)), (false, 1)] {
-                // kv: (1 or 2) * keys * (head_dim + 1); scores: queries * (keys + 1).
-                let per_key = if split { 2 } else { 1 } * (head_dim + 1) + queries;
-                let keys = round(floats.saturating_sub(queries) / per_key).min(max_keys);
-                if keys >= least && keys >= 1 {
-                    return Ok(FlashTiles {
-                        slices: slices as u32,
-                        queries: queries as u32,
-                        keys: keys as u32,
-                        split_kv: split,
-                    });
+            for (split_kv, least) in [(true, 16.min(max_keys)), (false, 1)] {
+                let tiles = FlashTiles { slices: slices as u32, queries: queries as u32, keys: 0, split_kv };
+                let fixed = tiles.workgroup_bytes(head_dim);
+                let per_key = FlashTiles { keys: 1, ..tiles }.workgroup_bytes(head_dim) - fixed;
+                let keys = round(bytes.saturating_sub(fixed) / per_key).min(max_keys);
+                if keys >= least.max(1) {
+                    return Ok(FlashTiles { keys: keys as u32, ..tiles });
                 }
             }
-            queries /= 2;
+            queries = queries / 2 / FLASH_ROWS * FLASH_ROWS;
         }
         bail!(
-            "flash attention with head size {head_dim} does not fit this adapter ({} bytes of workgroup memory, {} invocations)",
-            limits.max_compute_workgroup_storage_size,
-            invocations
+            "flash attention with head size {head_dim} does not fit this adapter ({bytes} bytes of workgroup memory, {invocations} invocations)"
         )
     }
 
     /// Invocations per workgroup.
     pub fn workgroup(&self) -> u32 {
-        self.queries * self.slices
+        self.queries / FLASH_ROWS as u32 * self.slices
     }
 
-    /// Workgroup memory the kernel declares, in bytes.
+    /// Workgroup memory the kernel declares, in bytes: the K/V tile(s) in vec4 rows padded
+    /// by one, the scores (rows padded by one) and three floats per query slot.
     pub fn workgroup_bytes(&self, head_dim: usize) -> usize {
-        let kv = if self.split_kv { 2 } else { 1 } * self.keys as usize * (head_dim + 1);
-        4 * (kv + self.queries as usize * (self.keys as usize + 1))
+        let (queries, keys) = (self.queries as usize, self.keys as usize);
+        let kv = if self.split_kv { 2 } else { 1 } * keys * (head_dim / 4 + 1) * 16;
+        kv + 4 * queries * (keys + 1) + 12 * queries
     }
 
     /// Query rows per block for a GQA group of `group` query heads per KV head.
@@ -180,7 +192,8 @@ pub fn causal_attention_flops(lengths: &[u32], heads: usize, head_dim: usize) ->
 /// Causal prefill attention, flash style: one workgroup per (block of query rows of one
 /// sequence, KV head). K/V tiles in workgroup memory are shared by the block's rows and by
 /// every query head of the KV head's group; online softmax in f32; key tiles above the
-/// block's causal diagonal are never loaded. Compiled for one head size.
+/// block's causal diagonal are never loaded. Compiled for one head size, a multiple of 4
+/// ([`flash_supports_head_dim`]).
 pub struct FlashAttention {
     kernel: Kernel,
     head_dim: usize,
@@ -196,10 +209,13 @@ impl FlashAttention {
 
     /// Compiles the kernel with the given tiles (benchmarks and tests).
     pub fn with_tiles(device: &wgpu::Device, head_dim: usize, tiles: FlashTiles) -> Result<Self> {
-        if head_dim == 0 || head_dim > FLASH_MAX_HEAD_DIM {
-            bail!("flash attention handles head sizes 1..={FLASH_MAX_HEAD_DIM}, not {head_dim}");
-        }
-        if tiles.slices as usize != head_dim.div_ceil(16) || tiles.keys == 0 || tiles.keys > 8 * tiles.slices {
+        check_head_dim(head_dim)?;
+        let valid = tiles.slices as usize == head_dim.div_ceil(4 * FLASH_ROWS)
+            && tiles.keys >= 1
+            && tiles.keys as usize <= FLASH_KEYS_PER_SLICE * tiles.slices as usize
+            && tiles.queries as usize % FLASH_ROWS == 0
+            && tiles.queries as usize >= FLASH_MAX_GROUP;
+        if !valid {
             bail!("flash attention tiles {tiles:?} do not fit head size {head_dim}");
         }
         let constants = [

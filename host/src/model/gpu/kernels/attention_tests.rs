@@ -276,16 +276,29 @@ fn tiles_fit_the_limits() {
         l.max_compute_workgroup_size_x = 1024;
         l
     }] {
-        for head_dim in 1..=FLASH_MAX_HEAD_DIM {
+        for head_dim in (4..=FLASH_MAX_HEAD_DIM).step_by(4) {
             let tiles = FlashTiles::choose(&limits, head_dim).expect("tiles for every head size");
             assert!(tiles.workgroup_bytes(head_dim) <= limits.max_compute_workgroup_storage_size as usize);
             assert!(tiles.workgroup() <= limits.max_compute_invocations_per_workgroup);
-            assert!(tiles.queries as usize >= FLASH_MAX_GROUP && tiles.keys >= 1);
+            assert!(tiles.queries as usize >= FLASH_MAX_GROUP && tiles.queries % 4 == 0 && tiles.keys >= 1);
             assert!(tiles.keys <= 8 * tiles.slices);
         }
     }
-    assert!(FlashTiles::choose(&wgpu::Limits::default(), 257).is_err());
-    assert!(FlashTiles::choose(&wgpu::Limits::default(), 0).is_err());
+    for head_dim in [0, 1, 66, 258, 260] {
+        assert!(!flash_supports_head_dim(head_dim));
+        assert!(FlashTiles::choose(&wgpu::Limits::default(), head_dim).is_err(), "head size {head_dim}");
+    }
+}
+
+#[test]
+fn flash_attention_refuses_what_it_cannot_do() {
+    let gpu = gpu();
+    assert!(FlashAttention::new(&gpu.device, 66).is_err(), "head sizes must be multiples of 4");
+    let tiles = FlashTiles { slices: 4, queries: 10, keys: 8, split_kv: true };
+    assert!(FlashAttention::with_tiles(&gpu.device, 64, tiles).is_err(), "query slots must be multiples of 4");
+    let flash = FlashAttention::new(&gpu.device, 64).expect("compiling flash attention");
+    assert!(flash.supports(9, 3) && flash.supports(32, 4) && flash.supports(8, 1));
+    assert!(!flash.supports(9, 1) && !flash.supports(9, 2) && !flash.supports(4, 0));
 }
 
 /// Lavapipe timings for the README (not a test: `cargo test ... time_attention -- --ignored --nocapture`).
@@ -294,7 +307,7 @@ fn tiles_fit_the_limits() {
 fn time_flash_against_row_attention() {
     let gpu = gpu();
     for (sequences, length, heads, kv_heads, head_dim) in [(8, 512, 9, 3, 64), (64, 128, 9, 3, 64)] {
-        let times = time_attention(&gpu, sequences, length, heads, kv_heads, head_dim, 3).expect("timing");
+        let times = time_attention(&gpu, sequences, length, heads, kv_heads, head_dim, 1).expect("timing");
         eprintln!("{times}");
     }
 }
