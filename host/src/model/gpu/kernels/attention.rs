@@ -83,7 +83,7 @@ const FLASH_KEYS_PER_SLICE: usize = 8;
 /// Whether [`FlashAttention`] handles this head size: a multiple of 4 (q, k, v and out are
 /// read as vec4) up to [`FLASH_MAX_HEAD_DIM`]. Other sizes use [`RowAttention`].
 pub fn flash_supports_head_dim(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim % 4 == 0 && head_dim <= FLASH_MAX_HEAD_DIM
+    head_dim > 0 && head_dim.is_multiple_of(4) && head_dim <= FLASH_MAX_HEAD_DIM
 }
 
 fn check_head_dim(head_dim: usize) -> Result<()> {
@@ -213,7 +213,7 @@ impl FlashAttention {
         let valid = tiles.slices as usize == head_dim.div_ceil(4 * FLASH_ROWS)
             && tiles.keys >= 1
             && tiles.keys as usize <= FLASH_KEYS_PER_SLICE * tiles.slices as usize
-            && tiles.queries as usize % FLASH_ROWS == 0
+            && (tiles.queries as usize).is_multiple_of(FLASH_ROWS)
             && tiles.queries as usize >= FLASH_MAX_GROUP;
         if !valid {
             bail!("flash attention tiles {tiles:?} do not fit head size {head_dim}");
@@ -245,7 +245,7 @@ impl FlashAttention {
     /// at most [`FLASH_MAX_GROUP`], and at most the workgroup's query slots).
     pub fn supports(&self, heads: usize, kv_heads: usize) -> bool {
         kv_heads > 0
-            && heads % kv_heads == 0
+            && heads.is_multiple_of(kv_heads)
             && heads / kv_heads <= FLASH_MAX_GROUP
             && heads / kv_heads <= self.tiles.queries as usize
     }

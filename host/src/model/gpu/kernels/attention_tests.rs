@@ -269,18 +269,18 @@ fn blocks_cover_every_row_once_within_its_sequence() {
 
 #[test]
 fn tiles_fit_the_limits() {
-    for limits in [wgpu::Limits::default(), wgpu::Limits::downlevel_defaults(), {
-        let mut l = wgpu::Limits::default();
-        l.max_compute_workgroup_storage_size = 48 * 1024;
-        l.max_compute_invocations_per_workgroup = 1024;
-        l.max_compute_workgroup_size_x = 1024;
-        l
-    }] {
+    let large = wgpu::Limits {
+        max_compute_workgroup_storage_size: 48 * 1024,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        ..Default::default()
+    };
+    for limits in [wgpu::Limits::default(), wgpu::Limits::downlevel_defaults(), large] {
         for head_dim in (4..=FLASH_MAX_HEAD_DIM).step_by(4) {
             let tiles = FlashTiles::choose(&limits, head_dim).expect("tiles for every head size");
             assert!(tiles.workgroup_bytes(head_dim) <= limits.max_compute_workgroup_storage_size as usize);
             assert!(tiles.workgroup() <= limits.max_compute_invocations_per_workgroup);
-            assert!(tiles.queries as usize >= FLASH_MAX_GROUP && tiles.queries % 4 == 0 && tiles.keys >= 1);
+            assert!(tiles.queries as usize >= FLASH_MAX_GROUP && tiles.queries.is_multiple_of(4) && tiles.keys >= 1);
             assert!(tiles.keys <= 8 * tiles.slices);
         }
     }
