@@ -83,8 +83,8 @@ fn wgpu_splits_tensors_larger_than_a_binding() {
     let tensors = ModelTensors::locate(&config, &weights).unwrap();
     let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
     // 16 KiB parts: the 32000-row embedding becomes 250 parts, the MLP weights 2-3.
-    let model =
-        gpu::GpuModel::with_weight_part_limit(&config, &tensors, adapter, Precision::F32, Some(16 << 10)).unwrap();
+    let plan = gpu::KernelPlan::choose(&adapter.info, &adapter.caps, Precision::F32);
+    let model = gpu::GpuModel::with_options(&config, &tensors, adapter, plan, Some(16 << 10)).unwrap();
     assert_eq!(model.embedding_parts(), 250);
     let goldens = goldens("llama9-bf16");
     let cases = &goldens["cases"].as_array().unwrap()[..4];
