@@ -269,3 +269,32 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
         assert_close(g, c, &format!("sequence {i} ({} tokens): wgpu vs cpu", sequences[i].len()));
     }
 }
+
+/// The tensor-core path's arithmetic (f16 weights and inputs, f32 sums), emulated on the
+/// CPU, against transformers' f32 goldens: within the stated `F16_TOLERANCE` on every
+/// fixture. This is where the tolerance comes from; the cooperative-matrix kernel is then
+/// checked against this emulation where an adapter has tensor cores.
+#[test]
+fn f16_arithmetic_stays_within_the_stated_tolerance() {
+    use super::{F16_TOLERANCE, config::ModelConfig, cpu, layout::ModelTensors, weights::Weights};
+    for name in MODELS {
+        let dir = model_dir(name);
+        let config = ModelConfig::load(&dir).unwrap();
+        let weights = Weights::open(&dir).unwrap();
+        let tensors = ModelTensors::locate(&config, &weights).unwrap();
+        let model = cpu::CpuModel::with_arithmetic(&config, &tensors, cpu::Arithmetic::F16Inputs).unwrap();
+        let goldens = goldens(name);
+        let mut worst = 0f32;
+        for case in goldens["cases"].as_array().unwrap() {
+            let ids: Vec<u32> =
+                case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let scores = model.forward(&super::Batch::pack(&[ids])).unwrap();
+            for (a, b) in scores[0].iter().zip(floats(&case["scores"])) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        println!("{name}: max |f16 - golden| = {worst:.2e}");
+        assert!(worst <= F16_TOLERANCE, "{name}: max |f16 - golden| {worst} > {F16_TOLERANCE}");
+        assert!(worst > 0.0, "{name}: f16 emulation changed nothing; is it on?");
+    }
+}
