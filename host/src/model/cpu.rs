@@ -15,9 +15,27 @@ use rayon::prelude::*;
 struct Linear {
     /// `[out, in]`, row-major, as stored.
     weight: Vec<f32>,
+    /// Round inputs to f16 before multiplying (weights were rounded at load).
+    f16_inputs: bool,
     bias: Option<Vec<f32>>,
     out_features: usize,
     in_features: usize,
+}
+
+/// Arithmetic of the linear layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// f32 throughout: the reference.
+    F32,
+    /// Weights and inputs rounded to f16, products summed in f32: what tensor cores
+    /// compute (a product of two f16 values is exact in f32), up to summation order. Tests
+    /// use it to state the f16 path's tolerance from the fixtures, on any machine.
+    F16Inputs,
+}
+
+/// `v` rounded to the nearest f16 (saturating to ±inf beyond its range), back in f32.
+fn round_to_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
 }
 
 struct Norm {
@@ -47,9 +65,15 @@ pub struct CpuModel {
 }
 
 impl Linear {
-    fn new(t: &LinearTensors) -> Self {
+    fn new(t: &LinearTensors, arithmetic: Arithmetic) -> Self {
+        let mut weight = t.weight.to_f32();
+        let f16_inputs = arithmetic == Arithmetic::F16Inputs;
+        if f16_inputs {
+            weight.iter_mut().for_each(|w| *w = round_to_f16(*w));
+        }
         Linear {
-            weight: t.weight.to_f32(),
+            weight,
+            f16_inputs,
             bias: t.bias.as_ref().map(|b| b.to_f32()),
             out_features: t.out_features,
             in_features: t.in_features,
@@ -58,6 +82,13 @@ impl Linear {
 
     /// `x @ W^T (+ b)` for `rows` rows of `x`.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let rounded: Vec<f32>;
+        let x = if self.f16_inputs {
+            rounded = x.iter().map(|&v| round_to_f16(v)).collect();
+            &rounded
+        } else {
+            x
+        };
         let (n, k) = (self.out_features, self.in_features);
         debug_assert_eq!(x.len(), rows * k);
         let mut out = vec![0f32; rows * n];
@@ -128,19 +159,25 @@ impl Norm {
 
 impl CpuModel {
     pub fn new(config: &ModelConfig, tensors: &ModelTensors) -> Result<Self> {
+        Self::with_arithmetic(config, tensors, Arithmetic::F32)
+    }
+
+    /// The model with linear layers in the given arithmetic.
+    pub fn with_arithmetic(config: &ModelConfig, tensors: &ModelTensors, arithmetic: Arithmetic) -> Result<Self> {
+        let linear = |t: &LinearTensors| Linear::new(t, arithmetic);
         let layers = tensors
             .layers
             .iter()
             .map(|l| Layer {
                 input_norm: Norm::new(&l.input_norm),
-                q: Linear::new(&l.q),
-                k: Linear::new(&l.k),
-                v: Linear::new(&l.v),
-                o: Linear::new(&l.o),
+                q: linear(&l.q),
+                k: linear(&l.k),
+                v: linear(&l.v),
+                o: linear(&l.o),
                 post_norm: Norm::new(&l.post_norm),
-                gate: l.gate.as_ref().map(Linear::new),
-                up: Linear::new(&l.up),
-                down: Linear::new(&l.down),
+                gate: l.gate.as_ref().map(linear),
+                up: linear(&l.up),
+                down: linear(&l.down),
             })
             .collect();
         Ok(CpuModel {
@@ -148,7 +185,7 @@ impl CpuModel {
             embed: tensors.embed.to_f32(),
             layers,
             final_norm: Norm::new(&tensors.final_norm),
-            score: Linear::new(&tensors.score),
+            score: linear(&tensors.score),
             rope: RopeTable::new(config, config.max_positions),
         })
     }

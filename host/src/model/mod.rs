@@ -35,6 +35,11 @@ pub enum Device {
     Cpu,
 }
 
+/// Largest |score difference| allowed between the f16 (tensor-core) path and f32
+/// transformers. The fixtures' worst case under emulated f16 arithmetic is recorded in
+/// `f16_arithmetic_stays_within_the_stated_tolerance`; see the README.
+pub const F16_TOLERANCE: f32 = 2e-2;
+
 /// Arithmetic of the wgpu path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Precision {

@@ -83,8 +83,8 @@ fn wgpu_splits_tensors_larger_than_a_binding() {
     let tensors = ModelTensors::locate(&config, &weights).unwrap();
     let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
     // 16 KiB parts: the 32000-row embedding becomes 250 parts, the MLP weights 2-3.
-    let model =
-        gpu::GpuModel::with_weight_part_limit(&config, &tensors, adapter, Precision::F32, Some(16 << 10)).unwrap();
+    let plan = gpu::KernelPlan::choose(&adapter.info, &adapter.caps, Precision::F32);
+    let model = gpu::GpuModel::with_options(&config, &tensors, adapter, plan, Some(16 << 10)).unwrap();
     assert_eq!(model.embedding_parts(), 250);
     let goldens = goldens("llama9-bf16");
     let cases = &goldens["cases"].as_array().unwrap()[..4];
@@ -267,5 +267,34 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
     let (ours, reference) = (gpu_model.forward(&batch).unwrap(), cpu_model.forward(&batch).unwrap());
     for (i, (g, c)) in ours.iter().zip(&reference).enumerate() {
         assert_close(g, c, &format!("sequence {i} ({} tokens): wgpu vs cpu", sequences[i].len()));
+    }
+}
+
+/// The tensor-core path's arithmetic (f16 weights and inputs, f32 sums), emulated on the
+/// CPU, against transformers' f32 goldens: within the stated `F16_TOLERANCE` on every
+/// fixture. This is where the tolerance comes from; the cooperative-matrix kernel is then
+/// checked against this emulation where an adapter has tensor cores.
+#[test]
+fn f16_arithmetic_stays_within_the_stated_tolerance() {
+    use super::{F16_TOLERANCE, config::ModelConfig, cpu, layout::ModelTensors, weights::Weights};
+    for name in MODELS {
+        let dir = model_dir(name);
+        let config = ModelConfig::load(&dir).unwrap();
+        let weights = Weights::open(&dir).unwrap();
+        let tensors = ModelTensors::locate(&config, &weights).unwrap();
+        let model = cpu::CpuModel::with_arithmetic(&config, &tensors, cpu::Arithmetic::F16Inputs).unwrap();
+        let goldens = goldens(name);
+        let mut worst = 0f32;
+        for case in goldens["cases"].as_array().unwrap() {
+            let ids: Vec<u32> =
+                case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let scores = model.forward(&super::Batch::pack(&[ids])).unwrap();
+            for (a, b) in scores[0].iter().zip(floats(&case["scores"])) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        println!("{name}: max |f16 - golden| = {worst:.2e}");
+        assert!(worst <= F16_TOLERANCE, "{name}: max |f16 - golden| {worst} > {F16_TOLERANCE}");
+        assert!(worst > 0.0, "{name}: f16 emulation changed nothing; is it on?");
     }
 }

@@ -75,16 +75,18 @@ pub struct GpuModel {
 
 impl GpuModel {
     pub fn new(config: &ModelConfig, tensors: &ModelTensors, gpu: Gpu, precision: Precision) -> Result<Self> {
-        Self::with_weight_part_limit(config, tensors, gpu, precision, None)
+        let plan = KernelPlan::choose(&gpu.info, &gpu.caps, precision);
+        Self::with_options(config, tensors, gpu, plan, None)
     }
 
-    /// Like [`GpuModel::new`], splitting weights into parts of at most `part_bytes`
-    /// (tests use this to exercise the split path on small models).
-    pub fn with_weight_part_limit(
+    /// [`GpuModel::new`] with a given kernel plan (benches compare plans in one run), and
+    /// weights split into parts of at most `part_bytes` (tests use this to exercise the
+    /// split path on small models).
+    pub fn with_options(
         config: &ModelConfig,
         tensors: &ModelTensors,
         gpu: Gpu,
-        precision: Precision,
+        plan: KernelPlan,
         part_bytes: Option<usize>,
     ) -> Result<Self> {
         for (what, k) in [("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size)] {
@@ -95,7 +97,6 @@ impl GpuModel {
         if config.head_dim > 256 {
             bail!("the wgpu path supports head_dim up to 256, this model has {}", config.head_dim);
         }
-        let plan = KernelPlan::choose(&gpu.info, &gpu.caps, precision);
         let device = &gpu.device;
         let limits = &gpu.caps.limits;
         let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) as usize;

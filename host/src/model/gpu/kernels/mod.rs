@@ -152,7 +152,7 @@ impl KernelTimes {
         let mut out =
             format!("{:<16} {:>10} {:>12} {:>7} {:>9}\n", "kernel", "dispatches", "GPU ms", "share", "TFLOP/s");
         for (name, count, seconds, flops) in rows {
-            let rate = if flops > 0.0 && seconds > 0.0 { format!("{:.3}", flops / seconds / 1e12) } else { "-".into() };
+            let rate = if flops > 0.0 && seconds > 0.0 { format!("{:.4}", flops / seconds / 1e12) } else { "-".into() };
             let share = if total > 0.0 { 100.0 * seconds / total } else { 0.0 };
             out += &format!("{name:<16} {count:>10} {:>12.3} {share:>6.1}% {rate:>9}\n", seconds * 1e3);
         }
