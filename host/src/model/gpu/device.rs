@@ -107,12 +107,15 @@ pub fn open_device(choice: AdapterChoice) -> Result<Option<Gpu>> {
 pub enum AttentionVariant {
     /// `attention.wgsl`: one workgroup per (query row, head).
     Rows,
+    /// `flash_attention.wgsl`: one workgroup per (block of queries, KV head).
+    Flash,
 }
 
 impl AttentionVariant {
     pub fn name(self) -> &'static str {
         match self {
             AttentionVariant::Rows => "rows",
+            AttentionVariant::Flash => "flash",
         }
     }
 }
@@ -143,8 +146,11 @@ impl KernelPlan {
         KernelPlan {
             matmul,
             matmul_reason,
-            attention: AttentionVariant::Rows,
-            attention_reason: "the only attention kernel in this build".to_owned(),
+            attention: AttentionVariant::Flash,
+            attention_reason: "K/V tiles in workgroup memory shared by a block of queries and its GQA group \
+                               (models whose head size is not a multiple of 4 up to 256, or whose GQA group \
+                               is above 8, use the row kernel)"
+                .to_owned(),
             f16_weights: false,
         }
     }

@@ -10,7 +10,7 @@
 //! for each sequence's last token.
 
 use super::GpuModel;
-use super::kernels::attention::AttentionParams;
+use super::kernels::attention::{AttentionParams, FlashParams, attention_blocks, causal_attention_flops};
 use super::kernels::embedding::EmbeddingParams;
 use super::kernels::last_token::GatherParams;
 use super::kernels::matmul::{Epilogue, MatmulParams};
@@ -33,10 +33,10 @@ impl GpuModel {
             *slot = Some(Workspace::new(&self.gpu.device, self.widths(), tokens, sequences, self.max_tokens_per_pass));
         }
         let ws = slot.as_mut().expect("workspace just made");
-        self.write_inputs(ws, batch);
+        let flash_blocks = self.write_inputs(ws, batch);
 
         let mut rec = Recorder::new(&self.gpu.device);
-        self.record(&mut rec, ws, batch);
+        self.record(&mut rec, ws, batch, flash_blocks);
         let mut encoder =
             self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         let timestamps = rec.encode(&self.gpu.device, &self.gpu.queue, &mut ws.binds, &mut encoder, profile)?;
@@ -51,8 +51,9 @@ impl GpuModel {
         Ok((values.chunks_exact(labels).map(<[f32]>::to_vec).collect(), times))
     }
 
-    /// Token ids, positions and each query row's key range for this batch.
-    fn write_inputs(&self, ws: &Workspace, batch: &Batch) {
+    /// Token ids, positions, each query row's key range and flash attention's blocks for
+    /// this batch; returns the number of blocks.
+    fn write_inputs(&self, ws: &Workspace, batch: &Batch) -> usize {
         let queue = &self.gpu.queue;
         let mut key_ranges = Vec::with_capacity(2 * batch.ids.len());
         let (mut last_rows, mut last_positions, mut last_key_ranges) = (Vec::new(), Vec::new(), Vec::new());
@@ -64,7 +65,12 @@ impl GpuModel {
             last_positions.push(len - 1);
             last_key_ranges.extend([start, start + len]);
         }
+        let blocks: Vec<u32> = match self.widths().attention_block_rows {
+            Some(rows) => attention_blocks(&batch.starts, &batch.lengths, rows).into_iter().flatten().collect(),
+            None => Vec::new(),
+        };
         for (buffer, values) in [
+            (&ws.attention_blocks, &blocks),
             (&ws.ids, &batch.ids),
             (&ws.positions, &batch.positions),
             (&ws.key_ranges, &key_ranges),
@@ -76,9 +82,10 @@ impl GpuModel {
                 queue.write_buffer(buffer, 0, bytemuck::cast_slice(values));
             }
         }
+        blocks.len() / 4
     }
 
-    fn record<'k>(&'k self, rec: &mut Recorder<'k>, ws: &Workspace, batch: &Batch) {
+    fn record<'k>(&'k self, rec: &mut Recorder<'k>, ws: &Workspace, batch: &Batch, flash_blocks: usize) {
         let c = &self.config;
         let kernels = &self.kernels;
         let (tokens, sequences) = (batch.ids.len(), batch.lengths.len());
@@ -136,7 +143,24 @@ impl GpuModel {
             };
             self.linear(rec, &layer.q, normed, &ws.q, rows, Epilogue::Store);
             kernels.rotary.record(rec, rotary(rows, c.num_heads), &ws.q, positions, cos, sin);
-            kernels.attention.record(rec, attention(rows), &ws.q, &ws.k, &ws.v, key_ranges, &ws.attended, keys);
+            match (&kernels.flash, last) {
+                (Some(flash), false) => {
+                    let params = FlashParams {
+                        heads: c.num_heads as u32,
+                        kv_heads: c.num_kv_heads as u32,
+                        head_dim: hd as u32,
+                        blocks: 0, // set by record
+                        scale: 1.0 / (hd as f32).sqrt(),
+                        _pad: [0; 3],
+                    };
+                    let flops = causal_attention_flops(&batch.lengths, c.num_heads, hd);
+                    let (q, k, v, blocks) = (&ws.q, &ws.k, &ws.v, &ws.attention_blocks);
+                    flash.record(rec, params, q, k, v, blocks, &ws.attended, flash_blocks, flops);
+                }
+                _ => {
+                    kernels.attention.record(rec, attention(rows), &ws.q, &ws.k, &ws.v, key_ranges, &ws.attended, keys)
+                }
+            }
             self.linear(rec, &layer.o, &ws.attended, x, rows, Epilogue::Accumulate);
 
             self.norm(rec, &layer.post_norm, x, normed, rows);

@@ -23,7 +23,7 @@ use super::layout::ModelTensors;
 use super::rope::RopeTable;
 use anyhow::{Result, bail};
 use kernels::KernelTimes;
-use kernels::attention::RowAttention;
+use kernels::attention::{FlashAttention, RowAttention};
 use kernels::embedding::Embedding;
 use kernels::last_token::GatherRows;
 use kernels::matmul::Matmul;
@@ -52,6 +52,8 @@ struct Kernels {
     norm: Norm,
     rotary: Rotary,
     attention: RowAttention,
+    /// `None` where the plan or the model's head shape rules it out.
+    flash: Option<FlashAttention>,
     gather: GatherRows,
 }
 
@@ -97,8 +99,31 @@ impl GpuModel {
         if config.head_dim > 256 {
             bail!("the wgpu path supports head_dim up to 256, this model has {}", config.head_dim);
         }
+        let mut plan = plan;
         let device = &gpu.device;
         let limits = &gpu.caps.limits;
+        let flash = match plan.attention {
+            device::AttentionVariant::Flash => {
+                match FlashAttention::new(device, config.head_dim).and_then(|f| {
+                    if f.supports(config.num_heads, config.num_kv_heads) {
+                        Ok(f)
+                    } else {
+                        bail!(
+                            "a GQA group of {} query heads per KV head is more than flash attention handles",
+                            config.num_heads / config.num_kv_heads
+                        )
+                    }
+                }) {
+                    Ok(flash) => Some(flash),
+                    Err(why) => {
+                        plan.attention = device::AttentionVariant::Rows;
+                        plan.attention_reason = format!("{why:#}");
+                        None
+                    }
+                }
+            }
+            device::AttentionVariant::Rows => None,
+        };
         let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) as usize;
         let kernels = Kernels {
             matmul: Matmul::new(device, plan.matmul)?,
@@ -106,6 +131,7 @@ impl GpuModel {
             norm: Norm::new(device, config.architecture.layer_norm_1p())?,
             rotary: Rotary::new(device)?,
             attention: RowAttention::new(device)?,
+            flash,
             gather: GatherRows::new(device)?,
         };
         let upload = Uploader { device, max_binding: part_bytes.unwrap_or(max_binding).min(max_binding) };
@@ -155,7 +181,14 @@ impl GpuModel {
 
     pub fn adapter_name(&self) -> String {
         let info = &self.gpu.info;
-        format!("wgpu: {} ({:?}, {:?}; matmul {})", info.name, info.backend, info.device_type, self.plan.matmul.name())
+        format!(
+            "wgpu: {} ({:?}, {:?}; matmul {}, attention {})",
+            info.name,
+            info.backend,
+            info.device_type,
+            self.plan.matmul.name(),
+            self.plan.attention.name()
+        )
     }
 
     /// Whether the adapter has timestamp queries (`--profile`).
@@ -218,6 +251,7 @@ impl GpuModel {
             kv: c.num_kv_heads * c.head_dim,
             ffn: c.intermediate_size,
             labels: self.score.out_features,
+            attention_block_rows: self.kernels.flash.as_ref().map(|f| f.block_rows(c.num_heads, c.num_kv_heads)),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! replaces them, and its bind groups with them.
 
 use super::kernels::BindCache;
+use super::kernels::attention::max_blocks;
 
 /// Widths of the model's activations, in floats per token.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +14,8 @@ pub struct Widths {
     pub kv: usize,
     pub ffn: usize,
     pub labels: usize,
+    /// Query rows per flash-attention block, when flash attention runs.
+    pub attention_block_rows: Option<usize>,
 }
 
 pub struct Workspace {
@@ -27,6 +30,8 @@ pub struct Workspace {
     pub last_rows: wgpu::Buffer,
     pub last_positions: wgpu::Buffer,
     pub last_key_ranges: wgpu::Buffer,
+    /// Flash attention's blocks: `[first row, rows, sequence start, 0]`.
+    pub attention_blocks: wgpu::Buffer,
     // Activations.
     pub x: wgpu::Buffer,
     pub normed: wgpu::Buffer,
@@ -78,6 +83,10 @@ impl Workspace {
             last_rows: input("last rows", s),
             last_positions: input("last positions", s),
             last_key_ranges: input("last key ranges", 2 * s),
+            attention_blocks: input(
+                "attention blocks",
+                4 * widths.attention_block_rows.map_or(0, |rows| max_blocks(t, s, rows)),
+            ),
             x: scratch("residual", t * widths.hidden),
             normed: scratch("normed", t * widths.hidden),
             q: scratch("q", t * widths.q),
