@@ -102,16 +102,12 @@ fn main() {
     let tensors = ModelTensors::locate(&config, &weights).unwrap();
     let cpu_model = cpu::CpuModel::new(&config, &tensors).unwrap();
     let with_wgpu = std::env::var("STEERLM_BENCH_WGPU").map_or(true, |v| v != "0");
-    let gpu_model = with_wgpu.then(|| {
-        let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
-        gpu::GpuModel::new(&config, &tensors, adapter, steerlm::model::Precision::F32).unwrap()
-    });
 
     println!(
         "SmolLM2-135M-shaped Llama reward model, bf16 weights, f32 compute, {} CPU threads",
         rayon::current_num_threads()
     );
-    println!("{:<34} {:>10} {:>12}", "case", "seconds", "tokens/s");
+    println!("{:<44} {:>10} {:>12}", "case", "seconds", "tokens/s");
     for (texts, tokens) in [(8, 512), (64, 128)] {
         let b = batch(texts, tokens, (texts * tokens) as u64);
         let total = (texts * tokens) as f64;
@@ -124,24 +120,13 @@ fn main() {
         let seconds = started.elapsed().as_secs_f64() / runs as f64;
         let largest = cpu_model.forward(&b).unwrap().iter().flatten().map(|v| v.abs()).fold(0f32, f32::max);
         println!(
-            "{:<34} {seconds:>10.3} {:>12.0}   (largest |score| {largest:.1e})",
+            "{:<44} {seconds:>10.3} {:>12.0}   (largest |score| {largest:.1e})",
             format!("cpu, {texts} texts x {tokens} tokens"),
             total / seconds
         );
-        if let Some(model) = &gpu_model {
-            let started = Instant::now();
-            let scores = model.forward(&b).unwrap();
-            let seconds = started.elapsed().as_secs_f64();
-            let reference = cpu_model.forward(&b).unwrap();
-            let diff = scores
-                .iter()
-                .flatten()
-                .zip(reference.iter().flatten())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            let name = format!("{}, {texts} texts x {tokens} tokens", model.adapter_name());
-            println!("{name:<34} {seconds:>10.3} {:>12.1}   (max |wgpu - cpu| {diff:.1e})", total / seconds);
-        }
+    }
+    if with_wgpu {
+        wgpu_plans(&config, &tensors, &cpu_model);
     }
 
     let (m, k, n) = (512, 576, 1536);
@@ -182,4 +167,45 @@ fn main() {
     }
     let seconds = started.elapsed().as_secs_f64() / runs as f64;
     println!("CPU gemm {m}x{k}x{n} (same shape, baseline): {:.2} GFLOP/s", flops / seconds / 1e9);
+}
+
+/// The whole model on wgpu under the kernels of before this change (register-blocked
+/// matmul, one workgroup per token and head for attention) and under the plan this
+/// adapter gets, in one run, on the same batch. A software adapter gets 8 texts x 128
+/// tokens (minutes otherwise); a hardware GPU 64 x 512.
+fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::CpuModel) {
+    use gpu::device::AttentionVariant;
+    use gpu::kernels::matmul::MatmulVariant;
+    let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+    let software = probe.info.device_type == wgpu::DeviceType::Cpu;
+    let chosen = gpu::KernelPlan::choose(&probe.info, &probe.caps, steerlm::model::Precision::Auto);
+    drop(probe);
+    let baseline = gpu::KernelPlan {
+        matmul: MatmulVariant::RegisterBlocked,
+        attention: AttentionVariant::Rows,
+        f16_weights: false,
+        ..chosen.clone()
+    };
+    let (texts, tokens) = if software { (8, 128) } else { (64, 512) };
+    let b = batch(texts, tokens, 7);
+    let reference = cpu_model.forward(&b).unwrap();
+    let mut rates = Vec::new();
+    for (label, plan) in [("before (register-blocked, rows)", baseline), ("this adapter's plan", chosen)] {
+        let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+        let model = gpu::GpuModel::with_options(config, tensors, adapter, plan, None).unwrap();
+        model.forward(&batch(2, 16, 1)).unwrap(); // warm-up: first-use costs
+        let started = Instant::now();
+        let scores = model.forward(&b).unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let diff =
+            scores.iter().flatten().zip(reference.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let rate = (texts * tokens) as f64 / seconds;
+        rates.push(rate);
+        println!(
+            "{:<44} {seconds:>10.3} {rate:>12.1}   (max |wgpu - cpu| {diff:.1e})",
+            format!("wgpu {label}, {texts} x {tokens}")
+        );
+        println!("    {}", model.adapter_name());
+    }
+    println!("wgpu whole model, this adapter's plan / before: {:.2}x", rates[1] / rates[0]);
 }
