@@ -1,11 +1,13 @@
-// Causal attention over packed sequences with grouped KV heads. One workgroup of 64
-// invocations per (token, query head): the keys of the token's own sequence
-// (`seq_start[t] ..= t`) are taken 64 at a time, each invocation scoring one key, then
-// every invocation folds the block into its share of the output dimensions with an
-// online softmax. Query head h reads KV head h / (heads / kv_heads).
+// Attention of single query rows over packed sequences with grouped KV heads. One
+// workgroup of 64 invocations per (query row, query head): the row's keys
+// (`key_range[r].x .. key_range[r].y`: its own sequence up to itself) are taken 64 at a
+// time, each invocation scoring one key, then every invocation folds the block into its
+// share of the output dimensions with an online softmax. Query head h reads KV head
+// h / (heads / kv_heads). The last layer uses it for each sequence's last token only;
+// flash_attention.wgsl does whole sequences.
 
 struct Params {
-    tokens: u32,
+    rows: u32,
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
@@ -19,7 +21,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> seq_start: array<u32>;
+@group(0) @binding(4) var<storage, read> key_range: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 const BLOCK: u32 = 64u;
@@ -33,17 +35,17 @@ var<workgroup> scores: array<f32, BLOCK>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) groups: vec3<u32>) {
     let index = wg.x + wg.y * groups.x;
-    if (index >= p.tokens * p.heads) {
+    if (index >= p.rows * p.heads) {
         return;
     }
-    let t = index / p.heads;
+    let t = index / p.heads; // query row
     let h = index % p.heads;
     let kv = h / (p.heads / p.kv_heads);
     let hd = p.head_dim;
     let q_base = t * p.heads * hd + h * hd;
     let kv_stride = p.kv_heads * hd;
-    let start = seq_start[t];
-    let count = t - start + 1u;
+    let start = key_range[t].x;
+    let count = key_range[t].y - start;
 
     var acc: array<f32, DIMS>;
     var m = LOWEST;

@@ -6,6 +6,9 @@
 // register blocking runs ~4x faster than 16x16 shared-memory tiles on lavapipe and is
 // what large GPUs want too. `out_offset` places one row-slice of a weight that was split
 // to fit the storage-binding limit. k must be a multiple of 4.
+//
+// The epilogue folds the next elementwise pass into the store (see EPILOGUE_* below).
+// This is the register-blocked variant, kept for software adapters where it is fastest.
 
 struct Params {
     m: u32,
@@ -14,8 +17,36 @@ struct Params {
     out_stride: u32,
     out_offset: u32,
     has_bias: u32,
-    _pad0: u32,
-    _pad1: u32,
+    epilogue: u32,
+    _pad: u32,
+}
+
+// y = value
+const EPILOGUE_STORE: u32 = 0u;
+// y = y + value: the residual connection.
+const EPILOGUE_ACCUMULATE: u32 = 1u;
+// y = y * silu(value): the gate projection applied to the up projection already in y.
+const EPILOGUE_SILU_GATE: u32 = 2u;
+// y = relu(value)^2: Nemotron's squared-ReLU MLP activation.
+const EPILOGUE_SQUARED_RELU: u32 = 3u;
+
+fn store(index: u32, value: f32) {
+    switch p.epilogue {
+        case EPILOGUE_ACCUMULATE: {
+            y[index] = y[index] + value;
+        }
+        case EPILOGUE_SILU_GATE: {
+            // Clamp so exp() cannot overflow; silu(value) is ~0 there anyway.
+            y[index] = y[index] * (value / (1.0 + exp(min(-value, 80.0))));
+        }
+        case EPILOGUE_SQUARED_RELU: {
+            let r = max(value, 0.0);
+            y[index] = r * r;
+        }
+        default: {
+            y[index] = value;
+        }
+    }
 }
 
 // 0: f32, 1: bf16, 2: f16.
@@ -90,7 +121,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (p.has_bias != 0u) {
                 value = value + bias[p.out_offset + col];
             }
-            y[row * p.out_stride + p.out_offset + col] = value;
+            store(row * p.out_stride + p.out_offset + col, value);
         }
     }
 }

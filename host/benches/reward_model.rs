@@ -104,7 +104,7 @@ fn main() {
     let with_wgpu = std::env::var("STEERLM_BENCH_WGPU").map_or(true, |v| v != "0");
     let gpu_model = with_wgpu.then(|| {
         let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
-        gpu::GpuModel::new(&config, &tensors, adapter).unwrap()
+        gpu::GpuModel::new(&config, &tensors, adapter, steerlm::model::Precision::F32).unwrap()
     });
 
     println!(
@@ -146,7 +146,8 @@ fn main() {
 
     let (m, k, n) = (512, 576, 1536);
     let flops = 2.0 * (m * n * k) as f64;
-    let (seconds, adapter) = gpu::time_matmul(m, n, k, 5).unwrap();
+    let (seconds, adapter) =
+        gpu::kernels::matmul::time_matmul(gpu::kernels::matmul::MatmulVariant::RegisterBlocked, m, n, k, 5).unwrap();
     println!("matmul kernel {m}x{k}x{n} on {adapter}: {:.2} GFLOP/s", flops / seconds / 1e9);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32).collect();
     let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32).collect();

@@ -12,7 +12,7 @@ pub mod resume;
 pub mod triton;
 
 use crate::input::{InputPath, spawn_chunks};
-use crate::model::{Device, LoadOptions, RewardModel};
+use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use crate::same_file::NamedFile;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -60,6 +60,10 @@ pub struct AnnotateArgs {
     /// With --model: where it runs.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
+    /// accumulation) when the adapter has them, `f32` is the exact path.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
     /// Records in flight at once.
     #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     concurrency: usize,
@@ -129,8 +133,9 @@ pub fn run(args: &AnnotateArgs, quiet: bool, max_line_bytes: usize) -> Result<()
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let scorer = match &args.model {
         Some(dir) => {
-            let model = RewardModel::load(dir, LoadOptions { device: args.device, add_bos: false })
-                .with_context(|| format!("loading the model in {}", dir.display()))?;
+            let model =
+                RewardModel::load(dir, LoadOptions { device: args.device, add_bos: false, precision: args.precision })
+                    .with_context(|| format!("loading the model in {}", dir.display()))?;
             Scorer::Local(Arc::new(model))
         }
         None => {

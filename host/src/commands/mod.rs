@@ -3,6 +3,7 @@
 mod convert;
 mod demo;
 mod export;
+mod gpu_info;
 mod label;
 mod preprocess;
 mod score;
@@ -88,6 +89,9 @@ enum Command {
     Serve(crate::serve::ServeArgs),
     /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
     Score(score::ScoreArgs),
+    /// Show the wgpu adapter, its limits and features, and which kernels `score` runs on it.
+    #[command(name = "gpu-info")]
+    GpuInfo(gpu_info::GpuInfoArgs),
     /// Serve the conversions over HTTP from the embedded wasi:http component (the one Spin runs).
     #[command(name = "serve-component")]
     ServeComponent(crate::component_server::ServeComponentArgs),
@@ -294,6 +298,7 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
         Command::Preprocess(dataset) => preprocess::run(context, dataset),
         Command::Label(command) => label::run(context, command),
         Command::Score(args) => score::run(context, &args),
+        Command::GpuInfo(args) => gpu_info::run(&args),
         Command::Serve(args) => crate::serve::run(&args, context.quiet),
         Command::ServeComponent(args) => {
             let limits = crate::component_server::RequestLimits {

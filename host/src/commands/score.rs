@@ -2,7 +2,8 @@
 
 use super::Context;
 use crate::input::InputPath;
-use crate::model::{Device, LoadOptions, RewardModel};
+use crate::model::gpu::kernels::KernelTimes;
+use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use crate::output::Output;
 use crate::same_file::NamedFile;
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -27,6 +28,14 @@ pub struct ScoreArgs {
     /// Where the forward pass runs.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
+    /// accumulation) when the adapter has them, `f32` is the exact path.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
+    /// Print each kernel's GPU time (total ms, share, TFLOP/s) at the end, from
+    /// timestamp queries (wgpu adapters that have them).
+    #[arg(long)]
+    profile: bool,
     /// Most tokens in one packed batch.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     batch_tokens: usize,
@@ -60,8 +69,11 @@ struct Pending {
 
 pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     let started = Instant::now();
-    let model = RewardModel::load(&args.model, LoadOptions { device: args.device, add_bos: args.add_bos })
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let model = RewardModel::load(
+        &args.model,
+        LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision },
+    )
+    .with_context(|| format!("loading the model in {}", args.model.display()))?;
     context.say(format!(
         "{}: {:?}, {} layers, hidden {}, {} labels, on {}",
         args.model.display(),
@@ -80,13 +92,22 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     let mut pending: Vec<Pending> = Vec::new();
     let mut pending_tokens = 0usize;
     let (mut texts, mut tokens) = (0u64, 0u64);
+    let mut kernel_times = KernelTimes::default();
     let mut flush = |pending: &mut Vec<Pending>, output: &mut Output| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         // The ids move into the batch; only their counts are needed afterwards.
         let sequences: Vec<Vec<u32>> = pending.iter_mut().map(|p| std::mem::take(&mut p.ids)).collect();
-        let scores = model.score(&sequences)?;
+        let scores = if args.profile {
+            let (scores, times) = model.score_profiled(&sequences)?;
+            if let Some(times) = times {
+                kernel_times.add(&times);
+            }
+            scores
+        } else {
+            model.score(&sequences)?
+        };
         let mut out = Vec::new();
         for ((p, scores), ids) in pending.iter().zip(&scores).zip(&sequences) {
             if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
@@ -134,6 +155,17 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         "{texts} texts, {tokens} tokens -> {out_name} in {seconds:.2} s ({:.0} tokens/s)",
         tokens as f64 / seconds
     ));
+    if args.profile {
+        if kernel_times.kernels.is_empty() {
+            eprintln!(
+                "--profile: no kernel times: {} has no GPU timestamp queries",
+                if model.runs_on_cpu() { "the CPU path" } else { "this adapter" }
+            );
+        } else {
+            // The table is the output asked for: printed even with --quiet.
+            eprint!("{}", kernel_times.table());
+        }
+    }
     Ok(())
 }
 

@@ -35,6 +35,16 @@ pub enum Device {
     Cpu,
 }
 
+/// Arithmetic of the wgpu path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// Tensor cores (f16 inputs, f32 accumulation) when the adapter has them, else f32.
+    #[default]
+    Auto,
+    /// f32 throughout: the path the goldens check to `1e-4 + 1e-4 * |golden|`.
+    F32,
+}
+
 /// Several token sequences packed end to end, without padding.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
@@ -75,6 +85,7 @@ pub struct RewardModel {
 pub struct LoadOptions {
     pub device: Device,
     pub add_bos: bool,
+    pub precision: Precision,
 }
 
 impl RewardModel {
@@ -83,13 +94,13 @@ impl RewardModel {
         let tokenizer = TextTokenizer::load(dir, config.bos_token_id, options.add_bos, config.max_positions)?;
         let weights = Weights::open(dir)?;
         let tensors = ModelTensors::locate(&config, &weights)?;
-        let adapter = match options.device {
+        let gpu = match options.device {
             Device::Cpu => None,
             Device::Auto => gpu::open_device(gpu::AdapterChoice::HardwareOnly)?,
             Device::Wgpu => gpu::open_device(gpu::AdapterChoice::Any)?,
         };
-        let backend = match adapter {
-            Some(adapter) => Backend::Gpu(gpu::GpuModel::new(&config, &tensors, adapter)?),
+        let backend = match gpu {
+            Some(gpu) => Backend::Gpu(gpu::GpuModel::new(&config, &tensors, gpu, options.precision)?),
             None => Backend::Cpu(cpu::CpuModel::new(&config, &tensors)?),
         };
         Ok(RewardModel { config, tokenizer, backend })
@@ -117,6 +128,16 @@ impl RewardModel {
 
     /// Scores of each token sequence, computed as one packed batch.
     pub fn score(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.check(sequences)?;
+        let batch = Batch::pack(sequences);
+        match &self.backend {
+            Backend::Cpu(model) => model.forward(&batch),
+            Backend::Gpu(model) => model.forward(&batch),
+        }
+    }
+
+    /// Every sequence is non-empty, inside the vocabulary and the context.
+    fn check(&self, sequences: &[Vec<u32>]) -> Result<()> {
         for (i, seq) in sequences.iter().enumerate() {
             if seq.is_empty() {
                 bail!("sequence {i} has no tokens");
@@ -128,10 +149,18 @@ impl RewardModel {
                 bail!("sequence {i} has {} tokens, more than the context of {}", seq.len(), self.config.max_positions);
             }
         }
-        let batch = Batch::pack(sequences);
+        Ok(())
+    }
+
+    /// [`RewardModel::score`] with per-kernel GPU times, where the backend can time its
+    /// kernels (wgpu adapters with timestamp queries); `None` elsewhere.
+    pub fn score_profiled(&self, sequences: &[Vec<u32>]) -> Result<(Vec<Vec<f32>>, Option<gpu::kernels::KernelTimes>)> {
         match &self.backend {
-            Backend::Cpu(model) => model.forward(&batch),
-            Backend::Gpu(model) => model.forward(&batch),
+            Backend::Gpu(model) if model.can_profile() => {
+                self.check(sequences)?;
+                model.forward_timed(&Batch::pack(sequences), true)
+            }
+            _ => Ok((self.score(sequences)?, None)),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The model against Hugging Face transformers' goldens (tests/fixtures/models): token
 //! ids exactly, scores within `1e-4 + 1e-4 * |golden|`, single texts and one packed batch.
 
-use super::{Device, LoadOptions, RewardModel};
+use super::{Device, LoadOptions, Precision, RewardModel};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -35,7 +35,8 @@ pub fn assert_close(ours: &[f32], golden: &[f32], what: &str) {
 
 /// Every case alone, then all of them in one packed batch.
 pub fn check_model(name: &str, device: Device) {
-    let model = RewardModel::load(&model_dir(name), LoadOptions { device, add_bos: false }).unwrap();
+    let model =
+        RewardModel::load(&model_dir(name), LoadOptions { device, add_bos: false, precision: Precision::F32 }).unwrap();
     let goldens = goldens(name);
     let cases = goldens["cases"].as_array().unwrap();
     let mut sequences = Vec::new();
@@ -82,7 +83,8 @@ fn wgpu_splits_tensors_larger_than_a_binding() {
     let tensors = ModelTensors::locate(&config, &weights).unwrap();
     let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
     // 16 KiB parts: the 32000-row embedding becomes 250 parts, the MLP weights 2-3.
-    let model = gpu::GpuModel::with_weight_part_limit(&config, &tensors, adapter, Some(16 << 10)).unwrap();
+    let plan = gpu::KernelPlan::choose(&adapter.info, &adapter.caps, Precision::F32);
+    let model = gpu::GpuModel::with_options(&config, &tensors, adapter, plan, Some(16 << 10)).unwrap();
     assert_eq!(model.embedding_parts(), 250);
     let goldens = goldens("llama9-bf16");
     let cases = &goldens["cases"].as_array().unwrap()[..4];
@@ -108,7 +110,8 @@ fn rope_frequencies_match_transformers_bit_for_bit() {
 #[test]
 fn long_texts_are_truncated_and_flagged() {
     let dir = model_dir("llama9");
-    let model = RewardModel::load(&dir, LoadOptions { device: Device::Cpu, add_bos: true }).unwrap();
+    let model =
+        RewardModel::load(&dir, LoadOptions { device: Device::Cpu, add_bos: true, ..Default::default() }).unwrap();
     let text = "word ".repeat(5000);
     let tokens = model.tokenize(&text).unwrap();
     assert!(tokens.exceeded);
@@ -132,7 +135,10 @@ fn missing_tensors_and_bad_folders_are_named() {
         config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
     )
     .unwrap();
-    let error = RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false }).err().unwrap();
+    let error =
+        RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false, ..Default::default() })
+            .err()
+            .unwrap();
     assert!(format!("{error:#}").contains("`num_hidden_layers` is 3, but the checkpoint has 2 layers"), "{error:#}");
 }
 
@@ -183,7 +189,7 @@ fn hostile_config_values_are_named_not_panics() {
     for (field, value, says) in cases {
         let dir = doctored_llama9(field, value.clone());
         let loaded = std::panic::catch_unwind(|| {
-            RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false })
+            RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, add_bos: false, ..Default::default() })
         });
         let error = match loaded {
             Ok(Ok(_)) => panic!("{field} = {value}: loaded"),
@@ -254,7 +260,7 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
     let tensors = ModelTensors::locate(&config, &weights).unwrap();
     let cpu_model = cpu::CpuModel::new(&config, &tensors).unwrap();
     let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
-    let gpu_model = gpu::GpuModel::new(&config, &tensors, adapter).unwrap();
+    let gpu_model = gpu::GpuModel::new(&config, &tensors, adapter, Precision::F32).unwrap();
     let sequences: Vec<Vec<u32>> =
         [499u32, 500, 700].iter().map(|&n| (0..n).map(|i| (i * 7919) % 997 + 3).collect()).collect();
     let batch = Batch::pack(&sequences);

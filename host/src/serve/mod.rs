@@ -9,7 +9,7 @@ pub mod kserve;
 pub mod limits;
 pub mod metrics;
 
-use crate::model::{Device, LoadOptions, RewardModel};
+use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use anyhow::{Context, Result};
 use auth::ApiKey;
 use axum::body::Bytes;
@@ -48,6 +48,10 @@ pub struct ServeArgs {
     pub model_name: String,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
+    /// accumulation) when the adapter has them, `f32` is the exact path.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    pub precision: Precision,
     /// Prepend the BOS token (the reference server adds none).
     #[arg(long)]
     pub add_bos: bool,
@@ -108,8 +112,11 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 pub fn run(args: &ServeArgs, quiet: bool) -> Result<()> {
     // Settings first: a bad key should not wait for a model to load.
     let api_key = args.api_key.as_deref().map(ApiKey::new).transpose()?;
-    let model = RewardModel::load(&args.model, LoadOptions { device: args.device, add_bos: args.add_bos })
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let model = RewardModel::load(
+        &args.model,
+        LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision },
+    )
+    .with_context(|| format!("loading the model in {}", args.model.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(args.clone(), Arc::new(model), api_key, quiet))
 }

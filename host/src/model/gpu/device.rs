@@ -1,0 +1,151 @@
+//! The wgpu adapter: which one we take, the features and limits we ask for, and which
+//! kernel variants it allows (what `steerlm gpu-info` prints).
+
+use super::kernels::matmul::MatmulVariant;
+use crate::model::Precision;
+use anyhow::{Context, Result, bail};
+
+/// Which adapter to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// Only a hardware GPU; `None` when there is none.
+    HardwareOnly,
+    /// Any adapter, software ones (lavapipe) included.
+    Any,
+}
+
+/// An open device and what it can do.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Capabilities,
+}
+
+/// What the kernels may use, as granted when the device was opened.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub limits: wgpu::Limits,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    /// Cooperative-matrix configurations (empty without the feature).
+    pub cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
+}
+
+impl Capabilities {
+    /// Whether a 16x16x16 f16 x f16 -> f32 cooperative matrix (tensor cores) exists.
+    pub fn has_f16_tensor_cores(&self) -> bool {
+        self.cooperative_matrices.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    }
+}
+
+/// Features we use when the adapter has them; none is required.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+}
+
+/// Finds an adapter and opens a device with the adapter's own limits and every wanted
+/// feature it has.
+pub fn open_device(choice: AdapterChoice) -> Result<Option<Gpu>> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+        // We want the adapter's real limits (large bindings), not privacy buckets.
+        apply_limit_buckets: false,
+    };
+    let adapter = match pollster::block_on(instance.request_adapter(&options)) {
+        Ok(adapter) => adapter,
+        Err(_) if choice == AdapterChoice::HardwareOnly => return Ok(None),
+        Err(e) => {
+            bail!("no wgpu adapter found ({e}); on Linux without a GPU, install Mesa's lavapipe (mesa-vulkan-drivers)")
+        }
+    };
+    let info = adapter.get_info();
+    if choice == AdapterChoice::HardwareOnly && info.device_type == wgpu::DeviceType::Cpu {
+        return Ok(None);
+    }
+    let features = adapter.features() & wanted_features();
+    let cooperative = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("steerlm"),
+        required_features: features,
+        required_limits: adapter.limits(),
+        // SAFETY: the only experimental feature we request is cooperative matrices, used
+        // by one kernel that is checked against the f32 path by its own test.
+        experimental_features: if cooperative {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .with_context(|| format!("opening the wgpu device {}", info.name))?;
+    let caps = Capabilities {
+        limits: device.limits(),
+        shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP),
+        timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        cooperative_matrices: if cooperative { adapter.cooperative_matrix_properties() } else { Vec::new() },
+    };
+    Ok(Some(Gpu { device, queue, info, caps }))
+}
+
+/// Which attention kernel runs over whole sequences (the last layer's single rows
+/// always use the row kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// `attention.wgsl`: one workgroup per (query row, head).
+    Rows,
+}
+
+impl AttentionVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Rows => "rows",
+        }
+    }
+}
+
+/// The kernel variants a forward pass uses on one adapter, and why.
+#[derive(Clone, Debug)]
+pub struct KernelPlan {
+    pub matmul: MatmulVariant,
+    pub matmul_reason: String,
+    pub attention: AttentionVariant,
+    pub attention_reason: String,
+    /// Whether weights are converted to f16 at load (the tensor-core path).
+    pub f16_weights: bool,
+}
+
+impl KernelPlan {
+    pub fn choose(info: &wgpu::AdapterInfo, caps: &Capabilities, precision: Precision) -> Self {
+        let software = info.device_type == wgpu::DeviceType::Cpu;
+        let (matmul, matmul_reason) = if software {
+            (
+                MatmulVariant::RegisterBlocked,
+                "software adapter: workgroup memory is ordinary memory, so register blocking is fastest".to_owned(),
+            )
+        } else {
+            (MatmulVariant::RegisterBlocked, "the only portable variant in this build".to_owned())
+        };
+        let _ = (caps, precision);
+        KernelPlan {
+            matmul,
+            matmul_reason,
+            attention: AttentionVariant::Rows,
+            attention_reason: "the only attention kernel in this build".to_owned(),
+            f16_weights: false,
+        }
+    }
+}

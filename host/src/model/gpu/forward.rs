@@ -1,0 +1,203 @@
+//! The layer sequence of one forward pass, recorded into one submission.
+//!
+//! Per layer: norm, q/k/v projections, rotary, attention, then the output projection
+//! adds itself to the residual stream (matmul epilogue, no separate add). The MLP's up
+//! projection is stored, the gate projection multiplies silu(gate) into it (or the up
+//! projection squares its ReLU), and the down projection adds itself to the residual.
+//!
+//! Only the last token of each sequence is scored, so the last layer computes keys and
+//! values for every token but queries, attention output, MLP, final norm and head only
+//! for each sequence's last token.
+
+use super::GpuModel;
+use super::kernels::attention::AttentionParams;
+use super::kernels::embedding::EmbeddingParams;
+use super::kernels::last_token::GatherParams;
+use super::kernels::matmul::{Epilogue, MatmulParams};
+use super::kernels::norm::NormParams;
+use super::kernels::rotary::RotaryParams;
+use super::kernels::{KernelTimes, Recorder, read_buffer};
+use super::upload::{DeviceLinear, DeviceNorm};
+use super::workspace::Workspace;
+use crate::model::Batch;
+use anyhow::{Result, anyhow};
+
+impl GpuModel {
+    pub(super) fn forward_pass(&self, batch: &Batch, profile: bool) -> Result<(Vec<Vec<f32>>, Option<KernelTimes>)> {
+        let tokens = batch.ids.len();
+        let sequences = batch.lengths.len();
+        let mut slot = self.workspace.lock().map_err(|_| anyhow!("an earlier forward pass panicked"))?;
+        if !slot.as_ref().is_some_and(|w| w.fits(tokens, sequences)) {
+            // Free the old buffers before making larger ones.
+            *slot = None;
+            *slot = Some(Workspace::new(&self.gpu.device, self.widths(), tokens, sequences, self.max_tokens_per_pass));
+        }
+        let ws = slot.as_mut().expect("workspace just made");
+        self.write_inputs(ws, batch);
+
+        let mut rec = Recorder::new(&self.gpu.device);
+        self.record(&mut rec, ws, batch);
+        let mut encoder =
+            self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let timestamps = rec.encode(&self.gpu.device, &self.gpu.queue, &mut ws.binds, &mut encoder, profile)?;
+        let labels = self.score.out_features;
+        let score_bytes = (sequences * labels * 4) as u64;
+        encoder.copy_buffer_to_buffer(&ws.scores, 0, &ws.readback, 0, score_bytes);
+        self.gpu.queue.submit([encoder.finish()]);
+
+        let bytes = read_buffer(&self.gpu.device, &ws.readback)?;
+        let values: &[f32] = bytemuck::cast_slice(&bytes[..score_bytes as usize]);
+        let times = timestamps.map(|t| t.read(&self.gpu.device, &self.gpu.queue)).transpose()?;
+        Ok((values.chunks_exact(labels).map(<[f32]>::to_vec).collect(), times))
+    }
+
+    /// Token ids, positions and each query row's key range for this batch.
+    fn write_inputs(&self, ws: &Workspace, batch: &Batch) {
+        let queue = &self.gpu.queue;
+        let mut key_ranges = Vec::with_capacity(2 * batch.ids.len());
+        let (mut last_rows, mut last_positions, mut last_key_ranges) = (Vec::new(), Vec::new(), Vec::new());
+        for (&start, &len) in batch.starts.iter().zip(&batch.lengths) {
+            for t in start..start + len {
+                key_ranges.extend([start, t + 1]);
+            }
+            last_rows.push(start + len - 1);
+            last_positions.push(len - 1);
+            last_key_ranges.extend([start, start + len]);
+        }
+        for (buffer, values) in [
+            (&ws.ids, &batch.ids),
+            (&ws.positions, &batch.positions),
+            (&ws.key_ranges, &key_ranges),
+            (&ws.last_rows, &last_rows),
+            (&ws.last_positions, &last_positions),
+            (&ws.last_key_ranges, &last_key_ranges),
+        ] {
+            if !values.is_empty() {
+                queue.write_buffer(buffer, 0, bytemuck::cast_slice(values));
+            }
+        }
+    }
+
+    fn record<'k>(&'k self, rec: &mut Recorder<'k>, ws: &Workspace, batch: &Batch) {
+        let c = &self.config;
+        let kernels = &self.kernels;
+        let (tokens, sequences) = (batch.ids.len(), batch.lengths.len());
+        let (h, hd) = (c.hidden_size, c.head_dim);
+
+        for (row_start, rows, table) in &self.embed.parts {
+            let params = EmbeddingParams {
+                tokens: tokens as u32,
+                hidden: h as u32,
+                row_start: *row_start as u32,
+                rows: *rows as u32,
+            };
+            kernels.embedding.record(rec, params, self.embed.dtype, &ws.ids, table, &ws.x);
+        }
+        let gather = |rec: &mut Recorder<'k>, from: &wgpu::Buffer, to: &wgpu::Buffer| {
+            let params = GatherParams { sequences: sequences as u32, hidden: h as u32, _pad: [0; 2] };
+            kernels.gather.record(rec, params, from, &ws.last_rows, to);
+        };
+        let attention = |rows: usize| AttentionParams {
+            rows: rows as u32,
+            heads: c.num_heads as u32,
+            kv_heads: c.num_kv_heads as u32,
+            head_dim: hd as u32,
+            scale: 1.0 / (hd as f32).sqrt(),
+            _pad: [0; 3],
+        };
+        let rotary = |rows: usize, heads: usize| RotaryParams {
+            rows: rows as u32,
+            heads: heads as u32,
+            head_dim: hd as u32,
+            rotary_dim: c.rotary_dim as u32,
+        };
+        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
+        // Causal attention sees n(n+1)/2 keys per sequence of n tokens.
+        let causal_keys: usize = batch.lengths.iter().map(|&n| n as usize * (n as usize + 1) / 2).sum();
+
+        for (i, layer) in self.layers.iter().enumerate() {
+            let last = i + 1 == self.layers.len();
+            self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens);
+            self.linear(rec, &layer.k, &ws.normed, &ws.k, tokens, Epilogue::Store);
+            self.linear(rec, &layer.v, &ws.normed, &ws.v, tokens, Epilogue::Store);
+            kernels.rotary.record(rec, rotary(tokens, c.num_kv_heads), &ws.k, &ws.positions, cos, sin);
+            // From here on the last layer works on one row per sequence.
+            let (rows, x, normed) = if last {
+                gather(rec, &ws.normed, &ws.last_normed);
+                gather(rec, &ws.x, &ws.last_x);
+                (sequences, &ws.last_x, &ws.last_normed)
+            } else {
+                (tokens, &ws.x, &ws.normed)
+            };
+            let (positions, key_ranges, keys) = if last {
+                (&ws.last_positions, &ws.last_key_ranges, tokens)
+            } else {
+                (&ws.positions, &ws.key_ranges, causal_keys)
+            };
+            self.linear(rec, &layer.q, normed, &ws.q, rows, Epilogue::Store);
+            kernels.rotary.record(rec, rotary(rows, c.num_heads), &ws.q, positions, cos, sin);
+            kernels.attention.record(rec, attention(rows), &ws.q, &ws.k, &ws.v, key_ranges, &ws.attended, keys);
+            self.linear(rec, &layer.o, &ws.attended, x, rows, Epilogue::Accumulate);
+
+            self.norm(rec, &layer.post_norm, x, normed, rows);
+            match &layer.gate {
+                Some(gate) => {
+                    self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::Store);
+                    self.linear(rec, gate, normed, &ws.mlp, rows, Epilogue::SiluGate);
+                }
+                None => self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::SquaredRelu),
+            }
+            self.linear(rec, &layer.down, &ws.mlp, x, rows, Epilogue::Accumulate);
+        }
+        if self.layers.is_empty() {
+            gather(rec, &ws.x, &ws.last_x);
+        }
+        self.norm(rec, &self.final_norm, &ws.last_x, &ws.last_normed, sequences);
+        self.linear(rec, &self.score, &ws.last_normed, &ws.scores, sequences, Epilogue::Store);
+    }
+
+    /// `output (epilogue)= input @ W^T (+ b)` over `rows` rows, one dispatch per weight part.
+    fn linear<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        linear: &'k DeviceLinear,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        rows: usize,
+        epilogue: Epilogue,
+    ) {
+        let bias = linear.bias.as_ref().unwrap_or(&self.dummy);
+        for (row_start, part_rows, weight) in &linear.weight.parts {
+            let params = MatmulParams {
+                m: rows as u32,
+                n: *part_rows as u32,
+                k: linear.in_features as u32,
+                out_stride: linear.out_features as u32,
+                out_offset: *row_start as u32,
+                has_bias: linear.bias.is_some() as u32,
+                epilogue: epilogue as u32,
+                _pad: 0,
+            };
+            self.kernels.matmul.record(rec, params, linear.weight.dtype, input, weight, bias, output);
+        }
+    }
+
+    fn norm<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        norm: &DeviceNorm,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        rows: usize,
+    ) {
+        let c = &self.config;
+        let params = NormParams {
+            rows: rows as u32,
+            hidden: c.hidden_size as u32,
+            eps: c.norm_eps,
+            has_bias: norm.bias.is_some() as u32,
+        };
+        let bias = norm.bias.as_ref().unwrap_or(&self.dummy);
+        self.kernels.norm.record(rec, params, input, &norm.weight, bias, output);
+    }
+}

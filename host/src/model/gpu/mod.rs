@@ -1,0 +1,223 @@
+//! The reward model's forward pass as wgpu compute shaders (`shaders/*.wgsl`).
+//!
+//! - [`device`]: the adapter, its features and limits, and which kernel variants it gets;
+//! - [`kernels`]: one wrapper per shader, and the recorder that batches dispatches;
+//! - [`upload`]: weights on the device; [`workspace`]: scratch buffers kept between batches;
+//! - [`forward`]: the layer sequence.
+//!
+//! A batch is packed without padding: every kernel works on the concatenated tokens, and
+//! attention finds each token's sequence from its key range. All dispatches of a pass go
+//! into one command buffer and one submission.
+
+pub mod device;
+pub mod forward;
+pub mod kernels;
+pub mod upload;
+pub mod workspace;
+
+pub use device::{AdapterChoice, Capabilities, Gpu, KernelPlan, open_device};
+
+use super::Precision;
+use super::config::ModelConfig;
+use super::layout::ModelTensors;
+use super::rope::RopeTable;
+use anyhow::{Result, bail};
+use kernels::KernelTimes;
+use kernels::attention::RowAttention;
+use kernels::embedding::Embedding;
+use kernels::last_token::GatherRows;
+use kernels::matmul::Matmul;
+use kernels::norm::Norm;
+use kernels::rotary::Rotary;
+use std::sync::Mutex;
+use upload::{DeviceLinear, DeviceNorm, DeviceTensor, Uploader};
+use workspace::{Widths, Workspace};
+
+struct DeviceLayer {
+    input_norm: DeviceNorm,
+    q: DeviceLinear,
+    k: DeviceLinear,
+    v: DeviceLinear,
+    o: DeviceLinear,
+    post_norm: DeviceNorm,
+    gate: Option<DeviceLinear>,
+    up: DeviceLinear,
+    down: DeviceLinear,
+}
+
+/// Every kernel a forward pass uses, compiled once at load.
+struct Kernels {
+    matmul: Matmul,
+    embedding: Embedding,
+    norm: Norm,
+    rotary: Rotary,
+    attention: RowAttention,
+    gather: GatherRows,
+}
+
+pub struct GpuModel {
+    config: ModelConfig,
+    gpu: Gpu,
+    plan: KernelPlan,
+    kernels: Kernels,
+    embed: DeviceTensor,
+    layers: Vec<DeviceLayer>,
+    final_norm: DeviceNorm,
+    score: DeviceLinear,
+    rope_cos: wgpu::Buffer,
+    rope_sin: wgpu::Buffer,
+    /// Bound to unused bias slots (a binding cannot be empty).
+    dummy: wgpu::Buffer,
+    /// Most tokens whose widest activation fits one storage binding.
+    max_tokens_per_pass: usize,
+    workspace: Mutex<Option<Workspace>>,
+}
+
+impl GpuModel {
+    pub fn new(config: &ModelConfig, tensors: &ModelTensors, gpu: Gpu, precision: Precision) -> Result<Self> {
+        let plan = KernelPlan::choose(&gpu.info, &gpu.caps, precision);
+        Self::with_options(config, tensors, gpu, plan, None)
+    }
+
+    /// [`GpuModel::new`] with a given kernel plan (benches compare plans in one run), and
+    /// weights split into parts of at most `part_bytes` (tests use this to exercise the
+    /// split path on small models).
+    pub fn with_options(
+        config: &ModelConfig,
+        tensors: &ModelTensors,
+        gpu: Gpu,
+        plan: KernelPlan,
+        part_bytes: Option<usize>,
+    ) -> Result<Self> {
+        for (what, k) in [("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size)] {
+            if k % 4 != 0 {
+                bail!("the wgpu path needs {what} ({k}) to be a multiple of 4; use --device cpu");
+            }
+        }
+        if config.head_dim > 256 {
+            bail!("the wgpu path supports head_dim up to 256, this model has {}", config.head_dim);
+        }
+        let device = &gpu.device;
+        let limits = &gpu.caps.limits;
+        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) as usize;
+        let kernels = Kernels {
+            matmul: Matmul::new(device, plan.matmul)?,
+            embedding: Embedding::new(device)?,
+            norm: Norm::new(device, config.architecture.layer_norm_1p())?,
+            rotary: Rotary::new(device)?,
+            attention: RowAttention::new(device)?,
+            gather: GatherRows::new(device)?,
+        };
+        let upload = Uploader { device, max_binding: part_bytes.unwrap_or(max_binding).min(max_binding) };
+        let layers = tensors
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(DeviceLayer {
+                    input_norm: upload.norm(&l.input_norm),
+                    q: upload.linear(&l.q)?,
+                    k: upload.linear(&l.k)?,
+                    v: upload.linear(&l.v)?,
+                    o: upload.linear(&l.o)?,
+                    post_norm: upload.norm(&l.post_norm),
+                    gate: l.gate.as_ref().map(|g| upload.linear(g)).transpose()?,
+                    up: upload.linear(&l.up)?,
+                    down: upload.linear(&l.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rope = RopeTable::new(config, config.max_positions);
+        let widest = [config.hidden_size, config.intermediate_size, config.num_heads * config.head_dim]
+            .into_iter()
+            .max()
+            .expect("three widths");
+        Ok(GpuModel {
+            embed: upload.tensor(&tensors.embed)?,
+            final_norm: upload.norm(&tensors.final_norm),
+            score: upload.linear(&tensors.score)?,
+            rope_cos: upload.f32_buffer("rope cos", &rope.cos),
+            rope_sin: upload.f32_buffer("rope sin", &rope.sin),
+            dummy: upload.f32_buffer("dummy", &[0.0]),
+            layers,
+            max_tokens_per_pass: (max_binding / (4 * widest)).max(1),
+            config: config.clone(),
+            kernels,
+            plan,
+            gpu,
+            workspace: Mutex::new(None),
+        })
+    }
+
+    /// How many buffers the embedding table was split into.
+    pub fn embedding_parts(&self) -> usize {
+        self.embed.parts.len()
+    }
+
+    pub fn adapter_name(&self) -> String {
+        let info = &self.gpu.info;
+        format!("wgpu: {} ({:?}, {:?}; matmul {})", info.name, info.backend, info.device_type, self.plan.matmul.name())
+    }
+
+    /// Whether the adapter has timestamp queries (`--profile`).
+    pub fn can_profile(&self) -> bool {
+        self.gpu.caps.timestamps
+    }
+
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
+    }
+
+    /// Scores of every sequence, in passes of whole sequences that fit the binding limit.
+    pub fn forward(&self, batch: &super::Batch) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward_timed(batch, false)?.0)
+    }
+
+    /// [`GpuModel::forward`], with per-kernel GPU times when `profile` is set and the
+    /// adapter has timestamp queries.
+    pub fn forward_timed(&self, batch: &super::Batch, profile: bool) -> Result<(Vec<Vec<f32>>, Option<KernelTimes>)> {
+        let profile = profile && self.gpu.caps.timestamps;
+        let mut scores = Vec::with_capacity(batch.lengths.len());
+        let mut times = profile.then(KernelTimes::default);
+        let mut group: Vec<&[u32]> = Vec::new();
+        let mut tokens = 0;
+        let mut run = |group: &mut Vec<&[u32]>| -> Result<()> {
+            let (pass_scores, pass_times) = self.forward_pass(&super::Batch::pack(group), profile)?;
+            scores.extend(pass_scores);
+            if let (Some(total), Some(pass)) = (times.as_mut(), pass_times) {
+                total.add(&pass);
+            }
+            group.clear();
+            Ok(())
+        };
+        for (&start, &len) in batch.starts.iter().zip(&batch.lengths) {
+            let len = len as usize;
+            if len > self.max_tokens_per_pass {
+                bail!(
+                    "a sequence of {len} tokens does not fit this adapter's buffers (at most {})",
+                    self.max_tokens_per_pass
+                );
+            }
+            if tokens + len > self.max_tokens_per_pass {
+                run(&mut group)?;
+                tokens = 0;
+            }
+            group.push(&batch.ids[start as usize..start as usize + len]);
+            tokens += len;
+        }
+        if !group.is_empty() {
+            run(&mut group)?;
+        }
+        Ok((scores, times))
+    }
+
+    fn widths(&self) -> Widths {
+        let c = &self.config;
+        Widths {
+            hidden: c.hidden_size,
+            q: c.num_heads * c.head_dim,
+            kv: c.num_kv_heads * c.head_dim,
+            ffn: c.intermediate_size,
+            labels: self.score.out_features,
+        }
+    }
+}
