@@ -3,8 +3,9 @@
 //! A SmolLM2-135M-shaped Llama reward model (hidden 576, 30 layers, 9 heads, 3 KV
 //! heads, MLP 1536, vocab 32000, 9 labels) with random bf16 weights, written by this
 //! bench as a real safetensors checkpoint. Reports tokens/s for 8 texts of 512 tokens
-//! and 64 texts of 128 tokens on the CPU path and the wgpu path, and the GFLOP/s of the
-//! matmul kernel at 512x576x1536 next to the CPU GEMM at the same shape.
+//! and 64 texts of 128 tokens on the CPU path and the wgpu path, the GFLOP/s of the
+//! register-blocked and tiled matmul kernels at 512x576x1536 and 2048x8192x2048, and the
+//! CPU GEMM at 512x576x1536.
 //!
 //! On a software adapter (lavapipe) one wgpu forward pass of 4096 tokens takes minutes;
 //! `STEERLM_BENCH_WGPU=0` skips the wgpu forward passes.
@@ -129,11 +130,35 @@ fn main() {
         wgpu_plans(&config, &tensors, &cpu_model);
     }
 
+    // The matmul kernels alone: register-blocked next to the tiled kernel with the tile
+    // this adapter gets, at the MLP shape and at a big one (one dispatch: ~20 s on
+    // lavapipe; STEERLM_BENCH_BIG_MATMUL=0 skips it).
+    {
+        use gpu::kernels::matmul::{MatmulVariant, TileConfig, time_variant};
+        let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+        let tile = TileConfig::for_adapter(&adapter.info, &adapter.caps.limits);
+        drop(adapter);
+        let mut shapes = vec![(512, 576, 1536, 5)];
+        if std::env::var("STEERLM_BENCH_BIG_MATMUL").map_or(true, |v| v != "0") {
+            shapes.push((2048, 8192, 2048, 1));
+        }
+        for (m, k, n, iterations) in shapes {
+            let flops = 2.0 * (m * n * k) as f64;
+            let mut gflops = Vec::new();
+            for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled(tile)] {
+                let (seconds, adapter) = time_variant(variant, m, n, k, iterations).unwrap();
+                gflops.push(flops / seconds / 1e9);
+                println!(
+                    "matmul {m}x{k}x{n} {:<28} on {adapter}: {:.2} GFLOP/s",
+                    variant.describe(),
+                    gflops.last().unwrap()
+                );
+            }
+            println!("matmul {m}x{k}x{n} tiled / register-blocked: {:.2}x", gflops[1] / gflops[0]);
+        }
+    }
     let (m, k, n) = (512, 576, 1536);
     let flops = 2.0 * (m * n * k) as f64;
-    let (seconds, adapter) =
-        gpu::kernels::matmul::time_matmul(gpu::kernels::matmul::MatmulVariant::RegisterBlocked, m, n, k, 5).unwrap();
-    println!("matmul kernel {m}x{k}x{n} on {adapter}: {:.2} GFLOP/s", flops / seconds / 1e9);
     let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32).collect();
     let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32).collect();
     let mut y = vec![0f32; m * n];

@@ -1,10 +1,14 @@
 //! `y = x @ W^T (+ bias)`, then an epilogue, for the linear layers (`shaders/matmul*.wgsl`).
 //! `x` is `[m, k]` f32; `W` is `[n, k]` in its stored dtype; `y` is f32 with row stride
 //! `out_stride`, written from column `out_offset` (one row-slice of a split weight).
+//!
+//! Three variants share these bindings and semantics (see [`MatmulVariant`]):
+//! register-blocked (`matmul.wgsl`), workgroup-tiled (`matmul_tiled.wgsl`, tile sizes from
+//! a [`TileConfig`]) and tensor-core (`matmul_coop.wgsl`, f16 weights, see [`f16_weights`]).
 
 use super::{Access, Kernel, Recorder};
 use crate::model::weights::DType;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
 
 /// What the kernel does with each output value (bias included).
@@ -34,18 +38,138 @@ pub struct MatmulParams {
     pub _pad: u32,
 }
 
+/// Tile sizes of `matmul_tiled.wgsl` (its `override` constants). A workgroup computes a
+/// `tile_m x tile_n` block of the output with `(tile_m / thread_m) * (tile_n / thread_n)`
+/// invocations, each a `thread_m x thread_n` register block; K advances `tile_k` at a time
+/// through workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    pub tile_m: u32,
+    pub tile_n: u32,
+    pub tile_k: u32,
+    pub thread_m: u32,
+    pub thread_n: u32,
+}
+
+impl TileConfig {
+    /// 32x32 tiles, K step 16, 4x4 per invocation: 64 invocations, 5 KiB of workgroup
+    /// memory. The fastest tiled shape on lavapipe (software adapters).
+    pub const SMALL: TileConfig = TileConfig { tile_m: 32, tile_n: 32, tile_k: 16, thread_m: 4, thread_n: 4 };
+    /// 64x64 tiles, K step 16, 4x4 per invocation: 256 invocations, 10 KiB. Fits every
+    /// adapter with WebGPU's default limits.
+    pub const MEDIUM: TileConfig = TileConfig { tile_m: 64, tile_n: 64, tile_k: 16, thread_m: 4, thread_n: 4 };
+    /// 128x128 tiles, K step 16, 8x8 per invocation: 256 invocations, 20 KiB. For
+    /// discrete GPUs (more reuse per loaded value, 64 accumulators per invocation).
+    pub const LARGE: TileConfig = TileConfig { tile_m: 128, tile_n: 128, tile_k: 16, thread_m: 8, thread_n: 8 };
+
+    /// The tile for an adapter: on software adapters (device type Cpu) the 64x64 tile
+    /// with 8x8 register blocks (fewest workgroup-memory loads per FMA, which is what
+    /// costs there); on hardware [`TileConfig::LARGE`] where the limits allow it, else
+    /// [`TileConfig::MEDIUM`].
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> TileConfig {
+        let preferred = if info.device_type == wgpu::DeviceType::Cpu {
+            TileConfig { thread_m: 8, thread_n: 8, ..TileConfig::MEDIUM }
+        } else {
+            TileConfig::LARGE
+        };
+        [preferred, TileConfig::MEDIUM, TileConfig::SMALL]
+            .into_iter()
+            .find(|tile| tile.check(limits).is_ok())
+            .unwrap_or(TileConfig { tile_m: 8, tile_n: 8, tile_k: 4, thread_m: 1, thread_n: 1 })
+    }
+
+    pub fn invocations(&self) -> u32 {
+        (self.tile_m / self.thread_m.max(1)) * (self.tile_n / self.thread_n.max(1))
+    }
+
+    /// Bytes of workgroup memory: both staged tiles, rows padded by one vec4.
+    pub fn workgroup_bytes(&self) -> u32 {
+        (self.tile_m + self.tile_n) * (self.tile_k / 4 + 1) * 16
+    }
+
+    /// Whether the shader supports this shape and the device's limits allow it.
+    pub fn check(&self, limits: &wgpu::Limits) -> Result<()> {
+        let TileConfig { tile_m, tile_n, tile_k, thread_m, thread_n } = *self;
+        if !(1..=8).contains(&thread_m) || !(1..=8).contains(&thread_n) {
+            bail!("matmul tile {self}: the register block is at most 8x8");
+        }
+        if !tile_m.is_multiple_of(thread_m)
+            || !tile_n.is_multiple_of(thread_n)
+            || tile_k == 0
+            || !tile_k.is_multiple_of(4)
+        {
+            bail!("matmul tile {self}: tile_m and tile_n must be multiples of the register block, tile_k of 4");
+        }
+        let (x, y) = (tile_n / thread_n, tile_m / thread_m);
+        if self.invocations() > limits.max_compute_invocations_per_workgroup
+            || x > limits.max_compute_workgroup_size_x
+            || y > limits.max_compute_workgroup_size_y
+        {
+            bail!(
+                "matmul tile {self}: {x}x{y} invocations exceed the device's workgroup limits ({} in all)",
+                limits.max_compute_invocations_per_workgroup
+            );
+        }
+        if self.workgroup_bytes() > limits.max_compute_workgroup_storage_size {
+            bail!(
+                "matmul tile {self}: {} bytes of workgroup memory, the device allows {}",
+                self.workgroup_bytes(),
+                limits.max_compute_workgroup_storage_size
+            );
+        }
+        Ok(())
+    }
+
+    fn constants(&self) -> [(&'static str, f64); 5] {
+        [
+            ("TILE_M", self.tile_m as f64),
+            ("TILE_N", self.tile_n as f64),
+            ("TILE_K", self.tile_k as f64),
+            ("THREAD_M", self.thread_m as f64),
+            ("THREAD_N", self.thread_n as f64),
+        ]
+    }
+}
+
+impl std::fmt::Display for TileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}/{}x{}", self.tile_m, self.tile_n, self.tile_k, self.thread_m, self.thread_n)
+    }
+}
+
 /// Which matmul shader runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulVariant {
     /// `matmul.wgsl`: 4x4 outputs per invocation straight from global memory. Fastest on
     /// software adapters, whose "workgroup memory" is ordinary memory.
     RegisterBlocked,
+    /// `matmul_tiled.wgsl`: workgroup tiles staged through workgroup memory, with these
+    /// tile sizes. The portable variant for hardware GPUs.
+    Tiled(TileConfig),
+    /// `matmul_coop.wgsl` on tensor cores for f16 weights: needs `SHADER_F16`, `SUBGROUP`
+    /// (subgroups of at most 64), `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16x16x16
+    /// f16 x f16 -> f32 configuration, and 27.6 KiB of workgroup memory. Weights of
+    /// another dtype (a tensor [`f16_weights`] refused) run the tiled kernel with `fallback`.
+    Cooperative { fallback: TileConfig },
 }
 
 impl MatmulVariant {
     pub fn name(self) -> &'static str {
         match self {
             MatmulVariant::RegisterBlocked => "register-blocked",
+            MatmulVariant::Tiled(_) => "tiled",
+            MatmulVariant::Cooperative { .. } => "cooperative (tensor cores, f16)",
+        }
+    }
+
+    /// The name with the tile sizes, for `gpu-info` and the bench.
+    pub fn describe(self) -> String {
+        match self {
+            MatmulVariant::RegisterBlocked => "register-blocked 32x32/4x4".to_owned(),
+            MatmulVariant::Tiled(tile) => format!("tiled {tile}"),
+            MatmulVariant::Cooperative { fallback } => {
+                format!("cooperative 64x64x32 f16 (tiled {fallback} for other weight dtypes)")
+            }
         }
     }
 }
@@ -53,12 +177,14 @@ impl MatmulVariant {
 /// One pipeline per weight dtype of the chosen variant.
 pub struct Matmul {
     pub variant: MatmulVariant,
-    per_dtype: [Kernel; 3],
-    /// Output rows and columns one workgroup covers.
-    tile: (usize, usize),
+    /// A kernel and the output (rows, columns) one of its workgroups covers, by dtype.
+    per_dtype: [(Kernel, (usize, usize)); 3],
 }
 
 const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+
+/// The cooperative kernel's workgroup memory: two f16 tiles 64x40, one f32 tile 64x68.
+const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 40 * 2 + 64 * 68 * 4;
 
 fn dtype_index(dtype: DType) -> usize {
     match dtype {
@@ -68,18 +194,54 @@ fn dtype_index(dtype: DType) -> usize {
     }
 }
 
+const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl");
+const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");
+const COOPERATIVE: &str = include_str!("../../../../../shaders/matmul_coop.wgsl");
+
+/// The WGSL source of each matmul shader, for validation without a device.
+pub fn sources() -> [(&'static str, &'static str); 3] {
+    [("matmul.wgsl", REGISTER_BLOCKED), ("matmul_tiled.wgsl", TILED), ("matmul_coop.wgsl", COOPERATIVE)]
+}
+
 impl Matmul {
     pub fn new(device: &wgpu::Device, variant: MatmulVariant) -> Result<Self> {
-        let (name, source, tile) = match variant {
-            MatmulVariant::RegisterBlocked => ("matmul", include_str!("../../../../../shaders/matmul.wgsl"), (32, 32)),
-        };
         let size = std::mem::size_of::<MatmulParams>() as u64;
-        let per_dtype = [
-            Kernel::new(device, name, source, &[("DTYPE", 0.0)], size, &BUFFERS)?,
-            Kernel::new(device, name, source, &[("DTYPE", 1.0)], size, &BUFFERS)?,
-            Kernel::new(device, name, source, &[("DTYPE", 2.0)], size, &BUFFERS)?,
-        ];
-        Ok(Matmul { variant, per_dtype, tile })
+        let register_blocked = |dtype: f64| -> Result<(Kernel, (usize, usize))> {
+            Ok((Kernel::new(device, "matmul", REGISTER_BLOCKED, &[("DTYPE", dtype)], size, &BUFFERS)?, (32, 32)))
+        };
+        let tiled = |tile: TileConfig, dtype: f64| -> Result<(Kernel, (usize, usize))> {
+            tile.check(&device.limits())?;
+            let mut constants = vec![("DTYPE", dtype)];
+            constants.extend(tile.constants());
+            let kernel = Kernel::new(device, "matmul_tiled", TILED, &constants, size, &BUFFERS)?;
+            Ok((kernel, (tile.tile_m as usize, tile.tile_n as usize)))
+        };
+        let per_dtype = match variant {
+            MatmulVariant::RegisterBlocked => [register_blocked(0.0)?, register_blocked(1.0)?, register_blocked(2.0)?],
+            MatmulVariant::Tiled(tile) => [tiled(tile, 0.0)?, tiled(tile, 1.0)?, tiled(tile, 2.0)?],
+            MatmulVariant::Cooperative { fallback } => {
+                let needed = wgpu::Features::SHADER_F16
+                    | wgpu::Features::SUBGROUP
+                    | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+                if !device.features().contains(needed) {
+                    bail!("the cooperative matmul needs the device features {:?}", needed - device.features());
+                }
+                let limits = device.limits();
+                if COOP_WORKGROUP_BYTES > limits.max_compute_workgroup_storage_size
+                    || limits.max_compute_invocations_per_workgroup < 128
+                {
+                    bail!(
+                        "the cooperative matmul needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory and 128 \
+                         invocations; the device allows {} and {}",
+                        limits.max_compute_workgroup_storage_size,
+                        limits.max_compute_invocations_per_workgroup
+                    );
+                }
+                let coop = Kernel::new(device, "matmul_coop", COOPERATIVE, &[("DTYPE", 2.0)], size, &BUFFERS)?;
+                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, (64, 64))]
+            }
+        };
+        Ok(Matmul { variant, per_dtype })
     }
 
     /// Records `y[.., out_offset..out_offset + n] (epilogue)= x @ w^T (+ bias)`.
@@ -94,32 +256,83 @@ impl Matmul {
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) {
-        let groups =
-            [(params.n as usize).div_ceil(self.tile.1) as u32, (params.m as usize).div_ceil(self.tile.0) as u32, 1];
+        let (kernel, tile) = &self.per_dtype[dtype_index(dtype)];
+        let groups = [(params.n as usize).div_ceil(tile.1) as u32, (params.m as usize).div_ceil(tile.0) as u32, 1];
         let flops = 2.0 * params.m as f64 * params.n as f64 * params.k as f64;
-        rec.dispatch(&self.per_dtype[dtype_index(dtype)], &params, &[x, w, bias, y], groups, flops);
+        rec.dispatch(kernel, &params, &[x, w, bias, y], groups, flops);
     }
 }
 
-/// Times one matmul variant alone: `[m, k] @ [n, k]^T` with f32 weights, `iterations`
-/// dispatches in one submission after a warm-up. Returns seconds per dispatch and the
-/// adapter's name.
-pub fn time_matmul(variant: MatmulVariant, m: usize, n: usize, k: usize, iterations: usize) -> Result<(f64, String)> {
+/// A weight in `dtype` (little-endian `bytes`) as f16 bytes, for the tensor-core path.
+/// f16 input is returned as is. Any value outside f16's finite range (|x| > 65504, or not
+/// finite) is an error naming the tensor; other values round to the nearest f16.
+pub fn f16_weights(name: &str, dtype: DType, bytes: &[u8]) -> Result<Vec<u8>> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let widen: fn(&[u8]) -> f32 = match dtype {
+        DType::F16 => return Ok(bytes.to_vec()),
+        DType::BF16 => |b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        DType::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    };
+    let width = dtype.size();
+    if !bytes.len().is_multiple_of(width) {
+        bail!("tensor {name}: {} bytes is not a whole number of {dtype:?} values", bytes.len());
+    }
+    let parts: Vec<std::result::Result<Vec<u8>, (usize, f32)>> = bytes
+        .par_chunks(CHUNK * width)
+        .enumerate()
+        .map(|(chunk, part)| {
+            let mut out = Vec::with_capacity(part.len() / width * 2);
+            for (i, value) in part.chunks_exact(width).map(widen).enumerate() {
+                if !value.is_finite() || value.abs() > 65504.0 {
+                    return Err((chunk * CHUNK + i, value));
+                }
+                out.extend_from_slice(&half::f16::from_f32(value).to_le_bytes());
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() / width * 2);
+    for part in parts {
+        match part {
+            Ok(part) => out.extend_from_slice(&part),
+            Err((index, value)) => bail!(
+                "tensor {name}: element {index} is {value}, outside f16's finite range (|x| <= 65504); \
+                 it cannot run on the tensor-core path"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Times one matmul variant alone: `[m, k] @ [n, k]^T` with f32 weights (f16 for
+/// [`MatmulVariant::Cooperative`]), `iterations` dispatches in one submission after a
+/// one-dispatch warm-up. Returns seconds per dispatch and the adapter's name.
+pub fn time_variant(variant: MatmulVariant, m: usize, n: usize, k: usize, iterations: usize) -> Result<(f64, String)> {
     use super::{BindCache, read_buffer};
     use crate::model::gpu::{AdapterChoice, open_device};
     use wgpu::util::DeviceExt;
     let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
     let device = &gpu.device;
     let matmul = Matmul::new(device, variant)?;
-    let filled = |label: &str, floats: usize| {
-        let values: Vec<f32> = (0..floats).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect();
+    let values = |count: usize| -> Vec<f32> { (0..count).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect() };
+    let buffer = |label: &str, bytes: &[u8]| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytemuck::cast_slice(&values),
+            contents: bytes,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         })
     };
-    let (x, w, bias, y) = (filled("x", m * k), filled("w", n * k), filled("bias", n), filled("y", m * n));
+    let (dtype, weight) = match variant {
+        MatmulVariant::Cooperative { .. } => {
+            (DType::F16, f16_weights("timing", DType::F32, bytemuck::cast_slice(&values(n * k)))?)
+        }
+        _ => (DType::F32, bytemuck::cast_slice(&values(n * k)).to_vec()),
+    };
+    let x = buffer("x", bytemuck::cast_slice(&values(m * k)));
+    let w = buffer("w", &weight);
+    let bias = buffer("bias", bytemuck::cast_slice(&values(n)));
+    let y = buffer("y", bytemuck::cast_slice(&values(m * n)));
     let done = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("done"),
         size: 4,
@@ -137,10 +350,10 @@ pub fn time_matmul(variant: MatmulVariant, m: usize, n: usize, k: usize, iterati
         _pad: 0,
     };
     let mut cache = BindCache::default();
-    let mut run = |count: usize| -> Result<f64> {
+    let mut run = |count: usize, params: MatmulParams| -> Result<f64> {
         let mut rec = Recorder::new(device);
         for _ in 0..count {
-            matmul.record(&mut rec, params, DType::F32, &x, &w, &bias, &y);
+            matmul.record(&mut rec, params, dtype, &x, &w, &bias, &y);
         }
         let started = std::time::Instant::now();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -150,6 +363,11 @@ pub fn time_matmul(variant: MatmulVariant, m: usize, n: usize, k: usize, iterati
         read_buffer(device, &done)?;
         Ok(started.elapsed().as_secs_f64())
     };
-    run(1)?; // warm-up: pipeline compilation and first-use costs
-    Ok((run(iterations)? / iterations as f64, gpu.info.name.clone()))
+    // Warm-up: first-use costs, on one row so big shapes do not pay a whole extra dispatch.
+    run(1, MatmulParams { m: 1, ..params })?;
+    Ok((run(iterations, params)? / iterations as f64, gpu.info.name.clone()))
 }
+
+#[cfg(test)]
+#[path = "matmul_tests.rs"]
+mod matmul_tests;

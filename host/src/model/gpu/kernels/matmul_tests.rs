@@ -1,0 +1,425 @@
+//! Every matmul variant against a CPU reference (f64 loops) on small odd shapes: all three
+//! weight dtypes, all four epilogues, bias on and off, and a weight split in two row
+//! ranges (out_offset/out_stride). The tensor-core kernel is validated with naga here and
+//! run where the adapter offers it; elsewhere its test prints that it was skipped.
+
+use super::*;
+use crate::model::gpu::kernels::{BindCache, read_buffer};
+use crate::model::gpu::{AdapterChoice, Gpu, open_device};
+use wgpu::naga;
+use wgpu::util::DeviceExt;
+
+/// (m, n, k): m and n not multiples of any tile, k a multiple of 4 but (136) not of 16/32.
+const SHAPES: [(usize, usize, usize); 3] = [(37, 52, 96), (1, 9, 64), (130, 70, 136)];
+const EPILOGUES: [Epilogue; 4] = [Epilogue::Store, Epilogue::Accumulate, Epilogue::SiluGate, Epilogue::SquaredRelu];
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+fn gpu() -> Gpu {
+    open_device(AdapterChoice::Any).expect("opening a wgpu device").expect("Any returns an adapter")
+}
+
+/// Deterministic values in [-1, 1).
+fn values(seed: u64, count: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `values` stored in `dtype`, and the values the kernel sees after widening.
+fn encode(dtype: DType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    match dtype {
+        DType::F32 => (bytemuck::cast_slice(values).to_vec(), values.to_vec()),
+        DType::BF16 => {
+            let h: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+        }
+        DType::F16 => {
+            let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+        }
+    }
+}
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    epilogue: Epilogue,
+    bias: bool,
+    /// Rows of the weight in its first part (the rest is a second buffer at out_offset).
+    split: Option<usize>,
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{} {:?} {:?} bias {} split {:?}",
+            self.m, self.n, self.k, self.dtype, self.epilogue, self.bias, self.split
+        )
+    }
+}
+
+/// Every shape x dtype x epilogue, bias and splitting alternating so each dtype and
+/// epilogue sees both.
+fn cases(dtypes: &[DType]) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
+        for (d, &dtype) in dtypes.iter().enumerate() {
+            for (e, &epilogue) in EPILOGUES.iter().enumerate() {
+                let bias = (s + e) % 2 == 0;
+                let split = ((d + e) % 2 == 1).then_some(n / 2 + 1);
+                cases.push(Case { m, n, k, dtype, epilogue, bias, split });
+            }
+        }
+    }
+    cases
+}
+
+/// The reference output of `case`: `x` and `w` as the kernel sees them, `y0` what `y`
+/// held before.
+fn reference(case: &Case, x: &[f32], w: &[f32], bias: &[f32], y0: &[f32]) -> Vec<f64> {
+    let mut y = Vec::with_capacity(case.m * case.n);
+    for r in 0..case.m {
+        for c in 0..case.n {
+            let mut value: f64 = (0..case.k).map(|i| x[r * case.k + i] as f64 * w[c * case.k + i] as f64).sum();
+            if case.bias {
+                value += bias[c] as f64;
+            }
+            let old = y0[r * case.n + c] as f64;
+            y.push(match case.epilogue {
+                Epilogue::Store => value,
+                Epilogue::Accumulate => old + value,
+                Epilogue::SiluGate => old * value / (1.0 + (-value).exp()),
+                Epilogue::SquaredRelu => value.max(0.0).powi(2),
+            });
+        }
+    }
+    y
+}
+
+struct Prepared {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    y0: Vec<f32>,
+    buffers: Vec<wgpu::Buffer>,
+    readback: wgpu::Buffer,
+}
+
+/// Runs every case through `matmul` in one submission; returns, per case, the kernel's
+/// output and the inputs the reference needs.
+fn run(gpu: &Gpu, matmul: &Matmul, cases: &[Case], weight_dtype: impl Fn(&Case) -> DType) -> Vec<(Prepared, Vec<f32>)> {
+    let device = &gpu.device;
+    let storage = |label: &str, bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let mut prepared = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let seed = i as u64 * 4;
+        let x = values(seed, case.m * case.k);
+        let w32 = values(seed + 1, case.n * case.k);
+        let bias = values(seed + 2, case.n);
+        let y0 = values(seed + 3, case.m * case.n);
+        let dtype = weight_dtype(case);
+        let (w_bytes, w) = if dtype == case.dtype {
+            encode(dtype, &w32)
+        } else {
+            // The tensor-core path: the stored dtype converted to f16 at load.
+            let (stored, _) = encode(case.dtype, &w32);
+            let converted = f16_weights("test weight", case.dtype, &stored).unwrap();
+            let seen = converted.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+            (converted, seen)
+        };
+        let first = case.split.unwrap_or(case.n);
+        let row_bytes = case.k * dtype.size();
+        let mut buffers = vec![
+            storage("x", bytemuck::cast_slice(&x)),
+            storage("bias", bytemuck::cast_slice(&bias)),
+            storage("y", bytemuck::cast_slice(&y0)),
+            storage("w part 0", &w_bytes[..first * row_bytes]),
+        ];
+        if first < case.n {
+            buffers.push(storage("w part 1", &w_bytes[first * row_bytes..]));
+        }
+        let readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: (case.m * case.n * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        prepared.push(Prepared { x, w, bias, y0, buffers, readback });
+    }
+    let mut rec = Recorder::new(device);
+    for (case, p) in cases.iter().zip(&prepared) {
+        let first = case.split.unwrap_or(case.n);
+        let parts = [(0, first, &p.buffers[3]), (first, case.n - first, p.buffers.get(4).unwrap_or(&p.buffers[3]))];
+        for (offset, rows, w) in parts {
+            if rows == 0 {
+                continue;
+            }
+            let params = MatmulParams {
+                m: case.m as u32,
+                n: rows as u32,
+                k: case.k as u32,
+                out_stride: case.n as u32,
+                out_offset: offset as u32,
+                has_bias: case.bias as u32,
+                epilogue: case.epilogue as u32,
+                _pad: 0,
+            };
+            matmul.record(&mut rec, params, weight_dtype(case), &p.buffers[0], w, &p.buffers[1], &p.buffers[2]);
+        }
+    }
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    rec.encode(device, &gpu.queue, &mut BindCache::default(), &mut encoder, false).unwrap();
+    for p in &prepared {
+        encoder.copy_buffer_to_buffer(&p.buffers[2], 0, &p.readback, 0, p.readback.size());
+    }
+    gpu.queue.submit([encoder.finish()]);
+    prepared
+        .into_iter()
+        .map(|p| {
+            let got = bytemuck::cast_slice(&read_buffer(device, &p.readback).unwrap()).to_vec();
+            (p, got)
+        })
+        .collect()
+}
+
+/// Largest `|got - want| / (1 + |want|)` over one case.
+fn max_error(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs())).fold(0.0, f64::max)
+}
+
+/// Checks `variant` on every case in its weights' stored dtype, to `1e-5 * (1 + |y|)`.
+fn check_f32_path(variant: MatmulVariant) {
+    let gpu = gpu();
+    let matmul = Matmul::new(&gpu.device, variant).unwrap();
+    let cases = cases(&DTYPES);
+    let results = run(&gpu, &matmul, &cases, |case| case.dtype);
+    let mut worst = 0f64;
+    for (case, (p, got)) in cases.iter().zip(&results) {
+        let want = reference(case, &p.x, &p.w, &p.bias, &p.y0);
+        let error = max_error(got, &want);
+        assert!(error <= 1e-5, "{} on {}: {case}: error {error:e}", variant.describe(), gpu.info.name);
+        worst = worst.max(error);
+    }
+    eprintln!("{} on {}: {} cases, worst error {worst:.1e}", variant.describe(), gpu.info.name, cases.len());
+}
+
+#[test]
+fn register_blocked_matches_cpu() {
+    check_f32_path(MatmulVariant::RegisterBlocked);
+}
+
+#[test]
+fn tiled_matches_cpu_for_every_preset() {
+    for tile in [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::LARGE] {
+        check_f32_path(MatmulVariant::Tiled(tile));
+    }
+}
+
+#[test]
+fn tiled_matches_cpu_for_uneven_shapes() {
+    // Rectangular tiles, rectangular register blocks, a K step of 4 and of 32.
+    for tile in [
+        TileConfig { tile_m: 16, tile_n: 64, tile_k: 4, thread_m: 2, thread_n: 8 },
+        TileConfig { tile_m: 64, tile_n: 32, tile_k: 32, thread_m: 8, thread_n: 4 },
+        TileConfig { tile_m: 24, tile_n: 8, tile_k: 8, thread_m: 3, thread_n: 1 },
+    ] {
+        check_f32_path(MatmulVariant::Tiled(tile));
+    }
+}
+
+#[test]
+fn tile_config_check_rejects_what_the_shader_cannot_do() {
+    let limits = wgpu::Limits::default();
+    for tile in [TileConfig::SMALL, TileConfig::MEDIUM] {
+        tile.check(&limits).unwrap();
+    }
+    let bad = [
+        TileConfig { thread_m: 16, tile_m: 128, ..TileConfig::MEDIUM },
+        TileConfig { tile_m: 66, ..TileConfig::MEDIUM },
+        TileConfig { tile_k: 6, ..TileConfig::MEDIUM },
+        TileConfig { tile_m: 128, tile_n: 128, ..TileConfig::MEDIUM },
+    ];
+    for tile in bad {
+        assert!(tile.check(&limits).is_err(), "{tile} passed");
+    }
+    // WebGPU's default 16 KiB of workgroup memory is too little for the large tile.
+    assert!(TileConfig::LARGE.check(&limits).is_err());
+    let mut info = gpu().info;
+    info.device_type = wgpu::DeviceType::DiscreteGpu;
+    assert_eq!(TileConfig::for_adapter(&info, &limits), TileConfig::MEDIUM);
+    let big = wgpu::Limits { max_compute_workgroup_storage_size: 48 << 10, ..limits.clone() };
+    assert_eq!(TileConfig::for_adapter(&info, &big), TileConfig::LARGE);
+    info.device_type = wgpu::DeviceType::Cpu;
+    assert_eq!(TileConfig::for_adapter(&info, &big), TileConfig { thread_m: 8, thread_n: 8, ..TileConfig::MEDIUM });
+}
+
+/// Parses and validates `source` with naga as wgpu would with `capabilities`, fills in
+/// the override `constants` and writes SPIR-V, so a shader error shows without a device.
+fn validate(name: &str, source: &str, capabilities: naga::valid::Capabilities, constants: &[(&str, f64)]) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
+    let info =
+        validator.validate(&module).unwrap_or_else(|e| panic!("{name} is invalid:\n{}", e.emit_to_string(source)));
+    let constants: naga::back::PipelineConstants = constants.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+        .unwrap_or_else(|e| panic!("{name} with {constants:?}: {e}"));
+    let options = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
+    let pipeline =
+        naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{name} with {constants:?} does not compile to SPIR-V: {e}"));
+}
+
+#[test]
+fn tiled_shader_validates_with_naga_for_every_preset() {
+    for tile in [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::LARGE] {
+        for dtype in [0.0, 1.0, 2.0] {
+            let mut constants = vec![("DTYPE", dtype)];
+            constants.extend(tile.constants());
+            validate("matmul_tiled.wgsl", TILED, naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32, &constants);
+        }
+    }
+}
+
+#[test]
+fn cooperative_shader_validates_with_naga() {
+    use naga::valid::Capabilities as C;
+    // What wgpu grants with SHADER_F16, SUBGROUP and EXPERIMENTAL_COOPERATIVE_MATRIX
+    // (SHADER_FLOAT16_IN_FLOAT32, for unpack2x16float, every Vulkan device has).
+    let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
+    validate("matmul_coop.wgsl", COOPERATIVE, granted, &[]);
+    // Without the cooperative-matrix capability naga refuses it.
+    let module = naga::front::wgsl::parse_str(COOPERATIVE).unwrap();
+    assert!(
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), granted - C::COOPERATIVE_MATRIX)
+            .validate(&module)
+            .is_err()
+    );
+}
+
+/// The tensor-core kernel against the CPU on every case: bf16/f32 weights converted with
+/// [`f16_weights`] (f16 as stored), activations rounded to f16 as the kernel stages them.
+/// Tolerance: `1e-3 * (1 + |y|)` against that rounded reference (the products are exact
+/// in f32, only the summation order differs), and `1e-2 * (1 + |y|)` against the
+/// unrounded f32 reference (what f16 activations cost on these O(1)-O(10) values).
+#[test]
+fn cooperative_matches_cpu_or_says_it_was_skipped() {
+    let gpu = gpu();
+    let caps = &gpu.caps;
+    let why_not = if !caps.has_f16_tensor_cores() {
+        Some(format!(
+            "the adapter offers no 16x16x16 f16 x f16 -> f32 cooperative matrix (configurations: {:?})",
+            caps.cooperative_matrices
+        ))
+    } else if !caps.shader_f16 || !caps.subgroups {
+        Some("the device lacks SHADER_F16 or SUBGROUP".to_owned())
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        eprintln!("SKIPPED: cooperative matmul on {} ({:?}): {why}", gpu.info.name, gpu.info.device_type);
+        return;
+    }
+    let variant = MatmulVariant::Cooperative { fallback: TileConfig::MEDIUM };
+    let matmul = Matmul::new(&gpu.device, variant).unwrap();
+    let cases = cases(&DTYPES);
+    let results = run(&gpu, &matmul, &cases, |_| DType::F16);
+    let (mut worst_rounded, mut worst_exact) = (0f64, 0f64);
+    for (case, (p, got)) in cases.iter().zip(&results) {
+        let x16: Vec<f32> = p.x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let rounded = max_error(got, &reference(case, &x16, &p.w, &p.bias, &p.y0));
+        let exact = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
+        assert!(rounded <= 1e-3, "cooperative on {}: {case}: error {rounded:e} against f16 inputs", gpu.info.name);
+        assert!(exact <= 1e-2, "cooperative on {}: {case}: error {exact:e} against f32 inputs", gpu.info.name);
+        worst_rounded = worst_rounded.max(rounded);
+        worst_exact = worst_exact.max(exact);
+    }
+    eprintln!(
+        "cooperative on {}: {} cases, worst error {worst_rounded:.1e} (f16 inputs), {worst_exact:.1e} (f32 inputs)",
+        gpu.info.name,
+        cases.len()
+    );
+    // The fallback for weights left in bf16/f32.
+    let fallback = run(&gpu, &matmul, &cases, |case| case.dtype);
+    for (case, (p, got)) in cases.iter().zip(&fallback) {
+        let error = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
+        assert!(error <= 1e-5, "cooperative's tiled fallback: {case}: error {error:e}");
+    }
+}
+
+#[test]
+fn f16_weights_converts_and_names_a_tensor_out_of_range() {
+    let values = [0.0f32, 1.0, -2.5, 65504.0, -65504.0, 1e-3, 2.71875];
+    let f32_bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+    let from_f32 = f16_weights("w", DType::F32, &f32_bytes).unwrap();
+    let want: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    assert_eq!(from_f32, want);
+    // bf16 has no 65504: its neighbours are 65280 (fits) and 65536 (does not).
+    let (bf16_bytes, bf16_values) = encode(DType::BF16, &[0.0, 1.0, -2.5, 65280.0, -65280.0, 1e-3, 2.71875]);
+    let from_bf16 = f16_weights("w", DType::BF16, &bf16_bytes).unwrap();
+    let want: Vec<u8> = bf16_values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    assert_eq!(from_bf16, want);
+    let (too_big, _) = encode(DType::BF16, &[1.0, 65504.0]);
+    assert!(f16_weights("w", DType::BF16, &too_big).unwrap_err().to_string().contains("element 1 is 65536"));
+    let (f16_bytes, _) = encode(DType::F16, &values);
+    assert_eq!(f16_weights("w", DType::F16, &f16_bytes).unwrap(), f16_bytes);
+    for bad in [65520.0f32, -1e6, f32::INFINITY, f32::NAN] {
+        let mut big = vec![0.5f32; 200_000];
+        big[123_456] = bad;
+        let error = f16_weights("model.layers.3.mlp.down_proj.weight", DType::F32, bytemuck::cast_slice(&big))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("model.layers.3.mlp.down_proj.weight") && error.contains("element 123456"), "{error}");
+    }
+    assert!(f16_weights("w", DType::F32, &[0u8; 6]).is_err());
+}
+
+/// GFLOP/s of each variant and tile shape on this adapter (no assertion: numbers for the
+/// README). `cargo test --locked -p steerlm --lib time_matmul_variants -- --ignored
+/// --nocapture`; `STEERLM_MATMUL_BIG=1` adds 2048x2048x8192 (one dispatch each, ~20 s
+/// apiece on lavapipe).
+#[test]
+#[ignore]
+fn time_matmul_variants() {
+    let mut variants = vec![MatmulVariant::RegisterBlocked];
+    for tile in [
+        TileConfig::SMALL,
+        TileConfig { tile_k: 32, ..TileConfig::SMALL },
+        TileConfig { tile_m: 32, tile_n: 64, ..TileConfig::SMALL },
+        TileConfig::MEDIUM,
+        TileConfig { tile_k: 32, ..TileConfig::MEDIUM },
+        TileConfig { thread_m: 8, thread_n: 8, ..TileConfig::MEDIUM },
+        TileConfig { thread_m: 8, ..TileConfig::MEDIUM },
+        TileConfig::LARGE,
+    ] {
+        variants.push(MatmulVariant::Tiled(tile));
+    }
+    let mut shapes = vec![(512, 1536, 576, 3)];
+    if std::env::var("STEERLM_MATMUL_BIG").is_ok_and(|v| v == "1") {
+        shapes.push((2048, 2048, 8192, 1));
+    }
+    for (m, n, k, iterations) in shapes {
+        for &variant in &variants {
+            let (seconds, adapter) = time_variant(variant, m, n, k, iterations).unwrap();
+            let gflops = 2.0 * (m * n * k) as f64 / seconds / 1e9;
+            println!("{m}x{k}x{n} {:<34} {seconds:>9.4} s {gflops:>8.2} GFLOP/s  ({adapter})", variant.describe());
+        }
+    }
+}
