@@ -26,6 +26,11 @@ fi
 
 cargo test --workspace --locked "$@"
 
+# The tensor-core kernel runs only where the adapter has cooperative matrices (not
+# lavapipe): show its test's verdict, SKIPPED or checked, in the log rather than hide it.
+cargo test --locked -p steerlm --lib -- --nocapture cooperative_matches_cpu_or_says_it_was_skipped \
+    wgpu_tensor_cores_match_transformers_within_the_f16_tolerance 2>&1 | grep -E "SKIPPED|cooperative on|tensor cores|test result"
+
 # NeMo-Aligner's own annotation client (PyTriton's FuturesModelClient, from PyPI)
 # against a real `steerlm serve`.
 tests/pytriton/run.sh target/debug/steerlm

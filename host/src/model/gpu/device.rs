@@ -1,7 +1,7 @@
 //! The wgpu adapter: which one we take, the features and limits we ask for, and which
 //! kernel variants it allows (what `steerlm gpu-info` prints).
 
-use super::kernels::matmul::MatmulVariant;
+use super::kernels::matmul::{MatmulVariant, TileConfig};
 use crate::model::Precision;
 use anyhow::{Context, Result, bail};
 
@@ -133,16 +133,26 @@ pub struct KernelPlan {
 
 impl KernelPlan {
     pub fn choose(info: &wgpu::AdapterInfo, caps: &Capabilities, precision: Precision) -> Self {
-        let software = info.device_type == wgpu::DeviceType::Cpu;
-        let (matmul, matmul_reason) = if software {
-            (
-                MatmulVariant::RegisterBlocked,
-                "software adapter: workgroup memory is ordinary memory, so register blocking is fastest".to_owned(),
-            )
-        } else {
-            (MatmulVariant::RegisterBlocked, "the only portable variant in this build".to_owned())
+        let tile = TileConfig::for_adapter(info, &caps.limits);
+        let tensor_cores = caps.has_f16_tensor_cores() && caps.shader_f16 && caps.subgroups;
+        let (matmul, matmul_reason) = match precision {
+            Precision::Auto if tensor_cores => (
+                MatmulVariant::Cooperative { fallback: tile },
+                "16x16x16 f16 x f16 -> f32 cooperative matrices (tensor cores); weights become f16 at load".to_owned(),
+            ),
+            Precision::Auto => (
+                MatmulVariant::Tiled(tile),
+                if caps.cooperative_matrices.is_empty() {
+                    "no cooperative matrices on this adapter, so the f32 tiled kernel".to_owned()
+                } else {
+                    "no 16x16x16 f16 -> f32 cooperative matrix (with f16 shaders and subgroups), so the f32 tiled \
+                     kernel"
+                        .to_owned()
+                },
+            ),
+            Precision::F32 => (MatmulVariant::Tiled(tile), "--precision f32: the f32 tiled kernel".to_owned()),
         };
-        let _ = (caps, precision);
+        let f16_weights = matches!(matmul, MatmulVariant::Cooperative { .. });
         KernelPlan {
             matmul,
             matmul_reason,
@@ -151,7 +161,7 @@ impl KernelPlan {
                                (models whose head size is not a multiple of 4 up to 256, or whose GQA group \
                                is above 8, use the row kernel)"
                 .to_owned(),
-            f16_weights: false,
+            f16_weights,
         }
     }
 }

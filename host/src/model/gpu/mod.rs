@@ -134,7 +134,12 @@ impl GpuModel {
             flash,
             gather: GatherRows::new(device)?,
         };
-        let upload = Uploader { device, max_binding: part_bytes.unwrap_or(max_binding).min(max_binding) };
+        let upload = Uploader {
+            device,
+            max_binding: part_bytes.unwrap_or(max_binding).min(max_binding),
+            f16_linear: plan.f16_weights,
+            kept_dtype: Default::default(),
+        };
         let layers = tensors
             .layers
             .iter()
@@ -152,6 +157,12 @@ impl GpuModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let score = upload.linear(&tensors.score)?;
+        let kept = upload.kept_dtype.take();
+        if !kept.is_empty() {
+            // Those tensors run the tiled f32 kernel; say which.
+            plan.matmul_reason += &format!("; {} weights kept their dtype: {}", kept.len(), kept.join("; "));
+        }
         let rope = RopeTable::new(config, config.max_positions);
         let widest = [config.hidden_size, config.intermediate_size, config.num_heads * config.head_dim]
             .into_iter()
@@ -160,7 +171,7 @@ impl GpuModel {
         Ok(GpuModel {
             embed: upload.tensor(&tensors.embed)?,
             final_norm: upload.norm(&tensors.final_norm),
-            score: upload.linear(&tensors.score)?,
+            score,
             rope_cos: upload.f32_buffer("rope cos", &rope.cos),
             rope_sin: upload.f32_buffer("rope sin", &rope.sin),
             dummy: upload.f32_buffer("dummy", &[0.0]),

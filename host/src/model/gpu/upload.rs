@@ -2,6 +2,7 @@
 //! two per u32 and are widened in the shaders), split by rows when a tensor is larger
 //! than the adapter's storage-binding limit.
 
+use super::kernels::matmul::f16_weights;
 use crate::model::layout::{LinearTensors, NormTensors};
 use crate::model::weights::{DType, TensorView};
 use anyhow::{Result, bail};
@@ -31,10 +32,19 @@ pub struct DeviceNorm {
 pub struct Uploader<'a> {
     pub device: &'a wgpu::Device,
     pub max_binding: usize,
+    /// Convert linear weights to f16 (the tensor-core path).
+    pub f16_linear: bool,
+    /// Weights that stayed in their dtype because f16 cannot hold them, and why.
+    pub kept_dtype: std::cell::RefCell<Vec<String>>,
 }
 
 impl Uploader<'_> {
     pub fn tensor(&self, view: &TensorView) -> Result<DeviceTensor> {
+        self.matrix(view.dtype, view.shape, view.bytes)
+    }
+
+    fn matrix(&self, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<DeviceTensor> {
+        let view = TensorView { name: "", dtype, shape, bytes };
         let (rows, cols) = match view.shape {
             [rows, cols] => (*rows, *cols),
             other => bail!("expected a matrix, got shape {other:?}"),
@@ -61,7 +71,15 @@ impl Uploader<'_> {
     }
 
     pub fn linear(&self, t: &LinearTensors) -> Result<DeviceLinear> {
-        let weight = self.tensor(&t.weight)?;
+        let w = &t.weight;
+        let weight = match self.f16_linear.then(|| f16_weights(w.name, w.dtype, w.bytes)) {
+            Some(Ok(halves)) => self.matrix(DType::F16, w.shape, &halves)?,
+            Some(Err(why)) => {
+                self.kept_dtype.borrow_mut().push(format!("{why:#}"));
+                self.tensor(w)?
+            }
+            None => self.tensor(w)?,
+        };
         debug_assert_eq!(weight.cols, t.in_features);
         Ok(DeviceLinear {
             weight,
