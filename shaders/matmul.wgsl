@@ -10,68 +10,6 @@
 // The epilogue folds the next elementwise pass into the store (see EPILOGUE_* below).
 // This is the register-blocked variant, kept for software adapters where it is fastest.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    out_stride: u32,
-    out_offset: u32,
-    has_bias: u32,
-    epilogue: u32,
-    _pad: u32,
-}
-
-// y = value
-const EPILOGUE_STORE: u32 = 0u;
-// y = y + value: the residual connection.
-const EPILOGUE_ACCUMULATE: u32 = 1u;
-// y = y * silu(value): the gate projection applied to the up projection already in y.
-const EPILOGUE_SILU_GATE: u32 = 2u;
-// y = relu(value)^2: Nemotron's squared-ReLU MLP activation.
-const EPILOGUE_SQUARED_RELU: u32 = 3u;
-
-fn store(index: u32, value: f32) {
-    switch p.epilogue {
-        case EPILOGUE_ACCUMULATE: {
-            y[index] = y[index] + value;
-        }
-        case EPILOGUE_SILU_GATE: {
-            // Clamp so exp() cannot overflow; silu(value) is ~0 there anyway.
-            y[index] = y[index] * (value / (1.0 + exp(min(-value, 80.0))));
-        }
-        case EPILOGUE_SQUARED_RELU: {
-            let r = max(value, 0.0);
-            y[index] = r * r;
-        }
-        default: {
-            y[index] = value;
-        }
-    }
-}
-
-// 0: f32, 1: bf16, 2: f16.
-override DTYPE: u32 = 0u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-fn load_w4(row: u32, k: u32) -> vec4<f32> {
-    let e = row * p.k + k;
-    if (DTYPE == 0u) {
-        return vec4<f32>(bitcast<f32>(w[e]), bitcast<f32>(w[e + 1u]), bitcast<f32>(w[e + 2u]), bitcast<f32>(w[e + 3u]));
-    }
-    let a = w[e / 2u];
-    let b = w[e / 2u + 1u];
-    if (DTYPE == 1u) {
-        // bf16 is the top half of an f32: widen by shifting.
-        return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u), bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
-    }
-    return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
-}
-
 @compute @workgroup_size(8, 8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col0 = gid.x * 4u;

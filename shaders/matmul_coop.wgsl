@@ -22,48 +22,6 @@ enable f16;
 enable wgpu_cooperative_matrix;
 diagnostic(off, derivative_uniformity);
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    out_stride: u32,
-    out_offset: u32,
-    has_bias: u32,
-    epilogue: u32,
-    _pad: u32,
-}
-
-// y = value
-const EPILOGUE_STORE: u32 = 0u;
-// y = y + value: the residual connection.
-const EPILOGUE_ACCUMULATE: u32 = 1u;
-// y = y * silu(value): the gate projection applied to the up projection already in y.
-const EPILOGUE_SILU_GATE: u32 = 2u;
-// y = relu(value)^2: Nemotron's squared-ReLU MLP activation.
-const EPILOGUE_SQUARED_RELU: u32 = 3u;
-
-fn store(index: u32, value: f32) {
-    switch p.epilogue {
-        case EPILOGUE_ACCUMULATE: {
-            y[index] = y[index] + value;
-        }
-        case EPILOGUE_SILU_GATE: {
-            // Clamp so exp() cannot overflow; silu(value) is ~0 there anyway.
-            y[index] = y[index] * (value / (1.0 + exp(min(-value, 80.0))));
-        }
-        case EPILOGUE_SQUARED_RELU: {
-            let r = max(value, 0.0);
-            y[index] = r * r;
-        }
-        default: {
-            y[index] = value;
-        }
-    }
-}
-
-// Only f16 weights (2) run here; the constant is kept for the wrapper's uniformity.
-override DTYPE: u32 = 2u;
-
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 const TILE_K: u32 = 32u;
@@ -71,12 +29,6 @@ const INVOCATIONS: u32 = 128u;
 // Row strides of the staged tiles, padded; rows start 16-byte aligned.
 const LDA: u32 = 40u;
 const LDC: u32 = 68u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 var<workgroup> x_tile: array<f16, TILE_M * LDA>;
 var<workgroup> w_tile: array<f16, TILE_N * LDA>;

@@ -275,14 +275,14 @@ fn write_random_checkpoint(dir: &std::path::Path) {
     safetensors::serialize_to_file(&views, None, &dir.join("model.safetensors")).unwrap();
 }
 
-/// Long sequences with 64-dimensional heads, under every kernel plan this adapter can run
-/// (the chosen one, and register-blocked matmul with row attention): a first attention
+/// Long sequences with 64-dimensional heads, under the chosen kernel plan, the tiled
+/// matmul with flash attention, and the previous kernels (register-blocked, row attention): a first attention
 /// kernel (one invocation per token and head, looping over every key) went wrong on
 /// lavapipe from 500 keys on.
 #[test]
 fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
     use super::gpu::device::AttentionVariant;
-    use super::gpu::kernels::matmul::MatmulVariant;
+    use super::gpu::kernels::matmul::{MatmulVariant, TileConfig};
     use super::{Batch, config::ModelConfig, cpu, gpu, layout::ModelTensors, weights::Weights};
     let dir = tempfile::tempdir().unwrap();
     write_random_checkpoint(dir.path());
@@ -299,7 +299,12 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
     drop(probe);
     let before =
         gpu::KernelPlan { matmul: MatmulVariant::RegisterBlocked, attention: AttentionVariant::Rows, ..chosen.clone() };
-    for plan in [chosen, before] {
+    let tiled = gpu::KernelPlan {
+        matmul: MatmulVariant::Tiled(TileConfig::MEDIUM),
+        attention: AttentionVariant::Flash,
+        ..chosen.clone()
+    };
+    for plan in [chosen, tiled, before] {
         let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
         let what = format!("{} matmul, {} attention", plan.matmul.describe(), plan.attention.name());
         let gpu_model = gpu::GpuModel::with_options(&config, &tensors, adapter, plan, None).unwrap();

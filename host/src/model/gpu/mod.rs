@@ -73,6 +73,8 @@ pub struct GpuModel {
     /// Most tokens whose widest activation fits one storage binding.
     max_tokens_per_pass: usize,
     workspace: Mutex<Option<Workspace>>,
+    /// Linear weights f16 cannot hold, left in their dtype on the tensor-core path.
+    kept_dtype: Vec<String>,
 }
 
 impl GpuModel {
@@ -158,10 +160,11 @@ impl GpuModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let score = upload.linear(&tensors.score)?;
-        let kept = upload.kept_dtype.take();
-        if !kept.is_empty() {
+        let kept_dtype = upload.kept_dtype.take();
+        if !kept_dtype.is_empty() {
             // Those tensors run the tiled f32 kernel; say which.
-            plan.matmul_reason += &format!("; {} weights kept their dtype: {}", kept.len(), kept.join("; "));
+            plan.matmul_reason +=
+                &format!("; {} weights kept their dtype: {}", kept_dtype.len(), kept_dtype.join("; "));
         }
         let rope = RopeTable::new(config, config.max_positions);
         let widest = [config.hidden_size, config.intermediate_size, config.num_heads * config.head_dim]
@@ -182,6 +185,7 @@ impl GpuModel {
             plan,
             gpu,
             workspace: Mutex::new(None),
+            kept_dtype,
         })
     }
 
@@ -192,14 +196,18 @@ impl GpuModel {
 
     pub fn adapter_name(&self) -> String {
         let info = &self.gpu.info;
-        format!(
+        let mut name = format!(
             "wgpu: {} ({:?}, {:?}; matmul {}, attention {})",
             info.name,
             info.backend,
             info.device_type,
             self.plan.matmul.name(),
             self.plan.attention.name()
-        )
+        );
+        if !self.kept_dtype.is_empty() {
+            name += &format!("; kept in their dtype (the f32 kernel): {}", self.kept_dtype.join("; "));
+        }
+        name
     }
 
     /// Whether the adapter has timestamp queries (`--profile`).

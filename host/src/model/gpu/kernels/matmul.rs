@@ -197,23 +197,41 @@ fn dtype_index(dtype: DType) -> usize {
 const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl");
 const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");
 const COOPERATIVE: &str = include_str!("../../../../../shaders/matmul_coop.wgsl");
+/// Parameters, bindings, epilogue and weight load shared by the three.
+const COMMON: &str = include_str!("../../../../../shaders/matmul_common.wgsl");
 
-/// The WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, &'static str); 3] {
-    [("matmul.wgsl", REGISTER_BLOCKED), ("matmul_tiled.wgsl", TILED), ("matmul_coop.wgsl", COOPERATIVE)]
+/// A matmul shader with the common part inserted after its directives (`enable`,
+/// `diagnostic`, `requires`), which WGSL wants before any declaration.
+fn with_common(body: &str) -> String {
+    let lines: Vec<&str> = body.lines().collect();
+    let directives = ["enable ", "diagnostic(", "requires "];
+    let after = lines.iter().rposition(|l| directives.iter().any(|d| l.starts_with(d))).map_or(0, |i| i + 1);
+    format!("{}\n{COMMON}\n{}\n", lines[..after].join("\n"), lines[after..].join("\n"))
+}
+
+/// The complete WGSL source of each matmul shader, for validation without a device.
+pub fn sources() -> [(&'static str, String); 3] {
+    [
+        ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
+        ("matmul_tiled.wgsl", with_common(TILED)),
+        ("matmul_coop.wgsl", with_common(COOPERATIVE)),
+    ]
 }
 
 impl Matmul {
     pub fn new(device: &wgpu::Device, variant: MatmulVariant) -> Result<Self> {
         let size = std::mem::size_of::<MatmulParams>() as u64;
         let register_blocked = |dtype: f64| -> Result<(Kernel, (usize, usize))> {
-            Ok((Kernel::new(device, "matmul", REGISTER_BLOCKED, &[("DTYPE", dtype)], size, &BUFFERS)?, (32, 32)))
+            Ok((
+                Kernel::new(device, "matmul", &with_common(REGISTER_BLOCKED), &[("DTYPE", dtype)], size, &BUFFERS)?,
+                (32, 32),
+            ))
         };
         let tiled = |tile: TileConfig, dtype: f64| -> Result<(Kernel, (usize, usize))> {
             tile.check(&device.limits())?;
             let mut constants = vec![("DTYPE", dtype)];
             constants.extend(tile.constants());
-            let kernel = Kernel::new(device, "matmul_tiled", TILED, &constants, size, &BUFFERS)?;
+            let kernel = Kernel::new(device, "matmul_tiled", &with_common(TILED), &constants, size, &BUFFERS)?;
             Ok((kernel, (tile.tile_m as usize, tile.tile_n as usize)))
         };
         let per_dtype = match variant {
@@ -237,7 +255,8 @@ impl Matmul {
                         limits.max_compute_invocations_per_workgroup
                     );
                 }
-                let coop = Kernel::new(device, "matmul_coop", COOPERATIVE, &[("DTYPE", 2.0)], size, &BUFFERS)?;
+                let coop =
+                    Kernel::new(device, "matmul_coop", &with_common(COOPERATIVE), &[("DTYPE", 2.0)], size, &BUFFERS)?;
                 [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, (64, 64))]
             }
         };

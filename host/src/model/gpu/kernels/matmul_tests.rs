@@ -293,7 +293,12 @@ fn tiled_shader_validates_with_naga_for_every_preset() {
         for dtype in [0.0, 1.0, 2.0] {
             let mut constants = vec![("DTYPE", dtype)];
             constants.extend(tile.constants());
-            validate("matmul_tiled.wgsl", TILED, naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32, &constants);
+            validate(
+                "matmul_tiled.wgsl",
+                &with_common(TILED),
+                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+                &constants,
+            );
         }
     }
 }
@@ -304,9 +309,9 @@ fn cooperative_shader_validates_with_naga() {
     // What wgpu grants with SHADER_F16, SUBGROUP and EXPERIMENTAL_COOPERATIVE_MATRIX
     // (SHADER_FLOAT16_IN_FLOAT32, for unpack2x16float, every Vulkan device has).
     let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
-    validate("matmul_coop.wgsl", COOPERATIVE, granted, &[]);
+    validate("matmul_coop.wgsl", &with_common(COOPERATIVE), granted, &[]);
     // Without the cooperative-matrix capability naga refuses it.
-    let module = naga::front::wgsl::parse_str(COOPERATIVE).unwrap();
+    let module = naga::front::wgsl::parse_str(&with_common(COOPERATIVE)).unwrap();
     assert!(
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), granted - C::COOPERATIVE_MATRIX)
             .validate(&module)
