@@ -215,10 +215,6 @@ impl GpuModel {
         self.gpu.caps.timestamps
     }
 
-    pub fn plan(&self) -> &KernelPlan {
-        &self.plan
-    }
-
     /// Scores of every sequence, in passes of whole sequences that fit the binding limit.
     pub fn forward(&self, batch: &super::Batch) -> Result<Vec<Vec<f32>>> {
         Ok(self.forward_timed(batch, false)?.0)

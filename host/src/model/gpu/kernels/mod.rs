@@ -119,16 +119,6 @@ pub struct BindCache {
     arena: Option<wgpu::Buffer>,
 }
 
-impl BindCache {
-    pub fn len(&self) -> usize {
-        self.groups.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
-}
-
 /// The dispatches of one submission, in order.
 pub struct Recorder<'k> {
     params: Vec<u8>,
@@ -201,14 +191,6 @@ impl<'k> Recorder<'k> {
             groups,
             flops,
         });
-    }
-
-    pub fn len(&self) -> usize {
-        self.dispatches.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.dispatches.is_empty()
     }
 
     /// Writes the parameters and encodes every dispatch into `encoder`: in one compute
