@@ -1,7 +1,7 @@
 //! Token embedding lookup (`shaders/embedding.wgsl`): one row of the table per token,
 //! read in its stored dtype. A table split into row parts takes one dispatch per part.
 
-use super::{Access, Kernel, Recorder, grid};
+use super::{Access, Kernel, Recorder, dtype_index, grid};
 use crate::model::weights::DType;
 use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
@@ -39,11 +39,7 @@ impl Embedding {
         table: &wgpu::Buffer,
         out: &wgpu::Buffer,
     ) {
-        let index = match dtype {
-            DType::F32 => 0,
-            DType::BF16 => 1,
-            DType::F16 => 2,
-        };
+        let index = dtype_index(dtype);
         let groups = grid(params.tokens as usize * params.hidden as usize, 256);
         rec.dispatch(&self.per_dtype[index], &params, &[ids, table, out], groups, 0.0);
     }

@@ -6,7 +6,7 @@
 //! register-blocked (`matmul.wgsl`), workgroup-tiled (`matmul_tiled.wgsl`, tile sizes from
 //! a [`TileConfig`]) and tensor-core (`matmul_coop.wgsl`, f16 weights, see [`f16_weights`]).
 
-use super::{Access, Kernel, Recorder};
+use super::{Access, Kernel, Recorder, dtype_index};
 use crate::model::weights::DType;
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
@@ -185,14 +185,6 @@ const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::
 
 /// The cooperative kernel's workgroup memory: two f16 tiles 64x40, one f32 tile 64x68.
 const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 40 * 2 + 64 * 68 * 4;
-
-fn dtype_index(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 0,
-        DType::BF16 => 1,
-        DType::F16 => 2,
-    }
-}
 
 const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl");
 const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");

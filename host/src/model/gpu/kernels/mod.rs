@@ -94,6 +94,17 @@ impl Kernel {
     }
 }
 
+/// Pipelines compiled per weight dtype are kept in this order: the shaders' `DTYPE`
+/// constant (0 f32, 1 bf16, 2 f16).
+pub fn dtype_index(dtype: crate::model::weights::DType) -> usize {
+    use crate::model::weights::DType;
+    match dtype {
+        DType::F32 => 0,
+        DType::BF16 => 1,
+        DType::F16 => 2,
+    }
+}
+
 /// Workgroup counts for `count` invocations of `size`, spread over two dimensions when
 /// one would pass the 65535 limit (shaders rebuild the index from both).
 pub fn grid(count: usize, size: usize) -> [u32; 3] {
