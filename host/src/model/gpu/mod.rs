@@ -26,12 +26,14 @@ use kernels::KernelTimes;
 use kernels::attention::{FlashAttention, RowAttention};
 use kernels::embedding::Embedding;
 use kernels::last_token::GatherRows;
-use kernels::matmul::Matmul;
+use kernels::matmul::{Matmul, MatmulVariant};
 use kernels::norm::Norm;
 use kernels::rotary::Rotary;
 use std::sync::Mutex;
 use upload::{DeviceLinear, DeviceNorm, DeviceTensor, Uploader};
 use workspace::{Widths, Workspace};
+
+const TENSOR_CORES_FAILED: &str = "the tensor-core kernel failed on this adapter";
 
 struct DeviceLayer {
     input_norm: DeviceNorm,
@@ -73,8 +75,9 @@ pub struct GpuModel {
     /// Most tokens whose widest activation fits one storage binding.
     max_tokens_per_pass: usize,
     workspace: Mutex<Option<Workspace>>,
-    /// Linear weights f16 cannot hold, left in their dtype on the tensor-core path.
-    kept_dtype: Vec<String>,
+    /// What the load changed from the plan, for the load message: linear weights f16
+    /// cannot hold (left in their dtype), a tensor-core kernel that failed to compile.
+    load_notes: Vec<String>,
 }
 
 impl GpuModel {
@@ -128,7 +131,7 @@ impl GpuModel {
         };
         let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) as usize;
         let kernels = Kernels {
-            matmul: Matmul::new(device, plan.matmul)?,
+            matmul: Self::matmul(device, &mut plan)?,
             embedding: Embedding::new(device)?,
             norm: Norm::new(device, config.architecture.layer_norm_1p())?,
             rotary: Rotary::new(device)?,
@@ -161,10 +164,12 @@ impl GpuModel {
             .collect::<Result<Vec<_>>>()?;
         let score = upload.linear(&tensors.score)?;
         let kept_dtype = upload.kept_dtype.take();
+        let mut load_notes = Vec::new();
+        if plan.matmul_reason.starts_with(TENSOR_CORES_FAILED) {
+            load_notes.push(plan.matmul_reason.clone());
+        }
         if !kept_dtype.is_empty() {
-            // Those tensors run the tiled f32 kernel; say which.
-            plan.matmul_reason +=
-                &format!("; {} weights kept their dtype: {}", kept_dtype.len(), kept_dtype.join("; "));
+            load_notes.push(format!("kept in their dtype (the f32 kernel): {}", kept_dtype.join("; ")));
         }
         let rope = RopeTable::new(config, config.max_positions);
         let widest = [config.hidden_size, config.intermediate_size, config.num_heads * config.head_dim]
@@ -185,8 +190,23 @@ impl GpuModel {
             plan,
             gpu,
             workspace: Mutex::new(None),
-            kept_dtype,
+            load_notes,
         })
+    }
+
+    /// The plan's matmul; if the tensor-core kernel does not compile on this adapter
+    /// (it is experimental in wgpu), the tiled f32 kernel, with the reason in the plan.
+    fn matmul(device: &wgpu::Device, plan: &mut KernelPlan) -> Result<Matmul> {
+        match (Matmul::new(device, plan.matmul), plan.matmul) {
+            (Ok(matmul), _) => Ok(matmul),
+            (Err(why), MatmulVariant::Cooperative { fallback }) => {
+                plan.matmul = MatmulVariant::Tiled(fallback);
+                plan.f16_weights = false;
+                plan.matmul_reason = format!("{TENSOR_CORES_FAILED} ({why:#}); tiled f32");
+                Matmul::new(device, plan.matmul)
+            }
+            (Err(why), _) => Err(why),
+        }
     }
 
     /// How many buffers the embedding table was split into.
@@ -204,8 +224,8 @@ impl GpuModel {
             self.plan.matmul.name(),
             self.plan.attention.name()
         );
-        if !self.kept_dtype.is_empty() {
-            name += &format!("; kept in their dtype (the f32 kernel): {}", self.kept_dtype.join("; "));
+        for note in &self.load_notes {
+            name += &format!("; {note}");
         }
         name
     }
