@@ -319,3 +319,34 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
         }
     }
 }
+
+/// A tensor-core plan on an adapter whose device cannot compile the kernel (lavapipe has
+/// no cooperative matrices) loads anyway: the tiled f32 kernel runs, the load message says
+/// why, and the scores are the goldens'.
+#[test]
+fn a_tensor_core_kernel_that_cannot_compile_falls_back_to_the_tiled_kernel() {
+    use super::gpu::kernels::matmul::{MatmulVariant, TileConfig};
+    use super::{Batch, config::ModelConfig, gpu, layout::ModelTensors, weights::Weights};
+    let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+    if probe.caps.has_f16_tensor_cores() {
+        eprintln!("SKIPPED: {} has tensor cores; the fallback is not reachable here", probe.info.name);
+        return;
+    }
+    let plan = gpu::KernelPlan {
+        matmul: MatmulVariant::Cooperative { fallback: TileConfig::MEDIUM },
+        f16_weights: true,
+        ..gpu::KernelPlan::choose(&probe.info, &probe.caps, Precision::Auto)
+    };
+    let dir = model_dir("llama9");
+    let config = ModelConfig::load(&dir).unwrap();
+    let weights = Weights::open(&dir).unwrap();
+    let tensors = ModelTensors::locate(&config, &weights).unwrap();
+    let model = gpu::GpuModel::with_options(&config, &tensors, probe, plan, None).unwrap();
+    assert!(model.adapter_name().contains("the tensor-core kernel failed"), "{}", model.adapter_name());
+    assert!(model.adapter_name().contains("matmul tiled"), "{}", model.adapter_name());
+    let goldens = goldens("llama9");
+    let case = &goldens["cases"][0];
+    let ids: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let scores = model.forward(&Batch::pack(&[ids])).unwrap();
+    assert_close(&scores[0], &floats(&case["scores"]), "llama9 after the fallback");
+}
