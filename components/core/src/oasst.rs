@@ -153,8 +153,60 @@ pub fn convert_trees(chunk: &[u8], first_line: u64) -> TreeChunkOutput {
     out
 }
 
+/// Where the reference's shuffle sends each tree: `order[k]` is the tree written k-th,
+/// and the first `train_count` of them go to train, the rest to validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeSplit {
+    pub order: Vec<u32>,
+    pub train_count: usize,
+}
+
+impl TreeSplit {
+    /// `random.seed(seed); random.shuffle(trees)`, then `int(len * train_fraction)` to train.
+    pub fn new(count: u32, seed: u64, train_fraction: f64) -> Self {
+        let order = crate::shuffle::python_shuffle_order(count, seed);
+        let train_count = crate::shuffle::train_count(u64::from(count), train_fraction) as usize;
+        TreeSplit { order, train_count }
+    }
+
+    /// A split computed elsewhere (a component), checked to be one for `count` trees.
+    pub fn checked(count: usize, order: Vec<u32>, train_count: usize) -> Result<Self, String> {
+        let mut seen = vec![false; count];
+        let permutation = order.len() == count
+            && order.iter().all(|&tree| seen.get_mut(tree as usize).is_some_and(|s| !std::mem::replace(s, true)));
+        if !permutation || train_count > count {
+            return Err("the shuffle is not a permutation of the trees".to_owned());
+        }
+        Ok(TreeSplit { order, train_count })
+    }
+
+    /// The trees in output order, each with whether it goes to train.
+    pub fn destinations(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+        self.order.iter().enumerate().map(|(position, &tree)| (tree as usize, position < self.train_count))
+    }
+}
+
+/// The byte range of each tree's records, from the ends [`convert_trees`] reports,
+/// offset by `base` (where the chunk's output starts in a larger buffer or file).
+pub fn tree_ranges(tree_ends: &[u64], base: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let starts = std::iter::once(0).chain(tree_ends.iter().copied());
+    starts.zip(tree_ends).map(move |(start, &end)| (base + start, base + end))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_split_sends_the_first_shuffled_trees_to_train() {
+        let split = TreeSplit::new(10, 10, 0.7);
+        let destinations: Vec<(usize, bool)> = split.destinations().collect();
+        assert_eq!(destinations[..3], [(5, true), (2, true), (7, true)]);
+        assert_eq!(destinations.iter().filter(|(_, train)| *train).count(), 7);
+        assert_eq!(TreeSplit::checked(10, split.order.clone(), 7), Ok(split));
+        assert!(TreeSplit::checked(3, vec![0, 0, 1], 1).is_err());
+        assert!(TreeSplit::checked(2, vec![1, 0], 3).is_err());
+        assert_eq!(tree_ranges(&[3, 3, 8], 100).collect::<Vec<_>>(), [(100, 103), (103, 103), (103, 108)]);
+    }
+
     use super::*;
 
     /// Expected label as the reference computes `round(value * 4)` in CPython 3.11.

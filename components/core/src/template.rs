@@ -114,6 +114,11 @@ pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<
     Ok(prefixes)
 }
 
+/// Indices of the turns [`labeled_prefixes`] makes a prefix for, in the same order.
+pub fn labeled_turns(record: &SftRecord) -> Vec<usize> {
+    record.conversations.iter().enumerate().filter(|(_, turn)| turn.label.is_present()).map(|(i, _)| i).collect()
+}
+
 /// The `format` conversion of one JSONL line: a `{"text": prefix}` line per labeled
 /// prefix (annotation's rule: what a reward model is asked to score).
 pub fn format_line(line: &str, options: TemplateOptions, out: &mut Vec<u8>) -> Result<u64, String> {

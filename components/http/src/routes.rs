@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use steerlm_core::chunk::{LineError, OUTPUT_LIMIT, Split, split_lines};
 use steerlm_core::preprocess::{PreprocessOptions, Source};
 use steerlm_core::template::{self, TemplateOptions};
-use steerlm_core::{ALL_ATTRIBUTES, chunk, labels, oasst, preprocess, regression, shuffle};
+use steerlm_core::{ALL_ATTRIBUTES, chunk, labels, oasst, preprocess, regression};
 
 /// Media type of every JSONL response.
 pub const JSONL: &str = "application/jsonl; charset=utf-8";
@@ -416,17 +416,15 @@ fn trees(query: &Query, body: &[u8], limits: Limits) -> Result<Reply, Reply> {
     check_response_size(out.output.len(), limits)?;
     let count = u32::try_from(out.tree_ends.len())
         .map_err(|_| Reply::error(413, "more than 2^32 trees in one request", None))?;
-    let order = shuffle::python_shuffle_order(count, seed);
-    let train_count = shuffle::train_count(u64::from(count), fraction) as usize;
-    let starts = std::iter::once(0).chain(out.tree_ends.iter().copied());
-    let ranges: Vec<(usize, usize)> =
-        starts.zip(out.tree_ends.iter()).map(|(s, &e)| (s as usize, e as usize)).collect();
+    let split = oasst::TreeSplit::new(count, seed, fraction);
+    let ranges: Vec<(u64, u64)> = oasst::tree_ranges(&out.tree_ends, 0).collect();
     let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (position, &tree) in order.iter().enumerate() {
-        let (start, end) = ranges[tree as usize];
-        let split = if position < train_count { &mut train } else { &mut val };
-        split.extend_from_slice(&out.output[start..end]);
+    for (tree, to_train) in split.destinations() {
+        let (start, end) = ranges[tree];
+        let destination = if to_train { &mut train } else { &mut val };
+        destination.extend_from_slice(&out.output[start as usize..end as usize]);
     }
+    let train_count = split.train_count;
     Ok(output.reply(train, val).header("x-steerlm-trees", count).header("x-steerlm-train-trees", train_count))
 }
 

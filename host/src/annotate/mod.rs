@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use steerlm_core::pyjson::Ascii;
 use steerlm_core::pyvalue::PyValue;
 use steerlm_core::record::SftRecord;
-use steerlm_core::template::{TemplateOptions, labeled_prefixes};
+use steerlm_core::template::{TemplateOptions, labeled_prefixes, labeled_turns};
 
 #[derive(Args, Debug)]
 pub struct AnnotateArgs {
@@ -296,7 +296,7 @@ fn parse_work(raw: &[u8], line: u64) -> Result<Work, String> {
     resume::record_key(&record)?;
     let parsed = SftRecord::parse(text)?;
     let prefixes = labeled_prefixes(&parsed, TemplateOptions::default())?;
-    let turns = parsed.conversations.iter().enumerate().filter(|(_, t)| t.label.is_present()).map(|(i, _)| i).collect();
+    let turns = labeled_turns(&parsed);
     Ok(Work { line, record, prefixes, turns })
 }
 

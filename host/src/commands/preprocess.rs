@@ -6,12 +6,13 @@ use crate::manifest::{Provenance, Role};
 use crate::output::{Output, commit_all};
 use crate::same_file::NamedFile;
 use crate::sandbox::Kind;
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use steerlm_core::chunk::Split;
+use steerlm_core::oasst;
 use steerlm_core::preprocess::{PreprocessOptions, Source};
 
 /// What every dataset is preprocessed into, inside `--output-dir`.
@@ -212,11 +213,7 @@ fn oasst(context: &Context, args: &OasstArgs) -> Result<()> {
         bytes += chunk.bytes.len() as u64;
         let out = converter.convert(&chunk.bytes, chunk.first_line)?;
         bad.handle(&input.display(), out.errors)?;
-        let mut start = spooled;
-        for end in out.tree_ends {
-            ranges.push((start, spooled + end));
-            start = spooled + end;
-        }
+        ranges.extend(oasst::tree_ranges(&out.tree_ends, spooled));
         spool.write_all(&out.output).context("cannot write the scratch file")?;
         spooled += out.output.len() as u64;
     }
@@ -225,19 +222,18 @@ fn oasst(context: &Context, args: &OasstArgs) -> Result<()> {
     let count = u32::try_from(ranges.len()).map_err(|_| anyhow::anyhow!("more than 2^32 trees"))?;
     let order = converter.shuffle_order(count, args.seed)?;
     let train_count = converter.train_count(u64::from(count), args.train_fraction)? as usize;
-    if order.len() != ranges.len() || train_count > ranges.len() {
-        bail!("the preprocess component returned an inconsistent shuffle");
-    }
+    let split = oasst::TreeSplit::checked(ranges.len(), order, train_count)
+        .map_err(|e| anyhow::anyhow!("the preprocess component returned an inconsistent shuffle: {e}"))?;
     let mut spool = spool.into_inner().map_err(|e| e.into_error()).context("cannot write the scratch file")?;
     let mut buffer = Vec::new();
     let (mut train_lines, mut val_lines) = (0, 0);
-    for (position, &tree) in order.iter().enumerate() {
-        let (start, end) = ranges[tree as usize];
+    for (tree, to_train) in split.destinations() {
+        let (start, end) = ranges[tree];
         buffer.resize((end - start) as usize, 0);
         spool.seek(SeekFrom::Start(start))?;
         spool.read_exact(&mut buffer).context("cannot read the scratch file")?;
         let lines = buffer.iter().filter(|&&b| b == b'\n').count();
-        if position < train_count {
+        if to_train {
             train.write_all(&buffer)?;
             train_lines += lines;
         } else {
