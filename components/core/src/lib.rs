@@ -1,7 +1,7 @@
 //! steerlm-core: the SteerLM data conversions as a plain Rust library.
 //!
 //! Everything here reproduces NVIDIA NeMo-Aligner's SteerLM Python scripts byte for
-//! byte (see `SPEC.md` in the steering repo): the chat template, label strings, the
+//! byte (see `docs/SPEC.md` in this repository): the chat template, label strings, the
 //! regression format and the dataset preprocessing. The WASI components in
 //! `components/*` are thin wrappers over this crate, and the `steerlm` host links it
 //! natively for benchmarks and tests.
