@@ -5,10 +5,13 @@
 use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 use indicatif::ProgressBar;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
+use steerlm_core::pyvalue::PyValue;
 
 /// Default chunk size: large enough to amortise a component call, small enough to
 /// keep memory flat.
@@ -174,6 +177,77 @@ pub fn spawn_chunks(
     Ok(receiver)
 }
 
+/// One non-blank line of a JSONL input, parsed with Python's rules (exact numbers, key
+/// order kept, no duplicate keys).
+pub struct JsonLine {
+    /// 1-based, counting blank lines.
+    pub number: u64,
+    pub text: String,
+    pub value: PyValue,
+    input: Arc<str>,
+}
+
+impl JsonLine {
+    /// An error about this line: `FILE:LINE: reason`.
+    pub fn error(&self, reason: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("{}:{}: {reason}", self.input, self.number)
+    }
+}
+
+/// The non-blank lines of `input`, read on a thread of its own and parsed here. Every
+/// error, the reader's included, reads `FILE:LINE: reason`.
+pub struct JsonLines {
+    input: Arc<str>,
+    chunks: Receiver<Result<Chunk>>,
+    /// The current chunk's lines not yet handed out: number and text, or why the text
+    /// is not UTF-8.
+    lines: VecDeque<(u64, Result<String, String>)>,
+}
+
+/// Reads `input` as JSONL in chunks of about `chunk_bytes`; see [`JsonLines`].
+pub fn json_lines(
+    input: &InputPath,
+    chunk_bytes: usize,
+    max_line_bytes: usize,
+    progress: &ProgressBar,
+) -> Result<JsonLines> {
+    let chunks = spawn_chunks(input, chunk_bytes, max_line_bytes, progress)?;
+    Ok(JsonLines { input: input.display().into(), chunks, lines: VecDeque::new() })
+}
+
+impl JsonLines {
+    /// The input as messages name it.
+    pub fn input_name(&self) -> &str {
+        &self.input
+    }
+}
+
+impl Iterator for JsonLines {
+    type Item = Result<JsonLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.lines.is_empty() {
+            let chunk = match self.chunks.recv().ok()? {
+                Ok(chunk) => chunk,
+                Err(e) => return Some(Err(e)),
+            };
+            for (offset, raw) in steerlm_core::chunk::split_lines(&chunk.bytes).enumerate() {
+                if !raw.iter().all(u8::is_ascii_whitespace) {
+                    let text =
+                        String::from_utf8(raw.to_vec()).map_err(|e| format!("invalid UTF-8 ({})", e.utf8_error()));
+                    self.lines.push_back((chunk.first_line + offset as u64, text));
+                }
+            }
+        }
+        let (number, text) = self.lines.pop_front()?;
+        let fail = |reason: String| anyhow::anyhow!("{}:{number}: {reason}", self.input);
+        Some(text.map_err(fail).and_then(|text| match PyValue::parse(&text) {
+            Ok(value) => Ok(JsonLine { number, text, value, input: Arc::clone(&self.input) }),
+            Err(reason) => Err(fail(reason)),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +290,25 @@ mod tests {
         assert_eq!(first_error(data, 5, 7), None);
         assert_eq!(first_error(b"aaaa\nbbbbbbb", 5, 7), None);
         assert_eq!(first_error(b"aaaa\nbbbbbbbb", 5, 7), Some(2));
+    }
+
+    #[test]
+    fn json_lines_skip_blank_lines_and_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, b"{\"a\": 1}\n\n  \n{\"b\": 10000000000000000000000}\n{bad\n\xff\n").unwrap();
+        let lines: Vec<Result<JsonLine>> =
+            json_lines(&InputPath(path.clone()), 4, 1 << 20, &ProgressBar::hidden()).unwrap().collect();
+        let ok: Vec<(u64, String)> =
+            lines.iter().filter_map(|l| l.as_ref().ok()).map(|l| (l.number, l.text.clone())).collect();
+        assert_eq!(ok, [(1, "{\"a\": 1}".to_owned()), (4, "{\"b\": 10000000000000000000000}".to_owned())]);
+        let errors: Vec<String> = lines.iter().filter_map(|l| l.as_ref().err()).map(|e| e.to_string()).collect();
+        let name = path.display();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{name}:5: ")), "{errors:?}");
+        assert!(errors[1].starts_with(&format!("{name}:6: invalid UTF-8")), "{errors:?}");
+        let first = lines[0].as_ref().unwrap();
+        assert_eq!(first.error("no good").to_string(), format!("{name}:1: no good"));
     }
 
     #[test]

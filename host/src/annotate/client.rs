@@ -66,19 +66,9 @@ impl Scorer {
         match self {
             Scorer::Local(model) => {
                 let model = Arc::clone(model);
-                tokio::task::spawn_blocking(move || {
-                    let mut sequences = Vec::with_capacity(texts.len());
-                    for text in &texts {
-                        let tokens = model.tokenize(text)?;
-                        if tokens.ids.is_empty() {
-                            bail!("a labeled prefix has no tokens");
-                        }
-                        sequences.push(tokens.ids);
-                    }
-                    model.score(&sequences)
-                })
-                .await
-                .map_err(|e| anyhow!("the model panicked: {e}"))?
+                tokio::task::spawn_blocking(move || model.score_texts(&texts))
+                    .await
+                    .map_err(|e| anyhow!("the model panicked: {e}"))?
             }
             Scorer::Remote { client, models, next, exceeded } => {
                 let model = &models[next.fetch_add(1, Ordering::Relaxed) % models.len()];

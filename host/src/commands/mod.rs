@@ -1,5 +1,6 @@
 //! The command line: argument definitions and the shared streaming driver.
 
+mod annotate;
 mod convert;
 mod demo;
 mod export;
@@ -7,6 +8,7 @@ mod gpu_info;
 mod label;
 mod preprocess;
 mod score;
+mod stats;
 mod verify;
 
 use crate::bad_records::{BadRecords, OnError};
@@ -84,7 +86,7 @@ enum Command {
     #[command(subcommand)]
     Label(label::LabelCommand),
     /// Annotate SFT records with a reward model (a server, or --model in-process); resumable.
-    Annotate(crate::annotate::AnnotateArgs),
+    Annotate(annotate::AnnotateArgs),
     /// Serve a reward model over HTTP: KServe v2 / Triton protocol, /v1/score, /metrics.
     Serve(crate::serve::ServeArgs),
     /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
@@ -104,7 +106,7 @@ enum Command {
     #[command(name = "verify-manifest")]
     VerifyManifest(verify::VerifyArgs),
     /// Counts, label histograms and text lengths of an SFT, annotated or regression file.
-    Stats(crate::stats::StatsArgs),
+    Stats(stats::StatsArgs),
 }
 
 /// Options every converting command takes.
@@ -196,6 +198,25 @@ impl Context {
         spawn_chunks(input, chunk_bytes, self.max_line_bytes, progress)
     }
 
+    /// The parsed lines of a JSONL `input`, none longer than `--max-line-mb`.
+    pub(crate) fn json_lines(
+        &self,
+        input: &InputPath,
+        chunk_bytes: usize,
+        progress: &ProgressBar,
+    ) -> Result<crate::input::JsonLines> {
+        crate::input::json_lines(input, chunk_bytes, self.max_line_bytes, progress)
+    }
+
+    /// Runs `future` to completion on a multi-threaded tokio runtime.
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> Result<F::Output> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        Ok(runtime.block_on(future))
+    }
+
     pub(crate) fn say(&self, message: impl AsRef<str>) {
         if !self.quiet {
             eprintln!("{}", message.as_ref());
@@ -222,10 +243,7 @@ impl Command {
                 outputs: args.plot.iter().map(|p| NamedFile::new("--plot", p)).collect(),
             },
             Command::ExportComponents(args) => export::files(args),
-            Command::Annotate(args) => {
-                let (inputs, outputs) = crate::annotate::files(args);
-                Files { inputs, outputs }
-            }
+            Command::Annotate(args) => args.files(),
             _ => Files::default(),
         })
     }
@@ -307,11 +325,11 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
             };
             crate::component_server::run(&args, limits, context.quiet)
         }
-        Command::Annotate(args) => crate::annotate::run(&args, context.quiet, context.max_line_bytes),
+        Command::Annotate(args) => annotate::run(context, &args),
         Command::ExportComponents(args) => export::run(context, &args),
         Command::Demo(args) => demo::run(context, &args),
         Command::VerifyManifest(args) => verify::run(context, &args),
-        Command::Stats(args) => crate::stats::run(context, &args),
+        Command::Stats(args) => stats::run(context, &args),
     }
 }
 

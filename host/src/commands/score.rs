@@ -3,10 +3,10 @@
 use super::Context;
 use crate::input::InputPath;
 use crate::model::gpu::kernels::KernelTimes;
-use crate::model::{Device, LoadOptions, Precision, RewardModel};
+use crate::model::{Device, LoadOptions, Precision, RewardModel, check_finite};
 use crate::output::Output;
 use crate::same_file::NamedFile;
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -110,9 +110,7 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         };
         let mut out = Vec::new();
         for ((p, scores), ids) in pending.iter().zip(&scores).zip(&sequences) {
-            if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
-                bail!("{name}:{}: the model returned a non-finite score ({bad})", p.line);
-            }
+            check_finite(scores).with_context(|| format!("{name}:{}", p.line))?;
             serde_json::to_writer(&mut out, &ScoreLine { scores, num_tokens: ids.len(), exceeded: p.exceeded })?;
             out.push(b'\n');
             texts += 1;
@@ -125,25 +123,16 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         pending.clear();
         Ok(())
     };
-    for chunk in context.chunks(&input, 1 << 20, &bytes_bar)? {
-        let chunk = chunk?;
-        for (i, raw) in steerlm_core::chunk::split_lines(&chunk.bytes).enumerate() {
-            let line = chunk.first_line + i as u64;
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let text = text_of(raw).map_err(|e| anyhow!("{name}:{line}: {e}"))?;
-            let encoded = model.tokenize(&text).with_context(|| format!("{name}:{line}"))?;
-            if encoded.ids.is_empty() {
-                bail!("{name}:{line}: the text has no tokens");
-            }
-            if pending_tokens + encoded.ids.len() > args.batch_tokens.max(1) {
-                flush(&mut pending, &mut output)?;
-                pending_tokens = 0;
-            }
-            pending_tokens += encoded.ids.len();
-            pending.push(Pending { line, ids: encoded.ids, exceeded: encoded.exceeded });
+    for line in context.json_lines(&input, 1 << 20, &bytes_bar)? {
+        let mut line = line?;
+        let text = text_of(&mut line.value).map_err(|e| line.error(e))?;
+        let encoded = model.tokenize_for_scoring(&text).map_err(|e| line.error(format!("{e:#}")))?;
+        if pending_tokens + encoded.ids.len() > args.batch_tokens.max(1) {
+            flush(&mut pending, &mut output)?;
+            pending_tokens = 0;
         }
+        pending_tokens += encoded.ids.len();
+        pending.push(Pending { line: line.number, ids: encoded.ids, exceeded: encoded.exceeded });
     }
     flush(&mut pending, &mut output)?;
     bytes_bar.finish_and_clear();
@@ -169,10 +158,10 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn text_of(raw: &[u8]) -> Result<String, String> {
-    let line = std::str::from_utf8(raw).map_err(|e| format!("invalid UTF-8 ({e})"))?;
-    match PyValue::parse(line)? {
-        PyValue::Object(mut line) => match line.get_mut("text") {
+/// The `text` of a `{"text": ...}` line.
+fn text_of(line: &mut PyValue) -> Result<String, String> {
+    match line {
+        PyValue::Object(line) => match line.get_mut("text") {
             Some(PyValue::Str(text)) => Ok(std::mem::take(text)),
             Some(other) => Err(format!("`text` must be a string, got {}", other.describe())),
             None => Err("the line has no `text`".to_owned()),

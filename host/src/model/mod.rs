@@ -14,7 +14,7 @@ pub mod weights;
 #[cfg(test)]
 mod tests;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use config::ModelConfig;
 use layout::ModelTensors;
@@ -48,6 +48,15 @@ pub enum Precision {
     Auto,
     /// f32 throughout: the path the goldens check to `1e-4 + 1e-4 * |golden|`.
     F32,
+}
+
+/// A model that returns NaN or infinity is broken (bad weights, overflow): such a score
+/// must never become a label.
+pub fn check_finite(scores: &[f32]) -> Result<()> {
+    match scores.iter().find(|s| !s.is_finite()) {
+        Some(bad) => bail!("the model returned a non-finite score ({bad})"),
+        None => Ok(()),
+    }
 }
 
 /// Several token sequences packed end to end, without padding.
@@ -129,6 +138,33 @@ impl RewardModel {
 
     pub fn tokenize(&self, text: &str) -> Result<Tokens> {
         self.tokenizer.encode(text)
+    }
+
+    /// `text` tokenized for scoring: cut to the context (`exceeded` says so) and never
+    /// empty, since a reward is read at the last token.
+    pub fn tokenize_for_scoring(&self, text: &str) -> Result<Tokens> {
+        let tokens = self.tokenizer.encode(text)?;
+        if tokens.ids.is_empty() {
+            bail!("the text has no tokens");
+        }
+        Ok(tokens)
+    }
+
+    /// Every text tokenized for scoring; an error names the text by its index.
+    pub fn tokenize_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Tokens>> {
+        let tokenize =
+            |(i, text): (usize, &S)| self.tokenize_for_scoring(text.as_ref()).with_context(|| format!("text {i}"));
+        texts.iter().enumerate().map(tokenize).collect()
+    }
+
+    /// Scores of each text: tokenized, scored as one batch, and checked to be finite.
+    pub fn score_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        let sequences: Vec<Vec<u32>> = self.tokenize_texts(texts)?.into_iter().map(|tokens| tokens.ids).collect();
+        let scores = self.score(&sequences)?;
+        for (i, row) in scores.iter().enumerate() {
+            check_finite(row).with_context(|| format!("text {i}"))?;
+        }
+        Ok(scores)
     }
 
     /// Scores of each token sequence, computed as one packed batch.

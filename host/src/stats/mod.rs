@@ -8,52 +8,17 @@
 //! the data, they convert nothing, so they run natively rather than in the sandbox.
 
 mod glyph_text;
-mod plot;
 
-use crate::commands::Context;
+pub mod plot;
+
 use crate::input::InputPath;
 use anyhow::{Context as _, Result, anyhow};
-use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
 use serde::Serialize;
-use std::path::PathBuf;
 use steerlm_core::ALL_ATTRIBUTES;
-use steerlm_core::chunk::split_lines;
 use steerlm_core::labels::{MISSING, label_vector};
 use steerlm_core::pyfloat::python_round;
 use steerlm_core::pyvalue::PyValue;
-
-#[derive(Args, Debug)]
-pub struct StatsArgs {
-    /// SFT, annotated or regression JSONL (.jsonl or .jsonl.gz; `-` for stdin).
-    #[arg(long, value_name = "FILE")]
-    pub input_file: PathBuf,
-    /// Also draw one histogram per attribute into OUT (.svg or .png).
-    #[arg(long, value_name = "OUT")]
-    pub plot: Option<PathBuf>,
-    /// Picture size in pixels, WIDTHxHEIGHT.
-    #[arg(long, default_value = "1200x900", value_parser = parse_size, value_name = "WxH")]
-    pub plot_size: (u32, u32),
-    /// A checkpoint folder (or any folder with a tokenizer.json): also count tokens.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// How to print the numbers.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
-fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let parsed = text.split_once(['x', 'X']).and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
-    match parsed {
-        Some((w, h)) if (200..=8000).contains(&w) && (200..=8000).contains(&h) => Ok((w, h)),
-        _ => Err(format!("{text:?}: expected WIDTHxHEIGHT, each 200 to 8000 pixels")),
-    }
-}
 
 /// What kind of lines the file holds (decided by its first record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -125,73 +90,46 @@ fn bucket(value: f64) -> usize {
     python_round(value.clamp(0.0, 4.0)).map_or(5, |v| v as usize)
 }
 
-pub fn run(context: &Context, args: &StatsArgs) -> Result<()> {
-    if let Some(plot) = &args.plot {
-        plot::check_extension(plot)?;
-    }
-    let tokenizer = match &args.model {
-        Some(dir) => Some(load_tokenizer(dir)?),
-        None => None,
-    };
-    let stats = compute(context, &InputPath(args.input_file.clone()), tokenizer.as_ref())?;
-    match args.format {
-        Format::Table => print!("{}", table(&stats)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
-    }
-    if let Some(path) = &args.plot {
-        let title = format!("{} ({} labeled turns)", stats.file, stats.labeled_turns);
-        let histograms: Vec<(&str, [u64; 6])> = stats.histograms.iter().map(|(a, h)| (a.as_str(), *h)).collect();
-        plot::draw_histograms(path, &title, &histograms, args.plot_size)?;
-        context.say(format!("plot: {}", path.display()));
-    }
-    Ok(())
-}
-
-fn load_tokenizer(dir: &std::path::Path) -> Result<tokenizers::Tokenizer> {
-    let path = if dir.is_dir() { dir.join("tokenizer.json") } else { dir.to_owned() };
-    tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("cannot load {}: {e}", path.display()))
-}
-
-/// Reads the whole input once.
-pub fn compute(context: &Context, input: &InputPath, tokenizer: Option<&tokenizers::Tokenizer>) -> Result<Stats> {
+/// Reads the whole input once; `max_line_bytes` bounds one line, `progress` counts bytes.
+pub fn compute(
+    input: &InputPath,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    max_line_bytes: usize,
+    progress: &ProgressBar,
+) -> Result<Stats> {
     let mut stats = Stats::new(input.display());
-    let progress = context.progress("reading");
     let mut texts: Vec<String> = Vec::new();
-    for chunk in context.chunks(input, 4 << 20, &progress)? {
-        let chunk = chunk?;
-        for (offset, line) in split_lines(&chunk.bytes).enumerate() {
-            let number = chunk.first_line + offset as u64;
-            let fail = |why: String| anyhow!("{}: line {number}: {why}", input.display());
-            let line = std::str::from_utf8(line).map_err(|_| fail("line is not valid UTF-8".into()))?;
-            if line.trim().is_empty() {
-                continue;
+    for line in crate::input::json_lines(input, 4 << 20, max_line_bytes, &progress)? {
+        let line = line?;
+        let record = &line.value;
+        let fail = |why: String| line.error(why);
+        let kind = if record.get("conversations").is_some() {
+            Kind::Sft
+        } else if record.get("text").is_some() && record.get("label").is_some() {
+            Kind::Regression
+        } else {
+            return Err(fail(
+                "neither an SFT record (\"conversations\") nor a regression line (\"text\", \"label\")".into(),
+            ));
+        };
+        match stats.kind {
+            None => stats.kind = Some(kind),
+            Some(first) if first != kind => {
+                return Err(fail(format!("a {kind:?} line in a file of {first:?} lines").to_lowercase()));
             }
-            // The same reader (and rules) as the conversions: exact numbers, no duplicate keys.
-            let record = PyValue::parse(line).map_err(fail)?;
-            let kind = if record.get("conversations").is_some() {
-                Kind::Sft
-            } else if record.get("text").is_some() && record.get("label").is_some() {
-                Kind::Regression
-            } else {
-                return Err(fail(
-                    "neither an SFT record (\"conversations\") nor a regression line (\"text\", \"label\")".into(),
-                ));
-            };
-            match stats.kind {
-                None => stats.kind = Some(kind),
-                Some(first) if first != kind => {
-                    return Err(fail(format!("a {kind:?} line in a file of {first:?} lines").to_lowercase()));
-                }
-                Some(_) => {}
-            }
-            stats.records += 1;
-            match kind {
-                Kind::Sft => sft_record(&mut stats, &record, &mut texts).map_err(fail)?,
-                Kind::Regression => regression_line(&mut stats, &record, &mut texts).map_err(fail)?,
-            }
+            Some(_) => {}
         }
-        count_texts(&mut stats, &mut texts, tokenizer)?;
+        stats.records += 1;
+        match kind {
+            Kind::Sft => sft_record(&mut stats, record, &mut texts).map_err(fail)?,
+            Kind::Regression => regression_line(&mut stats, record, &mut texts).map_err(fail)?,
+        }
+        // Tokenized in batches: the tokenizer runs them in parallel.
+        if texts.len() >= 4096 {
+            count_texts(&mut stats, &mut texts, tokenizer)?;
+        }
     }
+    count_texts(&mut stats, &mut texts, tokenizer)?;
     progress.finish_and_clear();
     if stats.texts > 0 {
         stats.mean_chars = stats.chars as f64 / stats.texts as f64;
@@ -293,12 +231,5 @@ mod tests {
     fn values_are_bucketed_like_label_strings() {
         assert_eq!([0.0, 0.5, 1.5, 2.5, 3.49, 4.0, 9.0, -1.0].map(bucket), [0, 0, 2, 2, 3, 4, 4, 0]);
         assert_eq!(bucket(MISSING), 5);
-    }
-
-    #[test]
-    fn sizes_parse_within_bounds() {
-        assert_eq!(parse_size("800x600"), Ok((800, 600)));
-        assert!(parse_size("10x10").is_err());
-        assert!(parse_size("800").is_err());
     }
 }
