@@ -156,7 +156,11 @@ fn table_and_errors() {
     let bad = fixture("conversions/regression/errors/no_colon.jsonl");
     let out = steerlm(&["stats", "--input-file", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no_colon.jsonl:2: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = steerlm(&["stats", "--input-file", file.to_str().unwrap(), "--plot", "x.gif"]);
     assert_eq!(out.status.code(), Some(1));
 }

@@ -14,7 +14,7 @@ use support::Server;
 #[path = "../../tests/support/server.rs"]
 mod support;
 use std::time::Instant;
-use steerlm::sandbox::bindings::regression::steerlm::pipeline::types::TemplateOptions;
+use steerlm::bindings::types::TemplateOptions;
 use steerlm::sandbox::{Limits, Sandbox};
 
 const SMALL_REQUESTS: usize = 2000;

@@ -6,7 +6,7 @@
 //! `steerlm to-regression`), or the first bad line's number and reason.
 
 use anyhow::{Result, bail};
-use steerlm::sandbox::bindings::regression::steerlm::pipeline::types::TemplateOptions;
+use steerlm::bindings::types::TemplateOptions;
 use steerlm::sandbox::{Limits, Sandbox};
 
 fn main() -> Result<()> {

@@ -8,10 +8,11 @@
 //! any instance is made; the component checks again while reading (for chunked
 //! bodies) and after gunzipping.
 
-use crate::sandbox::{Kind, MemoryLimiter, deadline_ticks, load_component, start_epoch_ticker};
+use crate::sandbox::{
+    HasMemoryLimiter, Kind, MemoryLimiter, closed_store, closed_wasi, load_component, sandbox_engine,
+};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,33 +24,31 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreContextMut};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
     HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-#[derive(Args, Debug, Clone)]
-pub struct ServeComponentArgs {
-    /// Address to listen on (loopback unless told otherwise; port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:8089", value_name = "ADDR:PORT")]
+/// How `serve-component` listens and what each request may use.
+#[derive(Clone, Debug)]
+pub struct ServeComponentOptions {
+    /// Address to listen on (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// Largest request body, in MiB, before and after gzip decoding (413 past it).
-    #[arg(long, default_value_t = 32, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub max_body_mb: u64,
-    /// Largest response body, in MiB (413 past it; regression output grows quickly).
-    /// The component is 32-bit: body and response share its 4 GiB address space.
-    #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=2048))]
-    pub max_response_mb: u64,
+    /// Largest request body, before and after gzip decoding (413 past it).
+    pub max_body_bytes: usize,
+    /// Largest response body (413 past it).
+    pub max_response_bytes: usize,
     /// Requests handled at once; more wait their turn (`GET /health` never waits).
-    #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_concurrent_requests: usize,
-    /// Seconds a client has to send a whole request body once its request is taken
-    /// (408 past it), so a body that never ends cannot hold a request slot.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub body_read_timeout: u64,
+    /// Time a client has to send a whole request body once its request is taken.
+    pub body_read_timeout: Duration,
+    /// Memory and time of each request's instance.
+    pub limits: RequestLimits,
+    /// Print nothing but errors.
+    pub quiet: bool,
 }
 
 /// Memory and time each request's instance may use (the global sandbox flags).
@@ -59,18 +58,14 @@ pub struct RequestLimits {
     pub timeout: Duration,
 }
 
-pub fn run(args: &ServeComponentArgs, limits: RequestLimits, quiet: bool) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args.clone(), limits, quiet))
-}
-
-pub async fn serve(args: ServeComponentArgs, limits: RequestLimits, quiet: bool) -> Result<()> {
-    let server = Arc::new(Server::new(&args, limits)?);
-    let listener = tokio::net::TcpListener::bind(args.listen)
+/// Serves the HTTP component until the process is stopped.
+pub async fn serve(options: ServeComponentOptions) -> Result<()> {
+    let server = Arc::new(Server::new(&options)?);
+    let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
     let bound = listener.local_addr()?;
-    if !quiet {
+    if !options.quiet {
         println!("serving the steerlm HTTP component on http://{bound} (a fresh instance per request)");
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -119,12 +114,10 @@ struct Server {
 }
 
 impl Server {
-    fn new(args: &ServeComponentArgs, limits: RequestLimits) -> Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model_async(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
-        start_epoch_ticker(&engine)?;
+    fn new(options: &ServeComponentOptions) -> Result<Self> {
+        let engine = sandbox_engine(|config| {
+            config.wasm_component_model_async(true);
+        })?;
         let mut linker = Linker::new(&engine);
         link_wasi(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
         let component = load_component(&engine, Kind::Http)?;
@@ -133,22 +126,22 @@ impl Server {
             .and_then(ServicePre::new)
             .map_err(anyhow::Error::from)
             .context("preparing the HTTP component")?;
-        let max_body_bytes = (args.max_body_mb << 20) as usize;
+        let max_body_bytes = options.max_body_bytes;
         let instantiator = Instantiator {
             engine: engine.clone(),
             pre: ProxyPre::P3(pre),
-            limits,
+            limits: options.limits,
             environment: vec![
                 ("STEERLM_MAX_BODY_BYTES".into(), max_body_bytes.to_string()),
-                ("STEERLM_MAX_RESPONSE_BYTES".into(), (args.max_response_mb << 20).to_string()),
+                ("STEERLM_MAX_RESPONSE_BYTES".into(), options.max_response_bytes.to_string()),
             ],
         };
         Ok(Server {
             handler: ProxyHandler::new(instantiator),
-            permits: Arc::new(Semaphore::new(args.max_concurrent_requests.max(1))),
+            permits: Arc::new(Semaphore::new(options.max_concurrent_requests.max(1))),
             health_permits: Arc::new(Semaphore::new(HEALTH_CHECKS_AT_ONCE)),
             max_body_bytes,
-            body_read_timeout: Duration::from_secs(args.body_read_timeout),
+            body_read_timeout: options.body_read_timeout,
         })
     }
 
@@ -333,6 +326,12 @@ impl WasiHttpView for RequestState {
     }
 }
 
+impl HasMemoryLimiter for RequestState {
+    fn memory_limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+}
+
 /// The sandbox grants no network: every outgoing request is denied.
 struct NoOutgoingHttp;
 
@@ -368,28 +367,15 @@ impl HandlerState for Instantiator {
     type WorkerState = SingleUse;
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<RequestState, Deadline, SingleUse>> {
-        // Granted: the two limit variables. Not granted: files, sockets, arguments,
-        // stdin; stdout and stderr are discarded.
-        let wasi = WasiCtxBuilder::new()
-            .envs(&self.environment)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        // Granted: the two limit variables, nothing else.
         let state = RequestState {
-            wasi,
+            wasi: closed_wasi(&self.environment),
             http: WasiHttpCtx::new(),
             hooks: NoOutgoingHttp,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(self.limits.memory_bytes),
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        // As in the conversion sandbox: the memory limit, not wasmtime's 128 MiB default
-        // for data crossing one host call, bounds what a request may move.
-        store.set_hostcall_fuel(self.limits.memory_bytes);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        let mut store = closed_store(&self.engine, state, self.limits.memory_bytes, self.limits.timeout);
         let proxy = self.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
             store,

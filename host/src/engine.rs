@@ -2,10 +2,11 @@
 //! default), or through `steerlm-core` linked natively (`--engine native`, the
 //! baseline the benchmark compares against). Both give the same bytes.
 
-use crate::sandbox::{Instance, Sandbox, bindings};
+use crate::bindings;
+use crate::sandbox::{Instance, Sandbox};
 use anyhow::Result;
 use clap::ValueEnum;
-use steerlm_core::chunk::{ChunkOutput, LineError, Split, SplitChunkOutput};
+use steerlm_core::chunk::{ChunkOutput, Split, SplitChunkOutput};
 use steerlm_core::oasst::TreeChunkOutput;
 use steerlm_core::preprocess::{PreprocessOptions, Source};
 use steerlm_core::template::TemplateOptions;
@@ -67,10 +68,10 @@ impl Backend {
         Ok(match (self, conversion) {
             (Backend::Native, _) => Box::new(NativeLines { conversion, options }),
             (Backend::Component(sandbox), LineConversion::Regression) => {
-                Box::new(RegressionComponent { instance: sandbox.regression()?, options: wit_template(options) })
+                Box::new(RegressionComponent { instance: sandbox.regression()?, options: options.into() })
             }
             (Backend::Component(sandbox), LineConversion::Format) => {
-                Box::new(FormatComponent { instance: sandbox.formatting()?, options: wit_format_template(options) })
+                Box::new(FormatComponent { instance: sandbox.formatting()?, options: options.into() })
             }
         })
     }
@@ -138,23 +139,9 @@ impl TreeConverter for NativeTrees {
 
 // ---- components ----
 
-macro_rules! line_errors {
-    ($errors:expr) => {
-        $errors.into_iter().map(|e| LineError { line: e.line, message: e.message }).collect()
-    };
-}
-
-fn wit_template(o: TemplateOptions) -> bindings::regression::steerlm::pipeline::types::TemplateOptions {
-    bindings::regression::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
-}
-
-fn wit_format_template(o: TemplateOptions) -> bindings::formatting::steerlm::pipeline::types::TemplateOptions {
-    bindings::formatting::steerlm::pipeline::types::TemplateOptions { use_record_system: o.use_record_system }
-}
-
 struct RegressionComponent {
     instance: Instance<bindings::regression::RegressionComponent>,
-    options: bindings::regression::steerlm::pipeline::types::TemplateOptions,
+    options: bindings::types::TemplateOptions,
 }
 
 impl LineConverter for RegressionComponent {
@@ -163,18 +150,13 @@ impl LineConverter for RegressionComponent {
         let out = self
             .instance
             .call(|b, store| b.steerlm_pipeline_regression().call_convert_chunk(store, chunk, first_line, options))?;
-        Ok(ChunkOutput {
-            output: out.output,
-            errors: line_errors!(out.errors),
-            records_in: out.records_in,
-            lines_out: out.lines_out,
-        })
+        Ok(out.into())
     }
 }
 
 struct FormatComponent {
     instance: Instance<bindings::formatting::FormattingComponent>,
-    options: bindings::formatting::steerlm::pipeline::types::TemplateOptions,
+    options: bindings::types::TemplateOptions,
 }
 
 impl LineConverter for FormatComponent {
@@ -183,16 +165,9 @@ impl LineConverter for FormatComponent {
         let out = self
             .instance
             .call(|b, store| b.steerlm_pipeline_formatting().call_format_chunk(store, chunk, first_line, options))?;
-        Ok(ChunkOutput {
-            output: out.output,
-            errors: line_errors!(out.errors),
-            records_in: out.records_in,
-            lines_out: out.lines_out,
-        })
+        Ok(out.into())
     }
 }
-
-use bindings::preprocess::exports::steerlm::pipeline::preprocess as wit_pre;
 
 struct PreprocessComponent {
     instance: Instance<bindings::preprocess::PreprocessComponent>,
@@ -202,27 +177,11 @@ struct PreprocessComponent {
 
 impl RowConverter for PreprocessComponent {
     fn convert(&mut self, chunk: &[u8], first_line: u64, split: Split) -> Result<SplitChunkOutput> {
-        let source = match self.source {
-            Source::HelpSteer => wit_pre::Source::Helpsteer,
-            Source::HelpSteer2 => wit_pre::Source::Helpsteer2,
-            Source::HelpSteer2Preference => wit_pre::Source::Helpsteer2Preference,
-        };
-        let split = match split {
-            Split::Train => wit_pre::Split::Train,
-            Split::Val => wit_pre::Split::Val,
-        };
-        let options = wit_pre::PreprocessOptions { only_helpfulness: self.options.only_helpfulness };
+        let (source, split, options) = (self.source.into(), split.into(), self.options.into());
         let out = self.instance.call(|b, store| {
             b.steerlm_pipeline_preprocess().call_convert_rows(store, source, split, options, chunk, first_line)
         })?;
-        Ok(SplitChunkOutput {
-            train: out.train,
-            val: out.val,
-            errors: line_errors!(out.errors),
-            records_in: out.records_in,
-            train_lines: out.train_lines,
-            val_lines: out.val_lines,
-        })
+        Ok(out.into())
     }
 }
 
@@ -235,7 +194,7 @@ impl TreeConverter for TreeComponent {
         let out = self
             .instance
             .call(|b, store| b.steerlm_pipeline_preprocess().call_convert_trees(store, chunk, first_line))?;
-        Ok(TreeChunkOutput { output: out.output, tree_ends: out.tree_ends, errors: line_errors!(out.errors) })
+        Ok(out.into())
     }
     fn shuffle_order(&mut self, count: u32, seed: u64) -> Result<Vec<u32>> {
         self.instance.call(|b, store| b.steerlm_pipeline_preprocess().call_shuffle_order(store, count, seed))

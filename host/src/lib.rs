@@ -4,6 +4,7 @@
 
 pub mod annotate;
 pub mod bad_records;
+pub mod bindings;
 pub mod commands;
 pub mod component_cache;
 pub mod component_server;

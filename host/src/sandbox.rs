@@ -15,21 +15,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// The typed bindings of each world in `wit/pipeline.wit`.
-pub mod bindings {
-    pub mod labels {
-        wasmtime::component::bindgen!({ path: "../wit", world: "labels-component" });
-    }
-    pub mod formatting {
-        wasmtime::component::bindgen!({ path: "../wit", world: "formatting-component" });
-    }
-    pub mod regression {
-        wasmtime::component::bindgen!({ path: "../wit", world: "regression-component" });
-    }
-    pub mod preprocess {
-        wasmtime::component::bindgen!({ path: "../wit", world: "preprocess-component" });
-    }
-}
+use crate::bindings;
 
 /// The components built into this binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,29 +134,19 @@ impl ResourceLimiter for MemoryLimiter {
 
 impl Sandbox {
     pub fn new(limits: Limits) -> Result<Self> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
-        start_epoch_ticker(&engine)?;
+        let engine = sandbox_engine(|_| {})?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
         Ok(Sandbox { engine, linker, limits })
     }
 
     fn store(&self) -> Store<State> {
-        // Nothing is granted: the builder's defaults are closed stdin, discarded
-        // stdout/stderr, no env, no args, no preopens; sockets are switched off too.
-        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
-        let limiter = MemoryLimiter::new(self.limits.memory_bytes);
-        let mut store = Store::new(&self.engine, State { wasi, table: ResourceTable::new(), limiter });
-        store.limiter(|state| &mut state.limiter);
-        // wasmtime caps what one call may hand back to the host at 128 MiB by default,
-        // below what a chunk (up to --chunk-mb plus --max-line-mb) can convert to. All
-        // of a result lives in the instance's memory, so its memory limit is the one
-        // limit that applies, and the error for it names --component-memory-mb.
-        store.set_hostcall_fuel(self.limits.memory_bytes);
-        store.epoch_deadline_trap();
-        store
+        let state = State {
+            wasi: closed_wasi(&[]),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(self.limits.memory_bytes),
+        };
+        closed_store(&self.engine, state, self.limits.memory_bytes, self.limits.call_timeout)
     }
 
     fn component(&self, kind: Kind) -> Result<Component> {
@@ -184,7 +160,6 @@ impl Sandbox {
     ) -> Result<Instance<B>> {
         let component = self.component(kind)?;
         let mut store = self.store();
-        store.set_epoch_deadline(self.deadline_ticks());
         let bindings = make(&mut store, &component, &self.linker)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("instantiating the {} component", kind.name()))?;
@@ -251,9 +226,58 @@ impl<B> Instance<B> {
     }
 }
 
+/// The wasmtime engine of a sandbox: stores can be given wall-clock deadlines (epoch
+/// ticks, advanced by a thread of its own). `configure` adds what a host needs more.
+pub(crate) fn sandbox_engine(configure: impl FnOnce(&mut Config)) -> Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    configure(&mut config);
+    let engine = Engine::new(&config).map_err(anyhow::Error::from).context("starting wasmtime")?;
+    start_epoch_ticker(&engine)?;
+    Ok(engine)
+}
+
+/// Store data that holds a [`MemoryLimiter`].
+pub(crate) trait HasMemoryLimiter: Send + 'static {
+    fn memory_limiter(&mut self) -> &mut MemoryLimiter;
+}
+
+impl HasMemoryLimiter for State {
+    fn memory_limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+}
+
+/// The WASI context of a sandboxed instance. Nothing is granted but `environment`:
+/// stdin is closed, stdout and stderr are discarded, there are no arguments, no
+/// preopened folders, and sockets are switched off too.
+pub(crate) fn closed_wasi(environment: &[(String, String)]) -> WasiCtx {
+    WasiCtxBuilder::new().envs(environment).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build()
+}
+
+/// A store for one sandboxed instance: memory past `memory_bytes` is refused, and a
+/// call traps `timeout` after the store is made (or after its deadline is renewed).
+pub(crate) fn closed_store<T: HasMemoryLimiter>(
+    engine: &Engine,
+    data: T,
+    memory_bytes: usize,
+    timeout: Duration,
+) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|data| data.memory_limiter());
+    // wasmtime caps what one call may hand back to the host at 128 MiB by default,
+    // below what a chunk (up to --chunk-mb plus --max-line-mb) can convert to. All
+    // of a result lives in the instance's memory, so its memory limit is the one
+    // limit that applies, and the error for it names --component-memory-mb.
+    store.set_hostcall_fuel(memory_bytes);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks(timeout));
+    store
+}
+
 /// Advances the engine's epoch every [`TICK`] for as long as the engine lives, so
 /// stores can be given deadlines in ticks.
-pub(crate) fn start_epoch_ticker(engine: &Engine) -> Result<()> {
+fn start_epoch_ticker(engine: &Engine) -> Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("steerlm-epoch".into())

@@ -8,6 +8,8 @@ mod gpu_info;
 mod label;
 mod preprocess;
 mod score;
+mod serve;
+mod serve_component;
 mod stats;
 mod verify;
 
@@ -88,7 +90,7 @@ enum Command {
     /// Annotate SFT records with a reward model (a server, or --model in-process); resumable.
     Annotate(annotate::AnnotateArgs),
     /// Serve a reward model over HTTP: KServe v2 / Triton protocol, /v1/score, /metrics.
-    Serve(crate::serve::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
     Score(score::ScoreArgs),
     /// Show the wgpu adapter, its limits and features, and which kernels `score` runs on it.
@@ -96,7 +98,7 @@ enum Command {
     GpuInfo(gpu_info::GpuInfoArgs),
     /// Serve the conversions over HTTP from the embedded wasi:http component (the one Spin runs).
     #[command(name = "serve-component")]
-    ServeComponent(crate::component_server::ServeComponentArgs),
+    ServeComponent(serve_component::ServeComponentArgs),
     /// Write the embedded .wasm components to DIR, for embedding them elsewhere.
     #[command(name = "export-components")]
     ExportComponents(export::ExportArgs),
@@ -317,14 +319,8 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
         Command::Label(command) => label::run(context, command),
         Command::Score(args) => score::run(context, &args),
         Command::GpuInfo(args) => gpu_info::run(&args),
-        Command::Serve(args) => crate::serve::run(&args, context.quiet),
-        Command::ServeComponent(args) => {
-            let limits = crate::component_server::RequestLimits {
-                memory_bytes: context.sandbox.component_memory_mb << 20,
-                timeout: Duration::from_secs(context.sandbox.component_timeout),
-            };
-            crate::component_server::run(&args, limits, context.quiet)
-        }
+        Command::Serve(args) => serve::run(context, &args),
+        Command::ServeComponent(args) => serve_component::run(context, &args),
         Command::Annotate(args) => annotate::run(context, &args),
         Command::ExportComponents(args) => export::run(context, &args),
         Command::Demo(args) => demo::run(context, &args),

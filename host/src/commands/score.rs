@@ -148,7 +148,7 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         if kernel_times.kernels.is_empty() {
             eprintln!(
                 "--profile: no kernel times: {} has no GPU timestamp queries",
-                if model.runs_on_cpu() { "the CPU path" } else { "this adapter" }
+                if model.backend_kind() == crate::model::BackendKind::Cpu { "the CPU path" } else { "this adapter" }
             );
         } else {
             // The table is the output asked for: printed even with --quiet.

@@ -84,6 +84,14 @@ impl Batch {
     }
 }
 
+/// Which implementation runs the forward pass: the plain-Rust CPU one or wgpu (on a
+/// hardware or software adapter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+    Gpu,
+}
+
 enum Backend {
     Cpu(cpu::CpuModel),
     Gpu(gpu::GpuModel),
@@ -124,9 +132,12 @@ impl RewardModel {
         &self.config.labels
     }
 
-    /// Whether the forward pass runs on the CPU (Triton's `KIND_CPU`).
-    pub fn runs_on_cpu(&self) -> bool {
-        matches!(self.backend, Backend::Cpu(_))
+    /// Where the forward pass runs (Triton's `KIND_CPU` or `KIND_GPU`).
+    pub fn backend_kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Cpu(_) => BackendKind::Cpu,
+            Backend::Gpu(_) => BackendKind::Gpu,
+        }
     }
 
     pub fn device_name(&self) -> String {

@@ -56,113 +56,138 @@ pub enum Inputs {
     Tokens(Vec<Vec<u32>>),
 }
 
-/// Splits a request body into its JSON header and binary tail.
+/// Parses an inference request: the JSON header, each input's tensor (from JSON or
+/// the binary tail), and what they ask the model to score.
 pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(InferRequest, Inputs), BadRequest> {
-    let (header, mut binary) = match header_length {
-        Some(n) if n > body.len() => {
-            return Err(
-                format!("Inference-Header-Content-Length {n} is larger than the body ({} bytes)", body.len()).into()
-            );
-        }
-        Some(n) => body.split_at(n),
-        None => (body, &[][..]),
-    };
+    let (header, mut binary) = split_body(body, header_length)?;
     let request: InferRequest =
         serde_json::from_slice(header).map_err(|e| format!("invalid inference request JSON: {e}"))?;
-    let mut sentences = None;
-    let mut tokens = None;
-    let mut lengths = None;
+    let mut tensors = Tensors::default();
     for input in &request.inputs {
-        let binary_size = input
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
-            .and_then(Value::as_u64)
-            .map(|n| n as usize);
-        let raw = match binary_size {
-            Some(size) => {
-                if size > binary.len() {
-                    return Err(format!(
-                        "input `{}`: binary data is truncated ({size} bytes announced, {} left)",
-                        input.name,
-                        binary.len()
-                    )
-                    .into());
-                }
-                let (mine, rest) = binary.split_at(size);
-                binary = rest;
-                Some(mine)
-            }
-            None => None,
-        };
-        let elements = element_count(input)?;
-        match input.name.as_str() {
-            "sentences" => {
-                expect_type(input, "BYTES")?;
-                check_sentences_shape(input)?;
-                let values = match raw {
-                    Some(bytes) => decode_bytes_elements(bytes, &input.name)?,
-                    None => json_strings(input)?,
-                };
-                check_element_count(input, values.len(), elements)?;
-                sentences = Some(values);
-            }
-            "tokens" | "sequence_lengths" => {
-                expect_type(input, "INT64")?;
-                let values = match raw {
-                    Some(bytes) => {
-                        if bytes.len() % 8 != 0 {
-                            return Err(format!("input `{}`: INT64 data of {} bytes", input.name, bytes.len()).into());
-                        }
-                        bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
-                    }
-                    None => json_ints(input)?,
-                };
-                check_element_count(input, values.len(), elements)?;
-                if input.name == "tokens" {
-                    tokens = Some((values, input.shape.clone()));
-                } else {
-                    lengths = Some(values);
-                }
-            }
-            other => return Err(format!(
-                "unknown input `{other}`; this model takes `sentences` (BYTES) or `tokens` + `sequence_lengths` (INT64)"
-            )
-            .into()),
-        }
+        let raw = take_binary(input, &mut binary)?;
+        decode_input(input, raw, &mut tensors)?;
     }
     if !binary.is_empty() {
         return Err(format!("{} bytes of binary data follow the tensors", binary.len()).into());
     }
-    let inputs = match (sentences, tokens, lengths) {
-        (Some(s), None, None) => Inputs::Sentences(s),
-        (None, Some((tokens, shape)), Some(lengths)) => {
-            let (rows, width) = match shape.as_slice() {
-                [rows, width] => (*rows as usize, *width as usize),
-                other => return Err(format!("`tokens` must be 2-D [batch, length], got {other:?}").into()),
+    Ok((request, tensors.into_inputs()?))
+}
+
+/// The JSON header and the binary tail (empty without `Inference-Header-Content-Length`).
+fn split_body(body: &[u8], header_length: Option<usize>) -> Result<(&[u8], &[u8]), BadRequest> {
+    match header_length {
+        Some(n) if n > body.len() => {
+            Err(format!("Inference-Header-Content-Length {n} is larger than the body ({} bytes)", body.len()).into())
+        }
+        Some(n) => Ok(body.split_at(n)),
+        None => Ok((body, &[][..])),
+    }
+}
+
+/// The input's `binary_data_size` bytes, taken off the front of the binary tail; `None`
+/// when its data is in the JSON.
+fn take_binary<'a>(input: &InputTensor, binary: &mut &'a [u8]) -> Result<Option<&'a [u8]>, BadRequest> {
+    let size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size")).and_then(Value::as_u64);
+    let Some(size) = size.map(|n| n as usize) else { return Ok(None) };
+    if size > binary.len() {
+        return Err(format!(
+            "input `{}`: binary data is truncated ({size} bytes announced, {} left)",
+            input.name,
+            binary.len()
+        )
+        .into());
+    }
+    let (mine, rest) = binary.split_at(size);
+    *binary = rest;
+    Ok(Some(mine))
+}
+
+/// The tensors a request sent, decoded, before they are checked to belong together.
+#[derive(Default)]
+struct Tensors {
+    sentences: Option<Vec<String>>,
+    /// Values and shape.
+    tokens: Option<(Vec<i64>, Vec<i64>)>,
+    lengths: Option<Vec<i64>>,
+}
+
+/// Decodes one input tensor, from `raw` bytes or its JSON `data`, into `tensors`.
+fn decode_input(input: &InputTensor, raw: Option<&[u8]>, tensors: &mut Tensors) -> Result<(), BadRequest> {
+    let elements = element_count(input)?;
+    match input.name.as_str() {
+        "sentences" => {
+            expect_type(input, "BYTES")?;
+            check_sentences_shape(input)?;
+            let values = match raw {
+                Some(bytes) => decode_bytes_elements(bytes, &input.name)?,
+                None => json_strings(input)?,
             };
-            if lengths.len() != rows {
-                return Err(format!("{} sequence_lengths for {rows} token rows", lengths.len()).into());
-            }
-            let mut sequences = Vec::with_capacity(rows);
-            for (row, &len) in lengths.iter().enumerate() {
-                if len < 1 || len as usize > width {
-                    return Err(format!("sequence_lengths[{row}] = {len} is outside 1..={width}").into());
-                }
-                let ids = &tokens[row * width..row * width + len as usize];
-                if let Some(bad) = ids.iter().find(|&&t| t < 0 || t > u32::MAX as i64) {
-                    return Err(format!("token id {bad} in row {row} is not a valid id").into());
-                }
-                sequences.push(ids.iter().map(|&t| t as u32).collect());
-            }
-            Inputs::Tokens(sequences)
+            check_element_count(input, values.len(), elements)?;
+            tensors.sentences = Some(values);
         }
-        (None, Some(_), None) | (None, None, Some(_)) => {
-            return Err("`tokens` and `sequence_lengths` must be sent together".into());
+        "tokens" | "sequence_lengths" => {
+            expect_type(input, "INT64")?;
+            let values = match raw {
+                Some(bytes) => {
+                    if bytes.len() % 8 != 0 {
+                        return Err(format!("input `{}`: INT64 data of {} bytes", input.name, bytes.len()).into());
+                    }
+                    bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+                }
+                None => json_ints(input)?,
+            };
+            check_element_count(input, values.len(), elements)?;
+            if input.name == "tokens" {
+                tensors.tokens = Some((values, input.shape.clone()));
+            } else {
+                tensors.lengths = Some(values);
+            }
         }
-        _ => return Err("send either `sentences` or `tokens` + `sequence_lengths`".into()),
+        other => {
+            return Err(format!(
+                "unknown input `{other}`; this model takes `sentences` (BYTES) or `tokens` + `sequence_lengths` (INT64)"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+impl Tensors {
+    /// Either `sentences`, or `tokens` with `sequence_lengths` cut into sequences.
+    fn into_inputs(self) -> Result<Inputs, BadRequest> {
+        match (self.sentences, self.tokens, self.lengths) {
+            (Some(sentences), None, None) => Ok(Inputs::Sentences(sentences)),
+            (None, Some((tokens, shape)), Some(lengths)) => token_rows(&tokens, &shape, &lengths).map(Inputs::Tokens),
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                Err("`tokens` and `sequence_lengths` must be sent together".into())
+            }
+            _ => Err("send either `sentences` or `tokens` + `sequence_lengths`".into()),
+        }
+    }
+}
+
+/// Each row of a padded `tokens` [batch, length] matrix, cut to its sequence length.
+fn token_rows(tokens: &[i64], shape: &[i64], lengths: &[i64]) -> Result<Vec<Vec<u32>>, BadRequest> {
+    let (rows, width) = match shape {
+        [rows, width] => (*rows as usize, *width as usize),
+        other => return Err(format!("`tokens` must be 2-D [batch, length], got {other:?}").into()),
     };
-    Ok((request, inputs))
+    if lengths.len() != rows {
+        return Err(format!("{} sequence_lengths for {rows} token rows", lengths.len()).into());
+    }
+    let mut sequences = Vec::with_capacity(rows);
+    for (row, &len) in lengths.iter().enumerate() {
+        if len < 1 || len as usize > width {
+            return Err(format!("sequence_lengths[{row}] = {len} is outside 1..={width}").into());
+        }
+        let ids = &tokens[row * width..row * width + len as usize];
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t > u32::MAX as i64) {
+            return Err(format!("token id {bad} in row {row} is not a valid id").into());
+        }
+        sequences.push(ids.iter().map(|&t| t as u32).collect());
+    }
+    Ok(sequences)
 }
 
 fn expect_type(input: &InputTensor, datatype: &str) -> Result<(), BadRequest> {

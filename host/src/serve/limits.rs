@@ -1,12 +1,11 @@
 //! Per-request limits of `steerlm serve`, answered with `413` naming the limit and the
 //! flag that raises it.
 
-use super::error;
+use super::error::ApiError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::time::Duration;
 
@@ -20,9 +19,9 @@ pub struct RequestLimits {
 }
 
 impl RequestLimits {
-    pub fn check_texts(&self, count: usize) -> Result<(), Response> {
+    pub fn check_texts(&self, count: usize) -> Result<(), ApiError> {
         if count > self.max_texts {
-            return Err(error(
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "{count} texts in one request; the limit is {} (--max-request-texts): split the request",
@@ -35,14 +34,14 @@ impl RequestLimits {
 
     /// The request with its body read in full, or the error to answer: 408 when it does
     /// not arrive within `body_read_timeout`, 413 past `max_body_bytes`.
-    pub async fn read_body(&self, request: Request) -> Result<Request, Response> {
+    pub async fn read_body(&self, request: Request) -> Result<Request, ApiError> {
         let (parts, body) = request.into_parts();
         let collected = tokio::time::timeout(self.body_read_timeout, Limited::new(body, self.max_body_bytes).collect());
         match collected.await {
             Ok(Ok(body)) => Ok(Request::from_parts(parts, Body::from(body.to_bytes()))),
             Ok(Err(e)) if e.is::<LengthLimitError>() => Err(self.too_large()),
-            Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
-            Err(_) => Err(error(
+            Ok(Err(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+            Err(_) => Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {} seconds (--body-read-timeout)",
@@ -52,20 +51,20 @@ impl RequestLimits {
         }
     }
 
-    fn too_large(&self) -> Response {
-        error(
+    fn too_large(&self) -> ApiError {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request body is larger than the limit of {} bytes (--max-body-mb)", self.max_body_bytes),
         )
     }
 
     /// The body, or the error for why it could not be read.
-    pub fn body(&self, body: Result<axum::body::Bytes, BytesRejection>) -> Result<axum::body::Bytes, Response> {
+    pub fn body(&self, body: Result<axum::body::Bytes, BytesRejection>) -> Result<axum::body::Bytes, ApiError> {
         body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 self.too_large()
             } else {
-                error(rejection.status(), rejection.body_text())
+                ApiError::new(rejection.status(), rejection.body_text())
             }
         })
     }

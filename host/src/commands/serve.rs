@@ -1,0 +1,104 @@
+//! `steerlm serve`: the reward model over HTTP (see [`crate::serve`]).
+
+use super::Context;
+use crate::model::{Device, LoadOptions, Precision, RewardModel};
+use crate::serve::batcher::BatchPolicy;
+use crate::serve::connections::ConnectionLimits;
+use crate::serve::limits::RequestLimits;
+use crate::serve::{ServeOptions, check_options, serve};
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Hugging Face checkpoint folder of the reward model.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 5555)]
+    pub port: u16,
+    /// The model's name in /v2/models/{name}.
+    #[arg(long, alias = "model_name", default_value = "reward_model")]
+    pub model_name: String,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
+    /// accumulation) when the adapter has them, `f32` is the exact path.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    pub precision: Precision,
+    /// Prepend the BOS token (the reference server adds none).
+    #[arg(long)]
+    pub add_bos: bool,
+    /// Most tokens in one batch. Requests are split into batches of at most this many
+    /// tokens, taken in turn from every waiting request.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub max_batch_tokens: usize,
+    /// How long a request waits for others to batch with, in milliseconds.
+    #[arg(long, default_value_t = 2.0, value_name = "MS")]
+    pub max_queue_delay_ms: f64,
+    /// Run every request on its own (no dynamic batching).
+    #[arg(long)]
+    pub no_dynamic_batching: bool,
+    /// Require `Authorization: Bearer KEY` on every request but health checks.
+    #[arg(long, env = "STEERLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body, in MiB (413 past it).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub max_body_mb: usize,
+    /// Most texts (or labeled turns of records) in one request (413 past it; KServe
+    /// requests are also held to the max_batch_size of 1024 their config advertises).
+    #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_request_texts: u64,
+    /// Most connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's headers (and an idle keep-alive
+    /// connection stays open) before the connection is closed.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
+    /// Seconds a client has, once its headers are in, to send the whole body (408 past
+    /// it), so bodies that trickle cannot hold connections.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
+}
+
+impl ServeArgs {
+    fn options(&self, context: &Context) -> ServeOptions {
+        ServeOptions {
+            host: self.host.clone(),
+            port: self.port,
+            model_name: self.model_name.clone(),
+            api_key: self.api_key.clone(),
+            batching: BatchPolicy {
+                max_tokens: self.max_batch_tokens.max(1),
+                max_delay: Duration::from_secs_f64(self.max_queue_delay_ms.max(0.0) / 1000.0),
+                enabled: !self.no_dynamic_batching,
+            },
+            limits: RequestLimits {
+                max_texts: usize::try_from(self.max_request_texts).unwrap_or(usize::MAX),
+                max_body_bytes: self.max_body_mb << 20,
+                body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            },
+            connections: ConnectionLimits {
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            },
+            quiet: context.quiet,
+        }
+    }
+}
+
+pub fn run(context: &Context, args: &ServeArgs) -> Result<()> {
+    let options = args.options(context);
+    // Settings first: a bad key should not wait for a model to load.
+    check_options(&options)?;
+    let load = LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision };
+    let model = RewardModel::load(&args.model, load)
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    context.block_on(serve(options, model))?
+}

@@ -1,0 +1,47 @@
+//! `steerlm serve-component`: the embedded wasi:http component over HTTP (see
+//! [`crate::component_server`]).
+
+use super::Context;
+use crate::component_server::{RequestLimits, ServeComponentOptions, serve};
+use anyhow::Result;
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeComponentArgs {
+    /// Address to listen on (loopback unless told otherwise; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8089", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Largest request body, in MiB, before and after gzip decoding (413 past it).
+    #[arg(long, default_value_t = 32, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_body_mb: u64,
+    /// Largest response body, in MiB (413 past it; regression output grows quickly).
+    /// The component is 32-bit: body and response share its 4 GiB address space.
+    #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=2048))]
+    pub max_response_mb: u64,
+    /// Requests handled at once; more wait their turn (`GET /health` never waits).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_concurrent_requests: usize,
+    /// Seconds a client has to send a whole request body once its request is taken
+    /// (408 past it), so a body that never ends cannot hold a request slot.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout: u64,
+}
+
+pub fn run(context: &Context, args: &ServeComponentArgs) -> Result<()> {
+    let options = ServeComponentOptions {
+        listen: args.listen,
+        max_body_bytes: (args.max_body_mb << 20) as usize,
+        max_response_bytes: (args.max_response_mb << 20) as usize,
+        max_concurrent_requests: args.max_concurrent_requests,
+        body_read_timeout: Duration::from_secs(args.body_read_timeout),
+        // The global sandbox flags: the same allowance as the conversion components.
+        limits: RequestLimits {
+            memory_bytes: context.sandbox.component_memory_mb << 20,
+            timeout: Duration::from_secs(context.sandbox.component_timeout),
+        },
+        quiet: context.quiet,
+    };
+    context.block_on(serve(options))?
+}

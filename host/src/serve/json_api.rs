@@ -1,0 +1,81 @@
+//! `POST /v1/score`: plain JSON for programs that do not speak KServe. Either
+//! `{"texts": [...]}`, scored as given, or `{"records": [SFT records]}`, whose labeled
+//! turns are rendered with the SteerLM template and scored together.
+
+use super::error::{ApiError, ApiResult};
+use super::{AppState, Shared, counted};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use steerlm_core::record::SftRecord;
+use steerlm_core::template::{labeled_prefixes, labeled_turns};
+
+pub async fn score(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    counted(&state.metrics, score_inner(&state, body)).await
+}
+
+async fn score_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = state.limits.body(body)?;
+    let request: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    if let Some(texts) = request.get("texts") {
+        return score_texts(state, texts).await;
+    }
+    let Some(records) = request.get("records").and_then(Value::as_array) else {
+        return Err(ApiError::bad_request("send {\"texts\": [...]} or {\"records\": [...]}"));
+    };
+    score_records(state, records).await
+}
+
+/// The label string of a row of scores, named by the model's attributes.
+fn label(state: &AppState, scores: &[f32]) -> Option<String> {
+    let names: Vec<&str> = state.model.config.labels.iter().map(String::as_str).collect();
+    let values: Vec<f64> = scores.iter().map(|&v| v as f64).collect();
+    steerlm_core::labels::encode_scores(&values, Some(&names)).ok()
+}
+
+async fn score_texts(state: &AppState, texts: &Value) -> ApiResult {
+    let texts = texts
+        .as_array()
+        .and_then(|a| a.iter().map(|t| t.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
+        .ok_or_else(|| ApiError::bad_request("`texts` must be an array of strings"))?;
+    state.limits.check_texts(texts.len())?;
+    let (sequences, exceeded) = state.tokenize(&texts)?;
+    let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    let scores = state.score(sequences).await?;
+    let results: Vec<Value> = scores
+        .iter()
+        .zip(&lengths)
+        .zip(&exceeded)
+        .map(|((s, n), e)| json!({ "scores": s, "num_tokens": n, "exceeded": e, "label": label(state, s) }))
+        .collect();
+    Ok(Json(json!({ "attributes": state.model.config.labels, "results": results })).into_response())
+}
+
+async fn score_records(state: &AppState, records: &[Value]) -> ApiResult {
+    // Each record's labeled prefixes, scored together.
+    let mut texts = Vec::new();
+    let mut owners = Vec::new();
+    for (r, record) in records.iter().enumerate() {
+        let line = record.to_string();
+        let parsed = SftRecord::parse(&line).map_err(|e| ApiError::bad_request(format!("record {r}: {e}")))?;
+        let prefixes = labeled_prefixes(&parsed, Default::default())
+            .map_err(|e| ApiError::bad_request(format!("record {r}: {e}")))?;
+        for (prefix, turn) in prefixes.into_iter().zip(labeled_turns(&parsed)) {
+            texts.push(prefix);
+            owners.push((r, turn));
+        }
+        state.limits.check_texts(texts.len())?;
+    }
+    let (sequences, exceeded) = state.tokenize(&texts)?;
+    let scores = if sequences.is_empty() { Vec::new() } else { state.score(sequences).await? };
+    let mut out: Vec<Vec<Value>> = vec![Vec::new(); records.len()];
+    for (((r, turn), s), e) in owners.into_iter().zip(&scores).zip(&exceeded) {
+        out[r].push(json!({ "turn": turn, "scores": s, "label": label(state, s), "exceeded": e }));
+    }
+    let records: Vec<Value> = out.into_iter().map(|turns| json!({ "turns": turns })).collect();
+    Ok(Json(json!({ "attributes": state.model.config.labels, "records": records })).into_response())
+}
