@@ -1,6 +1,7 @@
 //! `to-regression` and `format`: one JSONL file in, one out.
 
-use super::{Context, ConvertArgs, rate, stream_lines};
+use super::Context;
+use super::streaming::{ConvertArgs, rate, stream_lines};
 use crate::engine::LineConversion;
 use crate::input::InputPath;
 use crate::manifest::{Provenance, Role};

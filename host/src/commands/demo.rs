@@ -31,7 +31,7 @@ pub fn run(context: &Context, args: &DemoArgs) -> Result<()> {
         context.say(format!("$ steerlm {}", argv.join(" ")));
         let cli = super::Cli::try_parse_from(std::iter::once("steerlm".to_owned()).chain(argv))?;
         match cli.command {
-            super::Command::Preprocess(dataset) => preprocess::run(context, dataset),
+            super::Command::Preprocess(dataset) => preprocess::run(context, &dataset),
             super::Command::ToRegression(a) => convert::run(context, &a, LineConversion::Regression),
             other => unreachable!("the demo runs no {other:?}"),
         }

@@ -1,5 +1,6 @@
 //! `gpu-info`: what wgpu sees, and which kernels `score` would run on it and why.
 
+use super::Context;
 use crate::model::Precision;
 use crate::model::gpu::{AdapterChoice, KernelPlan, open_device};
 use anyhow::Result;
@@ -13,7 +14,7 @@ pub struct GpuInfoArgs {
     json: bool,
 }
 
-pub fn run(args: &GpuInfoArgs) -> Result<()> {
+pub fn run(_context: &Context, args: &GpuInfoArgs) -> Result<()> {
     let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
     let (info, caps) = (&gpu.info, &gpu.caps);
     let limits = &caps.limits;

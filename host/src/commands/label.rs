@@ -22,14 +22,14 @@ pub enum LabelCommand {
     },
 }
 
-pub fn run(context: &Context, command: LabelCommand) -> Result<()> {
+pub fn run(context: &Context, command: &LabelCommand) -> Result<()> {
     let mut labels = context.sandbox.sandbox()?.labels()?;
     match command {
         LabelCommand::Parse { label } => {
             let pairs =
-                labels.call(|b, s| b.steerlm_pipeline_labels().call_parse(s, &label))?.map_err(|e| anyhow!(e))?;
+                labels.call(|b, s| b.steerlm_pipeline_labels().call_parse(s, label))?.map_err(|e| anyhow!(e))?;
             let vector =
-                labels.call(|b, s| b.steerlm_pipeline_labels().call_to_vector(s, &label))?.map_err(|e| anyhow!(e))?;
+                labels.call(|b, s| b.steerlm_pipeline_labels().call_to_vector(s, label))?.map_err(|e| anyhow!(e))?;
             let names = labels.call(|b, s| b.steerlm_pipeline_labels().call_attribute_names(s))?;
             let pairs: Vec<_> = pairs.iter().map(|p| serde_json::json!([p.key, p.value])).collect();
             let json = serde_json::json!({ "pairs": pairs, "attributes": names, "vector": vector });
@@ -37,7 +37,7 @@ pub fn run(context: &Context, command: LabelCommand) -> Result<()> {
         }
         LabelCommand::Encode { scores, names } => {
             let label = labels
-                .call(|b, s| b.steerlm_pipeline_labels().call_encode_scores(s, &scores, names.as_deref()))?
+                .call(|b, s| b.steerlm_pipeline_labels().call_encode_scores(s, scores, names.as_deref()))?
                 .map_err(|e| anyhow!(e))?;
             println!("{label}");
         }

@@ -11,14 +11,12 @@ mod score;
 mod serve;
 mod serve_component;
 mod stats;
+mod streaming;
 mod verify;
 
-use crate::bad_records::{BadRecords, OnError};
-use crate::engine::{Backend, Engine, LineConverter};
-use crate::input::{DEFAULT_CHUNK_BYTES, DEFAULT_MAX_LINE_MB, InputPath, spawn_chunks};
-use crate::manifest::{Provenance, Role};
-use crate::output::{BackgroundWriter, Output};
-use crate::pipeline::run_ordered;
+use crate::input::{DEFAULT_MAX_LINE_MB, InputPath, spawn_chunks};
+use crate::manifest::Provenance;
+use crate::output::Output;
 use crate::same_file::NamedFile;
 use crate::sandbox::{Kind, Limits, Sandbox};
 use anyhow::{Context as _, Result};
@@ -26,7 +24,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// SteerLM data preparation, reproducible byte for byte.
 ///
@@ -109,63 +107,6 @@ enum Command {
     VerifyManifest(verify::VerifyArgs),
     /// Counts, label histograms and text lengths of an SFT, annotated or regression file.
     Stats(stats::StatsArgs),
-}
-
-/// Options every converting command takes.
-#[derive(Args, Debug, Clone)]
-pub struct ConvertArgs {
-    /// What to do with a record that cannot be converted.
-    #[arg(long, value_enum, default_value_t = OnError::Fail)]
-    on_error: OnError,
-    /// With --on-error skip: also write the bad records' FILE, LINE and reason here, as JSONL.
-    #[arg(long, value_name = "FILE")]
-    error_report: Option<PathBuf>,
-    /// Run the conversion through the sandboxed components or the natively linked library.
-    #[arg(long, value_enum, default_value_t = Engine::Component)]
-    engine: Engine,
-    /// Input is handed to the conversion in chunks of about this many MiB of whole lines.
-    #[arg(long, default_value_t = (DEFAULT_CHUNK_BYTES >> 20) as u64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
-    chunk_mb: u64,
-    /// Chunks converted at once (each thread runs its own component instance);
-    /// defaults to the number of cores.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
-    threads: Option<u64>,
-    /// Also write a provenance record to FILE: steerlm version, component hashes, options,
-    /// and the sha256 and line count of every input and output (`steerlm verify-manifest`).
-    #[arg(long, value_name = "FILE")]
-    manifest: Option<PathBuf>,
-}
-
-impl ConvertArgs {
-    fn bad_records(&self) -> Result<BadRecords> {
-        BadRecords::new(self.on_error, self.error_report.clone())
-    }
-    fn chunk_bytes(&self) -> usize {
-        (self.chunk_mb as usize) << 20
-    }
-    fn threads(&self) -> usize {
-        self.threads.map_or_else(crate::pipeline::default_threads, |n| n as usize)
-    }
-    fn backend(&self, context: &Context) -> Result<Backend> {
-        Backend::new(self.engine, || context.sandbox.sandbox())
-    }
-    /// The outputs these options add: the error report and the manifest.
-    fn output_files(&self) -> Vec<NamedFile> {
-        let report = self.error_report.iter().map(|p| NamedFile::new("--error-report", p));
-        report.chain(self.manifest.iter().map(|p| NamedFile::new("--manifest", p))).collect()
-    }
-    /// The part of a manifest these options decide: the component (unless the native
-    /// engine runs) and the error report.
-    fn provenance(&self, component: Kind) -> Provenance {
-        let mut provenance = Provenance::default();
-        if self.engine == Engine::Component {
-            provenance.components.push(component);
-        }
-        if let Some(report) = &self.error_report {
-            provenance.outputs.push((Role::ErrorReport, report.clone()));
-        }
-        provenance
-    }
 }
 
 /// Shared context of one command run.
@@ -315,10 +256,10 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
     match command {
         Command::ToRegression(args) => convert::run(context, &args, crate::engine::LineConversion::Regression),
         Command::Format(args) => convert::run(context, &args, crate::engine::LineConversion::Format),
-        Command::Preprocess(dataset) => preprocess::run(context, dataset),
-        Command::Label(command) => label::run(context, command),
+        Command::Preprocess(dataset) => preprocess::run(context, &dataset),
+        Command::Label(command) => label::run(context, &command),
         Command::Score(args) => score::run(context, &args),
-        Command::GpuInfo(args) => gpu_info::run(&args),
+        Command::GpuInfo(args) => gpu_info::run(context, &args),
         Command::Serve(args) => serve::run(context, &args),
         Command::ServeComponent(args) => serve_component::run(context, &args),
         Command::Annotate(args) => annotate::run(context, &args),
@@ -327,49 +268,4 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
         Command::VerifyManifest(args) => verify::run(context, &args),
         Command::Stats(args) => stats::run(context, &args),
     }
-}
-
-/// Totals of one streamed conversion.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
-    pub records_in: u64,
-    pub lines_out: u64,
-    pub bytes_in: u64,
-}
-
-/// Streams `input` through converters made by `make_converter` into `output`: one
-/// thread reads, `threads` convert, one writes; output keeps input order.
-pub fn stream_lines(
-    context: &Context,
-    input: &InputPath,
-    output: Output,
-    make_converter: impl Fn() -> Result<Box<dyn LineConverter>> + Sync,
-    bad: &mut BadRecords,
-    convert: &ConvertArgs,
-) -> Result<(Output, Totals)> {
-    let progress = context.progress("converting");
-    let mut totals = Totals::default();
-    let mut writer = BackgroundWriter::spawn(output)?;
-    let chunks = context.chunks(input, convert.chunk_bytes(), &progress)?;
-    run_ordered(
-        chunks,
-        convert.threads(),
-        make_converter,
-        |converter, chunk| converter.convert(&chunk.bytes, chunk.first_line),
-        |chunk, out| {
-            totals.bytes_in += chunk.bytes.len() as u64;
-            bad.handle(&input.display(), out.errors)?;
-            totals.records_in += out.records_in;
-            totals.lines_out += out.lines_out;
-            writer.write(out.output)
-        },
-    )?;
-    progress.finish_and_clear();
-    Ok((writer.finish()?, totals))
-}
-
-/// `1.23 s, 456.7 MB/s` for a summary line.
-fn rate(bytes: u64, started: Instant) -> String {
-    let seconds = started.elapsed().as_secs_f64();
-    format!("{seconds:.2} s, {:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
 }

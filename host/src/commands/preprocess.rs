@@ -1,6 +1,7 @@
 //! `preprocess helpsteer|helpsteer2|oasst`: raw datasets to `train.jsonl` and `val.jsonl`.
 
-use super::{Context, ConvertArgs, rate};
+use super::Context;
+use super::streaming::{ConvertArgs, rate};
 use crate::input::{InputPath, find_split_file};
 use crate::manifest::{Provenance, Role};
 use crate::output::{Output, commit_all};
@@ -77,7 +78,7 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(context: &Context, dataset: Dataset) -> Result<()> {
+pub fn run(context: &Context, dataset: &Dataset) -> Result<()> {
     match dataset {
         Dataset::Helpsteer(args) => {
             let inputs = vec![
