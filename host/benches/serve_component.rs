@@ -4,6 +4,7 @@
 //! - 2,000 one-record `POST /regression` requests, 8 in flight, each in a fresh instance,
 //!   vs 2,000 one-record calls into one reused in-process regression instance;
 //! - one 8 MB request vs one in-process call on the same 8 MB.
+//!
 //! Every response is checked against the in-process bytes.
 
 use futures::StreamExt;

@@ -132,6 +132,7 @@ struct Run {
 }
 
 /// Runs a command and reads its own resource usage with wait4.
+#[allow(clippy::zombie_processes)] // the child is reaped by wait4, which clippy does not see
 fn run_measured(command: &mut Command) -> Run {
     let started = Instant::now();
     let child = command.spawn().expect("spawn steerlm");

@@ -47,6 +47,7 @@ pub enum LineConversion {
 
 /// An [`Engine`] ready to make converters: the sandbox is started once and shared
 /// by every converter (each of which gets its own component instance).
+#[allow(clippy::large_enum_variant)] // one per command run: boxing would buy nothing
 pub enum Backend {
     Native,
     Component(Sandbox),

@@ -122,13 +122,12 @@ fn first_long_line(bytes: &[u8], max_line: usize) -> Option<u64> {
         return None;
     }
     let mut start = 0;
-    let mut index = 0;
-    for end in memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len())) {
+    let ends = memchr::memchr_iter(b'\n', bytes).chain(std::iter::once(bytes.len()));
+    for (index, end) in ends.enumerate() {
         if end - start > max_line {
-            return Some(index);
+            return Some(index as u64);
         }
         start = end + 1;
-        index += 1;
     }
     None
 }

@@ -182,7 +182,7 @@ pub fn parse_response(body: &[u8], header_length: Option<usize>, texts: usize) -
 /// Numbers of a binary output tensor (little-endian, as the extension specifies).
 fn decode_binary(bytes: &[u8], datatype: &str) -> Result<Vec<f64>> {
     fn each<const N: usize>(bytes: &[u8], datatype: &str, f: impl Fn([u8; N]) -> f64) -> Result<Vec<f64>> {
-        if bytes.len() % N != 0 {
+        if !bytes.len().is_multiple_of(N) {
             bail!("{} bytes is not a whole number of {datatype} values", bytes.len());
         }
         Ok(bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunks of N bytes"))).collect())

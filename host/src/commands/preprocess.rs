@@ -85,7 +85,7 @@ pub fn run(context: &Context, dataset: &Dataset) -> Result<()> {
                 (find_split_file(&args.input_dir, "train")?, Split::Train),
                 (find_split_file(&args.input_dir, "validation")?, Split::Val),
             ];
-            rows(context, &args, Source::HelpSteer, PreprocessOptions::default(), inputs)
+            rows(context, args, Source::HelpSteer, PreprocessOptions::default(), inputs)
         }
         Dataset::Helpsteer2(args) => {
             let dir = &args.common.input_dir;
@@ -101,7 +101,7 @@ pub fn run(context: &Context, dataset: &Dataset) -> Result<()> {
             let options = PreprocessOptions { only_helpfulness: args.only_helpfulness };
             rows(context, &args.common, source, options, inputs)
         }
-        Dataset::Oasst(args) => oasst(context, &args),
+        Dataset::Oasst(args) => oasst(context, args),
     }
 }
 

@@ -183,7 +183,7 @@ impl ModelConfig {
             bail!("`partial_rotary_factor` must be in (0, 1], got {partial}");
         }
         let rotary_dim = (head_dim as f64 * partial) as usize;
-        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim || rotary_dim > 512 {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim || rotary_dim > 512 {
             bail!(
                 "rotary dimension {rotary_dim} (head_dim {head_dim} x {partial}) must be even, positive and at most head_dim (and 512)"
             );

@@ -92,6 +92,7 @@ pub enum BackendKind {
     Gpu,
 }
 
+#[allow(clippy::large_enum_variant)] // one per loaded model
 enum Backend {
     Cpu(cpu::CpuModel),
     Gpu(gpu::GpuModel),

@@ -49,6 +49,10 @@ impl TensorView<'_> {
         self.shape.iter().product()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The values widened to f32 (exactly: bf16 and f16 are subsets of f32).
     pub fn to_f32(&self) -> Vec<f32> {
         match self.dtype {

@@ -39,7 +39,7 @@ impl ApiKey {
 fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     let scheme = header.get(..6)?;
     let rest = header.get(6..)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&b| b == b' ') {
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first().is_none_or(|&b| b != b' ') {
         return None;
     }
     let token = rest.trim_ascii();

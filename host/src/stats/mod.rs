@@ -99,7 +99,7 @@ pub fn compute(
 ) -> Result<Stats> {
     let mut stats = Stats::new(input.display());
     let mut texts: Vec<String> = Vec::new();
-    for line in crate::input::json_lines(input, 4 << 20, max_line_bytes, &progress)? {
+    for line in crate::input::json_lines(input, 4 << 20, max_line_bytes, progress)? {
         let line = line?;
         let record = &line.value;
         let fail = |why: String| line.error(why);

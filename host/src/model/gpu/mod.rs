@@ -129,7 +129,7 @@ impl GpuModel {
             }
             device::AttentionVariant::Rows => None,
         };
-        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) as usize;
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
         let kernels = Kernels {
             matmul: Self::matmul(device, &mut plan)?,
             embedding: Embedding::new(device)?,

@@ -50,7 +50,7 @@ impl Uploader<'_> {
             other => bail!("expected a matrix, got shape {other:?}"),
         };
         let row_bytes = cols * view.dtype.size();
-        if row_bytes % 4 != 0 {
+        if !row_bytes.is_multiple_of(4) {
             bail!("tensor rows of {cols} {:?} values are not a whole number of 32-bit words", view.dtype);
         }
         let rows_per_part = (self.max_binding / row_bytes).max(1);
