@@ -4,43 +4,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
-}
-
-#[path = "support/cli.rs"]
-mod cli;
-use cli::{assert_success, stderr, steerlm, steerlm_command};
-
-#[track_caller]
-fn assert_same(ours: &Path, golden: &Path) {
-    let ours_bytes = fs::read(ours).unwrap_or_else(|e| panic!("{}: {e}", ours.display()));
-    let golden_bytes = fs::read(golden).unwrap();
-    if ours_bytes != golden_bytes {
-        let (a, b) = (String::from_utf8_lossy(&ours_bytes), String::from_utf8_lossy(&golden_bytes));
-        let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
-        panic!("{} differs from {} (first differing line: {line:?})", ours.display(), golden.display());
-    }
-}
-
-/// The names in `dir`, sorted: proves no temporary file was left behind.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
+mod common;
+use common::{GOOD, assert_same, assert_success, fixture, listing, p, stderr, steerlm, steerlm_command, tempdir};
 
 #[test]
 fn to_regression_matches_reference() {
@@ -271,8 +239,6 @@ fn assert_rejected(content: &[u8], line: usize, reason: &str) {
     assert!(message.contains(&format!("in.jsonl:{line}: ")) && message.contains(reason), "{message}");
     assert_eq!(listing(dir.path()), ["in.jsonl"]);
 }
-
-const GOOD: &str = r#"{"mask": "User", "conversations": [{"value": "q", "from": "User"}, {"value": "a", "from": "Assistant", "label": "humor:1"}]}"#;
 
 #[test]
 fn malformed_json_names_the_line() {

@@ -6,31 +6,10 @@
 //! stdin cannot be recorded, and an unwritable manifest path fails before converting.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
-}
-
-#[path = "support/cli.rs"]
-mod cli;
-use cli::{assert_success, stderr, steerlm};
-
-/// The names in `dir`, sorted: proves no temporary file was left behind.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
+mod common;
+use common::{assert_success, fixture, listing, p, stderr, steerlm, tempdir};
 
 /// Runs `command --input-file IN --output-file OUT --manifest MANIFEST` and checks it succeeded.
 fn convert_with_manifest(command: &str, input: &Path, output: &Path, manifest: &Path) {

@@ -11,7 +11,7 @@ use serde_json::json;
 use std::process::Command;
 use support::Server;
 
-#[path = "../../tests/support/server.rs"]
+#[path = "../../tests/common/server.rs"]
 mod support;
 use std::time::Instant;
 use steerlm::sandbox::bindings::regression::steerlm::pipeline::types::TemplateOptions;
