@@ -22,8 +22,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
-use common::{assert_failure, assert_same, assert_success, fixture, mkfifo, steerlm_command, tempdir};
+use crate::common::{assert_failure, assert_same, assert_success, fixture, mkfifo, steerlm_command, tempdir};
 
 /// Which server the mock imitates.
 #[derive(Clone, Copy, PartialEq)]

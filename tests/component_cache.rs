@@ -6,8 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-mod common;
-use common::{fixture, p, stderr, steerlm_command, tempdir};
+use crate::common::{fixture, p, stderr, steerlm_command, tempdir};
 
 /// The conversions used here, each through its own component.
 #[derive(Clone, Copy)]

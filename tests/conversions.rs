@@ -7,8 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-mod common;
-use common::{GOOD, assert_same, assert_success, fixture, listing, p, stderr, steerlm, steerlm_command, tempdir};
+use crate::common::{
+    GOOD, assert_same, assert_success, fixture, listing, p, stderr, steerlm, steerlm_command, tempdir,
+};
 
 #[test]
 fn to_regression_matches_reference() {

@@ -4,8 +4,7 @@
 
 use std::fs;
 
-mod common;
-use common::{GOOD, p, stderr, steerlm, tempdir};
+use crate::common::{GOOD, p, stderr, steerlm, tempdir};
 
 /// Runs `command` on a file holding `content` (`--input-file`, `--output-file` unless
 /// `stats`) and asserts it fails naming `line` and `reason`, writing no output.

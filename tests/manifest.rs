@@ -8,8 +8,7 @@
 use std::fs;
 use std::path::Path;
 
-mod common;
-use common::{assert_success, fixture, listing, p, stderr, steerlm, tempdir};
+use crate::common::{assert_success, fixture, listing, p, stderr, steerlm, tempdir};
 
 /// Runs `command --input-file IN --output-file OUT --manifest MANIFEST` and checks it succeeded.
 fn convert_with_manifest(command: &str, input: &Path, output: &Path, manifest: &Path) {

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{
+use crate::common::{
     assert_failure, assert_success, fixture, listing, mkfifo, model_dir, p, steerlm, steerlm_command, tempdir,
 };
 

@@ -3,8 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-mod common;
-use common::{goldens, model_dir, stderr, steerlm, tempdir};
+use crate::common::{goldens, model_dir, stderr, steerlm, tempdir};
 
 #[test]
 fn score_writes_one_line_per_text_matching_transformers() {

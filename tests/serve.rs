@@ -5,9 +5,8 @@
 use serde_json::{Value, json};
 use std::process::Command;
 
-mod common;
-use common::server::{self, Server};
-use common::{goldens, model_dir, runtime, steerlm_command, tempdir};
+use crate::common::server::{self, Server};
+use crate::common::{goldens, model_dir, runtime, steerlm_command, tempdir};
 
 /// `steerlm serve --model llama9 --device cpu --port 0`, not yet started.
 fn serve_command() -> Command {

@@ -10,9 +10,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
-mod common;
-use common::server::{self, Server};
-use common::{fixture, runtime, steerlm_command};
+use crate::common::server::{self, Server};
+use crate::common::{fixture, runtime, steerlm_command};
 
 fn read(path: &str) -> Vec<u8> {
     std::fs::read(fixture(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -5,8 +5,7 @@
 use serde_json::Value;
 use std::path::Path;
 
-mod common;
-use common::{fixture, model_dir, stderr, steerlm, tempdir};
+use crate::common::{fixture, model_dir, stderr, steerlm, tempdir};
 
 /// The nine attributes in order, restated here rather than taken from steerlm-core so
 /// that the count stays independent.

@@ -2,8 +2,6 @@
 //! binary ([`cli`]), a server process ([`server`], also used by host/benches), comparing
 //! files, and the small file-system helpers.
 
-#![allow(dead_code, unused_imports)] // each test binary uses its own subset
-
 pub mod cli;
 pub mod server;
 
