@@ -3,10 +3,21 @@
 //! output must equal the reference's bytes, fresh and resumed, and stay exact whatever
 //! moment the process is killed at. The server answers like the two servers users run:
 //! NeMo-Aligner's (PyTriton: `rewards` only, binary tensors) and `steerlm serve`
-//! (`rewards` and `exceeded`). A real Triton server is tested by tests/pytriton/run.sh.
+//! (`rewards` and `exceeded`, JSON), or takes one text per request. A real Triton server
+//! is tested by tests/pytriton/run.sh.
 //!
-//! Resuming is by position: an output that is not a prefix of the input's annotation
-//! (another input, an edited input, an output of the input itself) is refused untouched.
+//! - a fresh run equals the reference against every kind of server;
+//! - resumed from the reference's partial output, with or without a torn last line,
+//!   by position and by key; records whose resume keys collide are kept;
+//! - repeated SIGKILLs, then a rerun, give the uninterrupted output;
+//! - a missing model, a model without `rewards`, a server that never answers
+//!   (`--request-timeout`) or nothing listening fail before any output;
+//! - resuming is by position: an output of another input, of an edited input, longer
+//!   than the input, or not an annotation output at all is refused untouched, and the
+//!   input itself (or a link to it) is never the output;
+//! - FIFO and symlink outputs are written through;
+//! - unlabeled records are written back as `json.dumps` would (big integers exact), and
+//!   a non-finite score fails naming its line, keeping the records before it.
 
 use axum::body::Bytes;
 use axum::extract::State;

@@ -1,5 +1,10 @@
 //! The compiled-component cache through the binary: whatever is done to its files or
-//! its folder, a conversion still gives the golden bytes, and nothing untrusted is loaded.
+//! its folder, a conversion still gives the golden bytes, and nothing untrusted is loaded:
+//!
+//! - cache entries swapped between two components are recompiled, said so, and
+//!   trusted again once rewritten;
+//! - a truncated entry is recompiled and rewritten;
+//! - a cache folder other users can write is not used.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

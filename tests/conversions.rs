@@ -1,6 +1,21 @@
-//! End-to-end tests of the `steerlm` binary: every conversion through the embedded
-//! components must equal the reference outputs in tests/fixtures byte for byte, and
-//! bad input must fail cleanly, naming FILE:LINE, leaving no output or temporary file.
+//! Every conversion through the binary and its embedded components, against the
+//! reference outputs in tests/fixtures/conversions (made by NeMo-Aligner's own scripts)
+//! byte for byte; bad input fails cleanly, naming FILE:LINE, leaving no output or
+//! temporary file.
+//!
+//! - `to-regression` (the component and the native engine), gzip in and out with small
+//!   chunks, stdin to stdout, `--use-record-system`;
+//! - `preprocess` helpsteer, helpsteer2 (and `--only-helpfulness`), helpsteer2
+//!   `--preference`, oasst; a bad row writes neither split;
+//! - `format` yields exactly the prefixes the reference's reward model scored;
+//! - `label parse`/`encode`, `export-components` (valid components), `demo`;
+//! - the reference's error files fail on line 2 with nothing left; `--on-error skip`
+//!   keeps the good records and reports the bad; malformed JSON, invalid UTF-8, a lone
+//!   surrogate, non-finite labels, truncated gzip; an empty file gives empty output;
+//! - a 20 MB line converts, and the component memory limit fails it with a clear error;
+//! - 1 and 4 threads give the same bytes and report the same first bad line.
+//!
+//! `--manifest` and `verify-manifest` are in `manifest`.
 
 use std::fs;
 use std::io::Write;

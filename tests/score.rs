@@ -1,4 +1,13 @@
 //! `steerlm score` end to end: the binary on the fixture models' golden texts.
+//!
+//! - gzip input, on the CPU (qwen9) and wgpu (nemotron5): one line per text, token
+//!   counts equal and scores within `1e-4 + 1e-4*|golden|` of transformers';
+//! - a line without `text` fails naming its line, leaving no output; a folder without
+//!   a model fails naming config.json;
+//! - `--profile` prints one row per kernel with its dispatch count (the check is
+//!   SKIPPED where the adapter has no timestamp queries);
+//! - `gpu-info --json` (and its text form) reports the adapter, its limits and features,
+//!   and the kernel plan of each precision with its reason.
 
 use std::fs;
 use std::path::Path;

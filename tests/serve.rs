@@ -1,6 +1,16 @@
-//! `steerlm serve` as a real HTTP server on 127.0.0.1: the KServe v2 / Triton endpoints
-//! (JSON and binary tensors, the tokens form), the JSON API, metrics, auth, errors and
-//! dynamic batching, with scores checked against transformers' goldens.
+//! `steerlm serve` as a real HTTP server on 127.0.0.1 with the llama9 fixture model,
+//! scores checked against transformers' goldens:
+//!
+//! - KServe v2 / Triton: health, config, JSON and binary tensors, NeMo's tokens form;
+//! - every 4xx case with its reason, overflowing tensor shapes, empty `sentences`, and
+//!   the server serving on afterwards;
+//! - the API key (empty keys refused, `bearer` in any case), `/v1/score` for texts and
+//!   records, `/metrics`, dynamic batching merging concurrent requests;
+//! - a big request split into batches without starving a small one; requests over
+//!   `--max-request-texts` or `--max-body-mb` get 413 naming the flag;
+//! - a client that hung up has its work skipped; silent connections are closed while
+//!   health checks still answer; a trickling body gets 408 and frees its connection;
+//! - a hostile config.json is refused by name, without a panic.
 
 use serde_json::{Value, json};
 use std::process::Command;

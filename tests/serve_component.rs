@@ -1,6 +1,14 @@
-//! `steerlm serve-component` as a real HTTP server on 127.0.0.1: every route's bytes
-//! against the reference goldens, gzip bodies, the error statuses (400 with the line,
-//! 404, 405, 413, 415), the sandbox's memory limit, and 200 concurrent requests.
+//! `steerlm serve-component` as a real HTTP server on 127.0.0.1:
+//!
+//! - every route's bytes against the reference goldens (regression, format, labels,
+//!   the preprocess routes, oasst's seeded shuffle), plain and gzipped, by magic bytes
+//!   and by `Content-Encoding`;
+//! - 400 naming the line for the reference's error files, invalid UTF-8 and bad JSON;
+//!   400 for truncated gzip and bad query parameters; 404, 405 and 415;
+//! - 413 by `Content-Length`, by a chunked body and by a gzip bomb;
+//! - the sandbox's memory limit ends one request (500) and the next succeeds;
+//! - 200 concurrent requests all succeed;
+//! - a body that never ends gets 408, and `/health` answers while every slot is busy.
 
 use flate2::Compression;
 use flate2::write::GzEncoder;

@@ -1,6 +1,12 @@
 //! `steerlm stats` on the goldens: the numbers, checked against an independent count
 //! made here from the same files, and the pictures, checked as real SVG/PNG files of
-//! the requested size.
+//! the requested size:
+//!
+//! - SFT, annotated and regression files: records, turns, labeled turns, histograms,
+//!   mean characters; labeled turns are what `to-regression` converts;
+//! - tokens counted with a fixture model's tokenizer;
+//! - the text table, and errors (a bad line, an unknown picture format);
+//! - `--plot` SVG and PNG of the requested size.
 
 use serde_json::Value;
 use std::path::Path;
