@@ -3,10 +3,21 @@
 //! output must equal the reference's bytes, fresh and resumed, and stay exact whatever
 //! moment the process is killed at. The server answers like the two servers users run:
 //! NeMo-Aligner's (PyTriton: `rewards` only, binary tensors) and `steerlm serve`
-//! (`rewards` and `exceeded`). A real Triton server is tested by tests/pytriton/run.sh.
+//! (`rewards` and `exceeded`, JSON), or takes one text per request. A real Triton server
+//! is tested by tests/pytriton/run.sh.
 //!
-//! Resuming is by position: an output that is not a prefix of the input's annotation
-//! (another input, an edited input, an output of the input itself) is refused untouched.
+//! - a fresh run equals the reference against every kind of server;
+//! - resumed from the reference's partial output, with or without a torn last line,
+//!   by position and by key; records whose resume keys collide are kept;
+//! - repeated SIGKILLs, then a rerun, give the uninterrupted output;
+//! - a missing model, a model without `rewards`, a server that never answers
+//!   (`--request-timeout`) or nothing listening fail before any output;
+//! - resuming is by position: an output of another input, of an edited input, longer
+//!   than the input, or not an annotation output at all is refused untouched, and the
+//!   input itself (or a link to it) is never the output;
+//! - FIFO and symlink outputs are written through;
+//! - unlabeled records are written back as `json.dumps` would (big integers exact), and
+//!   a non-finite score fails naming its line, keeping the records before it.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -22,9 +33,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions/annotate").join(path)
-}
+use crate::common::{assert_failure, assert_same, assert_success, fixture, mkfifo, steerlm_command, tempdir};
 
 /// Which server the mock imitates.
 #[derive(Clone, Copy, PartialEq)]
@@ -139,7 +148,7 @@ async fn infer(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -
 
 /// Starts the test server on a free port in a background thread; returns its URL.
 fn start_mock(flavour: Flavour, delay: Duration, extra: &[(&str, Value)]) -> String {
-    let mut scores: HashMap<String, Value> = fs::read_to_string(fixture("scores.jsonl"))
+    let mut scores: HashMap<String, Value> = fs::read_to_string(fixture("annotate/scores.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
@@ -173,13 +182,8 @@ fn nemo_server() -> String {
 }
 
 fn annotate(server: &str, input: &Path, output: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    command
-        .args(["-q", "annotate", "--server", server, "--input-file"])
-        .arg(input)
-        .arg("--output-file")
-        .arg(output)
-        .args(extra);
+    let mut command = steerlm_command(&["-q", "annotate", "--server", server, "--input-file"]);
+    command.arg(input).arg("--output-file").arg(output).args(extra);
     command
 }
 
@@ -187,59 +191,34 @@ fn run(command: &mut Command) -> Output {
     command.output().unwrap()
 }
 
-#[track_caller]
-fn assert_success(result: &Output) {
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-}
-
-/// Runs a command that must fail; returns its stderr.
-#[track_caller]
-fn assert_failure(result: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
-    assert_eq!(result.status.code(), Some(1), "expected a failure, got: {stderr}");
-    stderr
-}
-
-#[track_caller]
-fn assert_same(ours: &Path, golden: &Path) {
-    let (a, b) = (fs::read(ours).unwrap(), fs::read(golden).unwrap());
-    if a != b {
-        let (a, b) = (String::from_utf8_lossy(&a).into_owned(), String::from_utf8_lossy(&b).into_owned());
-        let line = a.lines().zip(b.lines()).position(|(x, y)| x != y);
-        panic!(
-            "{} differs from {} (first differing line {line:?}; {} vs {} lines)",
-            ours.display(),
-            golden.display(),
-            a.lines().count(),
-            b.lines().count()
-        );
-    }
-}
-
 #[test]
 fn fresh_run_matches_the_reference_against_every_server() {
     // OneAtATime: records with several labeled turns must be sent in parts.
     for flavour in [Flavour::Nemo, Flavour::SteerlmJson, Flavour::OneAtATime] {
         let server = start_mock(flavour, Duration::ZERO, &[]);
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let output = dir.path().join("out.jsonl");
-        assert_success(&run(&mut annotate(&server, &fixture("input.jsonl"), &output, &[])));
-        assert_same(&output, &fixture("expected/output_fresh.jsonl"));
+        assert_success(&run(&mut annotate(&server, &fixture("annotate/input.jsonl"), &output, &[])));
+        assert_same(&output, &fixture("annotate/expected/output_fresh.jsonl"));
     }
 }
 
 #[test]
 fn a_missing_model_or_one_without_rewards_fails_before_any_output() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let output = dir.path().join("out.jsonl");
     let server = nemo_server();
-    let stderr =
-        assert_failure(&run(&mut annotate(&server, &fixture("input.jsonl"), &output, &["--model_name", "other"])));
+    let stderr = assert_failure(&run(&mut annotate(
+        &server,
+        &fixture("annotate/input.jsonl"),
+        &output,
+        &["--model_name", "other"],
+    )));
     assert!(stderr.contains("has no model `other`") && stderr.contains("--model_name"), "{stderr}");
     assert!(!output.exists());
 
     let server = start_mock(Flavour::NoRewards, Duration::ZERO, &[]);
-    let stderr = assert_failure(&run(&mut annotate(&server, &fixture("input.jsonl"), &output, &[])));
+    let stderr = assert_failure(&run(&mut annotate(&server, &fixture("annotate/input.jsonl"), &output, &[])));
     assert!(stderr.contains("no `rewards` output (it has logits)"), "{stderr}");
     assert!(!output.exists());
 
@@ -248,7 +227,7 @@ fn a_missing_model_or_one_without_rewards_fails_before_any_output() {
     let address = silent.local_addr().unwrap();
     let held = std::thread::spawn(move || silent.accept().map(|(socket, _)| socket));
     let mut command =
-        annotate(&format!("http://{address}"), &fixture("input.jsonl"), &output, &["--request-timeout", "1"]);
+        annotate(&format!("http://{address}"), &fixture("annotate/input.jsonl"), &output, &["--request-timeout", "1"]);
     let stderr = assert_failure(&run(&mut command));
     assert!(stderr.contains("did not answer within --request-timeout"), "{stderr}");
     drop(held);
@@ -256,8 +235,12 @@ fn a_missing_model_or_one_without_rewards_fails_before_any_output() {
 
     // Nothing listening.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let stderr =
-        assert_failure(&run(&mut annotate(&format!("http://{closed}"), &fixture("input.jsonl"), &output, &[])));
+    let stderr = assert_failure(&run(&mut annotate(
+        &format!("http://{closed}"),
+        &fixture("annotate/input.jsonl"),
+        &output,
+        &[],
+    )));
     assert!(stderr.contains("cannot reach the reward server"), "{stderr}");
 }
 
@@ -266,13 +249,13 @@ fn resuming_a_reference_output_matches_the_reference_even_after_a_torn_line() {
     let server = nemo_server();
     for mode in [&[][..], &["--resume-by-key"][..]] {
         for torn in ["", "{\"conversations\": [{\"value\": \"hal"] {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = tempdir();
             let output = dir.path().join("out.jsonl");
-            let mut existing = fs::read(fixture("existing_output.jsonl")).unwrap();
+            let mut existing = fs::read(fixture("annotate/existing_output.jsonl")).unwrap();
             existing.extend_from_slice(torn.as_bytes());
             fs::write(&output, existing).unwrap();
-            assert_success(&run(&mut annotate(&server, &fixture("input.jsonl"), &output, mode)));
-            assert_same(&output, &fixture("expected/output_after_resume.jsonl"));
+            assert_success(&run(&mut annotate(&server, &fixture("annotate/input.jsonl"), &output, mode)));
+            assert_same(&output, &fixture("annotate/expected/output_after_resume.jsonl"));
         }
     }
 }
@@ -286,7 +269,7 @@ fn colliding_input(dir: &Path) -> PathBuf {
             values[0], values[1]
         )
     };
-    let mut text = fs::read_to_string(fixture("input.jsonl")).unwrap();
+    let mut text = fs::read_to_string(fixture("annotate/input.jsonl")).unwrap();
     for values in [["ab", "c"], ["a", "bc"], ["ab", "c"], ["same", "same"], ["same", "same"]] {
         text.push_str(&record(values));
     }
@@ -298,7 +281,7 @@ fn colliding_input(dir: &Path) -> PathBuf {
 #[test]
 fn resume_by_position_keeps_records_whose_keys_collide() {
     let server = nemo_server();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = colliding_input(dir.path());
     let records = fs::read_to_string(&input).unwrap().lines().count();
     let full = dir.path().join("full.jsonl");
@@ -324,12 +307,15 @@ fn resume_by_position_keeps_records_whose_keys_collide() {
 #[test]
 fn an_output_of_another_or_changed_input_is_refused_untouched() {
     let server = nemo_server();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("in.jsonl");
-    let original = fs::read_to_string(fixture("input.jsonl")).unwrap();
+    let original = fs::read_to_string(fixture("annotate/input.jsonl")).unwrap();
     fs::write(&input, &original).unwrap();
-    let full: Vec<String> =
-        fs::read_to_string(fixture("expected/output_fresh.jsonl")).unwrap().lines().map(|l| format!("{l}\n")).collect();
+    let full: Vec<String> = fs::read_to_string(fixture("annotate/expected/output_fresh.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .collect();
 
     // Another input's output (here: its records shifted by one).
     let output = dir.path().join("out.jsonl");
@@ -368,7 +354,7 @@ fn an_output_of_another_or_changed_input_is_refused_untouched() {
 #[test]
 fn the_input_is_never_the_output() {
     let server = nemo_server();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("in.jsonl");
     // Unlabeled records would pass the position check: only the same-file check saves them.
     let original = "{\"mask\": \"User\", \"conversations\": [{\"value\": \"q\", \"from\": \"User\"}]}\n".repeat(3);
@@ -385,28 +371,27 @@ fn the_input_is_never_the_output() {
 #[test]
 fn outputs_that_are_fifos_or_symlinks_are_written_through() {
     let server = nemo_server();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
 
     let fifo = dir.path().join("fifo");
-    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let reader = {
         let fifo = fifo.clone();
         std::thread::spawn(move || fs::read(&fifo).unwrap())
     };
-    assert_success(&run(&mut annotate(&server, &fixture("input.jsonl"), &fifo, &[])));
-    assert_eq!(reader.join().unwrap(), fs::read(fixture("expected/output_fresh.jsonl")).unwrap());
+    assert_success(&run(&mut annotate(&server, &fixture("annotate/input.jsonl"), &fifo, &[])));
+    assert_eq!(reader.join().unwrap(), fs::read(fixture("annotate/expected/output_fresh.jsonl")).unwrap());
     use std::os::unix::fs::FileTypeExt;
     assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
 
     // A symlink: its target is resumed and appended to, and the link stays a link.
     let target = dir.path().join("target.jsonl");
-    fs::copy(fixture("existing_output.jsonl"), &target).unwrap();
+    fs::copy(fixture("annotate/existing_output.jsonl"), &target).unwrap();
     let link = dir.path().join("link.jsonl");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    assert_success(&run(&mut annotate(&server, &fixture("input.jsonl"), &link, &[])));
+    assert_success(&run(&mut annotate(&server, &fixture("annotate/input.jsonl"), &link, &[])));
     assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert_same(&target, &fixture("expected/output_after_resume.jsonl"));
+    assert_same(&target, &fixture("annotate/expected/output_after_resume.jsonl"));
 }
 
 #[test]
@@ -414,7 +399,7 @@ fn kill_at_any_moment_then_rerun_gives_the_uninterrupted_output() {
     // A slow server, so kills land mid-run; every rerun resumes from what is on disk. The
     // input has records whose keys collide, which resuming by key would drop.
     let server = start_mock(Flavour::Nemo, Duration::from_millis(15), &[]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = colliding_input(dir.path());
     let expected = dir.path().join("expected.jsonl");
     assert_success(&run(&mut annotate(&nemo_server(), &input, &expected, &[])));
@@ -439,7 +424,7 @@ fn records_without_labels_are_written_back_and_bad_scores_are_errors() {
         format!("<extra_id_0>System\n{}\n<extra_id_1>User\n{weird}\n<extra_id_2>", steerlm_core::SYSTEM_PROMPT);
     let server =
         start_mock(Flavour::SteerlmJson, Duration::ZERO, &[(nan_text.as_str(), json!([1, 2, 3, 4, null, 1, 1, 1, 1]))]);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("in.jsonl");
     let output = dir.path().join("out.jsonl");
     fs::write(

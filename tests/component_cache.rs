@@ -1,22 +1,17 @@
 //! The compiled-component cache through the binary: whatever is done to its files or
-//! its folder, a conversion still gives the golden bytes, and nothing untrusted is loaded.
+//! its folder, a conversion still gives the golden bytes, and nothing untrusted is loaded:
+//!
+//! - cache entries swapped between two components are recompiled, said so, and
+//!   trusted again once rewritten;
+//! - a truncated entry is recompiled and rewritten;
+//! - a cache folder other users can write is not used.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-#[path = "support/cli.rs"]
-mod cli;
-use cli::stderr;
+use crate::common::{fixture, p, stderr, steerlm_command, tempdir};
 
 /// The conversions used here, each through its own component.
 #[derive(Clone, Copy)]
@@ -30,8 +25,9 @@ enum Conversion {
 /// Runs `conversion` with `cache` as the cache folder, checks the output is the
 /// golden's, and returns the run (for its messages).
 fn convert_and_check(cache: &Path, conversion: Conversion) -> Output {
-    let out = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
+    let out = tempdir();
+    // This test's own cache folder, not the one the other tests share.
+    let mut command = steerlm_command(&[]);
     command.env("STEERLM_CACHE_DIR", cache).env_remove("STEERLM_NO_CACHE");
     let result = match conversion {
         Conversion::ToRegression => command.args([
@@ -82,7 +78,7 @@ fn fill(cache: &Path, conversion: Conversion) -> PathBuf {
 
 #[test]
 fn swapped_cache_files_are_never_loaded_as_the_wrong_component() {
-    let cache = tempfile::tempdir().unwrap();
+    let cache = tempdir();
     let regression = fill(cache.path(), Conversion::ToRegression);
     let preprocess = fill(cache.path(), Conversion::HelpSteer);
     let (a, b) = (fs::read(&regression).unwrap(), fs::read(&preprocess).unwrap());
@@ -103,7 +99,7 @@ fn swapped_cache_files_are_never_loaded_as_the_wrong_component() {
 
 #[test]
 fn a_truncated_cache_file_is_not_loaded() {
-    let cache = tempfile::tempdir().unwrap();
+    let cache = tempdir();
     let entry = fill(cache.path(), Conversion::ToRegression);
     let good = fs::read(&entry).unwrap();
     fs::write(&entry, &good[..good.len() * 2 / 3]).unwrap();
@@ -115,7 +111,7 @@ fn a_truncated_cache_file_is_not_loaded() {
 
 #[test]
 fn a_cache_folder_other_users_can_write_is_not_used() {
-    let cache = tempfile::tempdir().unwrap();
+    let cache = tempdir();
     fs::set_permissions(cache.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let run = convert_and_check(cache.path(), Conversion::ToRegression);
     let message = stderr(&run);

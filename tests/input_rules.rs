@@ -3,23 +3,14 @@
 //! and integers keep every digit (Python's `json` keeps them exact).
 
 use std::fs;
-use std::path::Path;
 
-#[path = "support/cli.rs"]
-mod cli;
-use cli::{stderr, steerlm};
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-const GOOD: &str = r#"{"mask": "User", "conversations": [{"value": "q", "from": "User"}, {"value": "a", "from": "Assistant", "label": "humor:1"}]}"#;
+use crate::common::{GOOD, p, stderr, steerlm, tempdir};
 
 /// Runs `command` on a file holding `content` (`--input-file`, `--output-file` unless
 /// `stats`) and asserts it fails naming `line` and `reason`, writing no output.
 #[track_caller]
 fn assert_refused(command: &str, content: &str, line: usize, reason: &str) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("in.jsonl");
     fs::write(&input, content).unwrap();
     let out = dir.path().join("out.jsonl");
@@ -31,7 +22,7 @@ fn assert_refused(command: &str, content: &str, line: usize, reason: &str) {
     let message = stderr(&result);
     assert_eq!(result.status.code(), Some(1), "{command}: {message}");
     assert!(
-        message.contains(&format!("in.jsonl:{line}: ")) || message.contains(&format!("in.jsonl: line {line}: ")),
+        message.contains(&format!("in.jsonl:{line}: ")),
         "{command}: no line {line} in: {message}"
     );
     assert!(message.contains(reason), "{command}: no {reason:?} in: {message}");
@@ -67,7 +58,7 @@ fn a_key_may_appear_once_in_every_command() {
         assert_refused(command, &format!("{GOOD}\n{in_turn}\n"), 2, r#"duplicate key "label""#);
     }
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let raw = dir.path().join("raw");
     fs::create_dir(&raw).unwrap();
     let row = r#"{"prompt": "p", "response": "r", "helpfulness": 3, "correctness": 3, "coherence": 4, "complexity": 2, "verbosity": 1}"#;
@@ -88,7 +79,7 @@ fn a_key_may_appear_once_in_every_command() {
 /// `f"{attr}:{dp[attr]}"` with the exact integer `json.loads` read.
 #[test]
 fn preprocess_keeps_big_integer_scores_exact() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let raw = dir.path().join("raw");
     fs::create_dir(&raw).unwrap();
     let row = r#"{"prompt": "p", "response": "r", "helpfulness": 123456789012345678901234567890, "correctness": -98765432109876543210, "coherence": 4, "complexity": 2.50, "verbosity": -0}"#;

@@ -10,41 +10,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path)
-}
-
-#[path = "support/cli.rs"]
-mod cli;
-use cli::{assert_success, stderr, steerlm, steerlm_command};
+use crate::common::{
+    assert_failure, assert_success, fixture, listing, mkfifo, model_dir, p, steerlm, steerlm_command, tempdir,
+};
 
 /// Asserts a refusal: exit status 1 and a message containing every one of `parts`.
 #[track_caller]
 fn assert_refused(out: &Output, parts: &[&str]) {
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
-    let message = stderr(out);
+    let message = assert_failure(out);
     for part in parts {
         assert!(message.contains(part), "{part:?} not in {message}");
     }
 }
 
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 fn regression_input() -> PathBuf {
-    fixture("conversions/regression/input.jsonl")
+    fixture("regression/input.jsonl")
 }
 
 fn regression_expected() -> Vec<u8> {
-    fs::read(fixture("conversions/regression/expected.jsonl")).unwrap()
+    fs::read(fixture("regression/expected.jsonl")).unwrap()
 }
 
 /// A copy of the regression fixture in `dir`, to be protected.
@@ -55,19 +39,13 @@ fn input_copy(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-fn mkfifo(path: &Path) {
-    let c_path = std::ffi::CString::new(p(path)).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
-}
-
 // ---- outputs that are inputs, or each other ----
 
 #[test]
 fn an_error_report_or_manifest_naming_the_input_is_refused_and_the_input_kept() {
     for command in ["to-regression", "format"] {
         for flag in ["--error-report", "--manifest"] {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = tempdir();
             let (input, bytes) = input_copy(dir.path());
             let out = dir.path().join("out.jsonl");
             let result = steerlm(&[
@@ -90,7 +68,7 @@ fn an_error_report_or_manifest_naming_the_input_is_refused_and_the_input_kept() 
 
 #[test]
 fn an_output_file_that_is_the_input_through_a_link_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let (input, bytes) = input_copy(dir.path());
     let link = dir.path().join("link.jsonl");
     std::os::unix::fs::symlink("data.jsonl", &link).unwrap();
@@ -102,7 +80,7 @@ fn an_output_file_that_is_the_input_through_a_link_is_refused() {
 
 #[test]
 fn two_outputs_naming_one_file_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out = dir.path().join("out.jsonl");
     let same = dir.path().join(".").join("out.jsonl");
     let result = steerlm(&[
@@ -122,11 +100,11 @@ fn two_outputs_naming_one_file_are_refused() {
 
 #[test]
 fn preprocess_into_its_own_input_dir_is_refused_and_the_raw_data_kept() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let raw = dir.path().join("raw");
     fs::create_dir(&raw).unwrap();
     for name in ["train.jsonl", "validation.jsonl"] {
-        fs::copy(fixture("conversions/helpsteer/raw").join(name), raw.join(name)).unwrap();
+        fs::copy(fixture("helpsteer/raw").join(name), raw.join(name)).unwrap();
     }
     let before = fs::read(raw.join("train.jsonl")).unwrap();
     let result = steerlm(&["preprocess", "helpsteer", "--input-dir", p(&raw), "--output-dir", p(&raw)]);
@@ -137,7 +115,7 @@ fn preprocess_into_its_own_input_dir_is_refused_and_the_raw_data_kept() {
 
 #[test]
 fn stats_plot_and_score_output_naming_the_input_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     // A JSONL file with a picture's name, so that --plot accepts the name.
     let input = dir.path().join("data.svg");
     let bytes = fs::read(regression_input()).unwrap();
@@ -154,7 +132,7 @@ fn stats_plot_and_score_output_naming_the_input_are_refused() {
 
 #[test]
 fn a_fifo_output_is_written_through_and_stays_a_fifo() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let fifo = dir.path().join("pipe");
     mkfifo(&fifo);
     let reader_path = fifo.clone();
@@ -168,7 +146,7 @@ fn a_fifo_output_is_written_through_and_stays_a_fifo() {
 
 #[test]
 fn a_symlinked_output_keeps_the_link_and_its_target_gets_the_bytes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let target = dir.path().join("real.jsonl");
     fs::write(&target, b"old\n").unwrap();
     let link = dir.path().join("link.jsonl");
@@ -224,7 +202,7 @@ fn start_endless_conversion(dir: &Path, out: &Path) -> (Child, std::process::Chi
 
 #[test]
 fn sigterm_removes_the_temporary_output() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out = dir.path().join("out.jsonl");
     let (child, stdin) = start_endless_conversion(dir.path(), &out);
     // SAFETY: signalling our own child process.
@@ -238,7 +216,7 @@ fn sigterm_removes_the_temporary_output() {
 
 #[test]
 fn a_failed_final_rename_removes_the_temporary_output() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out = dir.path().join("out.jsonl");
     let (child, stdin) = start_endless_conversion(dir.path(), &out);
     // The destination becomes a non-empty directory before the output is renamed.
@@ -264,7 +242,7 @@ fn record_of(size: usize) -> String {
 
 #[test]
 fn a_line_over_max_line_mb_is_refused_naming_it_in_every_reader() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("long.jsonl");
     let mut content = fs::read_to_string(regression_input()).unwrap().lines().next().unwrap().to_owned();
     content.push('\n');
@@ -290,7 +268,7 @@ fn a_line_over_max_line_mb_is_refused_naming_it_in_every_reader() {
     }
     let result = steerlm(&["stats", "--max-line-mb", "1", "--input-file", p(&input)]);
     assert_refused(&result, &[&expected]);
-    let model = fixture("models/qwen9");
+    let model = model_dir("qwen9");
     let texts = dir.path().join("texts.jsonl");
     fs::write(&texts, format!("{{\"text\": \"hi\"}}\n{{\"text\": \"{}\"}}\n", "a".repeat(3 << 19))).unwrap();
     let result = steerlm(&[
@@ -315,7 +293,7 @@ fn a_line_over_max_line_mb_is_refused_naming_it_in_every_reader() {
 
 #[test]
 fn a_gzip_of_one_long_line_is_refused_without_inflating_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("bomb.jsonl.gz");
     let mut encoder = flate2::write::GzEncoder::new(fs::File::create(&input).unwrap(), flate2::Compression::best());
     // 64 MiB of one line, a few hundred KB compressed; only 1 MiB of it may be read.
@@ -332,7 +310,7 @@ fn a_gzip_of_one_long_line_is_refused_without_inflating_it() {
 
 #[test]
 fn a_line_past_wasmtimes_default_128_mib_converts_in_the_component() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("big.jsonl");
     fs::write(&input, record_of(130 << 20)).unwrap();
     let out = dir.path().join("out.jsonl");

@@ -1,29 +1,23 @@
 //! `steerlm score` end to end: the binary on the fixture models' golden texts.
+//!
+//! - gzip input, on the CPU (qwen9) and wgpu (nemotron5): one line per text, token
+//!   counts equal and scores within `1e-4 + 1e-4*|golden|` of transformers';
+//! - a line without `text` fails naming its line, leaving no output; a folder without
+//!   a model fails naming config.json;
+//! - `--profile` prints one row per kernel with its dispatch count (the check is
+//!   SKIPPED where the adapter has no timestamp queries);
+//! - `gpu-info --json` (and its text form) reports the adapter, its limits and features,
+//!   and the kernel plan of each precision with its reason.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn model_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
-}
-
-fn steerlm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_steerlm")).args(args).output().expect("run steerlm")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn goldens(name: &str) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(model_dir(name).join("goldens.json")).unwrap()).unwrap()
-}
+use crate::common::{goldens, model_dir, stderr, steerlm, tempdir};
 
 #[test]
 fn score_writes_one_line_per_text_matching_transformers() {
     for (name, device) in [("qwen9", "cpu"), ("nemotron5", "wgpu")] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         let input = dir.path().join("texts.jsonl.gz");
         let goldens = goldens(name);
         let cases = goldens["cases"].as_array().unwrap();
@@ -64,7 +58,7 @@ fn score_writes_one_line_per_text_matching_transformers() {
 
 #[test]
 fn score_names_bad_lines_and_bad_models() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("texts.jsonl");
     fs::write(&input, "{\"text\": \"hello\"}\n{\"prompt\": \"no text\"}\n").unwrap();
     let output = dir.path().join("scores.jsonl");
@@ -94,7 +88,7 @@ fn score_names_bad_lines_and_bad_models() {
 /// `--profile` prints one row per kernel with its dispatch count, or says why it cannot.
 #[test]
 fn score_profile_times_each_kernel() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("texts.jsonl");
     fs::write(&input, "{\"text\": \"short one\"}\n{\"text\": \"and another short text\"}\n").unwrap();
     let output = dir.path().join("scores.jsonl");

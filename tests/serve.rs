@@ -1,35 +1,37 @@
-//! `steerlm serve` as a real HTTP server on 127.0.0.1: the KServe v2 / Triton endpoints
-//! (JSON and binary tensors, the tokens form), the JSON API, metrics, auth, errors and
-//! dynamic batching, with scores checked against transformers' goldens.
+//! `steerlm serve` as a real HTTP server on 127.0.0.1 with the llama9 fixture model,
+//! scores checked against transformers' goldens:
+//!
+//! - KServe v2 / Triton: health, config, JSON and binary tensors, NeMo's tokens form;
+//! - every 4xx case with its reason, overflowing tensor shapes, empty `sentences`, and
+//!   the server serving on afterwards;
+//! - the API key (empty keys refused, `bearer` in any case), `/v1/score` for texts and
+//!   records, `/metrics`, dynamic batching merging concurrent requests;
+//! - a big request split into batches without starving a small one; requests over
+//!   `--max-request-texts` or `--max-body-mb` get 413 naming the flag;
+//! - a client that hung up has its work skipped; silent connections are closed while
+//!   health checks still answer; a trickling body gets 408 and frees its connection;
+//! - a hostile config.json is refused by name, without a panic.
 
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::Server;
 
-#[path = "support/server.rs"]
-mod support;
+use crate::common::server::{self, Server};
+use crate::common::{goldens, model_dir, runtime, steerlm_command, tempdir};
 
-fn model_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
+/// `steerlm serve --model llama9 --device cpu --port 0`, not yet started.
+fn serve_command() -> Command {
+    steerlm_command(&["serve", "--model", model_dir("llama9").to_str().unwrap(), "--device", "cpu", "--port", "0"])
 }
 
 /// Starts `steerlm serve` with the llama9 fixture on a free port.
 fn serve(extra: &[&str]) -> Server {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    command
-        .args(["serve", "--model", model_dir("llama9").to_str().unwrap(), "--device", "cpu", "--port", "0"])
-        .args(extra)
-        .env_remove("STEERLM_API_KEY");
-    support::spawn(command)
-}
-
-fn goldens() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(model_dir("llama9").join("goldens.json")).unwrap()).unwrap()
+    let mut command = serve_command();
+    command.args(extra).env_remove("STEERLM_API_KEY");
+    server::spawn(command)
 }
 
 fn case(name: &str) -> Value {
-    goldens()["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone()
+    goldens("llama9")["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone()
 }
 
 #[track_caller]
@@ -38,10 +40,6 @@ fn assert_close(ours: &[f64], golden: &Value) {
         let b = b.as_f64().unwrap();
         assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{a} vs {b}");
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
 
 async fn post(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
@@ -137,7 +135,9 @@ fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
         let truncated = [header.as_bytes(), &[5, 0, 0, 0, b'a']].concat();
         let mut bad_utf8 = header.clone().into_bytes();
         bad_utf8.extend_from_slice(&[5, 0, 0, 0, 0xff, 0xfe, b'a', b'b', b'c']);
-        let cases: Vec<(String, Vec<u8>, Vec<(&str, String)>, u16, &str)> = vec![
+        // URL, body, headers, expected status, a word of the expected error.
+        type Case<'a> = (String, Vec<u8>, Vec<(&'a str, String)>, u16, &'a str);
+        let cases: Vec<Case> = vec![
             (format!("{base}/v2/models/other/infer"), sentences("BYTES"), vec![], 404, "unknown model"),
             (infer.clone(), sentences("FP32"), vec![], 400, "must be BYTES"),
             (infer.clone(), truncated, vec![("inference-header-content-length", header.len().to_string())], 400, "truncated"),
@@ -439,11 +439,6 @@ fn refused_start(mut command: Command) -> String {
 
 #[test]
 fn empty_api_keys_are_refused_and_bearer_is_case_insensitive() {
-    let serve_command = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-        command.args(["serve", "--model", model_dir("llama9").to_str().unwrap(), "--device", "cpu", "--port", "0"]);
-        command
-    };
     let mut from_env = serve_command();
     from_env.env("STEERLM_API_KEY", "");
     let mut from_flag = serve_command();
@@ -467,7 +462,7 @@ fn empty_api_keys_are_refused_and_bearer_is_case_insensitive() {
 
 #[test]
 fn a_hostile_config_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     for file in ["model.safetensors", "tokenizer.json"] {
         std::os::unix::fs::symlink(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
     }
@@ -477,8 +472,8 @@ fn a_hostile_config_is_refused_by_name() {
         config.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 0"),
     )
     .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    command.args(["serve", "--model", dir.path().to_str().unwrap(), "--device", "cpu", "--port", "0"]);
+    let command =
+        steerlm_command(&["serve", "--model", dir.path().to_str().unwrap(), "--device", "cpu", "--port", "0"]);
     let stderr = refused_start(command);
     assert!(stderr.contains("config.json") && stderr.contains("`num_attention_heads` must be at least 1"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -1,6 +1,14 @@
-//! `steerlm serve-component` as a real HTTP server on 127.0.0.1: every route's bytes
-//! against the reference goldens, gzip bodies, the error statuses (400 with the line,
-//! 404, 405, 413, 415), the sandbox's memory limit, and 200 concurrent requests.
+//! `steerlm serve-component` as a real HTTP server on 127.0.0.1:
+//!
+//! - every route's bytes against the reference goldens (regression, format, labels,
+//!   the preprocess routes, oasst's seeded shuffle), plain and gzipped, by magic bytes
+//!   and by `Content-Encoding`;
+//! - 400 naming the line for the reference's error files, invalid UTF-8 and bad JSON;
+//!   400 for truncated gzip and bad query parameters; 404, 405 and 415;
+//! - 413 by `Content-Length`, by a chunked body and by a gzip bomb;
+//! - the sandbox's memory limit ends one request (500) and the next succeeds;
+//! - 200 concurrent requests all succeed;
+//! - a body that never ends gets 408, and `/health` answers while every slot is busy.
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -8,16 +16,10 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use support::Server;
+use std::path::Path;
 
-#[path = "support/server.rs"]
-mod support;
-
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/conversions").join(path)
-}
+use crate::common::server::{self, Server};
+use crate::common::{fixture, runtime, steerlm_command};
 
 fn read(path: &str) -> Vec<u8> {
     std::fs::read(fixture(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -37,9 +39,9 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Starts `steerlm serve-component` on a free port.
 fn serve(extra: &[&str]) -> Server {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_steerlm"));
-    command.args(["serve-component", "--listen", "127.0.0.1:0"]).args(extra);
-    support::spawn(command)
+    let mut command = steerlm_command(&["serve-component", "--listen", "127.0.0.1:0"]);
+    command.args(extra);
+    server::spawn(command)
 }
 
 struct Reply {
@@ -94,10 +96,6 @@ async fn post(server: &Server, route: &str, body: Vec<u8>) -> Reply {
     send(client().post(format!("{}{route}", server.url)).body(body)).await
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
-}
-
 #[test]
 fn regression_route_gives_the_reference_bytes_plain_and_gzipped() {
     let server = serve(&[]);
@@ -118,8 +116,7 @@ fn regression_route_gives_the_reference_bytes_plain_and_gzipped() {
 
 /// What `steerlm format` writes for the same input, for comparing bytes.
 fn cli_format(input: &Path, extra: &[&str]) -> Vec<u8> {
-    let out = Command::new(env!("CARGO_BIN_EXE_steerlm"))
-        .args(["format", "--input-file", input.to_str().unwrap(), "--output-file", "-"])
+    let out = steerlm_command(&["format", "--input-file", input.to_str().unwrap(), "--output-file", "-"])
         .args(extra)
         .output()
         .unwrap();

@@ -1,11 +1,20 @@
 //! `steerlm stats` on the goldens: the numbers, checked against an independent count
 //! made here from the same files, and the pictures, checked as real SVG/PNG files of
-//! the requested size.
+//! the requested size:
+//!
+//! - SFT, annotated and regression files: records, turns, labeled turns, histograms,
+//!   mean characters; labeled turns are what `to-regression` converts;
+//! - tokens counted with a fixture model's tokenizer;
+//! - the text table, and errors (a bad line, an unknown picture format);
+//! - `--plot` SVG and PNG of the requested size.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
+use crate::common::{fixture, model_dir, stderr, steerlm, tempdir};
+
+/// The nine attributes in order, restated here rather than taken from steerlm-core so
+/// that the count stays independent.
 const ATTRIBUTES: [&str; 9] = [
     "quality",
     "toxicity",
@@ -18,19 +27,11 @@ const ATTRIBUTES: [&str; 9] = [
     "verbosity",
 ];
 
-fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path)
-}
-
-fn steerlm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_steerlm")).args(args).output().unwrap()
-}
-
 fn stats_json(file: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["stats", "--input-file", file.to_str().unwrap(), "--format", "json"];
     args.extend_from_slice(extra);
     let out = steerlm(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -64,7 +65,7 @@ fn histograms_of(json: &Value) -> [[u64; 6]; 9] {
 
 #[test]
 fn sft_file_counts_match_an_independent_count() {
-    let file = fixture("conversions/helpsteer2_preference/expected/train.jsonl");
+    let file = fixture("helpsteer2_preference/expected/train.jsonl");
     let json = stats_json(&file, &[]);
     let records = lines(&file);
     let (mut turns, mut labeled, mut chars, mut histograms) = (0, 0, 0, [[0u64; 6]; 9]);
@@ -92,15 +93,15 @@ fn sft_file_counts_match_an_independent_count() {
 fn labeled_turns_are_the_ones_to_regression_converts() {
     // The reference's input has empty, null and missing labels; its output has one line
     // per truthy label.
-    let json = stats_json(&fixture("conversions/regression/input.jsonl"), &[]);
-    let expected = std::fs::read_to_string(fixture("conversions/regression/expected.jsonl")).unwrap();
+    let json = stats_json(&fixture("regression/input.jsonl"), &[]);
+    let expected = std::fs::read_to_string(fixture("regression/expected.jsonl")).unwrap();
     assert_eq!(json["labeled_turns"], expected.lines().count());
 }
 
 #[test]
 fn annotated_and_regression_files() {
     // Annotated output: SFT records whose labels came from the reward model.
-    let annotated = fixture("conversions/annotate/expected/output_fresh.jsonl");
+    let annotated = fixture("annotate/expected/output_fresh.jsonl");
     let json = stats_json(&annotated, &[]);
     let mut histograms = [[0u64; 6]; 9];
     let mut labeled = 0;
@@ -116,7 +117,7 @@ fn annotated_and_regression_files() {
     assert_eq!(histograms_of(&json), histograms);
 
     // Regression lines: one labeled turn per line, -100 is missing.
-    let regression = fixture("conversions/regression/expected.jsonl");
+    let regression = fixture("regression/expected.jsonl");
     let json = stats_json(&regression, &[]);
     let rows = lines(&regression);
     assert_eq!(json["kind"], "regression");
@@ -136,8 +137,8 @@ fn annotated_and_regression_files() {
 
 #[test]
 fn tokens_are_counted_with_the_model_tokenizer() {
-    let file = fixture("conversions/regression/expected.jsonl");
-    let json = stats_json(&file, &["--model", fixture("models/qwen9").to_str().unwrap()]);
+    let file = fixture("regression/expected.jsonl");
+    let json = stats_json(&file, &["--model", model_dir("qwen9").to_str().unwrap()]);
     let tokens = json["mean_tokens"].as_f64().unwrap();
     let chars = json["mean_chars"].as_f64().unwrap();
     // A byte-level BPE gives fewer tokens than characters, and more than a few per text.
@@ -146,29 +147,26 @@ fn tokens_are_counted_with_the_model_tokenizer() {
 
 #[test]
 fn table_and_errors() {
-    let file = fixture("conversions/helpsteer/expected/val.jsonl");
+    let file = fixture("helpsteer/expected/val.jsonl");
     let out = steerlm(&["stats", "--input-file", file.to_str().unwrap()]);
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     for word in ["records", "labeled turns", "missing"].iter().chain(ATTRIBUTES.iter()) {
         assert!(table.contains(word), "no {word} in\n{table}");
     }
-    let bad = fixture("conversions/regression/errors/no_colon.jsonl");
+    let bad = fixture("regression/errors/no_colon.jsonl");
     let out = steerlm(&["stats", "--input-file", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no_colon.jsonl:2: "),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The one error format of every reader: FILE:LINE: reason.
+    assert!(stderr(&out).contains("no_colon.jsonl:2: "), "{}", stderr(&out));
     let out = steerlm(&["stats", "--input-file", file.to_str().unwrap(), "--plot", "x.gif"]);
     assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn plots_are_valid_svg_and_png_of_the_requested_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = fixture("conversions/helpsteer2/expected/train.jsonl");
+    let dir = tempdir();
+    let file = fixture("helpsteer2/expected/train.jsonl");
     let svg = dir.path().join("h.svg");
     let png = dir.path().join("h.png");
     for (path, size) in [(&svg, "1000x700"), (&png, "900x600")] {
@@ -182,7 +180,7 @@ fn plots_are_valid_svg_and_png_of_the_requested_size() {
             "--plot-size",
             size,
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}", stderr(&out));
     }
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.trim_end().ends_with("</svg>"));

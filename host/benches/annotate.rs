@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::Server;
 
-#[path = "../../tests/support/server.rs"]
+#[path = "../../tests/common/server.rs"]
 mod support;
 use std::time::Instant;
 

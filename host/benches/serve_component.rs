@@ -12,7 +12,7 @@ use serde_json::json;
 use std::process::Command;
 use support::Server;
 
-#[path = "../../tests/support/server.rs"]
+#[path = "../../tests/common/server.rs"]
 mod support;
 use std::time::Instant;
 use steerlm::bindings::types::TemplateOptions;

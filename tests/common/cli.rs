@@ -1,8 +1,6 @@
 //! Running the `steerlm` binary in tests: one component compile cache for the whole
 //! test run, and the failure output in every assertion message.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -26,4 +24,12 @@ pub fn stderr(out: &Output) -> String {
 #[track_caller]
 pub fn assert_success(out: &Output) {
     assert!(out.status.success(), "steerlm failed: {}", stderr(out));
+}
+
+/// Asserts a run failed with exit status 1; returns its stderr.
+#[track_caller]
+pub fn assert_failure(out: &Output) -> String {
+    let stderr = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "expected a failure, got: {stderr}");
+    stderr
 }
