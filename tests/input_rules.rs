@@ -21,10 +21,7 @@ fn assert_refused(command: &str, content: &str, line: usize, reason: &str) {
     let result = steerlm(&args);
     let message = stderr(&result);
     assert_eq!(result.status.code(), Some(1), "{command}: {message}");
-    assert!(
-        message.contains(&format!("in.jsonl:{line}: ")),
-        "{command}: no line {line} in: {message}"
-    );
+    assert!(message.contains(&format!("in.jsonl:{line}: ")), "{command}: no line {line} in: {message}");
     assert!(message.contains(reason), "{command}: no {reason:?} in: {message}");
     assert!(!out.exists(), "{command} wrote output");
 }

@@ -2,6 +2,7 @@
 
 use super::Context;
 use crate::input::InputPath;
+use crate::model::attribute_weights::AttributeWeights;
 use crate::model::gpu::kernels::KernelTimes;
 use crate::model::{Device, LoadOptions, Precision, RewardModel, check_finite};
 use crate::output::Output;
@@ -42,6 +43,10 @@ pub struct ScoreArgs {
     /// Prepend the BOS token (the reference reward server adds none).
     #[arg(long)]
     add_bos: bool,
+    /// Also write one combined `"reward"` per line: the attribute scores weighted, one
+    /// weight per attribute (e.g. `0,0,0,0,0.3,0.74,0.46,0.47,-0.33`).
+    #[arg(long, value_name = "W,W,...", value_parser = AttributeWeights::parse, allow_hyphen_values = true)]
+    attribute_weights: Option<AttributeWeights>,
 }
 
 impl ScoreArgs {
@@ -58,6 +63,8 @@ struct ScoreLine<'a> {
     scores: &'a [f32],
     num_tokens: usize,
     exceeded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reward: Option<f32>,
 }
 
 /// One text waiting for its batch.
@@ -74,6 +81,9 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision },
     )
     .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    if let Some(weights) = &args.attribute_weights {
+        weights.check(model.labels())?;
+    }
     context.say(format!(
         "{}: {:?}, {} layers, hidden {}, {} labels, on {}",
         args.model.display(),
@@ -111,7 +121,15 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         let mut out = Vec::new();
         for ((p, scores), ids) in pending.iter().zip(&scores).zip(&sequences) {
             check_finite(scores).with_context(|| format!("{name}:{}", p.line))?;
-            serde_json::to_writer(&mut out, &ScoreLine { scores, num_tokens: ids.len(), exceeded: p.exceeded })?;
+            serde_json::to_writer(
+                &mut out,
+                &ScoreLine {
+                    scores,
+                    num_tokens: ids.len(),
+                    exceeded: p.exceeded,
+                    reward: args.attribute_weights.as_ref().map(|w| w.combine(scores)),
+                },
+            )?;
             out.push(b'\n');
             texts += 1;
             tokens += ids.len() as u64;

@@ -1,6 +1,7 @@
 //! `steerlm serve`: the reward model over HTTP (see [`crate::serve`]).
 
 use super::Context;
+use crate::model::attribute_weights::AttributeWeights;
 use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use crate::serve::batcher::BatchPolicy;
 use crate::serve::connections::ConnectionLimits;
@@ -65,6 +66,11 @@ pub struct ServeArgs {
     /// it), so bodies that trickle cannot hold connections.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub body_read_timeout: u64,
+    /// Combine the attribute scores into one reward: one weight per attribute, e.g.
+    /// `0,0,0,0,0.3,0.74,0.46,0.47,-0.33` (Nemotron-4-340B-Reward's card). Used by
+    /// /get_reward, /predict, /classify, /pooling and /v1/score.
+    #[arg(long, value_name = "W,W,...", value_parser = AttributeWeights::parse, allow_hyphen_values = true)]
+    pub attribute_weights: Option<AttributeWeights>,
 }
 
 impl ServeArgs {
@@ -88,6 +94,7 @@ impl ServeArgs {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
                 header_read_timeout: Duration::from_secs(self.header_read_timeout),
             },
+            attribute_weights: self.attribute_weights.clone(),
             quiet: context.quiet,
         }
     }

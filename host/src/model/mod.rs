@@ -2,6 +2,7 @@
 //! the last token, loaded from Hugging Face checkpoint folders and run on the CPU or
 //! through wgpu compute shaders.
 
+pub mod attribute_weights;
 pub mod config;
 pub mod cpu;
 pub mod fast_math;
@@ -160,6 +161,16 @@ impl RewardModel {
             bail!("the text has no tokens");
         }
         Ok(tokens)
+    }
+
+    /// All of `text`'s token ids, not cut to the context (callers decide how to fit
+    /// it), never empty.
+    pub fn tokenize_uncut(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode_uncut(text)?;
+        if ids.is_empty() {
+            bail!("the text has no tokens");
+        }
+        Ok(ids)
     }
 
     /// Every text tokenized for scoring; an error names the text by its index.

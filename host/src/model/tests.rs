@@ -350,3 +350,27 @@ fn a_tensor_core_kernel_that_cannot_compile_falls_back_to_the_tiled_kernel() {
     let scores = model.forward(&Batch::pack(&[ids])).unwrap();
     assert_close(&scores[0], &floats(&case["scores"]), "llama9 after the fallback");
 }
+
+/// A text's scores do not depend on what it is batched with: scored alone, and packed
+/// between other texts of other lengths, the bits are the same, on the CPU and on wgpu
+/// (every kernel works per token or per sequence; nothing reduces across sequences).
+#[test]
+fn scores_do_not_depend_on_the_batch() {
+    let goldens = goldens("llama9");
+    let texts: Vec<String> =
+        goldens["cases"].as_array().unwrap().iter().take(6).map(|c| c["text"].as_str().unwrap().to_owned()).collect();
+    for device in [Device::Cpu, Device::Wgpu] {
+        let model =
+            RewardModel::load(&model_dir("llama9"), LoadOptions { device, add_bos: false, precision: Precision::F32 })
+                .unwrap();
+        let together = model.score_texts(&texts).unwrap();
+        let reversed: Vec<String> = texts.iter().rev().cloned().collect();
+        let mut backwards = model.score_texts(&reversed).unwrap();
+        backwards.reverse();
+        for (i, text) in texts.iter().enumerate() {
+            let alone = model.score_texts(std::slice::from_ref(text)).unwrap();
+            assert_eq!(alone[0], together[i], "{device:?}: text {i} alone vs in a batch of {}", texts.len());
+            assert_eq!(backwards[i], together[i], "{device:?}: text {i} at another place in the batch");
+        }
+    }
+}

@@ -31,10 +31,16 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, bos, max_tokens })
     }
 
-    pub fn encode(&self, text: &str) -> Result<Tokens> {
+    /// The text's ids (after the BOS, when added), however many.
+    pub fn encode_uncut(&self, text: &str) -> Result<Vec<u32>> {
         let encoding =
             self.inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}")).context("encoding a text")?;
-        let mut ids: Vec<u32> = self.bos.into_iter().chain(encoding.get_ids().iter().copied()).collect();
+        Ok(self.bos.into_iter().chain(encoding.get_ids().iter().copied()).collect())
+    }
+
+    /// The text's ids cut to the context (the first ones kept).
+    pub fn encode(&self, text: &str) -> Result<Tokens> {
+        let mut ids = self.encode_uncut(text)?;
         let exceeded = ids.len() > self.max_tokens;
         ids.truncate(self.max_tokens);
         Ok(Tokens { ids, exceeded })

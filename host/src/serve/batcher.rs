@@ -43,7 +43,8 @@ impl Batcher {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { scores: Vec::with_capacity(sequences.len()), sequences, next: 0, reply };
+        let job =
+            Job { scores: Vec::with_capacity(sequences.len()), sequences, next: 0, reply, queued: Instant::now() };
         self.sender.send(job).await.map_err(|_| anyhow!("the batcher stopped"))?;
         answer.await.map_err(|_| anyhow!("the batcher dropped the request"))?
     }
@@ -58,6 +59,8 @@ struct Job {
     /// Scores of the sequences run so far, in order (batches finish in order).
     scores: Vec<Vec<f32>>,
     reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
+    /// When the request joined the queue (for the queue-wait histogram).
+    queued: Instant,
 }
 
 impl Job {
@@ -81,6 +84,8 @@ struct Batch {
     /// For each sequence, the id of its job.
     owners: Vec<u64>,
     tokens: usize,
+    /// How long each request that starts in this batch waited for it.
+    waits: Vec<Duration>,
 }
 
 /// The waiting requests, in turn order.
@@ -122,6 +127,9 @@ impl Queue {
                 let Some(len) = job.next_len() else { continue };
                 if !batch.sequences.is_empty() && batch.tokens + len > policy.max_tokens {
                     continue;
+                }
+                if job.next == 0 {
+                    batch.waits.push(job.queued.elapsed());
                 }
                 batch.sequences.push(std::mem::take(&mut job.sequences[job.next]));
                 batch.owners.push(*id);
@@ -196,11 +204,12 @@ async fn run(model: Arc<RewardModel>, policy: BatchPolicy, metrics: Arc<Metrics>
         }
         queue.drop_cancelled(&metrics);
         let batch = queue.next_batch(&policy);
+        batch.waits.iter().for_each(|&wait| metrics.queue_wait.observe(wait));
         if batch.sequences.is_empty() {
             continue;
         }
         metrics.queue_depth.store((queue.jobs.len() + incoming.len()) as u64, Relaxed);
-        let Batch { sequences, owners, tokens } = batch;
+        let Batch { sequences, owners, tokens, .. } = batch;
         let count = sequences.len();
         let model = Arc::clone(&model);
         let started = Instant::now();
@@ -220,7 +229,7 @@ mod tests {
     fn job(lengths: &[usize]) -> (Job, oneshot::Receiver<Result<Vec<Vec<f32>>>>) {
         let (reply, answer) = oneshot::channel();
         let sequences = lengths.iter().map(|&n| vec![1; n]).collect();
-        (Job { sequences, next: 0, scores: Vec::new(), reply }, answer)
+        (Job { sequences, next: 0, scores: Vec::new(), reply, queued: Instant::now() }, answer)
     }
 
     fn policy(max_tokens: usize) -> BatchPolicy {

@@ -3,6 +3,7 @@
 //! turns are rendered with the SteerLM template and scored together.
 
 use super::error::{ApiError, ApiResult};
+use super::metrics::Api;
 use super::{AppState, Shared, counted};
 use axum::Json;
 use axum::body::Bytes;
@@ -14,7 +15,7 @@ use steerlm_core::record::SftRecord;
 use steerlm_core::template::{labeled_prefixes, labeled_turns};
 
 pub async fn score(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    counted(&state.metrics, score_inner(&state, body)).await
+    counted(&state.metrics, Api::Score, score_inner(&state, body)).await
 }
 
 async fn score_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -37,6 +38,14 @@ fn label(state: &AppState, scores: &[f32]) -> Option<String> {
     steerlm_core::labels::encode_scores(&values, Some(&names)).ok()
 }
 
+/// With `--attribute-weights`, each result also carries the combined `reward`.
+fn add_reward(state: &AppState, result: &mut Value, scores: &[f32]) -> ApiResult<()> {
+    if state.attribute_weights.is_some() {
+        result["reward"] = json!(state.reward(scores)?);
+    }
+    Ok(())
+}
+
 async fn score_texts(state: &AppState, texts: &Value) -> ApiResult {
     let texts = texts
         .as_array()
@@ -46,12 +55,12 @@ async fn score_texts(state: &AppState, texts: &Value) -> ApiResult {
     let (sequences, exceeded) = state.tokenize(&texts)?;
     let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
     let scores = state.score(sequences).await?;
-    let results: Vec<Value> = scores
-        .iter()
-        .zip(&lengths)
-        .zip(&exceeded)
-        .map(|((s, n), e)| json!({ "scores": s, "num_tokens": n, "exceeded": e, "label": label(state, s) }))
-        .collect();
+    let mut results = Vec::with_capacity(scores.len());
+    for ((s, n), e) in scores.iter().zip(&lengths).zip(&exceeded) {
+        let mut result = json!({ "scores": s, "num_tokens": n, "exceeded": e, "label": label(state, s) });
+        add_reward(state, &mut result, s)?;
+        results.push(result);
+    }
     Ok(Json(json!({ "attributes": state.model.config.labels, "results": results })).into_response())
 }
 
@@ -74,7 +83,9 @@ async fn score_records(state: &AppState, records: &[Value]) -> ApiResult {
     let scores = if sequences.is_empty() { Vec::new() } else { state.score(sequences).await? };
     let mut out: Vec<Vec<Value>> = vec![Vec::new(); records.len()];
     for (((r, turn), s), e) in owners.into_iter().zip(&scores).zip(&exceeded) {
-        out[r].push(json!({ "turn": turn, "scores": s, "label": label(state, s), "exceeded": e }));
+        let mut result = json!({ "turn": turn, "scores": s, "label": label(state, s), "exceeded": e });
+        add_reward(state, &mut result, s)?;
+        out[r].push(result);
     }
     let records: Vec<Value> = out.into_iter().map(|turns| json!({ "turns": turns })).collect();
     Ok(Json(json!({ "attributes": state.model.config.labels, "records": records })).into_response())

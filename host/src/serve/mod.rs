@@ -4,7 +4,8 @@
 //!
 //! `routes.rs` maps paths to handlers and applies auth and the body limits;
 //! `triton.rs` answers the KServe / Triton endpoints (their wire format is
-//! `kserve.rs`); `json_api.rs` answers `/v1/score`. Both score through [`AppState`].
+//! `kserve.rs`); `json_api.rs` answers `/v1/score`; `vllm.rs`, `tei.rs` and
+//! `openrlhf.rs` answer the endpoints RLHF tools call. All score through [`AppState`].
 
 pub mod auth;
 pub mod batcher;
@@ -14,10 +15,14 @@ pub mod json_api;
 pub mod kserve;
 pub mod limits;
 pub mod metrics;
+pub mod openrlhf;
 pub mod routes;
+pub mod tei;
 pub mod triton;
+pub mod vllm;
 
 use crate::model::RewardModel;
+use crate::model::attribute_weights::{AttributeWeights, scalar_reward};
 use anyhow::{Context, Result};
 use auth::ApiKey;
 use batcher::{BatchPolicy, Batcher};
@@ -42,6 +47,8 @@ pub struct ServeOptions {
     pub batching: BatchPolicy,
     pub limits: RequestLimits,
     pub connections: ConnectionLimits,
+    /// Combine the attribute scores into one reward (`--attribute-weights`).
+    pub attribute_weights: Option<AttributeWeights>,
     /// Print nothing but errors.
     pub quiet: bool,
 }
@@ -60,6 +67,7 @@ pub struct AppState {
     limits: RequestLimits,
     /// Sequences per KServe request: `max_batch_size` in the model's config.
     max_batch_size: usize,
+    attribute_weights: Option<AttributeWeights>,
 }
 
 type Shared = Arc<AppState>;
@@ -73,6 +81,9 @@ pub fn check_options(options: &ServeOptions) -> Result<()> {
 /// Serves `model` until the process is stopped.
 pub async fn serve(options: ServeOptions, model: RewardModel) -> Result<()> {
     let api_key = options.api_key.as_deref().map(ApiKey::new).transpose()?;
+    if let Some(weights) = &options.attribute_weights {
+        weights.check(model.labels())?;
+    }
     let model = Arc::new(model);
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
@@ -84,6 +95,7 @@ pub async fn serve(options: ServeOptions, model: RewardModel) -> Result<()> {
         max_delay: options.batching.max_delay,
         limits: options.limits,
         max_batch_size: MAX_BATCH_SIZE.min(options.limits.max_texts),
+        attribute_weights: options.attribute_weights.clone(),
     });
     let app = routes::router(Arc::clone(&state), options.limits.max_body_bytes);
     let address: std::net::SocketAddr = format!("{}:{}", options.host, options.port)
@@ -124,6 +136,45 @@ impl AppState {
         Ok(tokens.into_iter().map(|t| (t.ids, t.exceeded)).unzip())
     }
 
+    /// Tokenizes texts and fits each to the context as `cut` says; a text that does
+    /// not fit and may not be cut is a 400 naming it and the limit.
+    fn tokenize_cut(&self, texts: &[String], cut: Cut) -> ApiResult<Vec<Vec<u32>>> {
+        let context = self.model.config.max_positions;
+        let mut sequences = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let mut ids =
+                self.model.tokenize_uncut(text).map_err(|e| ApiError::bad_request(format!("text {i}: {e:#}")))?;
+            match cut {
+                Cut::Refuse if ids.len() > context => {
+                    return Err(ApiError::bad_request(format!(
+                        "text {i} has {} tokens; this model's context is {context} tokens (ask for truncation, or send less)",
+                        ids.len()
+                    )));
+                }
+                Cut::Refuse => {}
+                Cut::KeepFirst(n) => ids.truncate(n.min(context)),
+                Cut::KeepLast(n) => {
+                    let keep = n.min(context);
+                    ids.drain(..ids.len().saturating_sub(keep));
+                }
+            }
+            sequences.push(ids);
+        }
+        Ok(sequences)
+    }
+
+    /// The one reward of a row of scores (see [`scalar_reward`]); a 400 when the model
+    /// has several heads and the server no `--attribute-weights`.
+    fn reward(&self, scores: &[f32]) -> ApiResult<f32> {
+        scalar_reward(self.attribute_weights.as_ref(), scores).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "this model scores {} attributes ({}): start `steerlm serve` with --attribute-weights to combine them into one reward",
+                scores.len(),
+                self.model.labels().join(", ")
+            ))
+        })
+    }
+
     /// Scores token sequences through the batcher; a non-finite score is a 500.
     async fn score(&self, sequences: Vec<Vec<u32>>) -> ApiResult<Vec<Vec<f32>>> {
         let scores = self.batcher.score(sequences).await.map_err(|e| ApiError::internal(format!("{e:#}")))?;
@@ -134,12 +185,32 @@ impl AppState {
     }
 }
 
+/// How a text longer than asked is made to fit.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// Not at all: a text over the context is a 400.
+    Refuse,
+    /// Keep the first N tokens (at most the context).
+    KeepFirst(usize),
+    /// Keep the last N tokens (at most the context).
+    KeepLast(usize),
+}
+
+/// Seconds since the Unix epoch, for OpenAI-style `created` fields.
+fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Answers an inference request, counted in the metrics however it ends: answered,
 /// failed, cancelled by the client hanging up (the future is dropped), or panicked
 /// (answered 500, the server goes on).
-async fn counted(metrics: &Metrics, handler: impl Future<Output = ApiResult>) -> axum::response::Response {
+async fn counted(
+    metrics: &Metrics,
+    api: metrics::Api,
+    handler: impl Future<Output = ApiResult>,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let request = metrics.start_request();
+    let request = metrics.start_request(api);
     let response = std::panic::AssertUnwindSafe(handler)
         .catch_unwind()
         .await

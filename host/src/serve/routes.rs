@@ -2,7 +2,7 @@
 //! read in full within its deadline and size, then the API key.
 
 use super::error::ApiError;
-use super::{Shared, json_api, triton};
+use super::{Shared, json_api, openrlhf, tei, triton, vllm};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -24,6 +24,10 @@ pub fn router(state: Shared, max_body: usize) -> Router {
         .merge(model_routes("/v2/models/{name}"))
         .merge(model_routes("/v2/models/{name}/versions/{version}"))
         .route("/v1/score", post(json_api::score))
+        .route("/classify", post(vllm::classify))
+        .route("/pooling", post(vllm::pooling))
+        .route("/predict", post(tei::predict))
+        .route("/get_reward", post(openrlhf::get_reward))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), require_key));
     Router::new()

@@ -2,6 +2,7 @@
 //! model configuration (what PyTriton's client reads) and inference.
 
 use super::error::{ApiError, ApiResult};
+use super::metrics::Api;
 use super::{AppState, Shared, counted, kserve};
 use axum::Json;
 use axum::body::Bytes;
@@ -79,7 +80,7 @@ pub async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    counted(&state.metrics, infer_inner(&state, model_name(&path), &headers, body)).await
+    counted(&state.metrics, Api::Kserve, infer_inner(&state, model_name(&path), &headers, body)).await
 }
 
 async fn infer_inner(
