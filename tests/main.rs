@@ -16,6 +16,7 @@ mod conversions;
 mod input_rules;
 mod manifest;
 mod outputs;
+mod rlhf_apis;
 mod score;
 mod serve;
 mod serve_component;

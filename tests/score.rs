@@ -2,6 +2,8 @@
 //!
 //! - gzip input, on the CPU (qwen9) and wgpu (nemotron5): one line per text, token
 //!   counts equal and scores within `1e-4 + 1e-4*|golden|` of transformers';
+//! - `--attribute-weights` adds each line's weighted `reward`, and weights that do not
+//!   match the model's attributes are refused;
 //! - a line without `text` fails naming its line, leaving no output; a folder without
 //!   a model fails naming config.json;
 //! - `--profile` prints one row per kernel with its dispatch count (the check is
@@ -54,6 +56,35 @@ fn score_writes_one_line_per_text_matching_transformers() {
             }
         }
     }
+}
+
+#[test]
+fn attribute_weights_add_one_reward_per_line() {
+    let dir = tempdir();
+    let input = dir.path().join("texts.jsonl");
+    let goldens = goldens("llama9");
+    let case = &goldens["cases"][0];
+    fs::write(&input, format!("{}\n", serde_json::json!({ "text": case["text"] }))).unwrap();
+    let output = dir.path().join("scores.jsonl");
+    let model = model_dir("llama9");
+    let args = |weights: &str| {
+        let args = ["score", "--model", model.to_str().unwrap(), "--device", "cpu", "--attribute-weights", weights];
+        let files = ["--input-file", input.to_str().unwrap(), "--output-file", output.to_str().unwrap()];
+        args.into_iter().chain(files).map(str::to_owned).collect::<Vec<String>>()
+    };
+    let weights = "0,0,0,0,0.3,0.74,0.46,0.47,-0.33";
+    let result = steerlm(&args(weights).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(result.status.success(), "{}", stderr(&result));
+    let line: serde_json::Value = serde_json::from_str(fs::read_to_string(&output).unwrap().trim()).unwrap();
+    let expected: f64 = weights
+        .split(',')
+        .zip(case["scores"].as_array().unwrap())
+        .map(|(w, s)| w.parse::<f64>().unwrap() * s.as_f64().unwrap())
+        .sum();
+    let reward = line["reward"].as_f64().unwrap();
+    assert!((reward - expected).abs() <= 1e-4 + 1e-4 * expected.abs(), "{reward} vs {expected}");
+    let result = steerlm(&args("1,2").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr(&result).contains("2 weights; the model scores 9 attributes"), "{}", stderr(&result));
 }
 
 #[test]
