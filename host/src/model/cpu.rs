@@ -10,6 +10,9 @@ use super::layout::{LinearTensors, ModelTensors, NormTensors};
 use super::rope::RopeTable;
 use anyhow::Result;
 use gemm::Parallelism;
+
+/// Rows per linear-layer block (see `Linear::forward`).
+const ROW_BLOCK: usize = 64;
 use rayon::prelude::*;
 
 struct Linear {
@@ -91,37 +94,52 @@ impl Linear {
         };
         let (n, k) = (self.out_features, self.in_features);
         debug_assert_eq!(x.len(), rows * k);
-        let mut out = vec![0f32; rows * n];
+        // Batch invariance: gemm picks its kernels and blocking from the row count, and
+        // with them the order of the sums, so a row's result would depend on how many
+        // rows came with it. Blocks of a fixed row count make every row's arithmetic the
+        // same whatever the batch; the last block is padded with zero rows.
+        let padded_rows = rows.next_multiple_of(ROW_BLOCK);
+        let padded: Vec<f32>;
+        let x = if padded_rows == rows {
+            x
+        } else {
+            padded = x.iter().copied().chain(std::iter::repeat_n(0.0, (padded_rows - rows) * k)).collect();
+            &padded
+        };
+        let mut out = vec![0f32; padded_rows * n];
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(n) {
                 row.copy_from_slice(bias);
             }
         }
-        // SAFETY: the pointers cover rows x k, k x n (W^T read through strides) and
-        // rows x n elements, all alive for the call.
-        unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                self.bias.is_some(),
-                x.as_ptr(),
-                1,
-                k as isize,
-                self.weight.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(0),
-            );
+        for (x, out) in x.chunks_exact(ROW_BLOCK * k).zip(out.chunks_exact_mut(ROW_BLOCK * n)) {
+            // SAFETY: the pointers cover ROW_BLOCK x k, k x n (W^T read through strides)
+            // and ROW_BLOCK x n elements, all alive for the call.
+            unsafe {
+                gemm::gemm(
+                    ROW_BLOCK,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    self.bias.is_some(),
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    self.weight.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(0),
+                );
+            }
         }
+        out.truncate(rows * n);
         out
     }
 }

@@ -357,8 +357,10 @@ fn a_tensor_core_kernel_that_cannot_compile_falls_back_to_the_tiled_kernel() {
 #[test]
 fn scores_do_not_depend_on_the_batch() {
     let goldens = goldens("llama9");
-    let texts: Vec<String> =
-        goldens["cases"].as_array().unwrap().iter().take(6).map(|c| c["text"].as_str().unwrap().to_owned()).collect();
+    // Texts of 1 to ~1500 tokens, so batches of every size class: a few rows, many.
+    let mut texts: Vec<String> =
+        goldens["cases"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
+    texts.extend(["hello world!", "good morning", "a"].map(String::from));
     for device in [Device::Cpu, Device::Wgpu] {
         let model =
             RewardModel::load(&model_dir("llama9"), LoadOptions { device, add_bos: false, precision: Precision::F32 })
@@ -371,6 +373,8 @@ fn scores_do_not_depend_on_the_batch() {
             let alone = model.score_texts(std::slice::from_ref(text)).unwrap();
             assert_eq!(alone[0], together[i], "{device:?}: text {i} alone vs in a batch of {}", texts.len());
             assert_eq!(backwards[i], together[i], "{device:?}: text {i} at another place in the batch");
+            let pair = model.score_texts(&[text.clone(), texts[(i + 1) % texts.len()].clone()]).unwrap();
+            assert_eq!(pair[0], together[i], "{device:?}: text {i} with one other");
         }
     }
 }
