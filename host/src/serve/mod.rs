@@ -145,13 +145,13 @@ impl AppState {
             let mut ids =
                 self.model.tokenize_uncut(text).map_err(|e| ApiError::bad_request(format!("text {i}: {e:#}")))?;
             match cut {
-                Cut::Refuse if ids.len() > context => {
-                    return Err(ApiError::bad_request(format!(
-                        "text {i} has {} tokens; this model's context is {context} tokens (ask for truncation, or send less)",
-                        ids.len()
-                    )));
+                Cut::Refuse { status, hint } if ids.len() > context => {
+                    return Err(ApiError::new(
+                        status,
+                        format!("text {i} has {} tokens; this model's context is {context} tokens ({hint})", ids.len()),
+                    ));
                 }
-                Cut::Refuse => {}
+                Cut::Refuse { .. } => {}
                 Cut::KeepFirst(n) => ids.truncate(n.min(context)),
                 Cut::KeepLast(n) => {
                     let keep = n.min(context);
@@ -188,8 +188,9 @@ impl AppState {
 /// How a text longer than asked is made to fit.
 #[derive(Clone, Copy, Debug)]
 enum Cut {
-    /// Not at all: a text over the context is a 400.
-    Refuse,
+    /// Not at all: a text over the context is an error with this status, naming the
+    /// request field that would have cut it.
+    Refuse { status: axum::http::StatusCode, hint: &'static str },
     /// Keep the first N tokens (at most the context).
     KeepFirst(usize),
     /// Keep the last N tokens (at most the context).

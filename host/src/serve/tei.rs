@@ -49,18 +49,12 @@ async fn answer(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiRes
     state.limits.check_texts(texts.len())?;
     let context = state.model.config.max_positions;
     let cut = match (request.truncate, request.truncation_direction) {
-        (false, _) => Cut::Refuse,
+        // TEI answers an input over the limit with 413.
+        (false, _) => Cut::Refuse { status: StatusCode::PAYLOAD_TOO_LARGE, hint: "or set \"truncate\": true" },
         (true, Direction::Right) => Cut::KeepFirst(context),
         (true, Direction::Left) => Cut::KeepLast(context),
     };
-    let sequences = state.tokenize_cut(&texts, cut).map_err(|e| {
-        // TEI answers an input over the limit with 413.
-        if e.message.contains("context is") {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{} (or set \"truncate\": true)", e.message))
-        } else {
-            e
-        }
-    })?;
+    let sequences = state.tokenize_cut(&texts, cut)?;
     let scores = state.score(sequences).await?;
     let labels = state.model.labels();
     let mut predictions = Vec::with_capacity(scores.len());

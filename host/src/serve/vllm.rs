@@ -55,7 +55,7 @@ async fn answer(state: &AppState, body: Result<Bytes, BytesRejection>, kind: Kin
     }
     let context = state.model.config.max_positions;
     let cut = match request.truncate_prompt_tokens {
-        None => Cut::Refuse,
+        None => Cut::Refuse { status: StatusCode::BAD_REQUEST, hint: "set truncate_prompt_tokens" },
         Some(-1) => Cut::KeepLast(context),
         Some(n) if n >= 1 && n as usize <= context => Cut::KeepLast(n as usize),
         Some(n) => {
@@ -150,7 +150,7 @@ fn cut_tokens(state: &AppState, mut sequences: Vec<Vec<u32>>, cut: Cut) -> ApiRe
             return Err(ApiError::bad_request(format!("token id {bad} is outside the vocabulary ({vocab} ids)")));
         }
         match cut {
-            Cut::Refuse if ids.len() > context => {
+            Cut::Refuse { .. } if ids.len() > context => {
                 return Err(ApiError::bad_request(format!(
                     "input {i} has {} tokens; this model's context is {context} tokens (set truncate_prompt_tokens)",
                     ids.len()
