@@ -12,7 +12,7 @@
 use serde_json::{Value, json};
 
 use crate::common::server::{self, Server};
-use crate::common::{goldens, model_dir, runtime, steerlm_command, tempdir};
+use crate::common::{goldens, llama9_with_config, model_dir, runtime, steerlm_command};
 
 /// Nemotron-4-340B-Reward's card: helpfulness, correctness, coherence, complexity, verbosity.
 const WEIGHTS: [f64; 9] = [0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33];
@@ -122,13 +122,7 @@ fn rlhf_endpoints_answer_with_raw_and_weighted_scores() {
 #[test]
 fn truncation_is_as_asked_and_long_texts_are_named_otherwise() {
     // llama9 with a context of 16 tokens.
-    let dir = tempdir();
-    for file in ["model.safetensors", "tokenizer.json"] {
-        std::os::unix::fs::symlink(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
-    }
-    let config = std::fs::read_to_string(model_dir("llama9").join("config.json")).unwrap();
-    let config = config.replace("\"max_position_embeddings\": 4096", "\"max_position_embeddings\": 16");
-    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let dir = llama9_with_config("\"max_position_embeddings\": 4096", "\"max_position_embeddings\": 16");
     let goldens = goldens("llama9");
     let long = goldens["cases"].as_array().unwrap().iter().find(|c| c["name"] == "long_600").unwrap().clone();
     let ids = long["token_ids"].as_array().unwrap().clone();

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use std::process::Command;
 
 use crate::common::server::{self, Server};
-use crate::common::{goldens, model_dir, runtime, steerlm_command, tempdir};
+use crate::common::{goldens, llama9_with_config, model_dir, runtime, steerlm_command};
 
 /// `steerlm serve --model llama9 --device cpu --port 0`, not yet started.
 fn serve_command() -> Command {
@@ -462,16 +462,7 @@ fn empty_api_keys_are_refused_and_bearer_is_case_insensitive() {
 
 #[test]
 fn a_hostile_config_is_refused_by_name() {
-    let dir = tempdir();
-    for file in ["model.safetensors", "tokenizer.json"] {
-        std::os::unix::fs::symlink(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
-    }
-    let config = std::fs::read_to_string(model_dir("llama9").join("config.json")).unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        config.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 0"),
-    )
-    .unwrap();
+    let dir = llama9_with_config("\"num_attention_heads\": 4", "\"num_attention_heads\": 0");
     let command =
         steerlm_command(&["serve", "--model", dir.path().to_str().unwrap(), "--device", "cpu", "--port", "0"]);
     let stderr = refused_start(command);

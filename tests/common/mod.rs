@@ -61,6 +61,19 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// The llama9 fixture with `from` replaced by `to` in its config.json (weights and
+/// tokenizer linked), in a temporary folder.
+pub fn llama9_with_config(from: &str, to: &str) -> tempfile::TempDir {
+    let dir = tempdir();
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
+    }
+    let config = fs::read_to_string(model_dir("llama9").join("config.json")).unwrap();
+    assert!(config.contains(from), "llama9's config.json has no {from}");
+    fs::write(dir.path().join("config.json"), config.replace(from, to)).unwrap();
+    dir
+}
+
 pub fn mkfifo(path: &Path) {
     let c_path = std::ffi::CString::new(p(path)).unwrap();
     // SAFETY: a valid NUL-terminated path.
