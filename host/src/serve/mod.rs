@@ -106,10 +106,10 @@ pub async fn serve(options: ServeOptions, model: RewardModel) -> Result<()> {
     let bound = listener.local_addr()?;
     if !options.quiet {
         println!(
-            "serving {} ({}) on http://{bound} as `{}`",
+            "serving `{}` ({} attributes, on {}) on http://{bound}",
+            state.model_name,
             state.model.config.labels.len(),
-            state.model.device_name(),
-            state.model_name
+            state.model.device_name()
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
