@@ -98,13 +98,15 @@ impl Linear {
         // with them the order of the sums, so a row's result would depend on how many
         // rows came with it. Blocks of a fixed row count make every row's arithmetic the
         // same whatever the batch; the last block is padded with zero rows.
+        // Only the last, partial block is copied to pad it.
         let padded_rows = rows.next_multiple_of(ROW_BLOCK);
-        let padded: Vec<f32>;
-        let x = if padded_rows == rows {
-            x
+        let whole = rows / ROW_BLOCK * ROW_BLOCK * k;
+        let tail: Vec<f32> = if padded_rows == rows {
+            Vec::new()
         } else {
-            padded = x.iter().copied().chain(std::iter::repeat_n(0.0, (padded_rows - rows) * k)).collect();
-            &padded
+            let mut tail = x[whole..].to_vec();
+            tail.resize(ROW_BLOCK * k, 0.0);
+            tail
         };
         let mut out = vec![0f32; padded_rows * n];
         if let Some(bias) = &self.bias {
@@ -112,7 +114,8 @@ impl Linear {
                 row.copy_from_slice(bias);
             }
         }
-        for (x, out) in x.chunks_exact(ROW_BLOCK * k).zip(out.chunks_exact_mut(ROW_BLOCK * n)) {
+        let blocks = x[..whole].chunks_exact(ROW_BLOCK * k).chain(tail.chunks_exact(ROW_BLOCK * k));
+        for (x, out) in blocks.zip(out.chunks_exact_mut(ROW_BLOCK * n)) {
             // SAFETY: the pointers cover ROW_BLOCK x k, k x n (W^T read through strides)
             // and ROW_BLOCK x n elements, all alive for the call.
             unsafe {
