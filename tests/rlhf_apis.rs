@@ -76,6 +76,9 @@ fn rlhf_endpoints_answer_with_raw_and_weighted_scores() {
 
         let (status, body) = post(format!("{base}/classify"), json!({"model": "other", "input": "hi"})).await;
         assert_eq!(status, 404, "{body}");
+        let (status, body) = post(format!("{base}/classify"), json!({"input": [[1, 999999]]})).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("outside the vocabulary"), "{body}");
 
         // /pooling with a text, and with the same text's token ids.
         let (status, body) = post(format!("{base}/pooling"), json!({"input": a["text"]})).await;
@@ -105,7 +108,7 @@ fn rlhf_endpoints_answer_with_raw_and_weighted_scores() {
 
         let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
         for line in [
-            "steerlm_api_requests_total{api=\"vllm_classify\"} 2",
+            "steerlm_api_requests_total{api=\"vllm_classify\"} 3",
             "steerlm_api_requests_total{api=\"vllm_pooling\"} 2",
             "steerlm_api_requests_total{api=\"tei_predict\"} 3",
             "steerlm_api_requests_total{api=\"openrlhf\"} 1",

@@ -163,6 +163,15 @@ impl AppState {
         Ok(sequences)
     }
 
+    /// Token ids a client sent must name tokens of this model's vocabulary.
+    fn check_vocab(&self, sequences: &[Vec<u32>]) -> ApiResult<()> {
+        let vocab = self.model.config.vocab_size;
+        match sequences.iter().flatten().find(|&&t| t as usize >= vocab) {
+            Some(bad) => Err(ApiError::bad_request(format!("token id {bad} is outside the vocabulary ({vocab} ids)"))),
+            None => Ok(()),
+        }
+    }
+
     /// The one reward of a row of scores (see [`scalar_reward`]); a 400 when the model
     /// has several heads and the server no `--attribute-weights`.
     fn reward(&self, scores: &[f32]) -> ApiResult<f32> {

@@ -138,10 +138,7 @@ async fn infer_inner(
 /// flagged `exceeded`), as tokenized texts are.
 fn cut_to_context(state: &AppState, mut sequences: Vec<Vec<u32>>) -> ApiResult<(Vec<Vec<u32>>, Vec<bool>)> {
     let context = state.model.config.max_positions;
-    let vocab = state.model.config.vocab_size;
-    if let Some(bad) = sequences.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::bad_request(format!("token id {bad} is outside the vocabulary ({vocab} ids)")));
-    }
+    state.check_vocab(&sequences)?;
     let exceeded = sequences.iter().map(|s| s.len() > context).collect();
     sequences.iter_mut().for_each(|s| s.truncate(context));
     Ok((sequences, exceeded))

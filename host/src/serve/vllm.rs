@@ -141,13 +141,11 @@ fn parse_input(input: &Value) -> ApiResult<Input> {
 
 /// Token ids a client sent: non-empty, inside the vocabulary, fitted as `cut` says.
 fn cut_tokens(state: &AppState, mut sequences: Vec<Vec<u32>>, cut: Cut) -> ApiResult<Vec<Vec<u32>>> {
-    let (context, vocab) = (state.model.config.max_positions, state.model.config.vocab_size);
+    let context = state.model.config.max_positions;
+    state.check_vocab(&sequences)?;
     for (i, ids) in sequences.iter_mut().enumerate() {
         if ids.is_empty() {
             return Err(ApiError::bad_request(format!("input {i} has no tokens")));
-        }
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ApiError::bad_request(format!("token id {bad} is outside the vocabulary ({vocab} ids)")));
         }
         match cut {
             Cut::Refuse { .. } if ids.len() > context => {
