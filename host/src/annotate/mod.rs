@@ -97,8 +97,8 @@ pub async fn run(options: &AnnotateOptions) -> Result<()> {
     let input = &options.input;
     let scorer = match &options.source {
         ScoreSource::Model { dir, load } => {
-            let model =
-                RewardModel::load(dir, *load).with_context(|| format!("loading the model in {}", dir.display()))?;
+            let model = RewardModel::load(dir, load.clone())
+                .with_context(|| format!("loading the model in {}", dir.display()))?;
             Scorer::Local(Arc::new(model))
         }
         ScoreSource::Servers { urls, model_name, request_timeout } => {

@@ -1,10 +1,10 @@
 //! `steerlm annotate`: SFT records labeled by a reward model (see [`crate::annotate`]).
 
+use super::model_args::ModelArgs;
 use super::{Context, Files};
 use crate::annotate::resume::ResumeMode;
 use crate::annotate::{AnnotateOptions, ScoreSource};
 use crate::input::InputPath;
-use crate::model::{Device, LoadOptions, Precision};
 use crate::same_file::NamedFile;
 use anyhow::Result;
 use clap::Args;
@@ -38,13 +38,9 @@ pub struct AnnotateArgs {
     /// Run the model in this process instead of asking a server.
     #[arg(long, value_name = "DIR", conflicts_with = "servers")]
     model: Option<PathBuf>,
-    /// With --model: where it runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
-    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
-    /// accumulation) when the adapter has them, `f32` is the exact path.
-    #[arg(long, value_enum, default_value_t = Precision::Auto)]
-    precision: Precision,
+    /// With --model: how it loads and where it runs.
+    #[command(flatten)]
+    model_args: ModelArgs,
     /// Records in flight at once.
     #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     concurrency: usize,
@@ -75,10 +71,7 @@ impl AnnotateArgs {
 
     fn source(&self) -> ScoreSource {
         match &self.model {
-            Some(dir) => ScoreSource::Model {
-                dir: dir.clone(),
-                load: LoadOptions { device: self.device, add_bos: false, precision: self.precision },
-            },
+            Some(dir) => ScoreSource::Model { dir: dir.clone(), load: self.model_args.load_options() },
             None => ScoreSource::Servers {
                 urls: if self.servers.is_empty() {
                     vec![format!("http://{}:{}", self.host, self.port)]

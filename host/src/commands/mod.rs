@@ -6,6 +6,7 @@ mod demo;
 mod export;
 mod gpu_info;
 mod label;
+mod model_args;
 mod preprocess;
 mod score;
 mod serve;

@@ -1,10 +1,11 @@
 //! `score`: run a reward model over `{"text": ...}` lines.
 
 use super::Context;
+use super::model_args::ModelArgs;
 use crate::input::InputPath;
 use crate::model::attribute_weights::AttributeWeights;
 use crate::model::gpu::kernels::KernelTimes;
-use crate::model::{Device, LoadOptions, Precision, RewardModel, check_finite};
+use crate::model::{RewardModel, check_finite};
 use crate::output::Output;
 use crate::same_file::NamedFile;
 use anyhow::{Context as _, Result};
@@ -26,13 +27,8 @@ pub struct ScoreArgs {
     /// One `{"scores", "num_tokens", "exceeded"}` line per input line, in order.
     #[arg(long, value_name = "OUT")]
     output_file: PathBuf,
-    /// Where the forward pass runs.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
-    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
-    /// accumulation) when the adapter has them, `f32` is the exact path.
-    #[arg(long, value_enum, default_value_t = Precision::Auto)]
-    precision: Precision,
+    #[command(flatten)]
+    model_args: ModelArgs,
     /// Print each kernel's GPU time (total ms, share, TFLOP/s) at the end, from
     /// timestamp queries (wgpu adapters that have them).
     #[arg(long)]
@@ -40,9 +36,6 @@ pub struct ScoreArgs {
     /// Most tokens in one packed batch.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     batch_tokens: usize,
-    /// Prepend the BOS token (the reference reward server adds none).
-    #[arg(long)]
-    add_bos: bool,
     /// Also write one combined `"reward"` per line: the attribute scores weighted, one
     /// weight per attribute (e.g. `0,0,0,0,0.3,0.74,0.46,0.47,-0.33`).
     #[arg(long, value_name = "W,W,...", value_parser = AttributeWeights::parse, allow_hyphen_values = true)]
@@ -76,16 +69,13 @@ struct Pending {
 
 pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     let started = Instant::now();
-    let model = RewardModel::load(
-        &args.model,
-        LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision },
-    )
-    .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let model = RewardModel::load(&args.model, args.model_args.load_options())
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
     if let Some(weights) = &args.attribute_weights {
         weights.check(model.labels())?;
     }
     context.say(format!(
-        "{}: {:?}, {} layers, hidden {}, {} labels, on {}",
+        "{}: {}, {} layers, hidden {}, {} labels, on {}",
         args.model.display(),
         model.config.architecture,
         model.config.num_layers,

@@ -1,8 +1,9 @@
 //! `steerlm serve`: the reward model over HTTP (see [`crate::serve`]).
 
 use super::Context;
+use super::model_args::ModelArgs;
+use crate::model::RewardModel;
 use crate::model::attribute_weights::AttributeWeights;
-use crate::model::{Device, LoadOptions, Precision, RewardModel};
 use crate::serve::batcher::BatchPolicy;
 use crate::serve::connections::ConnectionLimits;
 use crate::serve::limits::RequestLimits;
@@ -26,15 +27,8 @@ pub struct ServeArgs {
     /// The model's name in /v2/models/{name}.
     #[arg(long, alias = "model_name", default_value = "reward_model")]
     pub model_name: String,
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    pub device: Device,
-    /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
-    /// accumulation) when the adapter has them, `f32` is the exact path.
-    #[arg(long, value_enum, default_value_t = Precision::Auto)]
-    pub precision: Precision,
-    /// Prepend the BOS token (the reference server adds none).
-    #[arg(long)]
-    pub add_bos: bool,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
     /// Most tokens in one batch. Requests are split into batches of at most this many
     /// tokens, taken in turn from every waiting request.
     #[arg(long, default_value_t = 8192, value_name = "N")]
@@ -104,8 +98,7 @@ pub fn run(context: &Context, args: &ServeArgs) -> Result<()> {
     let options = args.options(context);
     // Settings first: a bad key should not wait for a model to load.
     check_options(&options)?;
-    let load = LoadOptions { device: args.device, add_bos: args.add_bos, precision: args.precision };
-    let model = RewardModel::load(&args.model, load)
+    let model = RewardModel::load(&args.model, args.model_args.load_options())
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
     context.block_on(serve(options, model))?
 }

@@ -1,4 +1,4 @@
-//! `config.json` of a Hugging Face sequence-classification checkpoint, in both the
+//! `config.json` of a Hugging Face reward checkpoint, in both the
 //! transformers 4.x form (top-level `rope_theta`, `partial_rotary_factor`,
 //! `torch_dtype`) and the 5.x form (`rope_parameters`, `dtype`).
 
@@ -6,52 +6,22 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 use std::path::Path;
 
-/// The decoder families steerlm runs. They differ only in small, named ways.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    /// `LlamaForSequenceClassification` (Llama2-13B-SteerLM-RM).
-    Llama,
-    /// `MistralForSequenceClassification`: Llama's layout.
-    Mistral,
-    /// `Qwen2ForSequenceClassification`: Llama's layout with q/k/v biases.
-    Qwen2,
-    /// `NemotronForSequenceClassification` (Nemotron-4-340B-Reward): LayerNorm1P with bias,
-    /// squared-ReLU MLP without gate, partial rotary.
-    Nemotron,
-}
-
-impl Architecture {
-    pub const SUPPORTED: [&'static str; 4] = [
-        "LlamaForSequenceClassification",
-        "MistralForSequenceClassification",
-        "Qwen2ForSequenceClassification",
-        "NemotronForSequenceClassification",
-    ];
-
-    fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "LlamaForSequenceClassification" => Architecture::Llama,
-            "MistralForSequenceClassification" => Architecture::Mistral,
-            "Qwen2ForSequenceClassification" => Architecture::Qwen2,
-            "NemotronForSequenceClassification" => Architecture::Nemotron,
-            _ => return None,
-        })
-    }
-
-    /// LayerNorm1P (`(x-mean)/sqrt(var+eps)*(1+w)+b`) instead of RMSNorm.
-    pub fn layer_norm_1p(self) -> bool {
-        self == Architecture::Nemotron
-    }
-
-    /// `down(relu(up(x))^2)` instead of `down(silu(gate(x)) * up(x))`.
-    pub fn squared_relu_mlp(self) -> bool {
-        self == Architecture::Nemotron
-    }
-}
+pub use super::arch::Architecture;
+use super::arch::{Biases, HeadKind, MlpKind};
 
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub architecture: Architecture,
+    /// q, k, v and o projections have biases (o only where `o_bias`).
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    /// gate, up and down projections have biases.
+    pub mlp_bias: bool,
+    /// A causal LM's output projection is its embedding matrix (no `lm_head.weight`).
+    pub tie_word_embeddings: bool,
+    /// A `*ForCausalLM` reward: the vocabulary ids whose logits are the scores (`[0]`
+    /// unless `--reward-token-ids` says otherwise); empty for a regression head.
+    pub reward_token_ids: Vec<u32>,
     pub hidden_size: usize,
     pub num_layers: usize,
     pub num_heads: usize,
@@ -63,7 +33,8 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     /// Leading dimensions of each head that are rotated (`head_dim * partial_rotary_factor`).
     pub rotary_dim: usize,
-    /// The context: longer texts are truncated to it.
+    /// Texts are cut to this many tokens: the context, or a sliding-attention window
+    /// when one is smaller (within the window, windowed attention is full attention).
     pub max_positions: usize,
     /// Output names, from `id2label` (`LABEL_i` where absent).
     pub labels: Vec<String>,
@@ -133,8 +104,32 @@ impl ModelConfig {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let architecture = names.iter().find_map(|n| Architecture::from_name(n)).ok_or_else(|| {
-            anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::SUPPORTED.join(", "))
+            anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::supported().join(", "))
         })?;
+        let family = architecture.family;
+        let expected_act = match family.mlp {
+            MlpKind::SiluGated => ["silu", "swish"].as_slice(),
+            MlpKind::SquaredRelu => ["relu2"].as_slice(),
+        };
+        let activation = config.get("hidden_act").or_else(|| config.get("hidden_activation")).and_then(Value::as_str);
+        if let Some(activation) = activation
+            && !expected_act.contains(&activation)
+        {
+            bail!("`hidden_act` {activation:?} is not supported for {architecture} (steerlm runs {})", expected_act[0]);
+        }
+        let flag = |name: &str| -> Result<bool> {
+            match config.get(name) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(other) => bail!("`{name}` must be true or false, got {other}"),
+            }
+        };
+        let (qkv_bias, o_bias, mlp_bias) = match family.biases {
+            Biases::QkvAlways => (true, false, false),
+            Biases::FromConfig => (flag("attention_bias")?, flag("attention_bias")?, flag("mlp_bias")?),
+            Biases::Never => (false, false, false),
+        };
+        let tie_word_embeddings = flag("tie_word_embeddings")?;
         let hidden_size = positive("hidden_size", required_count(config, &["hidden_size"])?)?;
         let num_heads = positive("num_attention_heads", required_count(config, &["num_attention_heads"])?)?;
         let num_kv_heads =
@@ -157,10 +152,19 @@ impl ModelConfig {
         let num_layers = positive("num_hidden_layers", required_count(config, &["num_hidden_layers"])?)?;
         let intermediate_size = positive("intermediate_size", required_count(config, &["intermediate_size"])?)?;
         let vocab_size = positive("vocab_size", required_count(config, &["vocab_size"])?)?;
-        let max_positions = positive(
+        let context = positive(
             "max_position_embeddings",
             count_field(config, &["max_position_embeddings", "max_sequence_length", "seq_length"])?.unwrap_or(4096),
         )?;
+        // Mistral's `sliding_window` applies when set; Qwen's only with `use_sliding_window`.
+        let window = match config.get("use_sliding_window") {
+            Some(Value::Bool(false)) => None,
+            _ => count_field(config, &["sliding_window"])?,
+        };
+        let max_positions = match window {
+            Some(window) => positive("sliding_window", window)?.min(context),
+            None => context,
+        };
 
         // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps them at the
         // top level (and may have a `rope_scaling` block, which steerlm does not apply).
@@ -203,7 +207,12 @@ impl ModelConfig {
         }
         let norm_eps = norm_eps as f32;
 
+        let reward_token_ids = match architecture.head {
+            HeadKind::TokenLogits => vec![0],
+            HeadKind::Regression => Vec::new(),
+        };
         let labels: Vec<String> = match config.get("id2label").and_then(Value::as_object) {
+            _ if architecture.head == HeadKind::TokenLogits => token_labels(&reward_token_ids),
             Some(map) => {
                 let mut pairs: Vec<(usize, String)> = map
                     .iter()
@@ -230,6 +239,11 @@ impl ModelConfig {
 
         Ok(ModelConfig {
             architecture,
+            qkv_bias,
+            o_bias,
+            mlp_bias,
+            tie_word_embeddings,
+            reward_token_ids,
             hidden_size,
             num_layers,
             num_heads,
@@ -251,6 +265,32 @@ impl ModelConfig {
                 .to_owned(),
         })
     }
+}
+
+impl ModelConfig {
+    /// A causal-LM reward read from the logits of `ids` instead of id 0.
+    pub fn with_reward_token_ids(mut self, ids: &[u32]) -> Result<Self> {
+        if self.architecture.head != HeadKind::TokenLogits {
+            bail!(
+                "--reward-token-ids is for *ForCausalLM checkpoints; this is a {} with its own score head",
+                self.architecture
+            );
+        }
+        if ids.is_empty() {
+            bail!("--reward-token-ids names no ids");
+        }
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            bail!("--reward-token-ids: {bad} is outside the vocabulary ({} ids)", self.vocab_size);
+        }
+        self.reward_token_ids = ids.to_vec();
+        self.labels = token_labels(ids);
+        Ok(self)
+    }
+}
+
+/// A causal-LM reward's output names: `logit_<id>`.
+fn token_labels(ids: &[u32]) -> Vec<String> {
+    ids.iter().map(|id| format!("logit_{id}")).collect()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! parallel over rows with rayon.
 
 use super::Batch;
+use super::arch::NormKind;
 use super::config::ModelConfig;
 use super::fast_math;
 use super::layout::{LinearTensors, ModelTensors, NormTensors};
@@ -52,6 +53,9 @@ struct Layer {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Qwen3's per-head query and key RMSNorm weights.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     post_norm: Norm,
     gate: Option<Linear>,
     up: Linear,
@@ -152,10 +156,10 @@ impl Norm {
         Norm { weight: t.weight.to_f32(), bias: t.bias.as_ref().map(|b| b.to_f32()) }
     }
 
-    fn forward(&self, x: &[f32], hidden: usize, eps: f32, layer_norm_1p: bool) -> Vec<f32> {
+    fn forward(&self, x: &[f32], hidden: usize, eps: f32, kind: NormKind) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_exact_mut(hidden).zip(x.par_chunks_exact(hidden)).for_each(|(o, x)| {
-            if layer_norm_1p {
+            if kind == NormKind::LayerNorm1P {
                 let mean = x.iter().sum::<f32>() / hidden as f32;
                 let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hidden as f32;
                 let inv = 1.0 / (var + eps).sqrt();
@@ -164,18 +168,28 @@ impl Norm {
                     o[i] = (x[i] - mean) * inv * (1.0 + self.weight[i]) + bias[i];
                 }
             } else {
-                let mean_square = x.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
-                let inv = 1.0 / (mean_square + eps).sqrt();
-                for i in 0..hidden {
-                    o[i] = x[i] * inv * self.weight[i];
-                }
-                if let Some(bias) = &self.bias {
-                    o.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-                }
+                rms_norm(x, &self.weight, eps, o);
             }
         });
         out
     }
+}
+
+/// `o = x / sqrt(mean(x^2) + eps) * weight`.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, o: &mut [f32]) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (mean_square + eps).sqrt();
+    for ((o, x), w) in o.iter_mut().zip(x).zip(weight) {
+        *o = x * inv * w;
+    }
+}
+
+/// Qwen3's q/k norm: RMSNorm over each head of every row, in place.
+fn norm_heads(x: &mut [f32], weight: &[f32], eps: f32) {
+    x.par_chunks_exact_mut(weight.len()).for_each(|head| {
+        let input = head.to_vec();
+        rms_norm(&input, weight, eps, head);
+    });
 }
 
 impl CpuModel {
@@ -195,6 +209,8 @@ impl CpuModel {
                 k: linear(&l.k),
                 v: linear(&l.v),
                 o: linear(&l.o),
+                q_norm: l.q_norm.as_ref().map(|t| t.to_f32()),
+                k_norm: l.k_norm.as_ref().map(|t| t.to_f32()),
                 post_norm: Norm::new(&l.post_norm),
                 gate: l.gate.as_ref().map(linear),
                 up: linear(&l.up),
@@ -213,7 +229,7 @@ impl CpuModel {
 
     fn norm(&self, norm: &Norm, x: &[f32]) -> Vec<f32> {
         let c = &self.config;
-        norm.forward(x, c.hidden_size, c.norm_eps, c.architecture.layer_norm_1p())
+        norm.forward(x, c.hidden_size, c.norm_eps, c.architecture.norm())
     }
 
     /// Scores of every sequence of a packed batch.
@@ -231,6 +247,10 @@ impl CpuModel {
             let mut q = layer.q.forward(&normed, tokens);
             let mut k = layer.k.forward(&normed, tokens);
             let v = layer.v.forward(&normed, tokens);
+            if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+                norm_heads(&mut q, q_norm, c.norm_eps);
+                norm_heads(&mut k, k_norm, c.norm_eps);
+            }
             let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
             q.par_chunks_exact_mut(q_width)
                 .zip(&batch.positions)

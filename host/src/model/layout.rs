@@ -1,6 +1,7 @@
 //! Where each architecture keeps its tensors, with their shapes checked once at load.
 //! Both backends (CPU and wgpu) build their weights from this.
 
+use super::arch::{HeadKind, MlpKind, NormKind};
 use super::config::ModelConfig;
 use super::weights::{TensorView, Weights};
 use anyhow::{Result, bail};
@@ -25,6 +26,9 @@ pub struct LayerTensors<'a> {
     pub k: LinearTensors<'a>,
     pub v: LinearTensors<'a>,
     pub o: LinearTensors<'a>,
+    /// Qwen3's per-head RMSNorm on queries and keys (`[head_dim]` each).
+    pub q_norm: Option<TensorView<'a>>,
+    pub k_norm: Option<TensorView<'a>>,
     pub post_norm: NormTensors<'a>,
     /// Absent for the squared-ReLU MLP.
     pub gate: Option<LinearTensors<'a>>,
@@ -36,13 +40,32 @@ pub struct ModelTensors<'a> {
     pub embed: TensorView<'a>,
     pub layers: Vec<LayerTensors<'a>>,
     pub final_norm: NormTensors<'a>,
+    /// The regression head, or a causal LM's reward rows of its output projection.
     pub score: LinearTensors<'a>,
 }
 
-fn linear<'a>(w: &'a Weights, prefix: &str, out_features: usize, in_features: usize) -> Result<LinearTensors<'a>> {
+/// A linear layer; its bias is read when `bias` (the architecture table and config
+/// say so), and a stored bias nobody asked for is an error rather than ignored.
+fn linear<'a>(
+    w: &'a Weights,
+    prefix: &str,
+    out_features: usize,
+    in_features: usize,
+    bias: bool,
+) -> Result<LinearTensors<'a>> {
+    let bias_name = format!("{prefix}.bias");
+    let bias = if bias {
+        Some(w.get(&bias_name, &[out_features])?)
+    } else if w.contains(&bias_name) {
+        bail!(
+            "the checkpoint has `{bias_name}`, but config.json gives this architecture no such bias (`attention_bias` / `mlp_bias`)"
+        )
+    } else {
+        None
+    };
     Ok(LinearTensors {
         weight: w.get(&format!("{prefix}.weight"), &[out_features, in_features])?,
-        bias: w.get_optional(&format!("{prefix}.bias"), &[out_features])?,
+        bias,
         out_features,
         in_features,
     })
@@ -51,12 +74,36 @@ fn linear<'a>(w: &'a Weights, prefix: &str, out_features: usize, in_features: us
 fn norm<'a>(w: &'a Weights, config: &ModelConfig, prefix: &str) -> Result<NormTensors<'a>> {
     let h = config.hidden_size;
     let weight = w.get(&format!("{prefix}.weight"), &[h])?;
-    let bias = if config.architecture.layer_norm_1p() {
-        Some(w.get(&format!("{prefix}.bias"), &[h])?)
-    } else {
-        w.get_optional(&format!("{prefix}.bias"), &[h])?
+    let bias = match config.architecture.norm() {
+        NormKind::LayerNorm1P => Some(w.get(&format!("{prefix}.bias"), &[h])?),
+        NormKind::Rms => None,
     };
     Ok(NormTensors { weight, bias })
+}
+
+/// The head: `score` for a regression model; for a causal LM the reward ids' rows of
+/// `lm_head.weight`, or of the embedding when the two are tied.
+fn head<'a>(w: &'a Weights, config: &ModelConfig) -> Result<LinearTensors<'a>> {
+    let h = config.hidden_size;
+    match config.architecture.head {
+        HeadKind::Regression => linear(w, "score", config.labels.len(), h, w.contains("score.bias")),
+        HeadKind::TokenLogits => {
+            let source = if config.tie_word_embeddings {
+                "model.embed_tokens.weight"
+            } else if w.contains("lm_head.weight") {
+                "lm_head.weight"
+            } else {
+                bail!("the checkpoint has no `lm_head.weight` and config.json does not set `tie_word_embeddings`")
+            };
+            let ids = &config.reward_token_ids;
+            Ok(LinearTensors {
+                weight: w.rows_of(source, ids, h)?,
+                bias: None,
+                out_features: ids.len(),
+                in_features: h,
+            })
+        }
+    }
 }
 
 /// How many decoder layers the checkpoint stores: one past the highest `model.layers.N`.
@@ -106,7 +153,8 @@ fn check_config_against(config: &ModelConfig, w: &Weights) -> Result<()> {
         }
     }
     let labels = config.labels.len();
-    if let Some(rows) = w.rows("score.weight")
+    if config.architecture.head == HeadKind::Regression
+        && let Some(rows) = w.rows("score.weight")
         && rows != labels
     {
         bail!("score.weight has {rows} outputs but config.json names {labels} labels");
@@ -124,25 +172,33 @@ impl<'a> ModelTensors<'a> {
         let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
-            let gated = !config.architecture.squared_relu_mlp();
+            let gated = config.architecture.mlp() == MlpKind::SiluGated;
+            let (attn_bias, mlp_bias) = (config.qkv_bias, config.mlp_bias);
+            let head_norm = |name: &str| -> Result<Option<TensorView<'a>>> {
+                match config.architecture.family.qk_norm {
+                    true => Ok(Some(w.get(&format!("{p}.self_attn.{name}.weight"), &[hd])?)),
+                    false => Ok(None),
+                }
+            };
             layers.push(LayerTensors {
                 input_norm: norm(w, config, &format!("{p}.input_layernorm"))?,
-                q: linear(w, &format!("{p}.self_attn.q_proj"), q_out, h)?,
-                k: linear(w, &format!("{p}.self_attn.k_proj"), kv_out, h)?,
-                v: linear(w, &format!("{p}.self_attn.v_proj"), kv_out, h)?,
-                o: linear(w, &format!("{p}.self_attn.o_proj"), h, q_out)?,
+                q: linear(w, &format!("{p}.self_attn.q_proj"), q_out, h, attn_bias)?,
+                k: linear(w, &format!("{p}.self_attn.k_proj"), kv_out, h, attn_bias)?,
+                v: linear(w, &format!("{p}.self_attn.v_proj"), kv_out, h, attn_bias)?,
+                o: linear(w, &format!("{p}.self_attn.o_proj"), h, q_out, config.o_bias)?,
+                q_norm: head_norm("q_norm")?,
+                k_norm: head_norm("k_norm")?,
                 post_norm: norm(w, config, &format!("{p}.post_attention_layernorm"))?,
-                gate: if gated { Some(linear(w, &format!("{p}.mlp.gate_proj"), ffn, h)?) } else { None },
-                up: linear(w, &format!("{p}.mlp.up_proj"), ffn, h)?,
-                down: linear(w, &format!("{p}.mlp.down_proj"), h, ffn)?,
+                gate: if gated { Some(linear(w, &format!("{p}.mlp.gate_proj"), ffn, h, mlp_bias)?) } else { None },
+                up: linear(w, &format!("{p}.mlp.up_proj"), ffn, h, mlp_bias)?,
+                down: linear(w, &format!("{p}.mlp.down_proj"), h, ffn, mlp_bias)?,
             });
         }
-        let num_labels = config.labels.len();
         Ok(ModelTensors {
             embed: w.get("model.embed_tokens.weight", &[config.vocab_size, h])?,
             layers,
             final_norm: norm(w, config, "model.norm")?,
-            score: linear(w, "score", num_labels, h)?,
+            score: head(w, config)?,
         })
     }
 }

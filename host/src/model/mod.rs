@@ -2,6 +2,7 @@
 //! the last token, loaded from Hugging Face checkpoint folders and run on the CPU or
 //! through wgpu compute shaders.
 
+pub mod arch;
 pub mod attribute_weights;
 pub mod config;
 pub mod cpu;
@@ -105,16 +106,21 @@ pub struct RewardModel {
     backend: Backend,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub device: Device,
     pub add_bos: bool,
     pub precision: Precision,
+    /// A `*ForCausalLM` reward's vocabulary ids (`None`: id 0).
+    pub reward_token_ids: Option<Vec<u32>>,
 }
 
 impl RewardModel {
     pub fn load(dir: &Path, options: LoadOptions) -> Result<Self> {
-        let config = ModelConfig::load(dir)?;
+        let mut config = ModelConfig::load(dir)?;
+        if let Some(ids) = &options.reward_token_ids {
+            config = config.with_reward_token_ids(ids)?;
+        }
         let tokenizer = TextTokenizer::load(dir, config.bos_token_id, options.add_bos, config.max_positions)?;
         let weights = Weights::open(dir)?;
         let tensors = ModelTensors::locate(&config, &weights)?;

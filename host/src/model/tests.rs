@@ -35,8 +35,11 @@ pub fn assert_close(ours: &[f32], golden: &[f32], what: &str) {
 
 /// Every case alone, then all of them in one packed batch.
 pub fn check_model(name: &str, device: Device) {
-    let model =
-        RewardModel::load(&model_dir(name), LoadOptions { device, add_bos: false, precision: Precision::F32 }).unwrap();
+    let model = RewardModel::load(
+        &model_dir(name),
+        LoadOptions { device, add_bos: false, precision: Precision::F32, reward_token_ids: None },
+    )
+    .unwrap();
     let goldens = goldens(name);
     let cases = goldens["cases"].as_array().unwrap();
     let mut sequences = Vec::new();
@@ -90,7 +93,8 @@ fn wgpu_tensor_cores_match_transformers_within_the_f16_tolerance() {
     }
     drop(probe);
     for name in MODELS {
-        let options = LoadOptions { device: Device::Wgpu, add_bos: false, precision: Precision::Auto };
+        let options =
+            LoadOptions { device: Device::Wgpu, add_bos: false, precision: Precision::Auto, reward_token_ids: None };
         let model = RewardModel::load(&model_dir(name), options).unwrap();
         let mut worst = 0f32;
         for case in goldens(name)["cases"].as_array().unwrap() {
@@ -362,9 +366,11 @@ fn scores_do_not_depend_on_the_batch() {
         goldens["cases"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_owned()).collect();
     texts.extend(["hello world!", "good morning", "a"].map(String::from));
     for device in [Device::Cpu, Device::Wgpu] {
-        let model =
-            RewardModel::load(&model_dir("llama9"), LoadOptions { device, add_bos: false, precision: Precision::F32 })
-                .unwrap();
+        let model = RewardModel::load(
+            &model_dir("llama9"),
+            LoadOptions { device, add_bos: false, precision: Precision::F32, reward_token_ids: None },
+        )
+        .unwrap();
         let together = model.score_texts(&texts).unwrap();
         let reversed: Vec<String> = texts.iter().rev().cloned().collect();
         let mut backwards = model.score_texts(&reversed).unwrap();

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -36,12 +37,12 @@ struct Entry {
     end: usize,
 }
 
-/// A view of one stored tensor.
+/// A view of one stored tensor, or of rows picked from one (a causal LM's reward rows).
 pub struct TensorView<'a> {
     pub name: &'a str,
     pub dtype: DType,
-    pub shape: &'a [usize],
-    pub bytes: &'a [u8],
+    pub shape: Cow<'a, [usize]>,
+    pub bytes: Cow<'a, [u8]>,
 }
 
 impl TensorView<'_> {
@@ -130,7 +131,38 @@ impl Weights {
             bail!("tensor `{name}` has shape {:?}, expected {shape:?}", entry.shape);
         }
         let map = &self.files[entry.file].1;
-        Ok(TensorView { name: key, dtype: entry.dtype, shape: &entry.shape, bytes: &map[entry.start..entry.end] })
+        Ok(TensorView {
+            name: key,
+            dtype: entry.dtype,
+            shape: Cow::Borrowed(&entry.shape),
+            bytes: Cow::Borrowed(&map[entry.start..entry.end]),
+        })
+    }
+
+    /// Rows `rows` (in that order) of the 2-D tensor `name`, which must have `cols`
+    /// columns: only those rows are copied out (a 128k-row `lm_head` gives one row).
+    pub fn rows_of(&self, name: &str, rows: &[u32], cols: usize) -> Result<TensorView<'_>> {
+        let stored_rows = match self.shape(name) {
+            Some([stored_rows, stored_cols]) if *stored_cols == cols => *stored_rows,
+            Some(shape) => bail!("tensor `{name}` has shape {shape:?}, expected [rows, {cols}]"),
+            None => bail!("the checkpoint has no tensor `{name}`"),
+        };
+        let whole = self.get(name, &[stored_rows, cols])?;
+        let row_bytes = cols * whole.dtype.size();
+        let mut bytes = Vec::with_capacity(rows.len() * row_bytes);
+        for &row in rows {
+            let row = row as usize;
+            if row >= stored_rows {
+                bail!("row {row} is outside tensor `{name}` ({stored_rows} rows)");
+            }
+            bytes.extend_from_slice(&whole.bytes[row * row_bytes..(row + 1) * row_bytes]);
+        }
+        Ok(TensorView {
+            name: whole.name,
+            dtype: whole.dtype,
+            shape: Cow::Owned(vec![rows.len(), cols]),
+            bytes: Cow::Owned(bytes),
+        })
     }
 
     /// Like [`Weights::get`], `None` when the tensor is absent (optional biases).

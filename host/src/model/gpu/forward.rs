@@ -1,6 +1,6 @@
 //! The layer sequence of one forward pass, recorded into one submission.
 //!
-//! Per layer: norm, q/k/v projections, rotary, attention, then the output projection
+//! Per layer: norm, q/k/v projections (and Qwen3's per-head q/k norm), rotary, attention, then the output projection
 //! adds itself to the residual stream (matmul epilogue, no separate add). The MLP's up
 //! projection is stored, the gate projection multiplies silu(gate) into it (or the up
 //! projection squares its ReLU), and the down projection adds itself to the residual.
@@ -125,7 +125,15 @@ impl GpuModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let last = i + 1 == self.layers.len();
             self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens);
-            self.linear(rec, &layer.k, &ws.normed, &ws.k, tokens, Epilogue::Store);
+            match &layer.k_norm {
+                // The projection lands in scratch (`attended`, free until attention) and
+                // the per-head norm writes it where rotary and attention read it.
+                Some(k_norm) => {
+                    self.linear(rec, &layer.k, &ws.normed, &ws.attended, tokens, Epilogue::Store);
+                    self.head_norm(rec, k_norm, &ws.attended, &ws.k, tokens * c.num_kv_heads);
+                }
+                None => self.linear(rec, &layer.k, &ws.normed, &ws.k, tokens, Epilogue::Store),
+            }
             self.linear(rec, &layer.v, &ws.normed, &ws.v, tokens, Epilogue::Store);
             kernels.rotary.record(rec, rotary(tokens, c.num_kv_heads), &ws.k, &ws.positions, cos, sin);
             // From here on the last layer works on one row per sequence.
@@ -141,7 +149,13 @@ impl GpuModel {
             } else {
                 (&ws.positions, &ws.key_ranges, causal_keys)
             };
-            self.linear(rec, &layer.q, normed, &ws.q, rows, Epilogue::Store);
+            match &layer.q_norm {
+                Some(q_norm) => {
+                    self.linear(rec, &layer.q, normed, &ws.attended, rows, Epilogue::Store);
+                    self.head_norm(rec, q_norm, &ws.attended, &ws.q, rows * c.num_heads);
+                }
+                None => self.linear(rec, &layer.q, normed, &ws.q, rows, Epilogue::Store),
+            }
             kernels.rotary.record(rec, rotary(rows, c.num_heads), &ws.q, positions, cos, sin);
             match (&kernels.flash, last) {
                 (Some(flash), false) => {
@@ -204,6 +218,21 @@ impl GpuModel {
             };
             self.kernels.matmul.record(rec, params, linear.weight.dtype, input, weight, bias, output);
         }
+    }
+
+    /// Qwen3's q/k norm: RMSNorm over `rows` head vectors of `head_dim` values.
+    fn head_norm<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        weight: &wgpu::Buffer,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        rows: usize,
+    ) {
+        let c = &self.config;
+        let kernel = self.kernels.head_norm.as_ref().expect("q/k norm weights come with the q/k norm kernel");
+        let params = NormParams { rows: rows as u32, hidden: c.head_dim as u32, eps: c.norm_eps, has_bias: 0 };
+        kernel.record(rec, params, input, weight, &self.dummy, output);
     }
 
     fn norm<'k>(

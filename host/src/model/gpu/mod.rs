@@ -18,6 +18,7 @@ pub mod workspace;
 pub use device::{AdapterChoice, Capabilities, Gpu, KernelPlan, open_device};
 
 use super::Precision;
+use super::arch::NormKind;
 use super::config::ModelConfig;
 use super::layout::ModelTensors;
 use super::rope::RopeTable;
@@ -41,6 +42,9 @@ struct DeviceLayer {
     k: DeviceLinear,
     v: DeviceLinear,
     o: DeviceLinear,
+    /// Qwen3's per-head query and key RMSNorm weights.
+    q_norm: Option<wgpu::Buffer>,
+    k_norm: Option<wgpu::Buffer>,
     post_norm: DeviceNorm,
     gate: Option<DeviceLinear>,
     up: DeviceLinear,
@@ -52,6 +56,8 @@ struct Kernels {
     matmul: Matmul,
     embedding: Embedding,
     norm: Norm,
+    /// RMSNorm over each head of q and k, for architectures with q/k norm.
+    head_norm: Option<Norm>,
     rotary: Rotary,
     attention: RowAttention,
     /// `None` where the plan or the model's head shape rules it out.
@@ -133,7 +139,8 @@ impl GpuModel {
         let kernels = Kernels {
             matmul: Self::matmul(device, &mut plan)?,
             embedding: Embedding::new(device)?,
-            norm: Norm::new(device, config.architecture.layer_norm_1p())?,
+            norm: Norm::new(device, config.architecture.norm())?,
+            head_norm: config.architecture.family.qk_norm.then(|| Norm::new(device, NormKind::Rms)).transpose()?,
             rotary: Rotary::new(device)?,
             attention: RowAttention::new(device)?,
             flash,
@@ -155,6 +162,8 @@ impl GpuModel {
                     k: upload.linear(&l.k)?,
                     v: upload.linear(&l.v)?,
                     o: upload.linear(&l.o)?,
+                    q_norm: l.q_norm.as_ref().map(|t| upload.f32_buffer("q norm", &t.to_f32())),
+                    k_norm: l.k_norm.as_ref().map(|t| upload.f32_buffer("k norm", &t.to_f32())),
                     post_norm: upload.norm(&l.post_norm),
                     gate: l.gate.as_ref().map(|g| upload.linear(g)).transpose()?,
                     up: upload.linear(&l.up)?,

@@ -40,25 +40,24 @@ pub struct Uploader<'a> {
 
 impl Uploader<'_> {
     pub fn tensor(&self, view: &TensorView) -> Result<DeviceTensor> {
-        self.matrix(view.dtype, view.shape, view.bytes)
+        self.matrix(view.dtype, &view.shape, &view.bytes)
     }
 
     fn matrix(&self, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<DeviceTensor> {
-        let view = TensorView { name: "", dtype, shape, bytes };
-        let (rows, cols) = match view.shape {
+        let (rows, cols) = match shape {
             [rows, cols] => (*rows, *cols),
             other => bail!("expected a matrix, got shape {other:?}"),
         };
-        let row_bytes = cols * view.dtype.size();
+        let row_bytes = cols * dtype.size();
         if !row_bytes.is_multiple_of(4) {
-            bail!("tensor rows of {cols} {:?} values are not a whole number of 32-bit words", view.dtype);
+            bail!("tensor rows of {cols} {dtype:?} values are not a whole number of 32-bit words");
         }
         let rows_per_part = (self.max_binding / row_bytes).max(1);
         let mut parts = Vec::new();
         let mut row = 0;
         while row < rows {
             let count = rows_per_part.min(rows - row);
-            let bytes = &view.bytes[row * row_bytes..(row + count) * row_bytes];
+            let bytes = &bytes[row * row_bytes..(row + count) * row_bytes];
             let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("weight"),
                 contents: bytes,
@@ -67,13 +66,13 @@ impl Uploader<'_> {
             parts.push((row, count, buffer));
             row += count;
         }
-        Ok(DeviceTensor { dtype: view.dtype, cols, parts })
+        Ok(DeviceTensor { dtype, cols, parts })
     }
 
     pub fn linear(&self, t: &LinearTensors) -> Result<DeviceLinear> {
         let w = &t.weight;
-        let weight = match self.f16_linear.then(|| f16_weights(w.name, w.dtype, w.bytes)) {
-            Some(Ok(halves)) => self.matrix(DType::F16, w.shape, &halves)?,
+        let weight = match self.f16_linear.then(|| f16_weights(w.name, w.dtype, &w.bytes)) {
+            Some(Ok(halves)) => self.matrix(DType::F16, &w.shape, &halves)?,
             Some(Err(why)) => {
                 self.kept_dtype.borrow_mut().push(format!("{why:#}"));
                 self.tensor(w)?

@@ -2,6 +2,7 @@
 //! (`shaders/layer_norm_1p.wgsl`), one workgroup per row.
 
 use super::{Access, Kernel, Recorder, grid};
+use crate::model::arch::NormKind;
 use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -19,12 +20,10 @@ pub struct Norm {
 }
 
 impl Norm {
-    /// `layer_norm_1p`: Nemotron's `(x - mean) / std * (1 + w) + b`; else RMSNorm.
-    pub fn new(device: &wgpu::Device, layer_norm_1p: bool) -> Result<Self> {
-        let (name, source) = if layer_norm_1p {
-            ("layer_norm_1p", include_str!("../../../../../shaders/layer_norm_1p.wgsl"))
-        } else {
-            ("rms_norm", include_str!("../../../../../shaders/rms_norm.wgsl"))
+    pub fn new(device: &wgpu::Device, kind: NormKind) -> Result<Self> {
+        let (name, source) = match kind {
+            NormKind::LayerNorm1P => ("layer_norm_1p", include_str!("../../../../../shaders/layer_norm_1p.wgsl")),
+            NormKind::Rms => ("rms_norm", include_str!("../../../../../shaders/rms_norm.wgsl")),
         };
         let buffers = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
         let kernel = Kernel::new(device, name, source, &[], std::mem::size_of::<NormParams>() as u64, &buffers)?;

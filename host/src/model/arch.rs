@@ -1,0 +1,144 @@
+//! Every architecture steerlm runs, as data: one row per decoder family saying how it
+//! differs from Llama, and the head a checkpoint puts on top. The CPU and wgpu paths and
+//! the tensor layout read these fields; nothing else names an architecture.
+//!
+//! An `architectures` value is `<Family>For<Head>`: `Qwen3ForSequenceClassification`,
+//! `LlamaForCausalLM`, ...
+
+use std::fmt;
+
+/// The normalisation before attention, before the MLP and at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `x / sqrt(mean(x^2) + eps) * w`.
+    Rms,
+    /// Nemotron's LayerNorm1P: `(x - mean) / sqrt(var + eps) * (1 + w) + b`.
+    LayerNorm1P,
+}
+
+/// The feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKind {
+    /// `down(silu(gate(x)) * up(x))`.
+    SiluGated,
+    /// `down(relu(up(x))^2)`, no gate (Nemotron).
+    SquaredRelu,
+}
+
+/// Which linear layers carry a bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Biases {
+    /// q, k and v always have one, o never (Qwen2).
+    QkvAlways,
+    /// As config.json says: `attention_bias` for q, k, v and o, `mlp_bias` for the MLP
+    /// (both false when absent).
+    FromConfig,
+    /// None at all (Mistral has no such config fields).
+    Never,
+}
+
+/// What turns the last token's hidden state into scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    /// `*ForSequenceClassification`: `score.weight` `[labels, hidden]`, one output per
+    /// attribute (SteerLM, HelpSteer, Skywork, ...).
+    Regression,
+    /// `*ForCausalLM` used as a reward model: the logits of chosen vocabulary ids
+    /// (`--reward-token-ids`, default 0 as NVIDIA's Nemotron-70B-Reward reads), from the
+    /// rows of `lm_head.weight`, or of the embedding when the two are tied.
+    TokenLogits,
+}
+
+/// A decoder family and how it departs from Llama.
+#[derive(Debug, PartialEq)]
+pub struct Family {
+    /// The prefix of its `architectures` values.
+    pub name: &'static str,
+    pub norm: NormKind,
+    pub mlp: MlpKind,
+    pub biases: Biases,
+    /// Per-head RMSNorm on queries and keys after their projections, before rotary
+    /// (`self_attn.q_norm` / `k_norm`, `[head_dim]`).
+    pub qk_norm: bool,
+}
+
+/// The table. Rotary embeddings are the same everywhere: `partial_rotary_factor` (from
+/// config.json, Nemotron uses 0.5) says how many leading dimensions of a head rotate.
+pub const FAMILIES: [Family; 5] = [
+    Family { name: "Llama", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::FromConfig, qk_norm: false },
+    Family { name: "Mistral", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::Never, qk_norm: false },
+    Family { name: "Qwen2", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::QkvAlways, qk_norm: false },
+    Family { name: "Qwen3", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::FromConfig, qk_norm: true },
+    Family {
+        name: "Nemotron",
+        norm: NormKind::LayerNorm1P,
+        mlp: MlpKind::SquaredRelu,
+        biases: Biases::FromConfig,
+        qk_norm: false,
+    },
+];
+
+/// The heads, by the suffix of an `architectures` value.
+const HEADS: [(&str, HeadKind); 2] =
+    [("ForSequenceClassification", HeadKind::Regression), ("ForCausalLM", HeadKind::TokenLogits)];
+
+/// One `architectures` value steerlm runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Architecture {
+    pub family: &'static Family,
+    pub head: HeadKind,
+}
+
+impl Architecture {
+    /// The architecture named `name` (`LlamaForCausalLM`), if steerlm runs it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let (suffix, head) = HEADS.iter().find(|(suffix, _)| name.ends_with(suffix))?;
+        let family_name = &name[..name.len() - suffix.len()];
+        let family = FAMILIES.iter().find(|f| f.name == family_name)?;
+        Some(Architecture { family, head: *head })
+    }
+
+    /// Every name [`Architecture::from_name`] accepts.
+    pub fn supported() -> Vec<String> {
+        HEADS.iter().flat_map(|(suffix, _)| FAMILIES.iter().map(move |f| format!("{}{suffix}", f.name))).collect()
+    }
+
+    pub fn norm(self) -> NormKind {
+        self.family.norm
+    }
+
+    pub fn mlp(self) -> MlpKind {
+        self.family.mlp
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let suffix = HEADS.iter().find(|(_, head)| *head == self.head).map_or("", |(suffix, _)| suffix);
+        write!(f, "{}{suffix}", self.family.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_the_table() {
+        let names = Architecture::supported();
+        assert_eq!(names.len(), FAMILIES.len() * HEADS.len());
+        for name in &names {
+            assert_eq!(Architecture::from_name(name).unwrap().to_string(), *name);
+        }
+        let qwen3 = Architecture::from_name("Qwen3ForSequenceClassification").unwrap();
+        assert!(qwen3.family.qk_norm && qwen3.head == HeadKind::Regression);
+        let nemotron = Architecture::from_name("NemotronForCausalLM").unwrap();
+        assert_eq!(
+            (nemotron.norm(), nemotron.mlp(), nemotron.head),
+            (NormKind::LayerNorm1P, MlpKind::SquaredRelu, HeadKind::TokenLogits)
+        );
+        for unknown in ["GPT2ForSequenceClassification", "LlamaForTokenClassification", "Llama", ""] {
+            assert!(Architecture::from_name(unknown).is_none(), "{unknown}");
+        }
+    }
+}
