@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod attribute_weights;
+pub mod chat_template;
 pub mod config;
 pub mod cpu;
 pub mod fast_math;
@@ -17,6 +18,7 @@ pub mod weights;
 mod tests;
 
 use anyhow::{Context, Result, bail};
+use chat_template::{ChatTemplate, Messages};
 use clap::ValueEnum;
 use config::ModelConfig;
 use layout::ModelTensors;
@@ -103,7 +105,24 @@ enum Backend {
 pub struct RewardModel {
     pub config: ModelConfig,
     tokenizer: TextTokenizer,
+    chat: Chat,
     backend: Backend,
+}
+
+/// The checkpoint's chat template, if it has one that compiles. A template that does
+/// not compile only fails the requests that need it: plain texts still score.
+enum Chat {
+    Absent,
+    Ready(ChatTemplate),
+    Broken(String),
+}
+
+/// What a reward is computed over: a text already in the model's format, or a
+/// conversation rendered with the checkpoint's chat template.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'a> {
+    Text(&'a str),
+    Chat(&'a Messages),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -122,6 +141,11 @@ impl RewardModel {
             config = config.with_reward_token_ids(ids)?;
         }
         let tokenizer = TextTokenizer::load(dir, config.bos_token_id, options.add_bos, config.max_positions)?;
+        let chat = match ChatTemplate::load(dir) {
+            Ok(Some(template)) => Chat::Ready(template),
+            Ok(None) => Chat::Absent,
+            Err(e) => Chat::Broken(format!("{e:#}")),
+        };
         let weights = Weights::open(dir)?;
         let tensors = ModelTensors::locate(&config, &weights)?;
         let gpu = match options.device {
@@ -133,7 +157,7 @@ impl RewardModel {
             Some(gpu) => Backend::Gpu(gpu::GpuModel::new(&config, &tensors, gpu, options.precision)?),
             None => Backend::Cpu(cpu::CpuModel::new(&config, &tensors)?),
         };
-        Ok(RewardModel { config, tokenizer, backend })
+        Ok(RewardModel { config, tokenizer, chat, backend })
     }
 
     pub fn labels(&self) -> &[String] {
@@ -159,20 +183,49 @@ impl RewardModel {
         self.tokenizer.encode(text)
     }
 
+    /// Whether conversations can be scored, and from which file the template came.
+    pub fn chat_template_source(&self) -> Option<&Path> {
+        match &self.chat {
+            Chat::Ready(template) => Some(&template.source),
+            _ => None,
+        }
+    }
+
+    /// The conversation rendered with the checkpoint's chat template.
+    pub fn render_chat(&self, messages: &Messages) -> Result<String> {
+        match &self.chat {
+            Chat::Ready(template) => template.render(messages),
+            Chat::Broken(why) => bail!("this checkpoint's chat template cannot be used: {why}"),
+            Chat::Absent => bail!(
+                "this checkpoint has no chat template (no chat_template.jinja, no `chat_template` in tokenizer_config.json), so it cannot score `messages`: send the conversation as text in the model's own format, or add a template"
+            ),
+        }
+    }
+
     /// `text` tokenized for scoring: cut to the context (`exceeded` says so) and never
     /// empty, since a reward is read at the last token.
     pub fn tokenize_for_scoring(&self, text: &str) -> Result<Tokens> {
-        let tokens = self.tokenizer.encode(text)?;
-        if tokens.ids.is_empty() {
-            bail!("the text has no tokens");
-        }
-        Ok(tokens)
+        self.tokenize_prompt(Prompt::Text(text))
+    }
+
+    /// [`RewardModel::tokenize_for_scoring`] for a text or a conversation.
+    pub fn tokenize_prompt(&self, prompt: Prompt) -> Result<Tokens> {
+        Ok(self.tokenizer.cut(self.tokenize_prompt_uncut(prompt)?))
     }
 
     /// All of `text`'s token ids, not cut to the context (callers decide how to fit
     /// it), never empty.
     pub fn tokenize_uncut(&self, text: &str) -> Result<Vec<u32>> {
-        let ids = self.tokenizer.encode_uncut(text)?;
+        self.tokenize_prompt_uncut(Prompt::Text(text))
+    }
+
+    /// All token ids of a text (BOS added with `--add-bos`) or of a rendered
+    /// conversation (special tokens as its template writes them), never empty.
+    pub fn tokenize_prompt_uncut(&self, prompt: Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Text(text) => self.tokenizer.encode_uncut(text)?,
+            Prompt::Chat(messages) => self.tokenizer.encode_rendered(&self.render_chat(messages)?)?,
+        };
         if ids.is_empty() {
             bail!("the text has no tokens");
         }

@@ -5,7 +5,14 @@ use super::{Device, LoadOptions, Precision, RewardModel};
 use serde_json::Value;
 use std::path::PathBuf;
 
-pub const MODELS: [&str; 4] = ["llama9", "llama9-bf16", "nemotron5", "qwen9"];
+pub const MODELS: [&str; 8] =
+    ["llama9", "llama9-bf16", "nemotron5", "qwen9", "qwen3-9", "mistral5", "llama-causal", "qwen2-causal-tied"];
+
+/// The fixtures with a chat template, and their `chat_cases`.
+const CHAT_MODELS: [&str; 3] = ["llama-causal", "qwen2-causal-tied", "qwen3-9"];
+
+/// The `*ForCausalLM` fixtures: rewards are logits of chosen vocabulary ids.
+const CAUSAL_MODELS: [&str; 2] = ["llama-causal", "qwen2-causal-tied"];
 
 pub fn model_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
@@ -383,4 +390,103 @@ fn scores_do_not_depend_on_the_batch() {
             assert_eq!(pair[0], together[i], "{device:?}: text {i} with one other");
         }
     }
+}
+
+fn token_ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+/// goldens.json read with object keys in file order (messages' keys reach `tojson`).
+fn ordered_goldens(name: &str) -> steerlm_core::pyvalue::PyValue {
+    let text = std::fs::read_to_string(model_dir(name).join("goldens.json")).unwrap();
+    steerlm_core::pyvalue::PyValue::parse(&text).unwrap()
+}
+
+/// Conversations rendered with each fixture's chat template: the text and token ids
+/// exactly as transformers' `apply_chat_template`, the scores within the tolerance.
+#[test]
+fn chat_templates_match_transformers_apply_chat_template() {
+    use super::Prompt;
+    use super::chat_template::Messages;
+    for name in CHAT_MODELS {
+        let options = LoadOptions { device: Device::Cpu, ..Default::default() };
+        let model = RewardModel::load(&model_dir(name), options).unwrap();
+        assert!(model.chat_template_source().is_some(), "{name} has a template");
+        let goldens = goldens(name);
+        let ordered = ordered_goldens(name);
+        let ordered_cases = ordered.get("chat_cases").unwrap().as_array().unwrap();
+        let cases = goldens["chat_cases"].as_array().unwrap();
+        assert!(cases.len() >= 4, "{name}: chat cases");
+        for (case, ordered_case) in cases.iter().zip(ordered_cases) {
+            let what = format!("{name}/{}", case["name"]);
+            let messages = Messages::from_py(ordered_case.get("messages").unwrap()).unwrap();
+            assert_eq!(model.render_chat(&messages).unwrap(), case["rendered"].as_str().unwrap(), "{what}: text");
+            let tokens = model.tokenize_prompt(Prompt::Chat(&messages)).unwrap();
+            assert_eq!(tokens.ids, token_ids(&case["token_ids"]), "{what}: token ids");
+            let scores = model.score(&[tokens.ids]).unwrap();
+            assert_close(&scores[0], &floats(&case["scores"]), &what);
+        }
+        for case in goldens["chat_error_cases"].as_array().into_iter().flatten() {
+            let messages = Messages::from_json(&case["messages"]).unwrap();
+            let error = model.render_chat(&messages).unwrap_err().to_string();
+            let expected = case["error"].as_str().unwrap();
+            assert_eq!(error, format!("the chat template refused the messages: {expected}"), "{name}/{}", case["name"]);
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_without_a_chat_template_says_so() {
+    use super::chat_template::Messages;
+    let model =
+        RewardModel::load(&model_dir("mistral5"), LoadOptions { device: Device::Cpu, ..Default::default() }).unwrap();
+    let messages = Messages::from_json(&serde_json::json!([{"role": "user", "content": "hi"}])).unwrap();
+    let error = model.render_chat(&messages).unwrap_err().to_string();
+    assert!(error.contains("has no chat template") && error.contains("tokenizer_config.json"), "{error}");
+}
+
+/// A causal LM's rewards are the logits of `--reward-token-ids` (default id 0), read
+/// from `lm_head` or, when tied, from the embedding; on CPU and wgpu.
+#[test]
+fn causal_lm_rewards_are_the_logits_of_the_chosen_ids() {
+    for name in CAUSAL_MODELS {
+        let goldens = goldens(name);
+        let ids = token_ids(&goldens["multi_token_ids"]);
+        for device in [Device::Cpu, Device::Wgpu] {
+            let options = LoadOptions {
+                device,
+                precision: Precision::F32,
+                reward_token_ids: Some(ids.clone()),
+                ..Default::default()
+            };
+            let model = RewardModel::load(&model_dir(name), options).unwrap();
+            let labels: Vec<String> = ids.iter().map(|id| format!("logit_{id}")).collect();
+            assert_eq!(model.labels(), labels);
+            let cases = goldens["cases"].as_array().unwrap();
+            let sequences: Vec<Vec<u32>> = cases.iter().map(|c| token_ids(&c["token_ids"])).collect();
+            for (case, scores) in cases.iter().zip(model.score(&sequences).unwrap()) {
+                assert_close(
+                    &scores,
+                    &floats(&case["multi_scores"]),
+                    &format!("{name}/{} on {device:?}", case["name"]),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reward_token_ids_are_checked() {
+    let load = |name: &str, ids: Vec<u32>| {
+        let options = LoadOptions { device: Device::Cpu, reward_token_ids: Some(ids), ..Default::default() };
+        format!("{:#}", RewardModel::load(&model_dir(name), options).err().unwrap())
+    };
+    let e = load("qwen9", vec![0]);
+    assert!(
+        e.contains("--reward-token-ids is for *ForCausalLM") && e.contains("Qwen2ForSequenceClassification"),
+        "{e}"
+    );
+    let e = load("llama-causal", vec![5, 32000]);
+    assert!(e.contains("32000 is outside the vocabulary (32000 ids)"), "{e}");
+    assert!(load("llama-causal", vec![]).contains("names no ids"));
 }

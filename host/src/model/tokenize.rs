@@ -33,16 +33,27 @@ impl TextTokenizer {
 
     /// The text's ids (after the BOS, when added), however many.
     pub fn encode_uncut(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode_rendered(text)?;
+        Ok(self.bos.into_iter().chain(ids).collect())
+    }
+
+    /// The ids of a rendered chat template: special tokens only where the template
+    /// wrote them (no BOS added), as transformers' `apply_chat_template` tokenizes.
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
         let encoding =
             self.inner.encode(text, false).map_err(|e| anyhow!("tokenizer: {e}")).context("encoding a text")?;
-        Ok(self.bos.into_iter().chain(encoding.get_ids().iter().copied()).collect())
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// The text's ids cut to the context (the first ones kept).
     pub fn encode(&self, text: &str) -> Result<Tokens> {
-        let mut ids = self.encode_uncut(text)?;
+        Ok(self.cut(self.encode_uncut(text)?))
+    }
+
+    /// `ids` cut to the context (the first ones kept).
+    pub fn cut(&self, mut ids: Vec<u32>) -> Tokens {
         let exceeded = ids.len() > self.max_tokens;
         ids.truncate(self.max_tokens);
-        Ok(Tokens { ids, exceeded })
+        Tokens { ids, exceeded }
     }
 }
