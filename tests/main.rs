@@ -16,6 +16,7 @@ mod conversions;
 mod input_rules;
 mod manifest;
 mod outputs;
+mod reward_checkpoints;
 mod rlhf_apis;
 mod score;
 mod serve;

@@ -1,11 +1,12 @@
-//! `score`: run a reward model over `{"text": ...}` lines.
+//! `score`: run a reward model over `{"text": ...}` or `{"messages": [...]}` lines.
 
 use super::Context;
 use super::model_args::ModelArgs;
 use crate::input::InputPath;
 use crate::model::attribute_weights::AttributeWeights;
+use crate::model::chat_template::Messages;
 use crate::model::gpu::kernels::KernelTimes;
-use crate::model::{RewardModel, check_finite};
+use crate::model::{Prompt, RewardModel, check_finite};
 use crate::output::Output;
 use crate::same_file::NamedFile;
 use anyhow::{Context as _, Result};
@@ -21,7 +22,9 @@ pub struct ScoreArgs {
     /// Hugging Face checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json.
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
-    /// `{"text": ...}` lines (.jsonl or .jsonl.gz, `-` for stdin); other keys are ignored.
+    /// `{"text": ...}` lines, or `{"messages": [{"role", "content"}, ...]}` lines that the
+    /// checkpoint's chat template renders (.jsonl or .jsonl.gz, `-` for stdin); other
+    /// keys are ignored.
     #[arg(long, value_name = "IN")]
     input_file: PathBuf,
     /// One `{"scores", "num_tokens", "exceeded"}` line per input line, in order.
@@ -133,8 +136,12 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     };
     for line in context.json_lines(&input, 1 << 20, &bytes_bar)? {
         let mut line = line?;
-        let text = text_of(&mut line.value).map_err(|e| line.error(e))?;
-        let encoded = model.tokenize_for_scoring(&text).map_err(|e| line.error(format!("{e:#}")))?;
+        let input = line_input(&mut line.value).map_err(|e| line.error(e))?;
+        let prompt = match &input {
+            LineInput::Text(text) => Prompt::Text(text),
+            LineInput::Chat(messages) => Prompt::Chat(messages),
+        };
+        let encoded = model.tokenize_prompt(prompt).map_err(|e| line.error(format!("{e:#}")))?;
         if pending_tokens + encoded.ids.len() > args.batch_tokens.max(1) {
             flush(&mut pending, &mut output)?;
             pending_tokens = 0;
@@ -166,15 +173,28 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `text` of a `{"text": ...}` line.
-fn text_of(line: &mut PyValue) -> Result<String, String> {
-    match line {
-        PyValue::Object(line) => match line.get_mut("text") {
-            Some(PyValue::Str(text)) => Ok(std::mem::take(text)),
-            Some(other) => Err(format!("`text` must be a string, got {}", other.describe())),
-            None => Err("the line has no `text`".to_owned()),
-        },
-        other => Err(format!("a line must be a JSON object, got {}", other.describe())),
+/// What a line asks to score.
+enum LineInput {
+    Text(String),
+    Chat(Messages),
+}
+
+/// The `text` of a `{"text": ...}` line, or the conversation of a
+/// `{"messages": [...]}` line (rendered with the checkpoint's chat template).
+fn line_input(line: &mut PyValue) -> Result<LineInput, String> {
+    let PyValue::Object(object) = line else {
+        return Err(format!("a line must be a JSON object, got {}", line.describe()));
+    };
+    if let Some(messages) = object.get("messages") {
+        if object.get("text").is_some() {
+            return Err("the line has both `text` and `messages`; send one".to_owned());
+        }
+        return Messages::from_py(messages).map(LineInput::Chat).map_err(|e| format!("{e:#}"));
+    }
+    match object.get_mut("text") {
+        Some(PyValue::Str(text)) => Ok(LineInput::Text(std::mem::take(text))),
+        Some(other) => Err(format!("`text` must be a string, got {}", other.describe())),
+        None => Err("the line has no `text` (or `messages`)".to_owned()),
     }
 }
 

@@ -1,10 +1,12 @@
-//! `POST /v1/score`: plain JSON for programs that do not speak KServe. Either
-//! `{"texts": [...]}`, scored as given, or `{"records": [SFT records]}`, whose labeled
-//! turns are rendered with the SteerLM template and scored together.
+//! `POST /v1/score`: plain JSON for programs that do not speak KServe. One of
+//! `{"texts": [...]}`, scored as given; `{"conversations": [[{"role", "content"}, ...],
+//! ...]}`, rendered with the checkpoint's chat template; or `{"records": [SFT records]}`,
+//! whose labeled turns are rendered with the SteerLM template and scored together.
 
 use super::error::{ApiError, ApiResult};
 use super::metrics::Api;
-use super::{AppState, Shared, counted};
+use super::{AppState, Shared, conversations, counted};
+use crate::model::Prompt;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -23,10 +25,24 @@ async fn score_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> A
     let request: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if let Some(texts) = request.get("texts") {
-        return score_texts(state, texts).await;
+        let texts = texts
+            .as_array()
+            .and_then(|a| a.iter().map(|t| t.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| ApiError::bad_request("`texts` must be an array of strings"))?;
+        state.limits.check_texts(texts.len())?;
+        let prompts: Vec<Prompt> = texts.iter().map(|t| Prompt::Text(t)).collect();
+        return score_prompts(state, &prompts).await;
+    }
+    if request.get("conversations").is_some() {
+        let conversations = conversations(&body, "conversations", false)?;
+        state.limits.check_texts(conversations.len())?;
+        let prompts: Vec<Prompt> = conversations.iter().map(Prompt::Chat).collect();
+        return score_prompts(state, &prompts).await;
     }
     let Some(records) = request.get("records").and_then(Value::as_array) else {
-        return Err(ApiError::bad_request("send {\"texts\": [...]} or {\"records\": [...]}"));
+        return Err(ApiError::bad_request(
+            "send {\"texts\": [...]}, {\"conversations\": [[{\"role\", \"content\"}, ...], ...]} or {\"records\": [...]}",
+        ));
     };
     score_records(state, records).await
 }
@@ -46,13 +62,9 @@ fn add_reward(state: &AppState, result: &mut Value, scores: &[f32]) -> ApiResult
     Ok(())
 }
 
-async fn score_texts(state: &AppState, texts: &Value) -> ApiResult {
-    let texts = texts
-        .as_array()
-        .and_then(|a| a.iter().map(|t| t.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
-        .ok_or_else(|| ApiError::bad_request("`texts` must be an array of strings"))?;
-    state.limits.check_texts(texts.len())?;
-    let (sequences, exceeded) = state.tokenize(&texts)?;
+/// Texts or conversations (rendered with the chat template), one result each.
+async fn score_prompts(state: &AppState, prompts: &[Prompt<'_>]) -> ApiResult {
+    let (sequences, exceeded) = state.tokenize_prompts(prompts)?;
     let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
     let scores = state.score(sequences).await?;
     let mut results = Vec::with_capacity(scores.len());

@@ -21,8 +21,9 @@ pub mod tei;
 pub mod triton;
 pub mod vllm;
 
-use crate::model::RewardModel;
 use crate::model::attribute_weights::{AttributeWeights, scalar_reward};
+use crate::model::chat_template::Messages;
+use crate::model::{Prompt, RewardModel};
 use anyhow::{Context, Result};
 use auth::ApiKey;
 use batcher::{BatchPolicy, Batcher};
@@ -33,6 +34,7 @@ use limits::RequestLimits;
 use metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
+use steerlm_core::pyvalue::PyValue;
 
 /// How one `serve` listens, batches and limits requests.
 #[derive(Clone, Debug)]
@@ -132,18 +134,38 @@ impl AppState {
     /// Tokenizes texts for scoring, cutting each to the context; a bad text is a 400
     /// naming it.
     fn tokenize(&self, texts: &[String]) -> ApiResult<(Vec<Vec<u32>>, Vec<bool>)> {
-        let tokens = self.model.tokenize_texts(texts).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-        Ok(tokens.into_iter().map(|t| (t.ids, t.exceeded)).unzip())
+        let prompts: Vec<Prompt> = texts.iter().map(|t| Prompt::Text(t)).collect();
+        self.tokenize_prompts(&prompts)
+    }
+
+    /// [`AppState::tokenize`] for texts or conversations.
+    fn tokenize_prompts(&self, prompts: &[Prompt]) -> ApiResult<(Vec<Vec<u32>>, Vec<bool>)> {
+        let mut out = (Vec::with_capacity(prompts.len()), Vec::with_capacity(prompts.len()));
+        for (i, prompt) in prompts.iter().enumerate() {
+            let tokens =
+                self.model.tokenize_prompt(*prompt).map_err(|e| ApiError::bad_request(format!("text {i}: {e:#}")))?;
+            out.0.push(tokens.ids);
+            out.1.push(tokens.exceeded);
+        }
+        Ok(out)
     }
 
     /// Tokenizes texts and fits each to the context as `cut` says; a text that does
     /// not fit and may not be cut is a 400 naming it and the limit.
     fn tokenize_cut(&self, texts: &[String], cut: Cut) -> ApiResult<Vec<Vec<u32>>> {
+        let prompts: Vec<Prompt> = texts.iter().map(|t| Prompt::Text(t)).collect();
+        self.tokenize_prompts_cut(&prompts, cut)
+    }
+
+    /// [`AppState::tokenize_cut`] for texts or conversations.
+    fn tokenize_prompts_cut(&self, prompts: &[Prompt], cut: Cut) -> ApiResult<Vec<Vec<u32>>> {
         let context = self.model.config.max_positions;
-        let mut sequences = Vec::with_capacity(texts.len());
-        for (i, text) in texts.iter().enumerate() {
-            let mut ids =
-                self.model.tokenize_uncut(text).map_err(|e| ApiError::bad_request(format!("text {i}: {e:#}")))?;
+        let mut sequences = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.iter().enumerate() {
+            let mut ids = self
+                .model
+                .tokenize_prompt_uncut(*prompt)
+                .map_err(|e| ApiError::bad_request(format!("text {i}: {e:#}")))?;
             match cut {
                 Cut::Refuse { status, hint } if ids.len() > context => {
                     return Err(ApiError::new(
@@ -192,6 +214,36 @@ impl AppState {
         }
         Ok(scores)
     }
+}
+
+/// The conversations in field `field` of a JSON body: one (`[{"role", ...}, ...]`) when
+/// `one`, else a list of them. The body is read again with keys in their sent order,
+/// which a template's `tojson` shows.
+fn conversations(body: &[u8], field: &str, one: bool) -> ApiResult<Vec<Messages>> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    let value = PyValue::parse(text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Some(field_value) = value.get(field) else {
+        return Err(ApiError::bad_request(format!("the request has no `{field}`")));
+    };
+    let lists: Vec<&PyValue> = if one {
+        vec![field_value]
+    } else {
+        field_value
+            .as_array()
+            .ok_or_else(|| ApiError::bad_request(format!("`{field}` must be a list of conversations")))?
+            .iter()
+            .collect()
+    };
+    lists
+        .into_iter()
+        .enumerate()
+        .map(|(i, messages)| {
+            Messages::from_py(messages).map_err(|e| {
+                let which = if one { String::new() } else { format!(" {i}") };
+                ApiError::bad_request(format!("`{field}`{which}: {e:#}"))
+            })
+        })
+        .collect()
 }
 
 /// How a text longer than asked is made to fit.

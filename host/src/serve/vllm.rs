@@ -1,11 +1,13 @@
 //! vLLM's pooling APIs, as RLHF tools that serve reward models with vLLM call them:
 //! `POST /classify` and `POST /pooling`, with `input` a text, a list of texts, or token
-//! ids. Scores are the model's raw outputs (a reward is not a probability, so no softmax
+//! ids, or with `messages`, one conversation for the checkpoint's chat template. Scores are the model's raw outputs (a reward is not a probability, so no softmax
 //! is applied); with `--attribute-weights` each item also carries the combined `reward`.
 
 use super::error::{ApiError, ApiResult};
 use super::metrics::Api;
-use super::{AppState, Cut, Shared, counted, unix_time};
+use super::{AppState, Cut, Shared, conversations, counted, unix_time};
+use crate::model::Prompt;
+use crate::model::chat_template::Messages;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,7 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct PoolingRequest {
     #[serde(default)]
     model: Option<String>,
-    input: Value,
+    /// Texts or token ids; absent when `messages` is sent.
+    #[serde(default)]
+    input: Option<Value>,
+    /// One conversation, rendered with the checkpoint's chat template (vLLM's chat
+    /// form of these endpoints).
+    #[serde(default)]
+    messages: Option<Value>,
     /// Keep only the last N tokens of each input; -1 means the model's context.
     #[serde(default)]
     truncate_prompt_tokens: Option<i64>,
@@ -64,7 +72,17 @@ async fn answer(state: &AppState, body: Result<Bytes, BytesRejection>, kind: Kin
             )));
         }
     };
-    let sequences = match parse_input(&request.input)? {
+    let input = match (&request.input, &request.messages) {
+        (Some(input), None) => parse_input(input)?,
+        (None, Some(_)) => Input::Chat(conversations(&body, "messages", true)?),
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("send either `input` or `messages`, not both")),
+        (None, None) => return Err(ApiError::bad_request("the request has neither `input` nor `messages`")),
+    };
+    let sequences = match input {
+        Input::Chat(conversations) => {
+            let prompts: Vec<Prompt> = conversations.iter().map(Prompt::Chat).collect();
+            state.tokenize_prompts_cut(&prompts, cut)?
+        }
         Input::Texts(texts) => {
             state.limits.check_texts(texts.len())?;
             state.tokenize_cut(&texts, cut)?
@@ -107,6 +125,7 @@ async fn answer(state: &AppState, body: Result<Bytes, BytesRejection>, kind: Kin
 }
 
 enum Input {
+    Chat(Vec<Messages>),
     Texts(Vec<String>),
     Tokens(Vec<Vec<u32>>),
 }
