@@ -332,6 +332,41 @@ mod tests {
         assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("llama3"));
     }
 
+    #[test]
+    fn the_table_and_config_decide_biases_heads_and_windows() {
+        let mut c = base();
+        c["hidden_act"] = json!("gelu_pytorch_tanh");
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("\"gelu_pytorch_tanh\" is not supported for NemotronForSequenceClassification"), "{e}");
+
+        let mut c = base();
+        c["architectures"] = json!(["Qwen2ForCausalLM"]);
+        c["hidden_act"] = json!("silu");
+        c["use_sliding_window"] = json!(false);
+        c["sliding_window"] = json!(64);
+        c["id2label"] = json!({"0": "ignored for a causal LM"});
+        let q = ModelConfig::from_json(&c).unwrap();
+        assert_eq!((q.qkv_bias, q.o_bias, q.mlp_bias), (true, false, false), "Qwen2 always has q/k/v biases");
+        assert_eq!(
+            (q.max_positions, q.reward_token_ids.clone(), q.labels.clone()),
+            (4096, vec![0], vec!["logit_0".into()])
+        );
+        assert_eq!(q.with_reward_token_ids(&[3, 9]).unwrap().labels, ["logit_3", "logit_9"]);
+
+        // Mistral v0.1's window applies: texts are cut to it.
+        let mut c = base();
+        c["architectures"] = json!(["MistralForSequenceClassification"]);
+        c["hidden_act"] = json!("silu");
+        c["sliding_window"] = json!(64);
+        c["attention_bias"] = json!(true);
+        let m = ModelConfig::from_json(&c).unwrap();
+        assert_eq!((m.max_positions, m.qkv_bias), (64, false), "Mistral has no biases whatever the config says");
+
+        let mut c = base();
+        c["attention_bias"] = json!("yes");
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("`attention_bias` must be true or false"));
+    }
+
     /// Hostile values are refused by name instead of dividing by zero or sizing a huge
     /// allocation.
     #[test]

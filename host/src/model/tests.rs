@@ -490,3 +490,23 @@ fn reward_token_ids_are_checked() {
     assert!(e.contains("32000 is outside the vocabulary (32000 ids)"), "{e}");
     assert!(load("llama-causal", vec![]).contains("names no ids"));
 }
+
+/// A bias the architecture table and config.json do not give the model is an error
+/// naming it, not silently dropped (Qwen2's weights relabeled as Llama).
+#[test]
+fn a_stored_bias_the_config_does_not_declare_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = model_dir("qwen9");
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("Qwen2ForSequenceClassification", "LlamaForSequenceClassification"),
+    )
+    .unwrap();
+    let error = RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, ..Default::default() }).err().unwrap();
+    let error = format!("{error:#}");
+    assert!(error.contains("`model.layers.0.self_attn.q_proj.bias`") && error.contains("attention_bias"), "{error}");
+}
