@@ -108,9 +108,10 @@ pub async fn serve(options: ServeOptions, model: RewardModel) -> Result<()> {
     let bound = listener.local_addr()?;
     if !options.quiet {
         println!(
-            "serving `{}` ({} attributes, on {}) on http://{bound}",
+            "serving `{}` ({} {}, on {}) on http://{bound}",
             state.model_name,
             state.model.config.labels.len(),
+            if state.model.config.labels.len() == 1 { "attribute" } else { "attributes" },
             state.model.device_name()
         );
         use std::io::Write;
