@@ -113,7 +113,7 @@ pub struct RewardModel {
 /// not compile only fails the requests that need it: plain texts still score.
 enum Chat {
     Absent,
-    Ready(ChatTemplate),
+    Ready(Box<ChatTemplate>),
     Broken(String),
 }
 
@@ -142,7 +142,7 @@ impl RewardModel {
         }
         let tokenizer = TextTokenizer::load(dir, config.bos_token_id, options.add_bos, config.max_positions)?;
         let chat = match ChatTemplate::load(dir) {
-            Ok(Some(template)) => Chat::Ready(template),
+            Ok(Some(template)) => Chat::Ready(Box::new(template)),
             Ok(None) => Chat::Absent,
             Err(e) => Chat::Broken(format!("{e:#}")),
         };
