@@ -12,6 +12,7 @@ pub mod engine;
 pub mod input;
 pub mod manifest;
 pub mod model;
+pub mod nemo;
 pub mod output;
 pub mod pipeline;
 pub mod same_file;

@@ -1,0 +1,11 @@
+//! `steerlm import-nemo`: NeMo / Megatron-core reward-model checkpoints to Hugging Face
+//! folders that steerlm and transformers both load.
+//!
+//! - [`blosc`], [`zarr`]: the `zarr` distributed-checkpoint container;
+//! - [`sentencepiece`]: a `tokenizer.model` to the equivalent `tokenizer.json`;
+//! - [`shards`]: the safetensors output, written one tensor at a time.
+
+pub mod blosc;
+pub mod sentencepiece;
+pub mod shards;
+pub mod zarr;

@@ -1,0 +1,292 @@
+//! Zarr v2 arrays as Megatron's `zarr` distributed-checkpoint strategy writes them: one
+//! directory per tensor with a `.zarray` description and one file per chunk (`0.0.0`),
+//! each chunk a Blosc buffer (or raw bytes) in C order. Megatron writes bfloat16 as the
+//! dtype string `"bfloat16"`. Regions are read chunk by chunk, so reading one layer of a
+//! stacked `[layers, ...]` tensor reads only that layer's chunks.
+
+use super::blosc;
+use crate::model::weights::DType;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+enum Compressor {
+    None,
+    Blosc,
+    Zlib,
+}
+
+#[derive(Debug)]
+pub struct ZarrArray {
+    dir: PathBuf,
+    pub shape: Vec<usize>,
+    chunks: Vec<usize>,
+    pub dtype: DType,
+    compressor: Compressor,
+    separator: char,
+    /// Bytes of one element to fill a chunk that was never written; `None` when the
+    /// array has no fill value (a missing chunk is then an error).
+    fill: Option<Vec<u8>>,
+}
+
+impl ZarrArray {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(".zarray");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        Self::from_meta(dir, &meta).with_context(|| format!("in {}", path.display()))
+    }
+
+    fn from_meta(dir: &Path, meta: &Value) -> Result<Self> {
+        if meta.get("zarr_format").and_then(Value::as_u64) != Some(2) {
+            bail!("not a zarr v2 array (`zarr_format` is not 2)");
+        }
+        let dims = |name: &str| -> Result<Vec<usize>> {
+            meta.get(name)
+                .and_then(Value::as_array)
+                .ok_or_else(|| anyhow!("no `{name}`"))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize).ok_or_else(|| anyhow!("`{name}` must list sizes")))
+                .collect()
+        };
+        let (shape, chunks) = (dims("shape")?, dims("chunks")?);
+        if shape.len() != chunks.len() || chunks.contains(&0) {
+            bail!("`chunks` {chunks:?} does not fit `shape` {shape:?}");
+        }
+        let dtype = match meta.get("dtype").and_then(Value::as_str) {
+            Some("<f4") => DType::F32,
+            Some("<f2") => DType::F16,
+            Some("bfloat16") | Some("<V2") => DType::BF16,
+            Some(other) => bail!("dtype {other:?} is not a float type steerlm reads (<f4, <f2, bfloat16)"),
+            None => bail!("no `dtype`"),
+        };
+        if meta.get("order").and_then(Value::as_str).unwrap_or("C") != "C" {
+            bail!("Fortran-order arrays are not supported");
+        }
+        if meta.get("filters").is_some_and(|f| !f.is_null() && f.as_array().is_none_or(|a| !a.is_empty())) {
+            bail!("zarr filters are not supported");
+        }
+        let compressor = match meta.get("compressor") {
+            None | Some(Value::Null) => Compressor::None,
+            Some(c) => match c.get("id").and_then(Value::as_str) {
+                Some("blosc") => Compressor::Blosc,
+                Some("zlib") => Compressor::Zlib,
+                other => bail!("compressor {other:?} is not supported (blosc, zlib or none)"),
+            },
+        };
+        let separator = match meta.get("dimension_separator").and_then(Value::as_str) {
+            None | Some(".") => '.',
+            Some("/") => '/',
+            Some(other) => bail!("dimension_separator {other:?} is not supported"),
+        };
+        let fill = match meta.get("fill_value") {
+            None | Some(Value::Null) => None,
+            Some(value) => {
+                let v = value.as_f64().ok_or_else(|| anyhow!("`fill_value` {value} is not a number"))?;
+                Some(match dtype {
+                    DType::F32 => (v as f32).to_le_bytes().to_vec(),
+                    DType::F16 => half::f16::from_f64(v).to_le_bytes().to_vec(),
+                    DType::BF16 => half::bf16::from_f64(v).to_le_bytes().to_vec(),
+                })
+            }
+        };
+        Ok(ZarrArray { dir: dir.to_owned(), shape, chunks, dtype, compressor, separator, fill })
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        self.chunks.iter().product::<usize>() * self.dtype.size()
+    }
+
+    /// The decoded bytes of the chunk at grid position `index`.
+    fn chunk(&self, index: &[usize]) -> Result<Vec<u8>> {
+        let key: Vec<String> = index.iter().map(usize::to_string).collect();
+        let key = if key.is_empty() { "0".to_owned() } else { key.join(&self.separator.to_string()) };
+        let path = self.dir.join(&key);
+        let expected = self.chunk_bytes();
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match &self.fill {
+                    Some(fill) => Ok(fill.repeat(expected / self.dtype.size())),
+                    None => bail!("chunk {} is missing (and the array has no fill value)", path.display()),
+                };
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let decoded = match self.compressor {
+            Compressor::None => Ok(stored),
+            Compressor::Blosc => blosc::decompress(&stored, expected),
+            Compressor::Zlib => {
+                let mut out = Vec::with_capacity(expected);
+                let mut decoder = flate2::read::ZlibDecoder::new(&stored[..]);
+                std::io::Read::read_to_end(&mut decoder, &mut out).map(|_| out).map_err(Into::into)
+            }
+        }
+        .with_context(|| format!("chunk {}", path.display()))?;
+        if decoded.len() != expected {
+            bail!("chunk {} holds {} bytes, {expected} expected (truncated?)", path.display(), decoded.len());
+        }
+        Ok(decoded)
+    }
+
+    /// The whole array's bytes, C order.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        let start = vec![0; self.shape.len()];
+        self.read_region(&start, &self.shape.clone())
+    }
+
+    /// `array[index]` along the first axis (one layer of a stacked tensor), C order.
+    pub fn read_first_axis(&self, index: usize) -> Result<Vec<u8>> {
+        if self.shape.is_empty() || index >= self.shape[0] {
+            bail!("index {index} is outside the first axis of shape {:?}", self.shape);
+        }
+        let mut start = vec![0; self.shape.len()];
+        let mut size = self.shape.clone();
+        start[0] = index;
+        size[0] = 1;
+        self.read_region(&start, &size)
+    }
+
+    /// The hyper-rectangle `start .. start + size`, C order, assembled chunk by chunk.
+    fn read_region(&self, start: &[usize], size: &[usize]) -> Result<Vec<u8>> {
+        let esize = self.dtype.size();
+        let rank = self.shape.len();
+        let total: usize = size.iter().product();
+        let mut out = vec![0u8; total * esize];
+        if total == 0 {
+            return Ok(out);
+        }
+        if rank == 0 {
+            out.copy_from_slice(&self.chunk(&[])?[..esize]);
+            return Ok(out);
+        }
+        // Chunk grid positions the region touches, per dimension.
+        let ranges: Vec<(usize, usize)> =
+            (0..rank).map(|d| (start[d] / self.chunks[d], (start[d] + size[d] - 1) / self.chunks[d])).collect();
+        let mut position: Vec<usize> = ranges.iter().map(|r| r.0).collect();
+        loop {
+            let chunk = self.chunk(&position)?;
+            self.copy_intersection(&chunk, &position, start, size, &mut out);
+            // Next chunk position, odometer style.
+            let mut d = rank;
+            loop {
+                if d == 0 {
+                    return Ok(out);
+                }
+                d -= 1;
+                if position[d] < ranges[d].1 {
+                    position[d] += 1;
+                    break;
+                }
+                position[d] = ranges[d].0;
+            }
+        }
+    }
+
+    /// Copies the part of `chunk` (at grid `position`) inside the region into `out`.
+    fn copy_intersection(&self, chunk: &[u8], position: &[usize], start: &[usize], size: &[usize], out: &mut [u8]) {
+        let esize = self.dtype.size();
+        let rank = self.shape.len();
+        let chunk_origin: Vec<usize> = (0..rank).map(|d| position[d] * self.chunks[d]).collect();
+        let lo: Vec<usize> = (0..rank).map(|d| start[d].max(chunk_origin[d])).collect();
+        let hi: Vec<usize> = (0..rank).map(|d| (start[d] + size[d]).min(chunk_origin[d] + self.chunks[d])).collect();
+        // Element strides of the chunk and of the output region.
+        let stride = |dims: &[usize]| -> Vec<usize> {
+            let mut s = vec![1; rank];
+            for d in (0..rank - 1).rev() {
+                s[d] = s[d + 1] * dims[d + 1];
+            }
+            s
+        };
+        let (chunk_stride, out_stride) = (stride(&self.chunks), stride(size));
+        let run = (hi[rank - 1] - lo[rank - 1]) * esize;
+        let mut index = lo.clone();
+        loop {
+            let chunk_at: usize =
+                (0..rank).map(|d| (index[d] - chunk_origin[d]) * chunk_stride[d]).sum::<usize>() * esize;
+            let out_at: usize = (0..rank).map(|d| (index[d] - start[d]) * out_stride[d]).sum::<usize>() * esize;
+            out[out_at..out_at + run].copy_from_slice(&chunk[chunk_at..chunk_at + run]);
+            // Next row: every dimension but the last, odometer style.
+            let mut d = rank - 1;
+            loop {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                index[d] += 1;
+                if index[d] < hi[d] {
+                    break;
+                }
+                index[d] = lo[d];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nemo/zarr")
+    }
+
+    fn values(array: &ZarrArray, bytes: &[u8]) -> Vec<f64> {
+        match array.dtype {
+            DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+            DType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+        }
+    }
+
+    fn flatten(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+            // As f32 (every fixture value is one): serde_json's default parser may be an
+            // ulp off in f64.
+            other => out.push(other.as_f64().unwrap() as f32 as f64),
+        }
+    }
+
+    /// Arrays the zarr library wrote (edge chunks, Blosc, zlib, raw, `/` keys, a missing
+    /// chunk with a fill value) read back whole and layer by layer.
+    #[test]
+    fn reads_what_the_zarr_library_wrote() {
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+        for name in ["f32_edges", "f16_layers_fill", "f32_raw_slashes"] {
+            let array = ZarrArray::open(&fixtures().join(name)).unwrap();
+            let mut want = Vec::new();
+            flatten(&expected[name], &mut want);
+            assert_eq!(values(&array, &array.read().unwrap()), want, "{name}");
+            let layer = want.len() / array.shape[0];
+            for i in 0..array.shape[0] {
+                let got = values(&array, &array.read_first_axis(i).unwrap());
+                assert_eq!(got, want[i * layer..(i + 1) * layer], "{name} layer {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_and_truncated_chunks_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = fixtures().join("f32_edges");
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        let chunk = dir.path().join("1.0.1");
+        let bytes = std::fs::read(&chunk).unwrap();
+        std::fs::write(&chunk, &bytes[..bytes.len() - 3]).unwrap();
+        let array = ZarrArray::open(dir.path()).unwrap();
+        let e = format!("{:#}", array.read().unwrap_err());
+        assert!(e.contains("1.0.1") && e.contains("truncated"), "{e}");
+        assert!(array.read_first_axis(0).is_ok(), "layer 0 does not touch the bad chunk");
+        std::fs::remove_file(&chunk).unwrap();
+        // Layer 2 is in the second row of chunks (two layers per chunk).
+        let e = format!("{:#}", array.read_first_axis(2).unwrap_err());
+        assert!(e.contains("1.0.1 is missing"), "{e}");
+        assert!(ZarrArray::open(&dir.path().join("nowhere")).unwrap_err().to_string().contains(".zarray"));
+    }
+}
