@@ -3,9 +3,11 @@
 //!
 //! - [`blosc`], [`zarr`]: the `zarr` distributed-checkpoint container;
 //! - [`sentencepiece`]: a `tokenizer.model` to the equivalent `tokenizer.json`;
-//! - [`shards`]: the safetensors output, written one tensor at a time.
+//! - [`shards`]: the safetensors output, written one tensor at a time;
+//! - [`store`]: the checkpoint's files, in a folder or in a `.nemo` tar read in place.
 
 pub mod blosc;
 pub mod sentencepiece;
 pub mod shards;
+pub mod store;
 pub mod zarr;

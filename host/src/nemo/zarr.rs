@@ -5,10 +5,10 @@
 //! stacked `[layers, ...]` tensor reads only that layer's chunks.
 
 use super::blosc;
+use super::store::Store;
 use crate::model::weights::DType;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
 enum Compressor {
@@ -17,9 +17,10 @@ enum Compressor {
     Zlib,
 }
 
-#[derive(Debug)]
-pub struct ZarrArray {
-    dir: PathBuf,
+pub struct ZarrArray<'s> {
+    store: &'s Store,
+    /// The array's folder in the store.
+    folder: String,
     pub shape: Vec<usize>,
     chunks: Vec<usize>,
     pub dtype: DType,
@@ -30,15 +31,20 @@ pub struct ZarrArray {
     fill: Option<Vec<u8>>,
 }
 
-impl ZarrArray {
-    pub fn open(dir: &Path) -> Result<Self> {
-        let path = dir.join(".zarray");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let meta: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        Self::from_meta(dir, &meta).with_context(|| format!("in {}", path.display()))
+impl<'s> ZarrArray<'s> {
+    /// The array in `folder` of `store`.
+    pub fn open(store: &'s Store, folder: &str) -> Result<Self> {
+        let member = Self::member(folder, ".zarray");
+        let meta: Value = serde_json::from_slice(&store.read(&member)?)
+            .with_context(|| format!("{} is not JSON", store.describe(&member)))?;
+        Self::from_meta(store, folder, &meta).with_context(|| format!("in {}", store.describe(&member)))
     }
 
-    fn from_meta(dir: &Path, meta: &Value) -> Result<Self> {
+    fn member(folder: &str, name: &str) -> String {
+        if folder.is_empty() { name.to_owned() } else { format!("{folder}/{name}") }
+    }
+
+    fn from_meta(store: &'s Store, folder: &str, meta: &Value) -> Result<Self> {
         if meta.get("zarr_format").and_then(Value::as_u64) != Some(2) {
             bail!("not a zarr v2 array (`zarr_format` is not 2)");
         }
@@ -91,7 +97,7 @@ impl ZarrArray {
                 })
             }
         };
-        Ok(ZarrArray { dir: dir.to_owned(), shape, chunks, dtype, compressor, separator, fill })
+        Ok(ZarrArray { store, folder: folder.to_owned(), shape, chunks, dtype, compressor, separator, fill })
     }
 
     fn chunk_bytes(&self) -> usize {
@@ -102,17 +108,14 @@ impl ZarrArray {
     fn chunk(&self, index: &[usize]) -> Result<Vec<u8>> {
         let key: Vec<String> = index.iter().map(usize::to_string).collect();
         let key = if key.is_empty() { "0".to_owned() } else { key.join(&self.separator.to_string()) };
-        let path = self.dir.join(&key);
+        let member = Self::member(&self.folder, &key);
+        let name = self.store.describe(&member);
         let expected = self.chunk_bytes();
-        let stored = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return match &self.fill {
-                    Some(fill) => Ok(fill.repeat(expected / self.dtype.size())),
-                    None => bail!("chunk {} is missing (and the array has no fill value)", path.display()),
-                };
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let Some(stored) = self.store.read_optional(&member)? else {
+            return match &self.fill {
+                Some(fill) => Ok(fill.repeat(expected / self.dtype.size())),
+                None => bail!("chunk {name} is missing (and the array has no fill value)"),
+            };
         };
         let decoded = match self.compressor {
             Compressor::None => Ok(stored),
@@ -123,9 +126,9 @@ impl ZarrArray {
                 std::io::Read::read_to_end(&mut decoder, &mut out).map(|_| out).map_err(Into::into)
             }
         }
-        .with_context(|| format!("chunk {}", path.display()))?;
+        .with_context(|| format!("chunk {name}"))?;
         if decoded.len() != expected {
-            bail!("chunk {} holds {} bytes, {expected} expected (truncated?)", path.display(), decoded.len());
+            bail!("chunk {name} holds {} bytes, {expected} expected (truncated?)", decoded.len());
         }
         Ok(decoded)
     }
@@ -227,6 +230,7 @@ impl ZarrArray {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn fixtures() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nemo/zarr")
@@ -255,8 +259,9 @@ mod tests {
     fn reads_what_the_zarr_library_wrote() {
         let expected: Value =
             serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+        let store = Store::open(&fixtures()).unwrap();
         for name in ["f32_edges", "f16_layers_fill", "f32_raw_slashes"] {
-            let array = ZarrArray::open(&fixtures().join(name)).unwrap();
+            let array = ZarrArray::open(&store, name).unwrap();
             let mut want = Vec::new();
             flatten(&expected[name], &mut want);
             assert_eq!(values(&array, &array.read().unwrap()), want, "{name}");
@@ -279,7 +284,8 @@ mod tests {
         let chunk = dir.path().join("1.0.1");
         let bytes = std::fs::read(&chunk).unwrap();
         std::fs::write(&chunk, &bytes[..bytes.len() - 3]).unwrap();
-        let array = ZarrArray::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let array = ZarrArray::open(&store, "").unwrap();
         let e = format!("{:#}", array.read().unwrap_err());
         assert!(e.contains("1.0.1") && e.contains("truncated"), "{e}");
         assert!(array.read_first_axis(0).is_ok(), "layer 0 does not touch the bad chunk");
@@ -287,6 +293,6 @@ mod tests {
         // Layer 2 is in the second row of chunks (two layers per chunk).
         let e = format!("{:#}", array.read_first_axis(2).unwrap_err());
         assert!(e.contains("1.0.1 is missing"), "{e}");
-        assert!(ZarrArray::open(&dir.path().join("nowhere")).unwrap_err().to_string().contains(".zarray"));
+        assert!(ZarrArray::open(&store, "nowhere").err().unwrap().to_string().contains("nowhere/.zarray"));
     }
 }

@@ -1,0 +1,126 @@
+//! Where a NeMo checkpoint's files are: an extracted folder, or a `.nemo` tar read in
+//! place (its members are located once, then read at their offsets: a 680 GB archive is
+//! never extracted or read whole).
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub enum Store {
+    Folder(PathBuf),
+    Tar { path: PathBuf, file: File, members: BTreeMap<String, (u64, u64)> },
+}
+
+/// A member path without a leading `./` (NeMo writes `./model_config.yaml`).
+fn normal(path: &str) -> &str {
+    path.trim_start_matches("./")
+}
+
+impl Store {
+    /// The checkpoint at `path`: a folder, or a tar file (`.nemo`).
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            return Ok(Store::Folder(path.to_owned()));
+        }
+        if !meta.is_file() {
+            bail!("{} is neither a folder nor a .nemo file", path.display());
+        }
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut magic = [0u8; 2];
+        file.read_exact_at(&mut magic, 0).ok();
+        if magic == [0x1f, 0x8b] {
+            bail!(
+                "{} is a gzip-compressed tar: extract it (`tar xzf`) and pass the folder, so its tensors can be read in place",
+                path.display()
+            );
+        }
+        let mut members = BTreeMap::new();
+        let mut archive = tar::Archive::new(&file);
+        let entries = archive.entries().with_context(|| format!("{} is not a tar archive", path.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("{}: a damaged tar entry", path.display()))?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = entry.path()?.to_string_lossy().into_owned();
+            members.insert(normal(&name).to_owned(), (entry.raw_file_position(), entry.size()));
+        }
+        if members.is_empty() {
+            bail!("{} holds no files: not a .nemo archive", path.display());
+        }
+        Ok(Store::Tar { path: path.to_owned(), file, members })
+    }
+
+    /// How errors name `member`: its path on disk, or `ARCHIVE:member`.
+    pub fn describe(&self, member: &str) -> String {
+        match self {
+            Store::Folder(root) => root.join(member).display().to_string(),
+            Store::Tar { path, .. } => format!("{}:{}", path.display(), normal(member)),
+        }
+    }
+
+    /// The bytes of `member`; `Ok(None)` when there is no such file.
+    pub fn read_optional(&self, member: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Folder(root) => match std::fs::read(root.join(member)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("cannot read {}", self.describe(member))),
+            },
+            Store::Tar { file, members, .. } => {
+                let Some(&(offset, size)) = members.get(normal(member)) else { return Ok(None) };
+                let mut bytes = vec![0u8; usize::try_from(size)?];
+                file.read_exact_at(&mut bytes, offset)
+                    .with_context(|| format!("cannot read {} (truncated archive?)", self.describe(member)))?;
+                Ok(Some(bytes))
+            }
+        }
+    }
+
+    pub fn read(&self, member: &str) -> Result<Vec<u8>> {
+        self.read_optional(member)?.with_context(|| format!("{} does not exist", self.describe(member)))
+    }
+
+    pub fn exists(&self, member: &str) -> bool {
+        match self {
+            Store::Folder(root) => root.join(member).exists(),
+            Store::Tar { members, .. } => {
+                let member = normal(member).trim_end_matches('/');
+                members.contains_key(member)
+                    || members
+                        .range(format!("{member}/")..)
+                        .next()
+                        .is_some_and(|(k, _)| k.starts_with(&format!("{member}/")))
+            }
+        }
+    }
+
+    /// The files directly under `folder` (names only).
+    pub fn list(&self, folder: &str) -> Result<Vec<String>> {
+        let folder = normal(folder).trim_end_matches('/');
+        match self {
+            Store::Folder(root) => {
+                let dir = root.join(folder);
+                let mut names = Vec::new();
+                for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+                    names.push(entry?.file_name().to_string_lossy().into_owned());
+                }
+                names.sort();
+                Ok(names)
+            }
+            Store::Tar { members, .. } => {
+                let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
+                let mut names: Vec<String> = members
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .map(|rest| rest.split('/').next().unwrap_or(rest).to_owned())
+                    .collect();
+                names.dedup();
+                Ok(names)
+            }
+        }
+    }
+}
