@@ -38,7 +38,8 @@ pub fn install_interrupt_cleanup() {
     let installed = ctrlc::set_handler(|| {
         let pending = pending();
         for path in pending.iter() {
-            let _ = std::fs::remove_file(path);
+            // Pending folders are `OutputDir`s being written.
+            let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
         }
         if pending.is_empty() {
             eprintln!("\ninterrupted");
@@ -461,5 +462,77 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let error = Output::create(dir.path()).err().expect("a directory is not an output");
         assert!(format!("{error:#}").contains("is a directory"), "{error:#}");
+    }
+}
+
+/// A folder output (`import-nemo --output-dir`): written whole in a hidden temporary
+/// folder beside it, then renamed into place. The destination must not exist or be an
+/// empty folder (a rename never replaces anything else); an error, a drop before
+/// [`OutputDir::commit`], Ctrl-C, SIGTERM and SIGHUP remove the temporary folder.
+pub struct OutputDir {
+    temp: Option<PathBuf>,
+    destination: PathBuf,
+}
+
+impl OutputDir {
+    pub fn create(destination: &Path) -> Result<Self> {
+        let name = destination.display();
+        match std::fs::symlink_metadata(destination) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot use {name} as the output folder")),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                bail!("the output folder {name} is a symbolic link: name the real folder")
+            }
+            Ok(meta) if !meta.is_dir() => bail!("the output folder {name} exists and is not a folder"),
+            Ok(_) => {
+                let mut entries = std::fs::read_dir(destination).with_context(|| format!("cannot list {name}"))?;
+                if entries.next().is_some() {
+                    bail!("the output folder {name} is not empty: name a new or empty folder");
+                }
+            }
+        }
+        let parent = match destination.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = destination.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut pending = pending();
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{file_name}.steerlm-"))
+            .tempdir_in(&parent)
+            .with_context(|| format!("cannot create a folder in {}", parent.display()))?
+            .keep();
+        pending.push(temp.clone());
+        Ok(OutputDir { temp: Some(temp), destination: destination.to_owned() })
+    }
+
+    /// The temporary folder to write into.
+    pub fn path(&self) -> &Path {
+        self.temp.as_deref().expect("not committed yet")
+    }
+
+    /// Syncs the folder and renames it into place.
+    pub fn commit(mut self) -> Result<()> {
+        let temp = self.temp.take().expect("committed once");
+        let mut pending = pending();
+        let synced = File::open(&temp).and_then(|dir| dir.sync_all());
+        let renamed = synced.and_then(|()| std::fs::rename(&temp, &self.destination));
+        pending.retain(|p| p != &temp);
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_dir_all(&temp);
+            return Err(e)
+                .with_context(|| format!("cannot move the output into place at {}", self.destination.display()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let mut pending = pending();
+            let _ = std::fs::remove_dir_all(&temp);
+            pending.retain(|p| p != &temp);
+        }
     }
 }

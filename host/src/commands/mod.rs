@@ -5,6 +5,7 @@ mod convert;
 mod demo;
 mod export;
 mod gpu_info;
+mod import_nemo;
 mod label;
 mod model_args;
 mod preprocess;
@@ -90,7 +91,7 @@ enum Command {
     Annotate(annotate::AnnotateArgs),
     /// Serve a reward model over HTTP: KServe v2 / Triton protocol, /v1/score, /metrics.
     Serve(serve::ServeArgs),
-    /// Score `{"text": ...}` lines with a reward model (Hugging Face checkpoint folder).
+    /// Score `{"text": ...}` or `{"messages": [...]}` lines with a reward model (Hugging Face checkpoint folder).
     Score(score::ScoreArgs),
     /// Show the wgpu adapter, its limits and features, and which kernels `score` runs on it.
     #[command(name = "gpu-info")]
@@ -108,6 +109,10 @@ enum Command {
     VerifyManifest(verify::VerifyArgs),
     /// Counts, label histograms and text lengths of an SFT, annotated or regression file.
     Stats(stats::StatsArgs),
+    /// Convert a NeMo reward model (.nemo or its folder; zarr distributed checkpoint) to a
+    /// Hugging Face folder that `score`, `serve` and transformers load.
+    #[command(name = "import-nemo")]
+    ImportNemo(import_nemo::ImportNemoArgs),
 }
 
 /// Shared context of one command run.
@@ -268,5 +273,6 @@ fn run_command(context: &Context, command: Command) -> Result<()> {
         Command::Demo(args) => demo::run(context, &args),
         Command::VerifyManifest(args) => verify::run(context, &args),
         Command::Stats(args) => stats::run(context, &args),
+        Command::ImportNemo(args) => import_nemo::run(context, &args),
     }
 }

@@ -7,6 +7,8 @@
 //! - [`store`]: the checkpoint's files, in a folder or in a `.nemo` tar read in place.
 
 pub mod blosc;
+pub mod config;
+pub mod import;
 pub mod sentencepiece;
 pub mod shards;
 pub mod store;

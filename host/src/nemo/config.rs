@@ -1,0 +1,248 @@
+//! A NeMo `model_config.yaml` (Megatron-core GPT, as NeMo-Aligner's reward models have
+//! it) read and mapped to the Hugging Face `config.json` of the same model, as NeMo's
+//! `convert_llama_nemo_to_hf.py` and `convert_nemotron_nemo_to_hf.py` map it.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value, json};
+use steerlm_core::attributes::{ALL_ATTRIBUTES, HELPSTEER_ATTRIBUTES};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The decoder families NeMo reward models come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NemoFamily {
+    /// RMSNorm, SwiGLU (fused `linear_fc1` = [gate; up]), rotary over the whole head.
+    Llama,
+    /// LayerNorm1P with bias, squared ReLU without gate, partial rotary.
+    Nemotron,
+}
+
+#[derive(Clone, Debug)]
+pub struct NemoConfig {
+    pub family: NemoFamily,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub ffn_hidden_size: usize,
+    pub num_heads: usize,
+    pub num_query_groups: usize,
+    pub head_dim: usize,
+    pub norm_eps: f64,
+    pub rotary_base: f64,
+    pub rotary_percentage: f64,
+    pub max_positions: usize,
+    /// Linear layers have biases.
+    pub bias: bool,
+    /// The reward head's outputs (`output_sequence_dim`).
+    pub outputs: usize,
+    pub tie_embeddings: bool,
+    /// `tokenizer.model` in the config (`nemo:<file>` names a file in the checkpoint).
+    pub tokenizer_model: Option<String>,
+    /// The checkpoint's training precision (`bf16`, `16`, `32`), for the default dtype.
+    pub precision: String,
+}
+
+/// YAML to JSON, keys as strings.
+fn to_json(yaml: &Yaml) -> Value {
+    match yaml {
+        Yaml::Real(text) => text.parse::<f64>().map_or(Value::Null, |v| json!(v)),
+        Yaml::Integer(i) => json!(i),
+        Yaml::String(s) => json!(s),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Array(items) => Value::Array(items.iter().map(to_json).collect()),
+        Yaml::Hash(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (key, to_json(v))
+                })
+                .collect::<Map<String, Value>>(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+impl NemoConfig {
+    pub fn parse(text: &str) -> Result<Self> {
+        let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
+        let root = docs.first().map(to_json).unwrap_or(Value::Null);
+        // Some checkpoints nest the model section under `model:` (a full training config).
+        let config = if root.get("num_layers").is_none() { root.get("model").cloned().unwrap_or(root) } else { root };
+        Self::from_json(&config)
+    }
+
+    fn from_json(c: &Value) -> Result<Self> {
+        let count = |name: &str| -> Result<Option<usize>> {
+            match c.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| anyhow!("`{name}` must be a positive integer, got {v}")),
+            }
+        };
+        let required = |name: &str| count(name)?.ok_or_else(|| anyhow!("model_config.yaml has no `{name}`"));
+        let number = |name: &str, default: f64| -> Result<f64> {
+            match c.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| anyhow!("`{name}` must be a positive number, got {v}")),
+            }
+        };
+        let text = |name: &str| c.get(name).and_then(Value::as_str).map(str::to_lowercase);
+        if c.get("mcore_gpt").and_then(Value::as_bool) == Some(false) {
+            bail!("`mcore_gpt: false`: legacy (non-Megatron-core) NeMo GPT models are not supported");
+        }
+        if let Some(kind) = text("position_embedding_type")
+            && kind != "rope"
+        {
+            bail!("`position_embedding_type: {kind}` is not supported (rope only)");
+        }
+        if c.get("seq_len_interpolation_factor").is_some_and(|v| !v.is_null()) {
+            bail!("`seq_len_interpolation_factor` (scaled RoPE) is not supported");
+        }
+        let normalization = text("normalization").unwrap_or_else(|| "layernorm".into());
+        let activation = text("activation").unwrap_or_else(|| "gelu".into());
+        let family = match (normalization.as_str(), activation.as_str()) {
+            ("rmsnorm", "fast-swiglu" | "swiglu") => NemoFamily::Llama,
+            ("layernorm1p", "squared-relu") => NemoFamily::Nemotron,
+            (norm, act) => bail!(
+                "normalization `{norm}` with activation `{act}` is not a supported architecture (rmsnorm + swiglu: Llama; layernorm1p + squared-relu: Nemotron-4)"
+            ),
+        };
+        let hidden_size = required("hidden_size")?;
+        let num_heads = required("num_attention_heads")?;
+        let num_query_groups = count("num_query_groups")?.unwrap_or(num_heads);
+        if num_heads % num_query_groups != 0 {
+            bail!("num_attention_heads {num_heads} is not a multiple of num_query_groups {num_query_groups}");
+        }
+        let head_dim = match count("kv_channels")? {
+            Some(d) => d,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => bail!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"),
+        };
+        let rotary_percentage = number("rotary_percentage", 1.0)?;
+        if rotary_percentage > 1.0 {
+            bail!("`rotary_percentage` must be at most 1, got {rotary_percentage}");
+        }
+        let tokenizer_model =
+            c.get("tokenizer").and_then(|t| t.get("model")).and_then(Value::as_str).map(str::to_owned);
+        Ok(NemoConfig {
+            family,
+            num_layers: required("num_layers")?,
+            hidden_size,
+            ffn_hidden_size: required("ffn_hidden_size")?,
+            num_heads,
+            num_query_groups,
+            head_dim,
+            norm_eps: number("layernorm_epsilon", 1e-5)?,
+            rotary_base: number("rotary_base", 10000.0)?,
+            rotary_percentage,
+            max_positions: count("max_position_embeddings")?.or(count("encoder_seq_length")?).unwrap_or(4096),
+            bias: c.get("bias").and_then(Value::as_bool).unwrap_or(true),
+            outputs: count("output_sequence_dim")?.unwrap_or(1),
+            tie_embeddings: c.get("share_embeddings_and_output_weights").and_then(Value::as_bool).unwrap_or(false),
+            tokenizer_model,
+            precision: c
+                .get("precision")
+                .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The reward head's output names: SteerLM's 9 attributes, HelpSteer's 5, or
+    /// `reward` / `LABEL_i`.
+    pub fn labels(&self) -> Vec<String> {
+        match self.outputs {
+            9 => ALL_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+            5 => HELPSTEER_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+            1 => vec!["reward".to_owned()],
+            n => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+        }
+    }
+
+    /// The Hugging Face `config.json` of the converted model.
+    pub fn hf_config(&self, vocab_size: usize, dtype: &str, bos: Option<u32>, eos: Option<u32>) -> Value {
+        let labels = self.labels();
+        let id2label: Map<String, Value> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+        let label2id: Map<String, Value> = labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+        let (architecture, model_type, act, eps_name) = match self.family {
+            NemoFamily::Llama => ("LlamaForSequenceClassification", "llama", "silu", "rms_norm_eps"),
+            NemoFamily::Nemotron => ("NemotronForSequenceClassification", "nemotron", "relu2", "norm_eps"),
+        };
+        let mut config = json!({
+            "architectures": [architecture],
+            "model_type": model_type,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.ffn_hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_query_groups,
+            "head_dim": self.head_dim,
+            "hidden_act": act,
+            eps_name: self.norm_eps,
+            "max_position_embeddings": self.max_positions,
+            "rope_theta": self.rotary_base,
+            "vocab_size": vocab_size,
+            "attention_bias": self.bias,
+            "mlp_bias": self.bias,
+            "tie_word_embeddings": self.tie_embeddings,
+            "id2label": id2label,
+            "label2id": label2id,
+            "num_labels": labels.len(),
+            "torch_dtype": dtype,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        });
+        if self.family == NemoFamily::Nemotron {
+            config["partial_rotary_factor"] = json!(self.rotary_percentage);
+        }
+        config
+    }
+}
+
+/// Reads `model_config.yaml` text, naming `source` in errors.
+pub fn read(text: &[u8], source: &str) -> Result<NemoConfig> {
+    let text = std::str::from_utf8(text).with_context(|| format!("{source} is not UTF-8"))?;
+    NemoConfig::parse(text).with_context(|| format!("in {source}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA: &str = "mcore_gpt: true\nnum_layers: 2\nhidden_size: 32\nffn_hidden_size: 96\nnum_attention_heads: 4\nnum_query_groups: 2\nnormalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\nrotary_base: 500000.0\nlayernorm_epsilon: 1.0e-05\noutput_sequence_dim: 9\ntokenizer:\n  library: sentencepiece\n  model: nemo:abc_tokenizer.model\n";
+
+    #[test]
+    fn maps_a_llama_reward_model() {
+        let c = NemoConfig::parse(LLAMA).unwrap();
+        assert_eq!((c.family, c.head_dim, c.num_query_groups, c.bias), (NemoFamily::Llama, 8, 2, false));
+        assert_eq!(c.tokenizer_model.as_deref(), Some("nemo:abc_tokenizer.model"));
+        let hf = c.hf_config(32000, "bfloat16", Some(1), Some(2));
+        assert_eq!(hf["architectures"][0], "LlamaForSequenceClassification");
+        assert_eq!((hf["rope_theta"].as_f64(), hf["id2label"]["8"].as_str()), (Some(500000.0), Some("verbosity")));
+        // The mapping is a config steerlm loads.
+        crate::model::config::ModelConfig::from_json(&hf).unwrap();
+    }
+
+    #[test]
+    fn unsupported_models_are_named() {
+        for (from, to, says) in [
+            ("activation: fast-swiglu", "activation: gelu", "activation `gelu`"),
+            ("position_embedding_type: rope", "position_embedding_type: learned_absolute", "learned_absolute"),
+            ("num_query_groups: 2", "num_query_groups: 3", "not a multiple of num_query_groups 3"),
+            ("num_layers: 2", "num_layers: -1", "`num_layers` must be a positive integer"),
+            ("mcore_gpt: true", "mcore_gpt: false", "legacy"),
+        ] {
+            let e = format!("{:#}", NemoConfig::parse(&LLAMA.replace(from, to)).unwrap_err());
+            assert!(e.contains(says), "{to}: {e}");
+        }
+        assert!(NemoConfig::parse("a: [").is_err());
+    }
+}
