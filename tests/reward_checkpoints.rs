@@ -10,22 +10,8 @@
 use serde_json::{Value, json};
 use std::io::Write;
 
-use crate::common::server::{self, Server};
-use crate::common::{
-    assert_failure, assert_success, goldens, model_dir, p, runtime, steerlm, steerlm_command, tempdir,
-};
-
-fn floats(value: &Value) -> Vec<f64> {
-    value.as_array().unwrap_or_else(|| panic!("not an array: {value}")).iter().map(|v| v.as_f64().unwrap()).collect()
-}
-
-#[track_caller]
-fn assert_close(ours: &[f64], golden: &[f64]) {
-    assert_eq!(ours.len(), golden.len(), "{ours:?} vs {golden:?}");
-    for (a, b) in ours.iter().zip(golden) {
-        assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{ours:?} vs {golden:?}");
-    }
-}
+use crate::common::rest::{assert_scores_close, floats, post_json, serve_model};
+use crate::common::{assert_failure, assert_success, goldens, model_dir, p, runtime, steerlm, tempdir};
 
 /// The chat cases whose messages are plain `role`/`content` objects (key order cannot
 /// matter to their template).
@@ -68,9 +54,9 @@ fn score_renders_messages_with_the_chat_template() {
     assert_eq!(lines.len(), cases.len() + 1);
     for (case, line) in cases.iter().zip(&lines) {
         assert_eq!(line["num_tokens"], case["token_ids"].as_array().unwrap().len(), "{}", case["name"]);
-        assert_close(&floats(&line["scores"]), &floats(&case["scores"]));
+        assert_scores_close(&floats(&line["scores"]), &floats(&case["scores"]));
     }
-    assert_close(&floats(&lines[cases.len()]["scores"]), &floats(&text_case["scores"]));
+    assert_scores_close(&floats(&lines[cases.len()]["scores"]), &floats(&text_case["scores"]));
 
     // Mistral's fixture has no template: the error names the line and the reason, and
     // nothing is written.
@@ -80,78 +66,65 @@ fn score_renders_messages_with_the_chat_template() {
     assert!(!output.exists());
 }
 
-fn serve(model: &str, extra: &[&str]) -> Server {
-    let dir = model_dir(model);
-    let mut command = steerlm_command(&["serve", "--model", p(&dir), "--device", "cpu", "--port", "0"]);
-    command.args(extra).env_remove("STEERLM_API_KEY");
-    server::spawn(command)
-}
-
-async fn post(url: String, body: Value) -> (u16, Value) {
-    let request = reqwest::Client::new().post(url).header("content-type", "application/json");
-    let response = request.body(body.to_string()).send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 #[test]
 fn a_causal_lm_reward_serves_the_logit_of_id_0() {
     let cases = plain_chat_cases("llama-causal");
     let (a, b) = (&cases[0], &cases[1]);
-    let server = serve("llama-causal", &[]);
+    let server = serve_model(&model_dir("llama-causal"), &[]);
     let base = server.url.clone();
     runtime().block_on(async {
         // vLLM's chat form of /pooling: one conversation in `messages`.
-        let (status, body) = post(format!("{base}/pooling"), json!({"messages": a["messages"]})).await;
+        let (status, body) = post_json(format!("{base}/pooling"), json!({"messages": a["messages"]})).await;
         assert_eq!(status, 200, "{body}");
-        assert_close(&floats(&body["data"][0]["data"]), &floats(&a["scores"]));
+        assert_scores_close(&floats(&body["data"][0]["data"]), &floats(&a["scores"]));
         assert_eq!(body["usage"]["prompt_tokens"], a["token_ids"].as_array().unwrap().len());
 
         let conversations = json!({"conversations": [a["messages"], b["messages"]]});
-        let (status, body) = post(format!("{base}/v1/score"), conversations).await;
+        let (status, body) = post_json(format!("{base}/v1/score"), conversations).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["attributes"], json!(["logit_0"]));
-        assert_close(&floats(&body["results"][1]["scores"]), &floats(&b["scores"]));
+        assert_scores_close(&floats(&body["results"][1]["scores"]), &floats(&b["scores"]));
 
         // OpenRLHF sends text its own code formatted: the rendered template.
-        let (status, body) = post(format!("{base}/get_reward"), json!({"query": [a["rendered"]]})).await;
+        let (status, body) = post_json(format!("{base}/get_reward"), json!({"query": [a["rendered"]]})).await;
         assert_eq!(status, 200, "{body}");
-        assert_close(&floats(&body["rewards"]), &floats(&a["scores"]));
+        assert_scores_close(&floats(&body["rewards"]), &floats(&a["scores"]));
 
         // The template's own refusals and malformed messages are 400s that say why.
-        let (status, body) = post(
+        let (status, body) = post_json(
             format!("{base}/pooling"),
             json!({"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "then"}]}),
         )
         .await;
         assert_eq!(status, 400, "{body}");
         assert!(body.to_string().contains("Conversation roles must alternate"), "{body}");
-        let (status, body) = post(format!("{base}/pooling"), json!({"messages": [{"content": "no role"}]})).await;
+        let (status, body) = post_json(format!("{base}/pooling"), json!({"messages": [{"content": "no role"}]})).await;
         assert_eq!(status, 400, "{body}");
         assert!(body.to_string().contains("string `role`"), "{body}");
-        let (status, body) = post(format!("{base}/pooling"), json!({"input": "x", "messages": a["messages"]})).await;
+        let (status, body) =
+            post_json(format!("{base}/pooling"), json!({"input": "x", "messages": a["messages"]})).await;
         assert_eq!(status, 400, "{body}");
     });
     drop(server);
 
     let goldens = goldens("llama-causal");
     let ids = goldens["multi_token_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect::<Vec<_>>();
-    let server = serve("llama-causal", &["--reward-token-ids", &ids.join(",")]);
+    let server = serve_model(&model_dir("llama-causal"), &["--reward-token-ids", &ids.join(",")]);
     let case = &goldens["cases"][3];
     runtime().block_on(async {
-        let (status, body) = post(format!("{}/classify", server.url), json!({"input": case["text"]})).await;
+        let (status, body) = post_json(format!("{}/classify", server.url), json!({"input": case["text"]})).await;
         assert_eq!(status, 200, "{body}");
-        assert_close(&floats(&body["data"][0]["probs"]), &floats(&case["multi_scores"]));
+        assert_scores_close(&floats(&body["data"][0]["probs"]), &floats(&case["multi_scores"]));
     });
 }
 
 #[test]
 fn messages_to_a_checkpoint_without_a_template_are_a_400() {
-    let server = serve("mistral5", &[]);
+    let server = serve_model(&model_dir("mistral5"), &[]);
     runtime().block_on(async {
         let (status, body) =
-            post(format!("{}/pooling", server.url), json!({"messages": [{"role": "user", "content": "hi"}]})).await;
+            post_json(format!("{}/pooling", server.url), json!({"messages": [{"role": "user", "content": "hi"}]}))
+                .await;
         assert_eq!(status, 400, "{body}");
         assert!(body.to_string().contains("no chat template"), "{body}");
     });

@@ -11,37 +11,11 @@
 
 use serde_json::{Value, json};
 
-use crate::common::server::{self, Server};
+use crate::common::rest::{assert_scores_close, floats, post_json, serve_model as serve};
 use crate::common::{goldens, llama9_with_config, model_dir, runtime, steerlm_command};
 
 /// Nemotron-4-340B-Reward's card: helpfulness, correctness, coherence, complexity, verbosity.
 const WEIGHTS: [f64; 9] = [0.0, 0.0, 0.0, 0.0, 0.3, 0.74, 0.46, 0.47, -0.33];
-
-fn serve(model: &std::path::Path, extra: &[&str]) -> Server {
-    let mut command = steerlm_command(&["serve", "--model", model.to_str().unwrap(), "--device", "cpu", "--port", "0"]);
-    command.args(extra).env_remove("STEERLM_API_KEY");
-    server::spawn(command)
-}
-
-async fn post(url: String, body: Value) -> (u16, Value) {
-    let request = reqwest::Client::new().post(url).header("content-type", "application/json");
-    let response = request.body(body.to_string()).send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn floats(value: &Value) -> Vec<f64> {
-    value.as_array().unwrap_or_else(|| panic!("not an array: {value}")).iter().map(|v| v.as_f64().unwrap()).collect()
-}
-
-#[track_caller]
-fn assert_close(ours: &[f64], golden: &[f64]) {
-    assert_eq!(ours.len(), golden.len());
-    for (a, b) in ours.iter().zip(golden) {
-        assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{ours:?} vs {golden:?}");
-    }
-}
 
 fn weighted(scores: &[f64]) -> f64 {
     WEIGHTS.iter().zip(scores).map(|(w, s)| w * s).sum()
@@ -59,51 +33,54 @@ fn rlhf_endpoints_answer_with_raw_and_weighted_scores() {
     runtime().block_on(async {
         // vLLM's example client: {"model": model, "input": prompts}.
         let (status, body) =
-            post(format!("{base}/classify"), json!({"model": "reward_model", "input": [a["text"], b["text"]]})).await;
+            post_json(format!("{base}/classify"), json!({"model": "reward_model", "input": [a["text"], b["text"]]}))
+                .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["object"], "list");
         assert!(body["id"].as_str().unwrap().starts_with("classify-"));
         let data = body["data"].as_array().unwrap();
-        assert_close(&floats(&data[0]["probs"]), &golden_a);
-        assert_close(&floats(&data[1]["probs"]), &golden_b);
+        assert_scores_close(&floats(&data[0]["probs"]), &golden_a);
+        assert_scores_close(&floats(&data[1]["probs"]), &golden_b);
         assert_eq!(data[1]["num_classes"], 9);
         assert_eq!(data[1]["index"], 1);
         let best = golden_b.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
         assert_eq!(data[1]["label"], goldens["labels"][best]);
-        assert_close(&[data[0]["reward"].as_f64().unwrap()], &[weighted(&golden_a)]);
+        assert_scores_close(&[data[0]["reward"].as_f64().unwrap()], &[weighted(&golden_a)]);
         let tokens = a["token_ids"].as_array().unwrap().len() + b["token_ids"].as_array().unwrap().len();
         assert_eq!(body["usage"]["prompt_tokens"], tokens);
 
-        let (status, body) = post(format!("{base}/classify"), json!({"model": "other", "input": "hi"})).await;
+        let (status, body) = post_json(format!("{base}/classify"), json!({"model": "other", "input": "hi"})).await;
         assert_eq!(status, 404, "{body}");
-        let (status, body) = post(format!("{base}/classify"), json!({"input": [[1, 999999]]})).await;
+        let (status, body) = post_json(format!("{base}/classify"), json!({"input": [[1, 999999]]})).await;
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains("outside the vocabulary"), "{body}");
 
         // /pooling with a text, and with the same text's token ids.
-        let (status, body) = post(format!("{base}/pooling"), json!({"input": a["text"]})).await;
+        let (status, body) = post_json(format!("{base}/pooling"), json!({"input": a["text"]})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["data"][0]["object"], "pooling");
         let pooled = floats(&body["data"][0]["data"]);
-        assert_close(&pooled, &golden_a);
-        let (_, by_ids) = post(format!("{base}/pooling"), json!({"input": [a["token_ids"]]})).await;
+        assert_scores_close(&pooled, &golden_a);
+        let (_, by_ids) = post_json(format!("{base}/pooling"), json!({"input": [a["token_ids"]]})).await;
         assert_eq!(floats(&by_ids["data"][0]["data"]), pooled, "token ids score as their text");
 
         // TEI: {"inputs": "..."} answers one list; with weights, the combined reward.
-        let (status, body) = post(format!("{base}/predict"), json!({"inputs": a["text"], "raw_scores": true})).await;
+        let (status, body) =
+            post_json(format!("{base}/predict"), json!({"inputs": a["text"], "raw_scores": true})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body[0]["label"], "reward");
-        assert_close(&[body[0]["score"].as_f64().unwrap()], &[weighted(&golden_a)]);
-        let (_, body) = post(format!("{base}/predict"), json!({"inputs": [[a["text"]], [b["text"]]]})).await;
-        assert_close(&[body[1][0]["score"].as_f64().unwrap()], &[weighted(&golden_b)]);
-        let (status, body) = post(format!("{base}/predict"), json!({"inputs": [["a", "b"]]})).await;
+        assert_scores_close(&[body[0]["score"].as_f64().unwrap()], &[weighted(&golden_a)]);
+        let (_, body) = post_json(format!("{base}/predict"), json!({"inputs": [[a["text"]], [b["text"]]]})).await;
+        assert_scores_close(&[body[1][0]["score"].as_f64().unwrap()], &[weighted(&golden_b)]);
+        let (status, body) = post_json(format!("{base}/predict"), json!({"inputs": [["a", "b"]]})).await;
         assert_eq!(status, 422, "{body}");
 
         // OpenRLHF's serve_rm request: {"query": [...], "prompts": [...]}.
         let (status, body) =
-            post(format!("{base}/get_reward"), json!({"query": [a["text"], b["text"]], "prompts": ["x", "y"]})).await;
+            post_json(format!("{base}/get_reward"), json!({"query": [a["text"], b["text"]], "prompts": ["x", "y"]}))
+                .await;
         assert_eq!(status, 200, "{body}");
-        assert_close(&floats(&body["rewards"]), &[weighted(&golden_a), weighted(&golden_b)]);
+        assert_scores_close(&floats(&body["rewards"]), &[weighted(&golden_a), weighted(&golden_b)]);
         assert_eq!(body["scores"], body["rewards"]);
 
         let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
@@ -136,38 +113,38 @@ fn truncation_is_as_asked_and_long_texts_are_named_otherwise() {
         let pooled = |ids: &[Value]| {
             let base = base.clone();
             let ids = ids.to_vec();
-            async move { floats(&post(format!("{base}/pooling"), json!({"input": [ids]})).await.1["data"][0]["data"]) }
+            async move { floats(&post_json(format!("{base}/pooling"), json!({"input": [ids]})).await.1["data"][0]["data"]) }
         };
         let first_16 = pooled(&ids[..16]).await;
         let last_16 = pooled(&ids[ids.len() - 16..]).await;
         let last_8 = pooled(&ids[ids.len() - 8..]).await;
 
-        let (status, body) = post(format!("{base}/classify"), json!({"input": long["text"]})).await;
+        let (status, body) = post_json(format!("{base}/classify"), json!({"input": long["text"]})).await;
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains("context is 16 tokens"), "{body}");
         let (status, body) =
-            post(format!("{base}/classify"), json!({"input": long["text"], "truncate_prompt_tokens": 8})).await;
+            post_json(format!("{base}/classify"), json!({"input": long["text"], "truncate_prompt_tokens": 8})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(floats(&body["data"][0]["probs"]), last_8);
         assert_eq!(body["usage"]["prompt_tokens"], 8);
         let (_, body) =
-            post(format!("{base}/pooling"), json!({"input": long["text"], "truncate_prompt_tokens": -1})).await;
+            post_json(format!("{base}/pooling"), json!({"input": long["text"], "truncate_prompt_tokens": -1})).await;
         assert_eq!(floats(&body["data"][0]["data"]), last_16);
         let (status, body) =
-            post(format!("{base}/classify"), json!({"input": "hi", "truncate_prompt_tokens": 17})).await;
+            post_json(format!("{base}/classify"), json!({"input": "hi", "truncate_prompt_tokens": 17})).await;
         assert_eq!(status, 400, "{body}");
 
-        let (status, body) = post(format!("{base}/predict"), json!({"inputs": long["text"]})).await;
+        let (status, body) = post_json(format!("{base}/predict"), json!({"inputs": long["text"]})).await;
         assert_eq!(status, 413, "{body}");
         assert!(body["error"].as_str().unwrap().contains("truncate"), "{body}");
-        let (status, body) = post(format!("{base}/predict"), json!({"inputs": long["text"], "truncate": true})).await;
+        let (status, body) = post_json(format!("{base}/predict"), json!({"inputs": long["text"], "truncate": true})).await;
         assert_eq!(status, 200, "{body}");
         // Raw scores, one per attribute, highest first.
         let scores: Vec<f64> = body.as_array().unwrap().iter().map(|p| p["score"].as_f64().unwrap()).collect();
         let mut expected = first_16.clone();
         expected.sort_by(|x, y| y.total_cmp(x));
         assert_eq!(scores, expected);
-        let (_, body) = post(
+        let (_, body) = post_json(
             format!("{base}/predict"),
             json!({"inputs": long["text"], "truncate": true, "truncation_direction": "Left"}),
         )
@@ -177,7 +154,7 @@ fn truncation_is_as_asked_and_long_texts_are_named_otherwise() {
         assert_eq!(body.as_array().unwrap().iter().map(|p| p["score"].as_f64().unwrap()).collect::<Vec<_>>(), expected);
 
         // Nine heads and no --attribute-weights: no one reward to give.
-        let (status, body) = post(format!("{base}/get_reward"), json!({"query": ["hi"]})).await;
+        let (status, body) = post_json(format!("{base}/get_reward"), json!({"query": ["hi"]})).await;
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains("--attribute-weights"), "{body}");
     });

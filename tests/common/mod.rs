@@ -3,6 +3,7 @@
 //! files, and the small file-system helpers.
 
 pub mod cli;
+pub mod rest;
 pub mod server;
 
 pub use cli::{assert_failure, assert_success, stderr, steerlm, steerlm_command};
