@@ -13,6 +13,7 @@ mod common;
 mod annotate;
 mod component_cache;
 mod conversions;
+mod import_nemo;
 mod input_rules;
 mod manifest;
 mod outputs;

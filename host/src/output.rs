@@ -495,6 +495,7 @@ impl OutputDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
+        std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let file_name = destination.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut pending = pending();
         let temp = tempfile::Builder::new()

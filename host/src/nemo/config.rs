@@ -31,7 +31,7 @@ pub struct NemoConfig {
     pub max_positions: usize,
     /// Linear layers have biases.
     pub bias: bool,
-    /// The reward head's outputs (`output_sequence_dim`).
+    /// The reward head's outputs (`regression.num_attributes`).
     pub outputs: usize,
     pub tie_embeddings: bool,
     /// `tokenizer.model` in the config (`nemo:<file>` names a file in the checkpoint).
@@ -145,7 +145,16 @@ impl NemoConfig {
             rotary_percentage,
             max_positions: count("max_position_embeddings")?.or(count("encoder_seq_length")?).unwrap_or(4096),
             bias: c.get("bias").and_then(Value::as_bool).unwrap_or(true),
-            outputs: count("output_sequence_dim")?.unwrap_or(1),
+            // NeMo-Aligner's regression reward models; the importer checks it against
+            // `rm_head`'s rows.
+            outputs: match c.get("regression").and_then(|r| r.get("num_attributes")) {
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&n| n > 0)
+                    .map(|n| n as usize)
+                    .ok_or_else(|| anyhow!("`regression.num_attributes` must be a positive integer, got {v}"))?,
+                None => count("output_sequence_dim")?.unwrap_or(1),
+            },
             tie_embeddings: c.get("share_embeddings_and_output_weights").and_then(Value::as_bool).unwrap_or(false),
             tokenizer_model,
             precision: c
@@ -217,7 +226,7 @@ pub fn read(text: &[u8], source: &str) -> Result<NemoConfig> {
 mod tests {
     use super::*;
 
-    const LLAMA: &str = "mcore_gpt: true\nnum_layers: 2\nhidden_size: 32\nffn_hidden_size: 96\nnum_attention_heads: 4\nnum_query_groups: 2\nnormalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\nrotary_base: 500000.0\nlayernorm_epsilon: 1.0e-05\noutput_sequence_dim: 9\ntokenizer:\n  library: sentencepiece\n  model: nemo:abc_tokenizer.model\n";
+    const LLAMA: &str = "mcore_gpt: true\nnum_layers: 2\nhidden_size: 32\nffn_hidden_size: 96\nnum_attention_heads: 4\nnum_query_groups: 2\nnormalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\nrotary_base: 500000.0\nlayernorm_epsilon: 1.0e-05\nregression:\n  num_attributes: 9\ntokenizer:\n  library: sentencepiece\n  model: nemo:abc_tokenizer.model\n";
 
     #[test]
     fn maps_a_llama_reward_model() {

@@ -142,15 +142,16 @@ fn open_weights(store: &Store) -> Result<ZarrCheckpoint<'_>> {
     bail!("{} has no model_weights/ folder: not a NeMo checkpoint", store.describe(""))
 }
 
-/// The output tensors and where each comes from.
-fn plan(config: &NemoConfig, ckpt: &ZarrCheckpoint, out_dtype: DType) -> Result<Vec<(OutTensor, Source)>> {
+/// The output tensors and where each comes from; each keeps its stored dtype unless
+/// `out_dtype` is given (NeMo-Aligner stores `rm_head` in f32 beside bf16 weights).
+fn plan(config: &NemoConfig, ckpt: &ZarrCheckpoint, out_dtype: Option<DType>) -> Result<Vec<(OutTensor, Source)>> {
     let (h, hd, heads, groups, ffn) =
         (config.hidden_size, config.head_dim, config.num_heads, config.num_query_groups, config.ffn_hidden_size);
     let per_group = heads / groups;
     let nemotron = config.family == NemoFamily::Nemotron;
     let mut out = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, source: Source| {
-        out.push((OutTensor { name, dtype: out_dtype, shape }, source));
+        out.push((OutTensor { name, dtype: out_dtype.unwrap_or(DType::F32), shape }, source));
     };
     let embed = ckpt.require(&["embedding.word_embeddings.weight"])?;
     let vocab = ckpt.array(&embed)?.shape.first().copied().unwrap_or(0);
@@ -229,9 +230,19 @@ fn plan(config: &NemoConfig, ckpt: &ZarrCheckpoint, out_dtype: DType) -> Result<
         push("model.norm.bias".into(), vec![h], Source::Whole(ckpt.require(&["decoder.final_layernorm.bias"])?));
     }
     let head = ckpt.require(&["rm_head.weight"])?;
+    let rows = ckpt.array(&head)?.shape.first().copied().unwrap_or(0);
+    if rows != config.outputs {
+        bail!("`{head}` has {rows} outputs, but model_config.yaml's regression.num_attributes says {}", config.outputs);
+    }
     push("score.weight".into(), vec![config.outputs, h], Source::Whole(head));
     if let Some(bias) = ckpt.find(&["rm_head.bias"]) {
         push("score.bias".into(), vec![config.outputs], Source::Whole(bias));
+    }
+    if out_dtype.is_none() {
+        for (tensor, source) in &mut out {
+            let (Source::Whole(key) | Source::Layer { key, .. } | Source::LayerRows { key, .. }) = source;
+            tensor.dtype = ckpt.array(key)?.dtype;
+        }
     }
     Ok(out)
 }
@@ -340,7 +351,7 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
     let ckpt = open_weights(&store)?;
     let stored_dtype = ckpt.array(&ckpt.require(&["embedding.word_embeddings.weight"])?)?.dtype;
     let dtype = options.dtype.unwrap_or(stored_dtype);
-    let planned = plan(&config, &ckpt, dtype)?;
+    let planned = plan(&config, &ckpt, options.dtype)?;
     let tokenizer = tokenizer_files(&store, &config, options.tokenizer.as_deref())?;
 
     let out = OutputDir::create(&options.output_dir)?;

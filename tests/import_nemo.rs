@@ -1,0 +1,168 @@
+//! `steerlm import-nemo` on NeMo reward models that megatron-core itself wrote
+//! (tests/fixtures/nemo, see its README): each imported folder loads in `score`, and
+//! its scores equal megatron-core's own forward pass and the transformers model of the
+//! same weights; the errors of what it does not read; nothing half-written.
+
+use serde_json::{Value, json};
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use crate::common::rest::{assert_scores_close, floats};
+use crate::common::{assert_failure, assert_success, listing, p, steerlm, tempdir};
+
+fn nemo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nemo").join(name)
+}
+
+fn nemo_goldens(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(nemo(name).join("goldens.json")).unwrap()).unwrap()
+}
+
+/// Scores the goldens' texts with the imported model and checks them against
+/// megatron-core's (`scores`) and transformers' (`hf_scores`) numbers.
+fn check_scores(model: &Path, goldens: &Value, device: &str) {
+    let dir = tempdir();
+    let input = dir.path().join("texts.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    for case in goldens["cases"].as_array().unwrap() {
+        writeln!(file, "{}", json!({"text": case["text"]})).unwrap();
+    }
+    drop(file);
+    let output = dir.path().join("scores.jsonl");
+    let args = ["score", "--model", p(model), "--device", device, "--precision", "f32"];
+    assert_success(&steerlm(&[&args[..], &["--input-file", p(&input), "--output-file", p(&output)]].concat()));
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (case, line) in goldens["cases"].as_array().unwrap().iter().zip(&lines) {
+        assert_eq!(line["num_tokens"], case["token_ids"].as_array().unwrap().len(), "{}", case["name"]);
+        assert_scores_close(&floats(&line["scores"]), &floats(&case["scores"]));
+        assert_scores_close(&floats(&line["scores"]), &floats(&case["hf_scores"]));
+    }
+}
+
+#[test]
+fn zarr_checkpoints_import_and_score_like_megatron_and_transformers() {
+    let out = tempdir();
+    for (input, goldens) in
+        [("llama-zarr", "llama-zarr"), ("nemotron-zarr", "nemotron-zarr"), ("llama-zarr.nemo", "llama-zarr")]
+    {
+        let dir = out.path().join(input).join("hf");
+        assert_success(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
+        assert_eq!(
+            listing(&dir),
+            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
+            "{input}"
+        );
+        // The config agrees with the one the fixture's own conversion made for transformers.
+        let ours: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let theirs: Value =
+            serde_json::from_str(&std::fs::read_to_string(nemo(goldens).join("hf/config.json")).unwrap()).unwrap();
+        for field in
+            ["architectures", "hidden_size", "intermediate_size", "num_key_value_heads", "head_dim", "id2label"]
+        {
+            assert_eq!(ours[field], theirs[field], "{input}: {field}");
+        }
+        check_scores(&dir, &nemo_goldens(goldens), "cpu");
+    }
+    // The wgpu path runs the imported model too (lavapipe in CI).
+    check_scores(&out.path().join("nemotron-zarr/hf"), &nemo_goldens("nemotron-zarr"), "wgpu");
+}
+
+#[test]
+fn shards_dtypes_and_a_given_tokenizer() {
+    let out = tempdir();
+    let dir = out.path().join("sharded");
+    let tokenizer = nemo("hf-tokenizer");
+    let input = nemo("llama-zarr");
+    let args = ["import-nemo", p(&input), "--output-dir", p(&dir), "--max-shard-gb", "0.0001"];
+    assert_success(&steerlm(&[&args[..], &["--dtype", "f32", "--tokenizer", p(&tokenizer)]].concat()));
+    let files = listing(&dir);
+    let shards = files.iter().filter(|f| f.starts_with("model-")).count();
+    assert!(files.contains(&"model.safetensors.index.json".to_owned()) && shards >= 3, "{files:?}");
+    assert!(files.contains(&"tokenizer_config.json".to_owned()));
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "float32");
+    check_scores(&dir, &nemo_goldens("llama-zarr"), "cpu");
+}
+
+#[test]
+fn what_it_does_not_read_is_named_and_nothing_is_written() {
+    let out = tempdir();
+    let dir = out.path().join("out");
+    for (input, says) in [
+        ("llama-torch-dist", "is a `torch_dist` distributed checkpoint, which steerlm does not read yet"),
+        ("llama-legacy", "is a legacy NeMo checkpoint (model_weights.ckpt files)"),
+        ("hf-tokenizer", "model_config.yaml does not exist"),
+    ] {
+        let error = assert_failure(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
+        assert!(error.contains(says), "{input}: {error}");
+        assert!(!dir.exists(), "{input}: nothing is written");
+    }
+    assert!(listing(out.path()).is_empty(), "no temporary folder is left: {:?}", listing(out.path()));
+
+    // A damaged checkpoint: one chunk of one tensor cut short. The error names it, and
+    // neither the output nor a temporary folder remains.
+    let damaged = out.path().join("damaged");
+    copy_tree(&nemo("llama-zarr"), &damaged);
+    let chunk = damaged.join("model_weights/model.decoder.layers.mlp.linear_fc2.weight/1.0.0");
+    let bytes = std::fs::read(&chunk).unwrap();
+    std::fs::write(&chunk, &bytes[..bytes.len() / 2]).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&damaged), "--output-dir", p(&dir)]));
+    assert!(
+        error.contains("linear_fc2.weight/1.0.0") && error.contains("model.layers.1.mlp.down_proj.weight"),
+        "{error}"
+    );
+    assert!(!dir.exists());
+    assert_eq!(listing(out.path()), ["damaged"]);
+
+    // Without its tokenizer file, the checkpoint needs --tokenizer.
+    std::fs::write(&chunk, &bytes).unwrap();
+    for entry in std::fs::read_dir(&damaged).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with("_tokenizer.model") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let error = assert_failure(&steerlm(&["import-nemo", p(&damaged), "--output-dir", p(&dir)]));
+    assert!(error.contains("pass --tokenizer"), "{error}");
+}
+
+#[test]
+fn the_output_folder_must_be_new_or_empty() {
+    let out = tempdir();
+    let full = out.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep.txt"), "mine").unwrap();
+    let link = out.path().join("link");
+    std::os::unix::fs::symlink(out.path().join("empty"), &link).unwrap();
+    std::fs::create_dir(out.path().join("empty")).unwrap();
+    for (dir, says) in [
+        (full.clone(), "is not empty"),
+        (PathBuf::from("/dev/null"), "exists and is not a folder"),
+        (link, "is a symbolic link"),
+        (nemo("llama-zarr"), "is not empty"),
+    ] {
+        let error = assert_failure(&steerlm(&["import-nemo", p(&nemo("llama-zarr")), "--output-dir", p(&dir)]));
+        assert!(error.contains(says), "{}: {error}", dir.display());
+    }
+    assert_eq!(std::fs::read_to_string(full.join("keep.txt")).unwrap(), "mine");
+    // /dev/null is still a character device (a rename over it would have replaced it).
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    // An empty folder is filled.
+    assert_success(&steerlm(&["import-nemo", p(&nemo("llama-zarr")), "--output-dir", p(&out.path().join("empty"))]));
+    assert!(out.path().join("empty/model.safetensors").is_file());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
