@@ -34,20 +34,48 @@ pub struct Imported {
     pub labels: Vec<String>,
 }
 
-/// Where one output tensor's values come from.
-#[derive(Clone, Debug)]
-enum Source {
-    /// A whole stored array.
-    Whole(String),
-    /// Layer `layer` of an array stacked over layers (or `...layers.N...` unstacked).
-    Layer { key: String, layer: usize },
-    /// Rows `start..start + rows` of layer `layer`'s array, in blocks: for each of
-    /// `groups` groups of `group_rows` rows, rows `offset..offset + take` of the group
-    /// (the q, k or v part of a fused `linear_qkv`; `groups == 1` for a plain slice).
-    LayerRows { key: String, layer: usize, groups: usize, group_rows: usize, offset: usize, take: usize },
+/// Rows picked from a 2-D tensor: for each of `groups` groups of `group_rows` rows, rows
+/// `offset..offset + take` of the group (the q, k or v part of a fused `linear_qkv`;
+/// one group of all rows for a plain slice such as the halves of SwiGLU's fc1).
+#[derive(Clone, Copy, Debug)]
+struct RowPick {
+    groups: usize,
+    group_rows: Option<usize>,
+    offset: usize,
+    take: usize,
 }
 
-/// The tensors of a zarr distributed checkpoint (`model_weights/`), by key.
+/// Where one output tensor's values come from.
+#[derive(Clone, Debug)]
+struct Source {
+    key: String,
+    /// The layer's index along the first axis of a tensor stacked over layers.
+    layer: Option<usize>,
+    rows: Option<RowPick>,
+}
+
+impl Source {
+    fn whole(key: String) -> Self {
+        Source { key, layer: None, rows: None }
+    }
+}
+
+/// The tensors of one checkpoint container, by their Megatron-core key without the
+/// `model.` prefix some containers add.
+pub trait Tensors {
+    /// Where the tensors are, for errors.
+    fn describe(&self) -> String;
+    fn contains(&self, key: &str) -> bool;
+    /// Stored dtype and shape.
+    fn info(&self, key: &str) -> Result<(DType, Vec<usize>)>;
+    /// All of `key`'s values, little-endian, C order.
+    fn read(&self, key: &str) -> Result<Vec<u8>>;
+    /// `key[index]` along the first axis: one layer of a tensor stacked over layers.
+    fn read_first_axis(&self, key: &str, index: usize) -> Result<Vec<u8>>;
+}
+
+/// The tensors of a zarr distributed checkpoint (`model_weights/`): one zarr array per
+/// key, layers stacked on the first axis.
 struct ZarrCheckpoint<'s> {
     store: &'s Store,
     folder: String,
@@ -69,25 +97,56 @@ impl<'s> ZarrCheckpoint<'s> {
         Ok(ZarrCheckpoint { store, folder: folder.to_owned(), keys, prefix })
     }
 
-    /// The stored key of `name` (one of alternatives), if present.
-    fn find(&self, names: &[&str]) -> Option<String> {
-        names.iter().map(|n| format!("{}{n}", self.prefix)).find(|k| self.keys.contains_key(k))
-    }
-
-    fn require(&self, names: &[&str]) -> Result<String> {
-        self.find(names).ok_or_else(|| {
-            anyhow!(
-                "the checkpoint has no tensor `{}{}` (in {})",
-                self.prefix,
-                names.join("` or `"),
-                self.store.describe(&self.folder)
-            )
-        })
-    }
-
     fn array(&self, key: &str) -> Result<ZarrArray<'s>> {
-        ZarrArray::open(self.store, &format!("{}/{key}", self.folder))
+        ZarrArray::open(self.store, &format!("{}/{}{key}", self.folder, self.prefix))
     }
+}
+
+impl Tensors for ZarrCheckpoint<'_> {
+    fn describe(&self) -> String {
+        self.store.describe(&self.folder)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.keys.contains_key(&format!("{}{key}", self.prefix))
+    }
+
+    fn info(&self, key: &str) -> Result<(DType, Vec<usize>)> {
+        let array = self.array(key)?;
+        Ok((array.dtype, array.shape.clone()))
+    }
+
+    fn read(&self, key: &str) -> Result<Vec<u8>> {
+        self.array(key)?.read()
+    }
+
+    fn read_first_axis(&self, key: &str, index: usize) -> Result<Vec<u8>> {
+        self.array(key)?.read_first_axis(index)
+    }
+}
+
+/// The first of `names` the checkpoint has, or an error naming them all.
+fn require(ckpt: &dyn Tensors, names: &[String]) -> Result<String> {
+    names
+        .iter()
+        .find(|n| ckpt.contains(n))
+        .cloned()
+        .ok_or_else(|| anyhow!("the checkpoint has no tensor `{}` (in {})", names.join("` or `"), ckpt.describe()))
+}
+
+/// Layer `layer`'s tensor `name` (one of alternatives): stacked over layers
+/// (`decoder.layers.NAME`, distributed checkpoints) or per layer (`decoder.layers.L.NAME`).
+fn layer_source(ckpt: &dyn Tensors, names: &[String], layer: usize) -> Result<Source> {
+    let stacked: Vec<String> = names.iter().map(|n| format!("decoder.layers.{n}")).collect();
+    if let Some(key) = stacked.iter().find(|k| ckpt.contains(k)) {
+        return Ok(Source { key: key.clone(), layer: Some(layer), rows: None });
+    }
+    let per_layer: Vec<String> = names.iter().map(|n| format!("decoder.layers.{layer}.{n}")).collect();
+    Ok(Source::whole(
+        require(ckpt, &per_layer).map_err(|_| {
+            anyhow!("the checkpoint has no tensor `{}` (in {})", stacked.join("` or `"), ckpt.describe())
+        })?,
+    ))
 }
 
 fn convert_dtype(bytes: Vec<u8>, from: DType, to: DType, name: &str) -> Result<Vec<u8>> {
@@ -120,12 +179,12 @@ fn dtype_name(dtype: DType) -> &'static str {
 }
 
 /// The container in `store`, refused by name when it is one steerlm does not read yet.
-fn open_weights(store: &Store) -> Result<ZarrCheckpoint<'_>> {
+fn open_weights(store: &Store) -> Result<Box<dyn Tensors + '_>> {
     if let Some(metadata) = store.read_optional("model_weights/metadata.json")? {
         let metadata: Value = serde_json::from_slice(&metadata)
             .with_context(|| format!("{} is not JSON", store.describe("model_weights/metadata.json")))?;
         return match metadata.get("sharded_backend").and_then(Value::as_str) {
-            Some("zarr") => ZarrCheckpoint::open(store, "model_weights"),
+            Some("zarr") => Ok(Box::new(ZarrCheckpoint::open(store, "model_weights")?)),
             Some("torch_dist") => bail!(
                 "{} is a `torch_dist` distributed checkpoint, which steerlm does not read yet (it reads `zarr` ones): convert it with NeMo to zarr or Hugging Face",
                 store.describe("model_weights")
@@ -144,149 +203,120 @@ fn open_weights(store: &Store) -> Result<ZarrCheckpoint<'_>> {
 
 /// The output tensors and where each comes from; each keeps its stored dtype unless
 /// `out_dtype` is given (NeMo-Aligner stores `rm_head` in f32 beside bf16 weights).
-fn plan(config: &NemoConfig, ckpt: &ZarrCheckpoint, out_dtype: Option<DType>) -> Result<Vec<(OutTensor, Source)>> {
+fn plan(config: &NemoConfig, ckpt: &dyn Tensors, out_dtype: Option<DType>) -> Result<Vec<(OutTensor, Source)>> {
     let (h, hd, heads, groups, ffn) =
         (config.hidden_size, config.head_dim, config.num_heads, config.num_query_groups, config.ffn_hidden_size);
     let per_group = heads / groups;
     let nemotron = config.family == NemoFamily::Nemotron;
+    let names = |list: &[&str]| -> Vec<String> { list.iter().map(|n| n.to_string()).collect() };
     let mut out = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, source: Source| {
         out.push((OutTensor { name, dtype: out_dtype.unwrap_or(DType::F32), shape }, source));
     };
-    let embed = ckpt.require(&["embedding.word_embeddings.weight"])?;
-    let vocab = ckpt.array(&embed)?.shape.first().copied().unwrap_or(0);
-    push("model.embed_tokens.weight".into(), vec![vocab, h], Source::Whole(embed));
+    let embed = require(ckpt, &names(&["embedding.word_embeddings.weight"]))?;
+    let vocab = ckpt.info(&embed)?.1.first().copied().unwrap_or(0);
+    push("model.embed_tokens.weight".into(), vec![vocab, h], Source::whole(embed));
 
-    // Per-layer tensors: (HF suffix, mcore names (TE spec first, then the local spec), shape).
-    let layer = |names: &[&str]| -> Result<String> {
-        ckpt.require(
-            &names
-                .iter()
-                .map(|n| format!("decoder.layers.{n}"))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let norm_names = |te: &str, local: &str, what: &str| [format!("{te}.layer_norm_{what}"), format!("{local}.{what}")];
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
-        let mut norm = |hf: &str, te: &str, local: &str| -> Result<()> {
-            let [a, b] = norm_names(te, local, "weight");
-            push(format!("{p}.{hf}.weight"), vec![h], Source::Layer { key: layer(&[&a, &b])?, layer: i });
-            if nemotron {
-                let [a, b] = norm_names(te, local, "bias");
-                push(format!("{p}.{hf}.bias"), vec![h], Source::Layer { key: layer(&[&a, &b])?, layer: i });
-            }
-            Ok(())
-        };
-        norm("input_layernorm", "self_attention.linear_qkv", "input_layernorm")?;
-        norm("post_attention_layernorm", "mlp.linear_fc1", "pre_mlp_layernorm")?;
-
-        let qkv = layer(&["self_attention.linear_qkv.weight"])?;
-        let group_rows = (per_group + 2) * hd;
-        let parts =
-            [("q_proj", 0, per_group * hd), ("k_proj", per_group * hd, hd), ("v_proj", (per_group + 1) * hd, hd)];
-        for (name, offset, take) in parts {
-            let rows = Source::LayerRows { key: qkv.clone(), layer: i, groups, group_rows, offset, take };
-            push(format!("{p}.self_attn.{name}.weight"), vec![groups * take, h], rows);
-            if config.bias {
-                let key = layer(&["self_attention.linear_qkv.bias"])?;
-                let rows = Source::LayerRows { key, layer: i, groups, group_rows, offset, take };
-                push(format!("{p}.self_attn.{name}.bias"), vec![groups * take], rows);
+        // Norms: Transformer Engine names (fused into the next linear layer) first, then
+        // the local spec's.
+        for (hf, te, local) in [
+            ("input_layernorm", "self_attention.linear_qkv", "input_layernorm"),
+            ("post_attention_layernorm", "mlp.linear_fc1", "pre_mlp_layernorm"),
+        ] {
+            let kinds: &[&str] = if nemotron { &["weight", "bias"] } else { &["weight"] };
+            for kind in kinds {
+                let source = layer_source(ckpt, &[format!("{te}.layer_norm_{kind}"), format!("{local}.{kind}")], i)?;
+                push(format!("{p}.{hf}.{kind}"), vec![h], source);
             }
         }
-        let linear = |push: &mut dyn FnMut(String, Vec<usize>, Source),
-                      hf: &str,
-                      mcore: &str,
-                      shape: Vec<usize>,
-                      rows: Option<(usize, usize)>|
-         -> Result<()> {
-            let key = layer(&[&format!("{mcore}.weight")])?;
-            let source = |key: String| match rows {
-                Some((offset, take)) => Source::LayerRows { key, layer: i, groups: 1, group_rows: 0, offset, take },
-                None => Source::Layer { key, layer: i },
-            };
-            push(format!("{p}.{hf}.weight"), shape.clone(), source(key));
-            if config.bias {
-                let key = layer(&[&format!("{mcore}.bias")])?;
-                push(format!("{p}.{hf}.bias"), vec![shape[0]], source(key));
+        let kinds: &[&str] = if config.bias { &["weight", "bias"] } else { &["weight"] };
+        // linear_qkv: per query group, its q heads, then k, then v.
+        let group_rows = (per_group + 2) * hd;
+        for (name, offset, take) in
+            [("q_proj", 0, per_group * hd), ("k_proj", per_group * hd, hd), ("v_proj", (per_group + 1) * hd, hd)]
+        {
+            for kind in kinds {
+                let mut source = layer_source(ckpt, &[format!("self_attention.linear_qkv.{kind}")], i)?;
+                source.rows = Some(RowPick { groups, group_rows: Some(group_rows), offset, take });
+                let shape = if *kind == "weight" { vec![groups * take, h] } else { vec![groups * take] };
+                push(format!("{p}.self_attn.{name}.{kind}"), shape, source);
             }
-            Ok(())
-        };
-        linear(&mut push, "self_attn.o_proj", "self_attention.linear_proj", vec![h, heads * hd], None)?;
+        }
+        let mut linears = vec![("self_attn.o_proj", "self_attention.linear_proj", h, heads * hd, None)];
         if nemotron {
-            linear(&mut push, "mlp.up_proj", "mlp.linear_fc1", vec![ffn, h], None)?;
+            linears.push(("mlp.up_proj", "mlp.linear_fc1", ffn, h, None));
         } else {
             // SwiGLU's fused fc1 is [gate; up].
-            linear(&mut push, "mlp.gate_proj", "mlp.linear_fc1", vec![ffn, h], Some((0, ffn)))?;
-            linear(&mut push, "mlp.up_proj", "mlp.linear_fc1", vec![ffn, h], Some((ffn, ffn)))?;
+            linears.push(("mlp.gate_proj", "mlp.linear_fc1", ffn, h, Some((0, ffn))));
+            linears.push(("mlp.up_proj", "mlp.linear_fc1", ffn, h, Some((ffn, ffn))));
         }
-        linear(&mut push, "mlp.down_proj", "mlp.linear_fc2", vec![h, ffn], None)?;
+        linears.push(("mlp.down_proj", "mlp.linear_fc2", h, ffn, None));
+        for (hf, mcore, rows, cols, pick) in linears {
+            for kind in kinds {
+                let mut source = layer_source(ckpt, &[format!("{mcore}.{kind}")], i)?;
+                source.rows = pick.map(|(offset, take)| RowPick { groups: 1, group_rows: None, offset, take });
+                let shape = if *kind == "weight" { vec![rows, cols] } else { vec![rows] };
+                push(format!("{p}.{hf}.{kind}"), shape, source);
+            }
+        }
     }
-    push("model.norm.weight".into(), vec![h], Source::Whole(ckpt.require(&["decoder.final_layernorm.weight"])?));
-    if nemotron {
-        push("model.norm.bias".into(), vec![h], Source::Whole(ckpt.require(&["decoder.final_layernorm.bias"])?));
+    let final_kinds: &[&str] = if nemotron { &["weight", "bias"] } else { &["weight"] };
+    for kind in final_kinds {
+        let key = require(ckpt, &[format!("decoder.final_layernorm.{kind}")])?;
+        push(format!("model.norm.{kind}"), vec![h], Source::whole(key));
     }
-    let head = ckpt.require(&["rm_head.weight"])?;
-    let rows = ckpt.array(&head)?.shape.first().copied().unwrap_or(0);
+    let head = require(ckpt, &names(&["rm_head.weight"]))?;
+    let rows = ckpt.info(&head)?.1.first().copied().unwrap_or(0);
     if rows != config.outputs {
         bail!("`{head}` has {rows} outputs, but model_config.yaml's regression.num_attributes says {}", config.outputs);
     }
-    push("score.weight".into(), vec![config.outputs, h], Source::Whole(head));
-    if let Some(bias) = ckpt.find(&["rm_head.bias"]) {
-        push("score.bias".into(), vec![config.outputs], Source::Whole(bias));
+    push("score.weight".into(), vec![config.outputs, h], Source::whole(head));
+    if ckpt.contains("rm_head.bias") {
+        push("score.bias".into(), vec![config.outputs], Source::whole("rm_head.bias".into()));
     }
     if out_dtype.is_none() {
         for (tensor, source) in &mut out {
-            let (Source::Whole(key) | Source::Layer { key, .. } | Source::LayerRows { key, .. }) = source;
-            tensor.dtype = ckpt.array(key)?.dtype;
+            tensor.dtype = ckpt.info(&source.key)?.0;
         }
     }
     Ok(out)
 }
 
 /// The values of one planned tensor, in `out.dtype`, checked against its shape.
-fn read_tensor(ckpt: &ZarrCheckpoint, config: &NemoConfig, out: &OutTensor, source: &Source) -> Result<Vec<u8>> {
-    let (key, bytes, dtype, stored) = match source {
-        Source::Whole(key) => {
-            let array = ckpt.array(key)?;
-            (key, array.read()?, array.dtype, array.shape.clone())
-        }
-        Source::Layer { key, layer } | Source::LayerRows { key, layer, .. } => {
-            let array = ckpt.array(key)?;
-            if array.shape.first() != Some(&config.num_layers) {
-                bail!(
-                    "tensor `{key}` has shape {:?}: its first axis should be the {} layers",
-                    array.shape,
-                    config.num_layers
-                );
+fn read_tensor(ckpt: &dyn Tensors, config: &NemoConfig, out: &OutTensor, source: &Source) -> Result<Vec<u8>> {
+    let key = &source.key;
+    let (dtype, mut stored) = ckpt.info(key)?;
+    let bytes = match source.layer {
+        Some(layer) => {
+            if stored.first() != Some(&config.num_layers) {
+                bail!("tensor `{key}` has shape {stored:?}: its first axis should be the {} layers", config.num_layers);
             }
-            (key, array.read_first_axis(*layer)?, array.dtype, array.shape[1..].to_vec())
+            stored.remove(0);
+            ckpt.read_first_axis(key, layer)?
         }
+        None => ckpt.read(key)?,
     };
     let esize = dtype.size();
-    let bytes = match source {
-        Source::LayerRows { groups, group_rows, offset, take, .. } => {
-            let row_elems: usize = stored.iter().skip(1).product();
+    let bytes = match source.rows {
+        Some(RowPick { groups, group_rows, offset, take }) => {
             let rows = stored.first().copied().unwrap_or(0);
-            let group_rows = if *groups == 1 { rows } else { *group_rows };
+            let group_rows = group_rows.unwrap_or(rows);
             if groups * group_rows != rows || offset + take > group_rows {
                 bail!("tensor `{key}` has shape {stored:?}, which does not fit the config's heads and sizes");
             }
-            let row_bytes = row_elems * esize;
+            let row_bytes = stored.iter().skip(1).product::<usize>() * esize;
             let mut picked = Vec::with_capacity(groups * take * row_bytes);
-            for g in 0..*groups {
+            for g in 0..groups {
                 let start = (g * group_rows + offset) * row_bytes;
                 picked.extend_from_slice(&bytes[start..start + take * row_bytes]);
             }
             picked
         }
-        _ => bytes,
+        None => bytes,
     };
-    let elements = bytes.len() / esize;
-    if elements != out.shape.iter().product::<usize>() {
+    if bytes.len() / esize != out.shape.iter().product::<usize>() {
         bail!("tensor `{key}` has shape {stored:?}, but `{}` needs {:?}", out.name, out.shape);
     }
     convert_dtype(bytes, dtype, out.dtype, key)
@@ -349,9 +379,10 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
     let config_name = "model_config.yaml";
     let config = super::config::read(&store.read(config_name)?, &store.describe(config_name))?;
     let ckpt = open_weights(&store)?;
-    let stored_dtype = ckpt.array(&ckpt.require(&["embedding.word_embeddings.weight"])?)?.dtype;
-    let dtype = options.dtype.unwrap_or(stored_dtype);
-    let planned = plan(&config, &ckpt, options.dtype)?;
+    let ckpt = ckpt.as_ref();
+    let planned = plan(&config, ckpt, options.dtype)?;
+    // config.json's dtype: the embedding's.
+    let dtype = planned[0].0.dtype;
     let tokenizer = tokenizer_files(&store, &config, options.tokenizer.as_deref())?;
 
     let out = OutputDir::create(&options.output_dir)?;
@@ -365,7 +396,7 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
         |i| {
             let (tensor, source) = &planned[i];
             progress.set_message(tensor.name.clone());
-            read_tensor(&ckpt, &config, tensor, source).with_context(|| format!("writing `{}`", tensor.name))
+            read_tensor(ckpt, &config, tensor, source).with_context(|| format!("writing `{}`", tensor.name))
         },
         |n| progress.inc(n),
     )?;
