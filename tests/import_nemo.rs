@@ -166,3 +166,34 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A model_config.yaml that disagrees with the tensors is refused before anything is
+/// written, naming the field or the tensor.
+#[test]
+fn a_config_that_disagrees_with_the_tensors_is_named() {
+    let out = tempdir();
+    let checkpoint = out.path().join("checkpoint");
+    copy_tree(&nemo("llama-zarr"), &checkpoint);
+    let config = std::fs::read_to_string(checkpoint.join("model_config.yaml")).unwrap();
+    let dir = out.path().join("out");
+    for (from, to, says) in [
+        ("num_layers: 2", "num_layers: 3", "says num_layers is 3, but"),
+        ("num_layers: 2", "num_layers: 100000000000", "larger than steerlm accepts"),
+        (
+            "ffn_hidden_size: 96",
+            "ffn_hidden_size: 64",
+            "`decoder.layers.mlp.linear_fc1.weight` has shape [2, 192, 32], which does not fit",
+        ),
+        ("num_query_groups: 2", "num_query_groups: 1", "does not fit model_config.yaml's heads and sizes"),
+        (
+            "num_attributes: 9",
+            "num_attributes: 5",
+            "has 9 outputs, but model_config.yaml's regression.num_attributes says 5",
+        ),
+    ] {
+        std::fs::write(checkpoint.join("model_config.yaml"), config.replace(from, to)).unwrap();
+        let error = assert_failure(&steerlm(&["import-nemo", p(&checkpoint), "--output-dir", p(&dir)]));
+        assert!(error.contains(says), "{to}: {error}");
+        assert!(!dir.exists());
+    }
+}

@@ -7,6 +7,9 @@ use serde_json::{Map, Value, json};
 use steerlm_core::attributes::{ALL_ATTRIBUTES, HELPSTEER_ATTRIBUTES};
 use yaml_rust2::{Yaml, YamlLoader};
 
+/// Largest size or count read from `model_config.yaml`.
+const MAX_SIZE: usize = 1 << 22;
+
 /// The decoder families NeMo reward models come in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NemoFamily {
@@ -126,6 +129,20 @@ impl NemoConfig {
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => bail!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"),
         };
+        // Sizes far beyond any model's (hidden 18432, ffn 73728, 96 heads for 340B), so
+        // products of two can never overflow.
+        let sizes = [
+            ("num_layers", required("num_layers")?),
+            ("hidden_size", hidden_size),
+            ("ffn_hidden_size", required("ffn_hidden_size")?),
+            ("num_attention_heads", num_heads),
+            ("kv_channels", head_dim),
+        ];
+        for (name, value) in sizes {
+            if value > MAX_SIZE {
+                bail!("`{name}` {value} is larger than steerlm accepts ({MAX_SIZE})");
+            }
+        }
         let rotary_percentage = number("rotary_percentage", 1.0)?;
         if rotary_percentage > 1.0 {
             bail!("`rotary_percentage` must be at most 1, got {rotary_percentage}");
@@ -248,6 +265,8 @@ mod tests {
             ("num_query_groups: 2", "num_query_groups: 3", "not a multiple of num_query_groups 3"),
             ("num_layers: 2", "num_layers: -1", "`num_layers` must be a positive integer"),
             ("mcore_gpt: true", "mcore_gpt: false", "legacy"),
+            ("num_layers: 2", "num_layers: 1000000000000", "`num_layers` 1000000000000 is larger than"),
+            ("hidden_size: 32", "hidden_size: 1099511627776", "`hidden_size` 1099511627776 is larger than"),
         ] {
             let e = format!("{:#}", NemoConfig::parse(&LLAMA.replace(from, to)).unwrap_err());
             assert!(e.contains(says), "{to}: {e}");

@@ -34,13 +34,13 @@ pub struct Imported {
     pub labels: Vec<String>,
 }
 
-/// Rows picked from a 2-D tensor: for each of `groups` groups of `group_rows` rows, rows
-/// `offset..offset + take` of the group (the q, k or v part of a fused `linear_qkv`;
-/// one group of all rows for a plain slice such as the halves of SwiGLU's fc1).
+/// Rows picked from a 2-D tensor, which must have `groups * group_rows` rows: for each
+/// group, rows `offset..offset + take` of it (the q, k or v part of a fused `linear_qkv`
+/// per query group; one group for a half of SwiGLU's fused fc1).
 #[derive(Clone, Copy, Debug)]
 struct RowPick {
     groups: usize,
-    group_rows: Option<usize>,
+    group_rows: usize,
     offset: usize,
     take: usize,
 }
@@ -217,6 +217,21 @@ fn plan(config: &NemoConfig, ckpt: &dyn Tensors, out_dtype: Option<DType>) -> Re
     let vocab = ckpt.info(&embed)?.1.first().copied().unwrap_or(0);
     push("model.embed_tokens.weight".into(), vec![vocab, h], Source::whole(embed));
 
+    // The layer count is checked against the tensors before the plan grows with it.
+    let stacked = "decoder.layers.self_attention.linear_qkv.weight";
+    let stored_layers = if ckpt.contains(stacked) {
+        ckpt.info(stacked)?.1.first().copied().unwrap_or(0)
+    } else {
+        let has = |i: usize| ckpt.contains(&format!("decoder.layers.{i}.self_attention.linear_qkv.weight"));
+        (config.num_layers..=config.num_layers).find(|&n| n > 0 && has(n - 1) && !has(n)).unwrap_or(0)
+    };
+    if stored_layers != config.num_layers {
+        bail!(
+            "model_config.yaml says num_layers is {}, but {} does not hold that many layers",
+            config.num_layers,
+            ckpt.describe()
+        );
+    }
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
         // Norms: Transformer Engine names (fused into the next linear layer) first, then
@@ -239,7 +254,7 @@ fn plan(config: &NemoConfig, ckpt: &dyn Tensors, out_dtype: Option<DType>) -> Re
         {
             for kind in kinds {
                 let mut source = layer_source(ckpt, &[format!("self_attention.linear_qkv.{kind}")], i)?;
-                source.rows = Some(RowPick { groups, group_rows: Some(group_rows), offset, take });
+                source.rows = Some(RowPick { groups, group_rows, offset, take });
                 let shape = if *kind == "weight" { vec![groups * take, h] } else { vec![groups * take] };
                 push(format!("{p}.self_attn.{name}.{kind}"), shape, source);
             }
@@ -256,7 +271,8 @@ fn plan(config: &NemoConfig, ckpt: &dyn Tensors, out_dtype: Option<DType>) -> Re
         for (hf, mcore, rows, cols, pick) in linears {
             for kind in kinds {
                 let mut source = layer_source(ckpt, &[format!("{mcore}.{kind}")], i)?;
-                source.rows = pick.map(|(offset, take)| RowPick { groups: 1, group_rows: None, offset, take });
+                // A pick is a half of [gate; up]: the tensor must have exactly both halves.
+                source.rows = pick.map(|(offset, take)| RowPick { groups: 1, group_rows: 2 * ffn, offset, take });
                 let shape = if *kind == "weight" { vec![rows, cols] } else { vec![rows] };
                 push(format!("{p}.{hf}.{kind}"), shape, source);
             }
@@ -276,12 +292,49 @@ fn plan(config: &NemoConfig, ckpt: &dyn Tensors, out_dtype: Option<DType>) -> Re
     if ckpt.contains("rm_head.bias") {
         push("score.bias".into(), vec![config.outputs], Source::whole("rm_head.bias".into()));
     }
-    if out_dtype.is_none() {
-        for (tensor, source) in &mut out {
-            tensor.dtype = ckpt.info(&source.key)?.0;
+    for (tensor, source) in &mut out {
+        let (dtype, stored) = ckpt.info(&source.key)?;
+        check_shape(config, tensor, source, &stored)?;
+        if out_dtype.is_none() {
+            tensor.dtype = dtype;
         }
     }
     Ok(out)
+}
+
+/// Whether `source` (stored as `stored`) gives exactly `tensor`'s shape: checked for
+/// every tensor before anything is written, with no arithmetic that a hostile
+/// `model_config.yaml` could overflow.
+fn check_shape(config: &NemoConfig, tensor: &OutTensor, source: &Source, stored: &[usize]) -> Result<()> {
+    let key = &source.key;
+    let mut shape = stored.to_vec();
+    if source.layer.is_some() {
+        if shape.first() != Some(&config.num_layers) {
+            bail!(
+                "tensor `{key}` has shape {stored:?}: its first axis should be model_config.yaml's {} layers",
+                config.num_layers
+            );
+        }
+        shape.remove(0);
+    }
+    if let Some(RowPick { groups, group_rows, offset, take }) = source.rows {
+        let rows = shape.first().copied().unwrap_or(0);
+        let fits = groups.checked_mul(group_rows) == Some(rows)
+            && offset.checked_add(take).is_some_and(|end| end <= group_rows);
+        if !fits {
+            bail!("tensor `{key}` has shape {stored:?}, which does not fit model_config.yaml's heads and sizes");
+        }
+        shape[0] = groups * take;
+    }
+    let elements = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if shape != tensor.shape || elements(&shape).and_then(|n| n.checked_mul(8)).is_none() {
+        bail!(
+            "tensor `{key}` has shape {stored:?}, but `{}` needs {:?} by model_config.yaml",
+            tensor.name,
+            tensor.shape
+        );
+    }
+    Ok(())
 }
 
 /// The values of one planned tensor, in `out.dtype`, checked against its shape.
@@ -302,7 +355,6 @@ fn read_tensor(ckpt: &dyn Tensors, config: &NemoConfig, out: &OutTensor, source:
     let bytes = match source.rows {
         Some(RowPick { groups, group_rows, offset, take }) => {
             let rows = stored.first().copied().unwrap_or(0);
-            let group_rows = group_rows.unwrap_or(rows);
             if groups * group_rows != rows || offset + take > group_rows {
                 bail!("tensor `{key}` has shape {stored:?}, which does not fit the config's heads and sizes");
             }
