@@ -2,6 +2,7 @@
 //! folders that steerlm and transformers both load.
 //!
 //! - [`blosc`], [`zarr`]: the `zarr` distributed-checkpoint container;
+//! - [`pickle`]: a safe unpickler for what torch.save writes;
 //! - [`sentencepiece`]: a `tokenizer.model` to the equivalent `tokenizer.json`;
 //! - [`shards`]: the safetensors output, written one tensor at a time;
 //! - [`store`]: the checkpoint's files, in a folder or in a `.nemo` tar read in place.
@@ -9,6 +10,7 @@
 pub mod blosc;
 pub mod config;
 pub mod import;
+pub mod pickle;
 pub mod sentencepiece;
 pub mod shards;
 pub mod store;
