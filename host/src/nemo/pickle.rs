@@ -270,7 +270,11 @@ impl<'a> Machine<'a> {
         let Some((_, dtype)) = STORAGES.iter().find(|(s, _)| s == class) else {
             bail!("persistent id: `{class}` is not a storage class")
         };
-        Ok(Value::Storage(StorageRef { key: key.clone(), dtype: (*dtype).into(), numel: as_u64(numel, "storage numel")? }))
+        Ok(Value::Storage(StorageRef {
+            key: key.clone(),
+            dtype: (*dtype).into(),
+            numel: as_u64(numel, "storage numel")?,
+        }))
     }
 
     /// `callable(*args)` for the allowed callables.
@@ -597,7 +601,9 @@ mod tests {
         p.extend(b"X\x01\x00\x00\x00w");
         p.extend(b"ctorch._utils\n_rebuild_tensor_v2\nq\x02((X\x07\x00\x00\x00storageq\x03ctorch\nBFloat16Storage\nq\x04X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x0ctQK\x00K\x03K\x04\x86K\x04K\x01\x86\x89h\x00)RtR");
         p.extend(b"X\x0e\x00\x00\x00w._extra_state");
-        p.extend(b"c_io\nBytesIO\n)\x81c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86RK\x00N\x87b");
+        p.extend(
+            b"c_io\nBytesIO\n)\x81c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86RK\x00N\x87b",
+        );
         p.extend(b"u}X\t\x00\x00\x00_metadatah\x00)Rsb.");
         p
     }
@@ -626,14 +632,7 @@ mod tests {
         p.extend(b"\x8c\x05torch\x94\x8c\x08bfloat16\x94\x93\x94");
         p.extend(b"\x8f(K\x01K\x02\x90\x8a\x02\x00\x80J\xff\xff\xff\xff\x87\x94.");
         let Value::Tuple(items) = load(&p).unwrap() else { panic!("a tuple") };
-        assert_eq!(
-            items,
-            [
-                Value::List(vec![Value::Int(1), Value::Int(2)]),
-                Value::Int(-32768),
-                Value::Int(-1)
-            ]
-        );
+        assert_eq!(items, [Value::List(vec![Value::Int(1), Value::Int(2)]), Value::Int(-32768), Value::Int(-1)]);
     }
 
     #[test]
