@@ -367,3 +367,66 @@ impl Tensors for LegacyCheckpoint<'_> {
         Ok(bytes[index * step..(index + 1) * step].to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn fixture(name: &str) -> Store {
+        Store::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nemo").join(name)).unwrap()
+    }
+
+    #[test]
+    fn tensor_parallel_ranks_merge_into_the_single_rank_checkpoint() {
+        let (one, two) = (fixture("llama-legacy"), fixture("llama-legacy-tp2"));
+        let one = LegacyCheckpoint::open(&one, true).unwrap().unwrap();
+        let two = LegacyCheckpoint::open(&two, true).unwrap().unwrap();
+        assert_eq!(two.ranks.len(), 2);
+        let keys: Vec<&String> = one.ranks[0].tensors.keys().collect();
+        assert_eq!(keys.len(), 17, "{keys:?}");
+        assert!(keys.iter().all(|k| !k.starts_with("model.") && !k.contains("_extra_state")));
+        for key in keys {
+            assert_eq!(one.info(key).unwrap(), two.info(key).unwrap(), "{key}");
+            assert_eq!(one.read(key).unwrap(), two.read(key).unwrap(), "{key}");
+        }
+        let head = one.read("rm_head.weight").unwrap();
+        assert_eq!(two.read_first_axis("rm_head.weight", 8).unwrap(), head[8 * 128..]);
+        assert!(two.read_first_axis("rm_head.weight", 9).is_err());
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error() {
+        let bytes = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/nemo/llama-legacy-tp2/mp_rank_01/model_weights.ckpt"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model_weights.ckpt");
+        // Cut short at many places, and bytes flipped: errors, never a panic.
+        for cut in (0..bytes.len()).step_by(bytes.len() / 97).chain([bytes.len() - 1, bytes.len() - 30]) {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let read_all = || -> Result<()> {
+                let ckpt = LegacyCheckpoint::open(&store, true)?.expect("a legacy checkpoint");
+                for key in ckpt.ranks[0].tensors.keys() {
+                    ckpt.read(key)?;
+                }
+                Ok(())
+            };
+            assert!(read_all().is_err(), "cut at {cut}");
+        }
+        for at in (0..bytes.len()).step_by(bytes.len() / 200) {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0xff;
+            std::fs::write(&path, &flipped).unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            if let Ok(Some(ckpt)) = LegacyCheckpoint::open(&store, true) {
+                for key in ckpt.ranks[0].tensors.keys() {
+                    let _ = ckpt.read(key);
+                }
+            }
+        }
+    }
+}
