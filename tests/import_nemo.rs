@@ -70,6 +70,34 @@ fn zarr_checkpoints_import_and_score_like_megatron_and_transformers() {
 }
 
 #[test]
+fn legacy_checkpoints_import_and_score_like_megatron() {
+    let out = tempdir();
+    // One model_weights.ckpt (TP = 1), and two tensor-parallel ranks merged (fc1 per rank
+    // is [gate_r; up_r], row-parallel tensors split on columns).
+    for input in ["llama-legacy", "llama-legacy-tp2"] {
+        let dir = out.path().join(input);
+        assert_success(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
+        assert_eq!(
+            listing(&dir),
+            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
+            "{input}"
+        );
+        let ours: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let theirs: Value =
+            serde_json::from_str(&std::fs::read_to_string(nemo(input).join("hf/config.json")).unwrap()).unwrap();
+        for field in ["architectures", "hidden_size", "intermediate_size", "num_key_value_heads", "vocab_size"] {
+            assert_eq!(ours[field], theirs[field], "{input}: {field}");
+        }
+        check_scores(&dir, &nemo_goldens(input), "cpu");
+    }
+    // Merged, the two ranks are the TP = 1 checkpoint: the imports write the same bytes.
+    assert_eq!(
+        std::fs::read(out.path().join("llama-legacy/model.safetensors")).unwrap(),
+        std::fs::read(out.path().join("llama-legacy-tp2/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
 fn shards_dtypes_and_a_given_tokenizer() {
     let out = tempdir();
     let dir = out.path().join("sharded");
@@ -92,7 +120,6 @@ fn what_it_does_not_read_is_named_and_nothing_is_written() {
     let dir = out.path().join("out");
     for (input, says) in [
         ("llama-torch-dist", "is a `torch_dist` distributed checkpoint, which steerlm does not read yet"),
-        ("llama-legacy", "is a legacy NeMo checkpoint (model_weights.ckpt files)"),
         ("hf-tokenizer", "model_config.yaml does not exist"),
     ] {
         let error = assert_failure(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
@@ -115,6 +142,25 @@ fn what_it_does_not_read_is_named_and_nothing_is_written() {
     );
     assert!(!dir.exists());
     assert_eq!(listing(out.path()), ["damaged"]);
+
+    // A legacy checkpoint with pipeline parallelism is refused by name; a damaged
+    // model_weights.ckpt is named.
+    let pipeline = out.path().join("pipeline");
+    copy_tree(&nemo("llama-legacy-tp2"), &pipeline);
+    std::fs::rename(pipeline.join("mp_rank_00"), pipeline.join("tp_rank_00_pp_rank_000")).unwrap();
+    std::fs::rename(pipeline.join("mp_rank_01"), pipeline.join("tp_rank_00_pp_rank_001")).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&pipeline), "--output-dir", p(&dir)]));
+    assert!(error.contains("pipeline parallelism (tp_rank_00_pp_rank_000/)"), "{error}");
+    assert!(!dir.exists());
+    let cut = out.path().join("cut");
+    copy_tree(&nemo("llama-legacy"), &cut);
+    let ckpt = cut.join("model_weights.ckpt");
+    let ckpt_bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &ckpt_bytes[..ckpt_bytes.len() / 2]).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&cut), "--output-dir", p(&dir)]));
+    assert!(error.contains("model_weights.ckpt"), "{error}");
+    assert!(!dir.exists());
+    assert_eq!(listing(out.path()), ["cut", "damaged", "pipeline"]);
 
     // Without its tokenizer file, the checkpoint needs --tokenizer.
     std::fs::write(&chunk, &bytes).unwrap();

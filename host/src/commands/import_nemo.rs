@@ -12,7 +12,8 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct ImportNemoArgs {
     /// A `.nemo` file (an uncompressed tar) or an extracted checkpoint folder
-    /// (`model_config.yaml` + `model_weights/`).
+    /// (`model_config.yaml` + a zarr `model_weights/`, or legacy `model_weights.ckpt` /
+    /// `mp_rank_NN/model_weights.ckpt` files).
     #[arg(value_name = "PATH")]
     input: PathBuf,
     /// The Hugging Face folder to write: config.json, model.safetensors (sharded past

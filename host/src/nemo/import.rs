@@ -3,6 +3,7 @@
 //! `config.json` and `tokenizer.json`, all in a folder renamed into place at the end.
 
 use super::config::{NemoConfig, NemoFamily};
+use super::legacy::LegacyCheckpoint;
 use super::sentencepiece;
 use super::shards::{OutTensor, write_shards};
 use super::store::Store;
@@ -178,8 +179,9 @@ fn dtype_name(dtype: DType) -> &'static str {
     }
 }
 
-/// The container in `store`, refused by name when it is one steerlm does not read yet.
-fn open_weights(store: &Store) -> Result<Box<dyn Tensors + '_>> {
+/// The container in `store` (zarr or legacy), refused by name when it is one steerlm does
+/// not read yet.
+fn open_weights<'s>(store: &'s Store, config: &NemoConfig) -> Result<Box<dyn Tensors + 's>> {
     if let Some(metadata) = store.read_optional("model_weights/metadata.json")? {
         let metadata: Value = serde_json::from_slice(&metadata)
             .with_context(|| format!("{} is not JSON", store.describe("model_weights/metadata.json")))?;
@@ -192,13 +194,11 @@ fn open_weights(store: &Store) -> Result<Box<dyn Tensors + '_>> {
             other => bail!("{}: unknown sharded_backend {other:?}", store.describe("model_weights/metadata.json")),
         };
     }
-    if store.exists("model_weights.ckpt") || store.exists("mp_rank_00") {
-        bail!(
-            "{} is a legacy NeMo checkpoint (model_weights.ckpt files), which steerlm does not read yet (it reads `zarr` distributed checkpoints)",
-            store.describe("")
-        );
+    // Legacy: torch.save files, SwiGLU's fc1 merged across ranks as [gate; up].
+    if let Some(legacy) = LegacyCheckpoint::open(store, config.family == NemoFamily::Llama)? {
+        return Ok(Box::new(legacy));
     }
-    bail!("{} has no model_weights/ folder: not a NeMo checkpoint", store.describe(""))
+    bail!("{} has no model_weights/ folder nor model_weights.ckpt: not a NeMo checkpoint", store.describe(""))
 }
 
 /// The output tensors and where each comes from; each keeps its stored dtype unless
@@ -430,7 +430,7 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
     let store = Store::open(&options.input)?;
     let config_name = "model_config.yaml";
     let config = super::config::read(&store.read(config_name)?, &store.describe(config_name))?;
-    let ckpt = open_weights(&store)?;
+    let ckpt = open_weights(&store, &config)?;
     let ckpt = ckpt.as_ref();
     let planned = plan(&config, ckpt, options.dtype)?;
     // config.json's dtype: the embedding's.

@@ -80,6 +80,42 @@ impl Store {
         }
     }
 
+    /// The size of `member` in bytes.
+    pub fn size(&self, member: &str) -> Result<u64> {
+        match self {
+            Store::Folder(root) => Ok(std::fs::metadata(root.join(member))
+                .with_context(|| format!("cannot read {}", self.describe(member)))?
+                .len()),
+            Store::Tar { members, .. } => members
+                .get(normal(member))
+                .map(|&(_, size)| size)
+                .with_context(|| format!("{} does not exist", self.describe(member))),
+        }
+    }
+
+    /// `len` bytes of `member` from `offset`: an error, not a short read, past its end.
+    pub fn read_at(&self, member: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let size = self.size(member)?;
+        if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+            bail!("{}: bytes {offset}..+{len} lie past its end ({size} bytes)", self.describe(member));
+        }
+        let mut bytes = vec![0u8; len];
+        match self {
+            Store::Folder(root) => {
+                let file =
+                    File::open(root.join(member)).with_context(|| format!("cannot open {}", self.describe(member)))?;
+                file.read_exact_at(&mut bytes, offset)
+                    .with_context(|| format!("cannot read {}", self.describe(member)))?;
+            }
+            Store::Tar { file, members, .. } => {
+                let start = members.get(normal(member)).map(|&(start, _)| start).unwrap_or_default();
+                file.read_exact_at(&mut bytes, start + offset)
+                    .with_context(|| format!("cannot read {} (truncated archive?)", self.describe(member)))?;
+            }
+        }
+        Ok(bytes)
+    }
+
     pub fn read(&self, member: &str) -> Result<Vec<u8>> {
         self.read_optional(member)?.with_context(|| format!("{} does not exist", self.describe(member)))
     }
