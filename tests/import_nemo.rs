@@ -41,6 +41,32 @@ fn check_scores(model: &Path, goldens: &Value, device: &str) {
     }
 }
 
+/// Imports fixture `input` into `dir`: the four files, and a config that agrees with the
+/// one the fixture `goldens`' own conversion made for transformers.
+fn import_and_compare_config(input: &str, goldens: &str, dir: &Path) {
+    assert_success(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(dir)]));
+    assert_eq!(
+        listing(dir),
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
+        "{input}"
+    );
+    let ours: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let theirs: Value =
+        serde_json::from_str(&std::fs::read_to_string(nemo(goldens).join("hf/config.json")).unwrap()).unwrap();
+    let fields = [
+        "architectures",
+        "hidden_size",
+        "intermediate_size",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "id2label",
+    ];
+    for field in fields {
+        assert_eq!(ours[field], theirs[field], "{input}: {field}");
+    }
+}
+
 #[test]
 fn zarr_checkpoints_import_and_score_like_megatron_and_transformers() {
     let out = tempdir();
@@ -48,21 +74,7 @@ fn zarr_checkpoints_import_and_score_like_megatron_and_transformers() {
         [("llama-zarr", "llama-zarr"), ("nemotron-zarr", "nemotron-zarr"), ("llama-zarr.nemo", "llama-zarr")]
     {
         let dir = out.path().join(input).join("hf");
-        assert_success(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
-        assert_eq!(
-            listing(&dir),
-            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
-            "{input}"
-        );
-        // The config agrees with the one the fixture's own conversion made for transformers.
-        let ours: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-        let theirs: Value =
-            serde_json::from_str(&std::fs::read_to_string(nemo(goldens).join("hf/config.json")).unwrap()).unwrap();
-        for field in
-            ["architectures", "hidden_size", "intermediate_size", "num_key_value_heads", "head_dim", "id2label"]
-        {
-            assert_eq!(ours[field], theirs[field], "{input}: {field}");
-        }
+        import_and_compare_config(input, goldens, &dir);
         check_scores(&dir, &nemo_goldens(goldens), "cpu");
     }
     // The wgpu path runs the imported model too (lavapipe in CI).
@@ -76,18 +88,7 @@ fn legacy_checkpoints_import_and_score_like_megatron() {
     // is [gate_r; up_r], row-parallel tensors split on columns).
     for input in ["llama-legacy", "llama-legacy-tp2"] {
         let dir = out.path().join(input);
-        assert_success(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
-        assert_eq!(
-            listing(&dir),
-            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
-            "{input}"
-        );
-        let ours: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-        let theirs: Value =
-            serde_json::from_str(&std::fs::read_to_string(nemo(input).join("hf/config.json")).unwrap()).unwrap();
-        for field in ["architectures", "hidden_size", "intermediate_size", "num_key_value_heads", "vocab_size"] {
-            assert_eq!(ours[field], theirs[field], "{input}: {field}");
-        }
+        import_and_compare_config(input, input, &dir);
         check_scores(&dir, &nemo_goldens(input), "cpu");
     }
     // Merged, the two ranks are the TP = 1 checkpoint: the imports write the same bytes.
