@@ -5,6 +5,7 @@
 //! stacked `[layers, ...]` tensor reads only that layer's chunks.
 
 use super::blosc;
+use super::region::{Block, copy_overlap};
 use super::store::Store;
 use crate::model::weights::DType;
 use anyhow::{Context, Result, anyhow, bail};
@@ -189,41 +190,9 @@ impl<'s> ZarrArray<'s> {
 
     /// Copies the part of `chunk` (at grid `position`) inside the region into `out`.
     fn copy_intersection(&self, chunk: &[u8], position: &[usize], start: &[usize], size: &[usize], out: &mut [u8]) {
-        let esize = self.dtype.size();
-        let rank = self.shape.len();
-        let chunk_origin: Vec<usize> = (0..rank).map(|d| position[d] * self.chunks[d]).collect();
-        let lo: Vec<usize> = (0..rank).map(|d| start[d].max(chunk_origin[d])).collect();
-        let hi: Vec<usize> = (0..rank).map(|d| (start[d] + size[d]).min(chunk_origin[d] + self.chunks[d])).collect();
-        // Element strides of the chunk and of the output region.
-        let stride = |dims: &[usize]| -> Vec<usize> {
-            let mut s = vec![1; rank];
-            for d in (0..rank - 1).rev() {
-                s[d] = s[d + 1] * dims[d + 1];
-            }
-            s
-        };
-        let (chunk_stride, out_stride) = (stride(&self.chunks), stride(size));
-        let run = (hi[rank - 1] - lo[rank - 1]) * esize;
-        let mut index = lo.clone();
-        loop {
-            let chunk_at: usize =
-                (0..rank).map(|d| (index[d] - chunk_origin[d]) * chunk_stride[d]).sum::<usize>() * esize;
-            let out_at: usize = (0..rank).map(|d| (index[d] - start[d]) * out_stride[d]).sum::<usize>() * esize;
-            out[out_at..out_at + run].copy_from_slice(&chunk[chunk_at..chunk_at + run]);
-            // Next row: every dimension but the last, odometer style.
-            let mut d = rank - 1;
-            loop {
-                if d == 0 {
-                    return;
-                }
-                d -= 1;
-                index[d] += 1;
-                if index[d] < hi[d] {
-                    break;
-                }
-                index[d] = lo[d];
-            }
-        }
+        let origin: Vec<usize> = position.iter().zip(&self.chunks).map(|(p, c)| p * c).collect();
+        let chunk_block = Block { origin: &origin, shape: &self.chunks };
+        copy_overlap(chunk, chunk_block, out, Block { origin: start, shape: size }, self.dtype.size());
     }
 }
 
