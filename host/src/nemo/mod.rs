@@ -2,8 +2,11 @@
 //! folders that steerlm and transformers both load.
 //!
 //! - [`blosc`], [`zarr`]: the `zarr` distributed-checkpoint container;
-//! - [`legacy`], [`pickle`]: legacy `model_weights.ckpt` files (torch.save zips), merged
-//!   across tensor-parallel ranks;
+//! - [`torch_dist`]: the `torch_dist` distributed-checkpoint container;
+//! - [`legacy`]: legacy `model_weights.ckpt` files, merged across tensor-parallel ranks;
+//! - [`torch_save`], [`pickle`]: files written by `torch.save` (legacy checkpoints and
+//!   every `torch_dist` chunk), read with a small safe unpickler;
+//! - [`region`]: assembling tensors from the chunks distributed checkpoints store;
 //! - [`sentencepiece`]: a `tokenizer.model` to the equivalent `tokenizer.json`;
 //! - [`shards`]: the safetensors output, written one tensor at a time;
 //! - [`store`]: the checkpoint's files, in a folder or in a `.nemo` tar read in place.
@@ -13,7 +16,10 @@ pub mod config;
 pub mod import;
 pub mod legacy;
 pub mod pickle;
+pub mod region;
 pub mod sentencepiece;
 pub mod shards;
 pub mod store;
+pub mod torch_dist;
+pub mod torch_save;
 pub mod zarr;

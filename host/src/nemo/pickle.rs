@@ -45,6 +45,36 @@ pub enum Value {
     Tensor(TensorRef),
     /// An object steerlm has no use for (`io.BytesIO`, ...), by its class.
     Opaque(String),
+    /// A plain data object of an allowed class (`torch.distributed.checkpoint`'s
+    /// metadata): made by `NEWOBJ` with no arguments, then given its state (a dict of
+    /// fields, or a tuple for some classes) by `BUILD`.
+    Object {
+        class: String,
+        state: Box<Value>,
+    },
+}
+
+impl Value {
+    /// Field `name` of an [`Value::Object`] whose state is a dict, or of a dict.
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        let fields = match self {
+            Value::Object { state, .. } => match state.as_ref() {
+                Value::Dict(fields) => fields,
+                _ => return None,
+            },
+            Value::Dict(fields) => fields,
+            _ => return None,
+        };
+        fields.iter().find(|(k, _)| matches!(k, Value::Str(k) if k == name)).map(|(_, v)| v)
+    }
+
+    /// The class of an [`Value::Object`].
+    pub fn class(&self) -> Option<&str> {
+        match self {
+            Value::Object { class, .. } => Some(class),
+            _ => None,
+        }
+    }
 }
 
 /// Globals `load` accepts; the storage classes name their dtype.
@@ -73,6 +103,29 @@ const GLOBALS: &[&str] = &[
     "torch.float32",
     "torch.float16",
     "torch.Size",
+];
+
+/// Data classes built as [`Value::Object`]s: `torch.distributed.checkpoint`'s `.metadata`
+/// (FORMAT.md section 5).
+const OBJECTS: &[&str] = &[
+    "torch.distributed.checkpoint.metadata.Metadata",
+    "torch.distributed.checkpoint.metadata.TensorStorageMetadata",
+    "torch.distributed.checkpoint.metadata.TensorProperties",
+    "torch.distributed.checkpoint.metadata.ChunkStorageMetadata",
+    "torch.distributed.checkpoint.metadata.BytesStorageMetadata",
+    "torch.distributed.checkpoint.metadata.MetadataIndex",
+    "torch.distributed.checkpoint.metadata.StorageMeta",
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+];
+
+/// Callables whose result steerlm never looks at (an enum member, a layout, a path in
+/// `StorageMeta`): called, they give an [`Value::Opaque`].
+const OPAQUE_CALLS: &[&str] = &[
+    "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
+    "torch.serialization._get_layout",
+    "pathlib.PosixPath",
+    "pathlib.PurePosixPath",
+    "_io.BytesIO",
 ];
 
 /// Deepest nesting of containers accepted (torch state dicts need about 4).
@@ -148,7 +201,7 @@ fn kind(value: &Value) -> String {
         Value::Global(name) => format!("`{name}`"),
         Value::Storage(_) => "a storage".into(),
         Value::Tensor(_) => "a tensor".into(),
-        Value::Opaque(class) => format!("a `{class}` object"),
+        Value::Opaque(class) | Value::Object { class, .. } => format!("a `{class}` object"),
     }
 }
 
@@ -253,7 +306,8 @@ impl<'a> Machine<'a> {
 
     fn global(&mut self, module: &str, name: &str) -> Result<Item> {
         let full = format!("{module}.{name}");
-        if STORAGES.iter().any(|(s, _)| *s == full) || GLOBALS.contains(&full.as_str()) {
+        let allowed = [GLOBALS, OBJECTS, OPAQUE_CALLS].iter().any(|list| list.contains(&full.as_str()));
+        if allowed || STORAGES.iter().any(|(s, _)| *s == full) {
             return Ok(Item::leaf(Value::Global(full)));
         }
         bail!("the pickle uses `{full}`, which steerlm does not load (only tensors, storages and plain containers)")
@@ -344,7 +398,13 @@ impl<'a> Machine<'a> {
                 Some(Value::Tuple(items)) => Value::Tuple(items),
                 _ => bail!("torch.Size: expected a tuple"),
             },
-            "_io.BytesIO" => Value::Opaque(name.clone()),
+            _ if OBJECTS.contains(&name.as_str()) => {
+                if !args.is_empty() {
+                    bail!("pickle: `{name}` called with arguments; it is built from its state");
+                }
+                Value::Object { class: name.clone(), state: Box::new(Value::None) }
+            }
+            _ if OPAQUE_CALLS.contains(&name.as_str()) => Value::Opaque(name.clone()),
             _ => bail!("pickle: `{name}` cannot be called"),
         })
     }
@@ -546,10 +606,21 @@ impl<'a> Machine<'a> {
                     self.push(Item { value, depth, nodes })?;
                 }
                 b'b' => {
-                    // BUILD: the state is not needed (OrderedDict's `_metadata`, BytesIO's
-                    // contents); the object stays as it is.
-                    self.pop()?;
-                    self.top()?;
+                    // BUILD: a data object takes its state; for anything else the state is
+                    // not needed (OrderedDict's `_metadata`, BytesIO's contents).
+                    let state = self.pop()?;
+                    let top = self.top()?;
+                    if let Value::Object { state: slot, class } = &mut top.value {
+                        if **slot != Value::None {
+                            bail!("pickle: a `{class}` built twice");
+                        }
+                        **slot = state.value;
+                        top.nodes += state.nodes;
+                        top.depth = top.depth.max(state.depth + 1);
+                        if top.depth > MAX_DEPTH {
+                            bail!("containers nested deeper than {MAX_DEPTH}");
+                        }
+                    }
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -633,6 +704,35 @@ mod tests {
         p.extend(b"\x8f(K\x01K\x02\x90\x8a\x02\x00\x80J\xff\xff\xff\xff\x87\x94.");
         let Value::Tuple(items) = load(&p).unwrap() else { panic!("a tuple") };
         assert_eq!(items, [Value::List(vec![Value::Int(1), Value::Int(2)]), Value::Int(-32768), Value::Int(-1)]);
+    }
+
+    /// `MetadataIndex(fqn='w', offset=(0, 8))` as protocol 4 writes a dataclass: NEWOBJ
+    /// with no arguments, then BUILD with its fields; `build` is the BUILD opcodes used.
+    fn metadata_index(build: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 4];
+        p.extend(b"\x8c%torch.distributed.checkpoint.metadata\x94\x8c\rMetadataIndex\x93)\x81");
+        p.extend(b"}(\x8c\x03fqn\x8c\x01w\x8c\x06offsetK\x00K\x08\x86u");
+        p.extend(build);
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn data_objects_take_their_state() {
+        let value = load(&metadata_index(b"b")).unwrap();
+        assert_eq!(value.class(), Some("torch.distributed.checkpoint.metadata.MetadataIndex"));
+        assert_eq!(value.field("fqn"), Some(&Value::Str("w".into())));
+        assert_eq!(value.field("offset"), Some(&Value::Tuple(vec![Value::Int(0), Value::Int(8)])));
+        assert_eq!(value.field("index"), None);
+        // Built twice, or given arguments, or of a class not allowed: errors.
+        assert!(load(&metadata_index(b"b}b")).unwrap_err().to_string().contains("built twice"));
+        let mut called = metadata_index(b"b");
+        let at = called.windows(2).position(|w| w == b")\x81").unwrap();
+        called.splice(at..at + 1, *b"K\x01\x85");
+        assert!(load(&called).unwrap_err().to_string().contains("called with arguments"));
+        let mut other = vec![0x80, 4];
+        other.extend(b"\x8c\x02os\x94\x8c\x06system\x93)\x81.");
+        assert!(load(&other).unwrap_err().to_string().contains("`os.system`"));
     }
 
     #[test]
