@@ -43,8 +43,8 @@ fn check_scores(model: &Path, goldens: &Value, device: &str) {
 
 /// Imports fixture `input` into `dir`: the four files, and a config that agrees with the
 /// one the fixture `goldens`' own conversion made for transformers.
-fn import_and_compare_config(input: &str, goldens: &str, dir: &Path) {
-    assert_success(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(dir)]));
+fn import_and_compare_config(input: &str, goldens: &str, dir: &Path, extra: &[&str]) {
+    assert_success(&steerlm(&[&["import-nemo", p(&nemo(input)), "--output-dir", p(dir)], extra].concat()));
     assert_eq!(
         listing(dir),
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"],
@@ -74,7 +74,7 @@ fn zarr_checkpoints_import_and_score_like_megatron_and_transformers() {
         [("llama-zarr", "llama-zarr"), ("nemotron-zarr", "nemotron-zarr"), ("llama-zarr.nemo", "llama-zarr")]
     {
         let dir = out.path().join(input).join("hf");
-        import_and_compare_config(input, goldens, &dir);
+        import_and_compare_config(input, goldens, &dir, &[]);
         check_scores(&dir, &nemo_goldens(goldens), "cpu");
     }
     // The wgpu path runs the imported model too (lavapipe in CI).
@@ -82,20 +82,64 @@ fn zarr_checkpoints_import_and_score_like_megatron_and_transformers() {
 }
 
 #[test]
+fn torch_dist_checkpoints_import_and_score_like_megatron() {
+    let out = tempdir();
+    // Its model_config.yaml names a Hugging Face tokenizer by hub id, which NeMo does not
+    // store: without --tokenizer that is the error, naming the id.
+    let dir = out.path().join("hf");
+    let error = assert_failure(&steerlm(&["import-nemo", p(&nemo("llama-torch-dist")), "--output-dir", p(&dir)]));
+    assert!(
+        error.contains("the Hugging Face tokenizer `mistralai/Mistral-7B-v0.1`") && error.contains("--tokenizer"),
+        "{error}"
+    );
+    assert!(!dir.exists());
+
+    import_and_compare_config("llama-torch-dist", "llama-torch-dist", &dir, &["--tokenizer", p(&nemo("hf-tokenizer"))]);
+    check_scores(&dir, &nemo_goldens("llama-torch-dist"), "cpu");
+    // The same weights saved with the zarr strategy import to the same bytes.
+    let zarr = out.path().join("zarr");
+    assert_success(&steerlm(&["import-nemo", p(&nemo("llama-zarr")), "--output-dir", p(&zarr)]));
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        std::fs::read(zarr.join("model.safetensors")).unwrap()
+    );
+
+    // A .distcp file cut short: the error names the file and the tensor whose chunk is
+    // missing; nothing is written.
+    let damaged = out.path().join("damaged");
+    copy_tree(&nemo("llama-torch-dist"), &damaged);
+    let distcp = damaged.join("model_weights/__0_1.distcp");
+    let bytes = std::fs::read(&distcp).unwrap();
+    std::fs::write(&distcp, &bytes[..bytes.len() - 1000]).unwrap();
+    let target = out.path().join("out");
+    let error = assert_failure(&steerlm(&[
+        "import-nemo",
+        p(&damaged),
+        "--output-dir",
+        p(&target),
+        "--tokenizer",
+        p(&nemo("hf-tokenizer")),
+    ]));
+    assert!(error.contains("__0_1.distcp") && error.contains("tensor `model."), "{error}");
+    assert!(!target.exists());
+}
+
+#[test]
 fn legacy_checkpoints_import_and_score_like_megatron() {
     let out = tempdir();
-    // One model_weights.ckpt (TP = 1), and two tensor-parallel ranks merged (fc1 per rank
-    // is [gate_r; up_r], row-parallel tensors split on columns).
-    for input in ["llama-legacy", "llama-legacy-tp2"] {
+    // One model_weights.ckpt (TP = 1), two tensor-parallel ranks merged (fc1 per rank is
+    // [gate_r; up_r], row-parallel tensors split on columns), and those ranks each split
+    // into two pipeline stages (layers numbered from 0 in each stage).
+    for input in ["llama-legacy", "llama-legacy-tp2", "llama-legacy-tp2-pp2"] {
         let dir = out.path().join(input);
-        import_and_compare_config(input, input, &dir);
+        import_and_compare_config(input, input, &dir, &[]);
         check_scores(&dir, &nemo_goldens(input), "cpu");
     }
-    // Merged, the two ranks are the TP = 1 checkpoint: the imports write the same bytes.
-    assert_eq!(
-        std::fs::read(out.path().join("llama-legacy/model.safetensors")).unwrap(),
-        std::fs::read(out.path().join("llama-legacy-tp2/model.safetensors")).unwrap()
-    );
+    // Merged, the ranks and stages are the TP = 1 checkpoint: the imports write the same
+    // bytes.
+    let weights = |input: &str| std::fs::read(out.path().join(input).join("model.safetensors")).unwrap();
+    assert_eq!(weights("llama-legacy"), weights("llama-legacy-tp2"));
+    assert_eq!(weights("llama-legacy"), weights("llama-legacy-tp2-pp2"));
 }
 
 #[test]
@@ -119,14 +163,10 @@ fn shards_dtypes_and_a_given_tokenizer() {
 fn what_it_does_not_read_is_named_and_nothing_is_written() {
     let out = tempdir();
     let dir = out.path().join("out");
-    for (input, says) in [
-        ("llama-torch-dist", "is a `torch_dist` distributed checkpoint, which steerlm does not read yet"),
-        ("hf-tokenizer", "model_config.yaml does not exist"),
-    ] {
-        let error = assert_failure(&steerlm(&["import-nemo", p(&nemo(input)), "--output-dir", p(&dir)]));
-        assert!(error.contains(says), "{input}: {error}");
-        assert!(!dir.exists(), "{input}: nothing is written");
-    }
+    // A folder that is not a NeMo checkpoint.
+    let error = assert_failure(&steerlm(&["import-nemo", p(&nemo("hf-tokenizer")), "--output-dir", p(&dir)]));
+    assert!(error.contains("model_config.yaml does not exist"), "{error}");
+    assert!(!dir.exists(), "nothing is written");
     assert!(listing(out.path()).is_empty(), "no temporary folder is left: {:?}", listing(out.path()));
 
     // A damaged checkpoint: one chunk of one tensor cut short. The error names it, and
@@ -144,14 +184,24 @@ fn what_it_does_not_read_is_named_and_nothing_is_written() {
     assert!(!dir.exists());
     assert_eq!(listing(out.path()), ["damaged"]);
 
-    // A legacy checkpoint with pipeline parallelism is refused by name; a damaged
-    // model_weights.ckpt is named.
-    let pipeline = out.path().join("pipeline");
-    copy_tree(&nemo("llama-legacy-tp2"), &pipeline);
-    std::fs::rename(pipeline.join("mp_rank_00"), pipeline.join("tp_rank_00_pp_rank_000")).unwrap();
-    std::fs::rename(pipeline.join("mp_rank_01"), pipeline.join("tp_rank_00_pp_rank_001")).unwrap();
-    let error = assert_failure(&steerlm(&["import-nemo", p(&pipeline), "--output-dir", p(&dir)]));
-    assert!(error.contains("pipeline parallelism (tp_rank_00_pp_rank_000/)"), "{error}");
+    // Rank files that disagree with model_config.yaml's tensor_model_parallel_size, or a
+    // pipeline stage missing, are named; so is a damaged model_weights.ckpt.
+    let ranks = out.path().join("ranks");
+    copy_tree(&nemo("llama-legacy-tp2"), &ranks);
+    std::fs::remove_dir_all(ranks.join("mp_rank_01")).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&ranks), "--output-dir", p(&dir)]));
+    assert!(
+        error.contains("tensor_model_parallel_size is 2, but the checkpoint has 1 tensor-parallel rank"),
+        "{error}"
+    );
+    let stages = out.path().join("stages");
+    copy_tree(&nemo("llama-legacy-tp2-pp2"), &stages);
+    std::fs::remove_dir_all(stages.join("tp_rank_01_pp_rank_001")).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&stages), "--output-dir", p(&dir)]));
+    assert!(
+        error.contains("the pipeline stages of tensor-parallel rank 1 are [0]; every rank needs stages 0 to 1"),
+        "{error}"
+    );
     assert!(!dir.exists());
     let cut = out.path().join("cut");
     copy_tree(&nemo("llama-legacy"), &cut);
@@ -161,7 +211,7 @@ fn what_it_does_not_read_is_named_and_nothing_is_written() {
     let error = assert_failure(&steerlm(&["import-nemo", p(&cut), "--output-dir", p(&dir)]));
     assert!(error.contains("model_weights.ckpt"), "{error}");
     assert!(!dir.exists());
-    assert_eq!(listing(out.path()), ["cut", "damaged", "pipeline"]);
+    assert_eq!(listing(out.path()), ["cut", "damaged", "ranks", "stages"]);
 
     // Without its tokenizer file, the checkpoint needs --tokenizer.
     std::fs::write(&chunk, &bytes).unwrap();

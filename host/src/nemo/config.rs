@@ -39,6 +39,11 @@ pub struct NemoConfig {
     pub tie_embeddings: bool,
     /// `tokenizer.model` in the config (`nemo:<file>` names a file in the checkpoint).
     pub tokenizer_model: Option<String>,
+    /// A Hugging Face tokenizer (`library: huggingface`): its `type`, a hub id or the
+    /// path it was read from when the checkpoint was converted. NeMo does not store it.
+    pub hf_tokenizer: Option<String>,
+    /// `tensor_model_parallel_size`: how many rank files a legacy checkpoint has.
+    pub tensor_parallel: Option<usize>,
     /// The checkpoint's training precision (`bf16`, `16`, `32`), for the default dtype.
     pub precision: String,
 }
@@ -147,8 +152,9 @@ impl NemoConfig {
         if rotary_percentage > 1.0 {
             bail!("`rotary_percentage` must be at most 1, got {rotary_percentage}");
         }
-        let tokenizer_model =
-            c.get("tokenizer").and_then(|t| t.get("model")).and_then(Value::as_str).map(str::to_owned);
+        let tokenizer = |field: &str| c.get("tokenizer")?.get(field)?.as_str().map(str::to_owned);
+        let tokenizer_model = tokenizer("model");
+        let hf_tokenizer = tokenizer("type").filter(|_| tokenizer("library").as_deref() == Some("huggingface"));
         Ok(NemoConfig {
             family,
             num_layers: required("num_layers")?,
@@ -174,6 +180,8 @@ impl NemoConfig {
             },
             tie_embeddings: c.get("share_embeddings_and_output_weights").and_then(Value::as_bool).unwrap_or(false),
             tokenizer_model,
+            hf_tokenizer,
+            tensor_parallel: count("tensor_model_parallel_size")?,
             precision: c
                 .get("precision")
                 .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))

@@ -7,6 +7,7 @@ use super::legacy::LegacyCheckpoint;
 use super::sentencepiece;
 use super::shards::{OutTensor, write_shards};
 use super::store::Store;
+use super::torch_dist::TorchDistCheckpoint;
 use super::zarr::ZarrArray;
 use crate::model::weights::DType;
 use crate::output::OutputDir;
@@ -73,6 +74,13 @@ pub trait Tensors {
     fn read(&self, key: &str) -> Result<Vec<u8>>;
     /// `key[index]` along the first axis: one layer of a tensor stacked over layers.
     fn read_first_axis(&self, key: &str, index: usize) -> Result<Vec<u8>>;
+}
+
+/// The Megatron-core key without `model.` (and `module.`, Float16Module's): how
+/// [`Tensors`] name tensors.
+pub fn strip_model_prefix(key: &str) -> String {
+    let key = key.strip_prefix("model.").unwrap_or(key);
+    key.strip_prefix("module.").unwrap_or(key).to_owned()
 }
 
 /// The tensors of a zarr distributed checkpoint (`model_weights/`): one zarr array per
@@ -179,23 +187,20 @@ fn dtype_name(dtype: DType) -> &'static str {
     }
 }
 
-/// The container in `store` (zarr or legacy), refused by name when it is one steerlm does
-/// not read yet.
+/// The container in `store`: a distributed checkpoint (zarr or torch_dist, as its
+/// `metadata.json` says) or legacy `model_weights.ckpt` files.
 fn open_weights<'s>(store: &'s Store, config: &NemoConfig) -> Result<Box<dyn Tensors + 's>> {
     if let Some(metadata) = store.read_optional("model_weights/metadata.json")? {
         let metadata: Value = serde_json::from_slice(&metadata)
             .with_context(|| format!("{} is not JSON", store.describe("model_weights/metadata.json")))?;
         return match metadata.get("sharded_backend").and_then(Value::as_str) {
             Some("zarr") => Ok(Box::new(ZarrCheckpoint::open(store, "model_weights")?)),
-            Some("torch_dist") => bail!(
-                "{} is a `torch_dist` distributed checkpoint, which steerlm does not read yet (it reads `zarr` ones): convert it with NeMo to zarr or Hugging Face",
-                store.describe("model_weights")
-            ),
+            Some("torch_dist") => Ok(Box::new(TorchDistCheckpoint::open(store, "model_weights")?)),
             other => bail!("{}: unknown sharded_backend {other:?}", store.describe("model_weights/metadata.json")),
         };
     }
     // Legacy: torch.save files, SwiGLU's fc1 merged across ranks as [gate; up].
-    if let Some(legacy) = LegacyCheckpoint::open(store, config.family == NemoFamily::Llama)? {
+    if let Some(legacy) = LegacyCheckpoint::open(store, config.tensor_parallel, config.family == NemoFamily::Llama)? {
         return Ok(Box::new(legacy));
     }
     bail!("{} has no model_weights/ folder nor model_weights.ckpt: not a NeMo checkpoint", store.describe(""))
@@ -403,6 +408,16 @@ fn tokenizer_files(store: &Store, config: &NemoConfig, given: Option<&Path>) -> 
         };
     }
     let Some(model) = &config.tokenizer_model else {
+        if let Some(name) = &config.hf_tokenizer {
+            // Converters write the folder they read: use it when it is on this machine.
+            let folder = Path::new(name);
+            if folder.is_absolute() && folder.join("tokenizer.json").is_file() {
+                return tokenizer_files(store, config, Some(folder));
+            }
+            bail!(
+                "model_config.yaml's tokenizer is the Hugging Face tokenizer `{name}`, which NeMo does not store in the checkpoint: pass --tokenizer with its folder or tokenizer.json (e.g. `huggingface-cli download {name} tokenizer.json tokenizer_config.json --local-dir tokenizer`)"
+            );
+        }
         bail!(
             "model_config.yaml names no tokenizer model: pass --tokenizer (a tokenizer.json, tokenizer.model or tokenizer folder)"
         );
@@ -447,7 +462,7 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
         options.max_shard_bytes,
         |i| {
             let (tensor, source) = &planned[i];
-            progress.set_message(tensor.name.clone());
+            progress.set_message(format!("tensor {}/{}", i + 1, planned.len()));
             read_tensor(ckpt, &config, tensor, source).with_context(|| format!("writing `{}`", tensor.name))
         },
         |n| progress.inc(n),

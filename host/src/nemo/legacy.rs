@@ -1,204 +1,80 @@
 //! Legacy NeMo checkpoints: `model_weights.ckpt` files written by `torch.save(state_dict)`,
-//! one at the root (TP = 1) or one per tensor-parallel rank (`mp_rank_NN/`), merged here
-//! into the global tensors (FORMAT.md sections 7 and 9).
+//! one at the root (TP = 1), one per tensor-parallel rank (`mp_rank_NN/`), or one per rank
+//! and pipeline stage (`tp_rank_NN_pp_rank_NNN/`), merged here into the global tensors
+//! (FORMAT.md sections 7 and 9).
 //!
-//! A `.ckpt` is a zip (stored, sizes in the central directory) holding `data.pkl` (read
-//! by [`super::pickle`]) and one `data/<key>` entry per storage; tensor bytes are read
-//! from the store per request, never the whole file.
+//! Each `.ckpt` is a torch.save file ([`super::torch_save`]); tensor bytes are read from
+//! the store per request, never the whole file.
 
-use super::import::Tensors;
-use super::pickle::{self, TensorRef, Value};
+use super::import::{Tensors, strip_model_prefix};
+use super::pickle::{TensorRef, Value};
 use super::store::Store;
+use super::torch_save::{TorchSave, dtype_of, shape_of};
 use crate::model::weights::DType;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeMap;
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// The entries of a zip (torch's writer: stored, zip64 end records), located through its
-/// central directory.
-struct Zip {
-    member: String,
-    /// Name -> (local header offset, size).
-    entries: BTreeMap<String, (u64, u64)>,
-}
-
-impl Zip {
-    fn open(store: &Store, member: &str) -> Result<Self> {
-        let what = store.describe(member);
-        let size = store.size(member)?;
-        let tail_len = size.min(22 + 65535 + 20);
-        let tail = store.read_at(member, size - tail_len, tail_len as usize)?;
-        let Some(eocd) = (0..tail.len().saturating_sub(21)).rev().find(|&i| le32(&tail, i) == 0x0605_4b50) else {
-            bail!("{what} is not a zip file (torch.save's format): no end of central directory");
-        };
-        let (mut count, mut cd_size, mut cd_offset) =
-            (u64::from(le16(&tail, eocd + 10)), u64::from(le32(&tail, eocd + 12)), u64::from(le32(&tail, eocd + 16)));
-        // A zip64 locator right before the end record points at the zip64 end record.
-        if eocd >= 20 && le32(&tail, eocd - 20) == 0x0706_4b50 {
-            let at = le64(&tail, eocd - 20 + 8);
-            let record = store.read_at(member, at, 56).with_context(|| format!("{what}: a damaged zip64 record"))?;
-            if le32(&record, 0) != 0x0606_4b50 {
-                bail!("{what}: a damaged zip64 end of central directory");
-            }
-            (count, cd_size, cd_offset) = (le64(&record, 32), le64(&record, 40), le64(&record, 48));
-        }
-        if cd_offset.checked_add(cd_size).is_none_or(|end| end > size) || count > cd_size / 46 + 1 {
-            bail!("{what}: the zip's central directory lies outside the file");
-        }
-        let cd = store.read_at(member, cd_offset, cd_size as usize)?;
-        let mut entries = BTreeMap::new();
-        let mut pos = 0usize;
-        for _ in 0..count {
-            if pos + 46 > cd.len() || le32(&cd, pos) != 0x0201_4b50 {
-                bail!("{what}: a damaged zip central directory");
-            }
-            let method = le16(&cd, pos + 10);
-            let (mut csize, mut stored, mut local) =
-                (u64::from(le32(&cd, pos + 20)), u64::from(le32(&cd, pos + 24)), u64::from(le32(&cd, pos + 42)));
-            let (n, e, c) = (le16(&cd, pos + 28) as usize, le16(&cd, pos + 30) as usize, le16(&cd, pos + 32) as usize);
-            if pos + 46 + n + e + c > cd.len() {
-                bail!("{what}: a damaged zip central directory");
-            }
-            let name = String::from_utf8_lossy(&cd[pos + 46..pos + 46 + n]).into_owned();
-            // The zip64 extra field holds, in order, those of the three that are 0xffffffff.
-            let mut extra = &cd[pos + 46 + n..pos + 46 + n + e];
-            while extra.len() >= 4 {
-                let (id, len) = (le16(extra, 0), le16(extra, 2) as usize);
-                let Some(body) = extra.get(4..4 + len) else { break };
-                if id == 1 {
-                    let mut fields = body.chunks_exact(8).map(|f| le64(f, 0));
-                    for field in [&mut stored, &mut csize, &mut local] {
-                        if *field == 0xffff_ffff {
-                            *field = fields.next().ok_or_else(|| anyhow!("{what}: a damaged zip64 extra field"))?;
-                        }
-                    }
-                }
-                extra = &extra[4 + len..];
-            }
-            if method != 0 || csize != stored {
-                bail!("{what}: entry {name} is compressed (method {method}); torch.save stores entries uncompressed");
-            }
-            entries.insert(name, (local, stored));
-            pos += 46 + n + e + c;
-        }
-        Ok(Zip { member: member.to_owned(), entries })
-    }
-
-    /// The one top folder torch names after the file (`model_weights/`, `archive/`).
-    fn top(&self) -> Result<String> {
-        let pkl = self.entries.keys().find(|k| k.ends_with("/data.pkl") && k.matches('/').count() == 1);
-        pkl.map(|k| k.trim_end_matches("data.pkl").to_owned())
-            .ok_or_else(|| anyhow!("has no <folder>/data.pkl: not a torch.save file"))
-    }
-
-    /// `len` bytes of entry `name` from `offset`.
-    fn read(&self, store: &Store, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let what = store.describe(&self.member);
-        let &(local, size) = self.entries.get(name).ok_or_else(|| anyhow!("{what} has no entry {name}"))?;
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            bail!("{what}: entry {name} holds {size} bytes, {len} wanted from {offset}");
-        }
-        let header = store.read_at(&self.member, local, 30)?;
-        if le32(&header, 0) != 0x0403_4b50 {
-            bail!("{what}: a damaged local header for {name}");
-        }
-        let data = local + 30 + u64::from(le16(&header, 26)) + u64::from(le16(&header, 28));
-        let len = usize::try_from(len)?;
-        store.read_at(&self.member, data + offset, len)
-    }
-}
-
-/// One rank's file: its zip and its tensors by normalized key.
+/// One tensor-parallel rank: its file, or one file per pipeline stage, and its tensors by
+/// normalized key, layers numbered globally.
 struct Rank {
-    zip: Zip,
-    top: String,
-    tensors: BTreeMap<String, TensorRef>,
+    files: Vec<TorchSave>,
+    /// Key -> (index in `files`, tensor).
+    tensors: BTreeMap<String, (usize, TensorRef)>,
 }
 
-fn dtype_of(tensor: &TensorRef, key: &str) -> Result<DType> {
-    Ok(match tensor.storage.dtype.as_str() {
-        "float32" => DType::F32,
-        "bfloat16" => DType::BF16,
-        "float16" => DType::F16,
-        other => bail!("tensor `{key}` is {other}; steerlm reads float32, bfloat16 and float16 weights"),
-    })
-}
-
-fn shape_of(tensor: &TensorRef) -> Result<Vec<usize>> {
-    tensor.shape.iter().map(|&d| usize::try_from(d).map_err(|_| anyhow!("a dimension of {d}"))).collect()
-}
-
-/// The Megatron-core key without `model.` (and `module.`, Float16Module's).
-fn normalize(key: &str) -> String {
-    let key = key.strip_prefix("model.").unwrap_or(key);
-    key.strip_prefix("module.").unwrap_or(key).to_owned()
+/// `decoder.layers.N.rest` as (N, rest).
+fn layer_key(key: &str) -> Option<(usize, &str)> {
+    let (layer, rest) = key.strip_prefix("decoder.layers.")?.split_once('.')?;
+    Some((layer.parse().ok()?, rest))
 }
 
 impl Rank {
-    fn open(store: &Store, member: &str) -> Result<Self> {
-        let what = store.describe(member);
-        let zip = Zip::open(store, member)?;
-        let top = zip.top().with_context(|| what.clone())?;
-        let pkl_name = format!("{top}data.pkl");
-        let size = zip.entries[&pkl_name].1;
-        let pkl = zip.read(store, &pkl_name, 0, size)?;
-        let value = pickle::load(&pkl).with_context(|| format!("reading {what}:{pkl_name}"))?;
-        let Value::Dict(items) = value else { bail!("{what}: the pickle holds no state dict") };
+    /// The rank in `members`: one file per pipeline stage, in stage order. A stage numbers
+    /// its layers from 0 (Megatron-core's state dict keys are local to the stage); here
+    /// they follow the layers of the stages before it.
+    fn open(store: &Store, members: &[String]) -> Result<Self> {
+        let mut files = Vec::with_capacity(members.len());
         let mut tensors = BTreeMap::new();
-        for (key, value) in items {
-            // Everything else (`_extra_state`: BytesIO, None or bytes) is skipped.
-            if let (Value::Str(key), Value::Tensor(tensor)) = (key, value) {
-                tensors.insert(normalize(&key), tensor);
+        let mut first_layer = 0;
+        for (stage, member) in members.iter().enumerate() {
+            let file = TorchSave::open(store, member)?;
+            let Value::Dict(items) = file.load(store)? else {
+                bail!("{}: the pickle holds no state dict", file.describe())
+            };
+            let mut layers = 0;
+            let before = tensors.len();
+            for (key, value) in items {
+                // Everything else (`_extra_state`: BytesIO, None or bytes) is skipped.
+                let (Value::Str(key), Value::Tensor(tensor)) = (key, value) else { continue };
+                let mut key = strip_model_prefix(&key);
+                if let Some((layer, rest)) = layer_key(&key) {
+                    layers = layers.max(layer.saturating_add(1));
+                    key = format!("decoder.layers.{}.{rest}", first_layer + layer);
+                }
+                if tensors.insert(key.clone(), (stage, tensor)).is_some() {
+                    bail!("{}: tensor `{key}` is also in an earlier pipeline stage", file.describe());
+                }
             }
+            if tensors.len() == before {
+                bail!("{} holds no tensors", file.describe());
+            }
+            first_layer += layers;
+            files.push(file);
         }
-        if tensors.is_empty() {
-            bail!("{what} holds no tensors");
-        }
-        Ok(Rank { zip, top, tensors })
+        Ok(Rank { files, tensors })
     }
 
-    fn tensor(&self, store: &Store, key: &str) -> Result<&TensorRef> {
-        self.tensors.get(key).ok_or_else(|| anyhow!("{} has no tensor `{key}`", store.describe(&self.zip.member)))
+    fn tensor(&self, key: &str) -> Result<&(usize, TensorRef)> {
+        self.tensors.get(key).ok_or_else(|| {
+            let files: Vec<&str> = self.files.iter().map(|f| f.describe()).collect();
+            anyhow!("{} has no tensor `{key}`", files.join(" nor "))
+        })
     }
 
     /// The tensor's values, C order.
     fn read(&self, store: &Store, key: &str) -> Result<(Vec<u8>, Vec<usize>)> {
-        let tensor = self.tensor(store, key)?;
-        let esize = dtype_of(tensor, key)?.size() as u64;
-        let shape = shape_of(tensor)?;
-        let mut expected = 1u64;
-        for (&dim, &stride) in tensor.shape.iter().zip(&tensor.stride).rev() {
-            if dim != 1 && stride != expected {
-                bail!(
-                    "tensor `{key}` is stored with strides {:?} for shape {:?} (not contiguous), which steerlm does not read",
-                    tensor.stride,
-                    tensor.shape
-                );
-            }
-            expected = expected.checked_mul(dim).ok_or_else(|| anyhow!("tensor `{key}`: a shape too large"))?;
-        }
-        if tensor.offset.checked_add(expected).is_none_or(|end| end > tensor.storage.numel) {
-            bail!("tensor `{key}` reaches past its storage ({} elements)", tensor.storage.numel);
-        }
-        let name = format!("{}data/{}", self.top, tensor.storage.key);
-        let too_large = || anyhow!("tensor `{key}`: a size too large");
-        let (start, len) = (
-            tensor.offset.checked_mul(esize).ok_or_else(too_large)?,
-            expected.checked_mul(esize).ok_or_else(too_large)?,
-        );
-        let bytes = self.zip.read(store, &name, start, len).with_context(|| format!("reading tensor `{key}`"))?;
-        Ok((bytes, shape))
+        let (stage, tensor) = self.tensor(key)?;
+        Ok((self.files[*stage].tensor_bytes(store, tensor, key)?, shape_of(tensor)?))
     }
 }
 
@@ -220,33 +96,61 @@ pub struct LegacyCheckpoint<'s> {
 }
 
 impl<'s> LegacyCheckpoint<'s> {
-    /// The legacy checkpoint in `store`, if it is one: `model_weights.ckpt` or
-    /// `mp_rank_NN/model_weights.ckpt`. `gated`: fc1 is [gate; up] (SwiGLU).
-    pub fn open(store: &'s Store, gated: bool) -> Result<Option<Self>> {
+    /// The legacy checkpoint in `store`, if it is one: `model_weights.ckpt`,
+    /// `mp_rank_NN/model_weights.ckpt` (tensor parallel) or
+    /// `tp_rank_NN_pp_rank_NNN/model_weights.ckpt` (pipeline parallel too).
+    /// `tensor_parallel`: model_config.yaml's size, checked against the folders.
+    /// `gated`: fc1 is [gate; up] (SwiGLU).
+    pub fn open(store: &'s Store, tensor_parallel: Option<usize>, gated: bool) -> Result<Option<Self>> {
         let names = store.list("")?;
-        if let Some(pp) = names.iter().find(|n| n.starts_with("tp_rank_") && n.contains("_pp_rank_")) {
+        let what = store.describe("");
+        // Folders by tensor-parallel rank, then pipeline stage.
+        let mut grid: BTreeMap<usize, BTreeMap<usize, String>> = BTreeMap::new();
+        if store.exists("model_weights.ckpt") {
+            grid.entry(0).or_default().insert(0, "model_weights.ckpt".to_owned());
+        } else {
+            for name in &names {
+                let rank = if let Some(tp) = name.strip_prefix("mp_rank_") {
+                    tp.parse().ok().map(|tp| (tp, 0))
+                } else {
+                    let (tp, pp) = name.strip_prefix("tp_rank_").and_then(|rest| rest.split_once("_pp_rank_")).unzip();
+                    tp.and_then(|tp| tp.parse().ok()).zip(pp.and_then(|pp| pp.parse().ok()))
+                };
+                if let Some((tp, pp)) = rank {
+                    let member = format!("{name}/model_weights.ckpt");
+                    if grid.entry(tp).or_default().insert(pp, member).is_some() {
+                        bail!("{what}: two folders hold tensor-parallel rank {tp}, pipeline stage {pp}");
+                    }
+                }
+            }
+        }
+        if grid.is_empty() {
+            return Ok(None);
+        }
+        let stages = grid.values().next().map_or(0, BTreeMap::len);
+        let numbered = |keys: &mut dyn Iterator<Item = &usize>, n: usize| keys.copied().eq(0..n);
+        if !numbered(&mut grid.keys(), grid.len()) {
+            bail!("{what}: the tensor-parallel ranks are not numbered 0..{}", grid.len() - 1);
+        }
+        if let Some((tp, found)) = grid.iter().find(|(_, s)| !numbered(&mut s.keys(), stages)) {
             bail!(
-                "{} is a legacy NeMo checkpoint with pipeline parallelism ({pp}/), which steerlm does not read: convert it with NeMo to pipeline-parallel size 1 or to a distributed checkpoint",
-                store.describe("")
+                "{what}: the pipeline stages of tensor-parallel rank {tp} are {:?}; every rank needs stages 0 to {}",
+                found.keys().collect::<Vec<_>>(),
+                stages - 1
             );
         }
-        let mut members = Vec::new();
-        if store.exists("model_weights.ckpt") {
-            members.push("model_weights.ckpt".to_owned());
-        } else {
-            let mut ranks: Vec<usize> = names.iter().filter_map(|n| n.strip_prefix("mp_rank_")?.parse().ok()).collect();
-            ranks.sort_unstable();
-            ranks.dedup();
-            if ranks.is_empty() {
-                return Ok(None);
-            }
-            if ranks.iter().enumerate().any(|(i, &r)| i != r) {
-                bail!("{}: the mp_rank_NN folders are not numbered 00..{:02}", store.describe(""), ranks.len() - 1);
-            }
-            members.extend(ranks.iter().map(|r| format!("mp_rank_{r:02}/model_weights.ckpt")));
+        if let Some(expected) = tensor_parallel.filter(|&n| n != grid.len()) {
+            bail!(
+                "{what}: model_config.yaml's tensor_model_parallel_size is {expected}, but the checkpoint has {} tensor-parallel rank files",
+                grid.len()
+            );
         }
-        let ranks = members.iter().map(|m| Rank::open(store, m)).collect::<Result<Vec<_>>>()?;
-        Ok(Some(LegacyCheckpoint { store, root: members[0].clone(), ranks, gated }))
+        let ranks = grid
+            .values()
+            .map(|stages| Rank::open(store, &stages.values().cloned().collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>>>()?;
+        let root = grid[&0][&0].clone();
+        Ok(Some(LegacyCheckpoint { store, root, ranks, gated }))
     }
 
     fn merge(&self, key: &str) -> Result<Merge> {
@@ -280,10 +184,10 @@ impl<'s> LegacyCheckpoint<'s> {
 
 impl Tensors for LegacyCheckpoint<'_> {
     fn describe(&self) -> String {
-        if self.ranks.len() == 1 {
-            self.store.describe(&self.root)
-        } else {
-            format!("{} ({} mp_rank_NN files)", self.store.describe(""), self.ranks.len())
+        match (self.ranks.len(), self.ranks[0].files.len()) {
+            (1, 1) => self.store.describe(&self.root),
+            (tp, 1) => format!("{} ({tp} mp_rank_NN files)", self.store.describe("")),
+            (tp, pp) => format!("{} ({tp} tensor-parallel ranks x {pp} pipeline stages)", self.store.describe("")),
         }
     }
 
@@ -292,12 +196,12 @@ impl Tensors for LegacyCheckpoint<'_> {
     }
 
     fn info(&self, key: &str) -> Result<(DType, Vec<usize>)> {
-        let first = self.ranks[0].tensor(self.store, key)?;
+        let (_, first) = self.ranks[0].tensor(key)?;
         let dtype = dtype_of(first, key)?;
         let mut shape = shape_of(first)?;
         let merge = self.merge(key)?;
         for rank in &self.ranks[1..] {
-            let tensor = rank.tensor(self.store, key)?;
+            let (_, tensor) = rank.tensor(key)?;
             let other = shape_of(tensor)?;
             let axis = match merge {
                 Merge::Replicated => None,
@@ -380,8 +284,8 @@ mod tests {
     #[test]
     fn tensor_parallel_ranks_merge_into_the_single_rank_checkpoint() {
         let (one, two) = (fixture("llama-legacy"), fixture("llama-legacy-tp2"));
-        let one = LegacyCheckpoint::open(&one, true).unwrap().unwrap();
-        let two = LegacyCheckpoint::open(&two, true).unwrap().unwrap();
+        let one = LegacyCheckpoint::open(&one, Some(1), true).unwrap().unwrap();
+        let two = LegacyCheckpoint::open(&two, Some(2), true).unwrap().unwrap();
         assert_eq!(two.ranks.len(), 2);
         let keys: Vec<&String> = one.ranks[0].tensors.keys().collect();
         assert_eq!(keys.len(), 17, "{keys:?}");
@@ -389,6 +293,14 @@ mod tests {
         for key in keys {
             assert_eq!(one.info(key).unwrap(), two.info(key).unwrap(), "{key}");
             assert_eq!(one.read(key).unwrap(), two.read(key).unwrap(), "{key}");
+        }
+        // Two pipeline stages of two ranks each: layer 1 is stage 1's layer 0.
+        let four = fixture("llama-legacy-tp2-pp2");
+        let four = LegacyCheckpoint::open(&four, Some(2), true).unwrap().unwrap();
+        assert_eq!(four.ranks[1].files.len(), 2);
+        assert_eq!(four.ranks[1].tensors.keys().collect::<Vec<_>>(), one.ranks[0].tensors.keys().collect::<Vec<_>>());
+        for key in one.ranks[0].tensors.keys() {
+            assert_eq!(one.read(key).unwrap(), four.read(key).unwrap(), "{key}");
         }
         let head = one.read("rm_head.weight").unwrap();
         assert_eq!(two.read_first_axis("rm_head.weight", 8).unwrap(), head[8 * 128..]);
@@ -409,7 +321,7 @@ mod tests {
             std::fs::write(&path, &bytes[..cut]).unwrap();
             let store = Store::open(dir.path()).unwrap();
             let read_all = || -> Result<()> {
-                let ckpt = LegacyCheckpoint::open(&store, true)?.expect("a legacy checkpoint");
+                let ckpt = LegacyCheckpoint::open(&store, None, true)?.expect("a legacy checkpoint");
                 for key in ckpt.ranks[0].tensors.keys() {
                     ckpt.read(key)?;
                 }
@@ -422,7 +334,7 @@ mod tests {
             flipped[at] ^= 0xff;
             std::fs::write(&path, &flipped).unwrap();
             let store = Store::open(dir.path()).unwrap();
-            if let Ok(Some(ckpt)) = LegacyCheckpoint::open(&store, true) {
+            if let Ok(Some(ckpt)) = LegacyCheckpoint::open(&store, None, true) {
                 for key in ckpt.ranks[0].tensors.keys() {
                     let _ = ckpt.read(key);
                 }
