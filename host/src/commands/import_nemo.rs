@@ -11,17 +11,19 @@ use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct ImportNemoArgs {
-    /// A `.nemo` file (an uncompressed tar) or an extracted checkpoint folder
-    /// (`model_config.yaml` + a zarr `model_weights/`, or legacy `model_weights.ckpt` /
-    /// `mp_rank_NN/model_weights.ckpt` files).
+    /// A `.nemo` file (an uncompressed tar) or an extracted checkpoint folder:
+    /// `model_config.yaml` + a `model_weights/` distributed checkpoint (zarr or
+    /// torch_dist), or legacy `model_weights.ckpt` files (`mp_rank_NN/`,
+    /// `tp_rank_NN_pp_rank_NNN/`).
     #[arg(value_name = "PATH")]
     input: PathBuf,
     /// The Hugging Face folder to write: config.json, model.safetensors (sharded past
     /// --max-shard-gb), tokenizer.json. It must not exist, or be an empty folder.
     #[arg(long, value_name = "DIR")]
     output_dir: PathBuf,
-    /// The tokenizer when the checkpoint holds none: a tokenizer.json, a SentencePiece
-    /// tokenizer.model, or a Hugging Face tokenizer folder.
+    /// The tokenizer when the checkpoint holds none (NeMo never stores Hugging Face
+    /// tokenizers): a tokenizer.json, a SentencePiece tokenizer.model, or a Hugging Face
+    /// tokenizer folder.
     #[arg(long, value_name = "FILE")]
     tokenizer: Option<PathBuf>,
     /// Stored dtype of the output (default: the checkpoint's).

@@ -119,13 +119,14 @@ fn check_tiling(shape: &[usize], chunks: &[Chunk]) -> Result<()> {
             cuts[d].insert(chunk.offsets[d]);
         }
     }
+    let cuts: Vec<Vec<usize>> = cuts.into_iter().map(|c| c.into_iter().collect()).collect();
     let mut cells = BTreeSet::new();
     for chunk in chunks {
         let mut cell = Vec::with_capacity(rank);
         for d in 0..rank {
-            let index = cuts[d].range(..chunk.offsets[d]).count();
+            let index = cuts[d].binary_search(&chunk.offsets[d]).expect("every offset is a cut");
             // The chunk must end where the next cut (or the axis) does.
-            let next = cuts[d].range(chunk.offsets[d] + 1..).next().copied().unwrap_or(shape[d]);
+            let next = cuts[d].get(index + 1).copied().unwrap_or(shape[d]);
             if chunk.offsets[d] + chunk.sizes[d] != next {
                 bail!("the chunks overlap or leave gaps (one at {:?} of size {:?})", chunk.offsets, chunk.sizes);
             }
@@ -317,6 +318,57 @@ mod tests {
                 assert!(ckpt.read_first_axis(key, 2).is_err());
             }
         }
+    }
+
+    /// A `Metadata` with one bf16 tensor `model.w` of shape [4] in one chunk, stored in
+    /// `file` at bytes 0..100.
+    fn metadata(file: &str, stored_offsets: &[i64]) -> Value {
+        let object = |class: &str, fields: Vec<(&str, Value)>| Value::Object {
+            class: format!("torch.distributed.checkpoint.{class}"),
+            state: Box::new(Value::Dict(fields.into_iter().map(|(k, v)| (Value::Str(k.into()), v)).collect())),
+        };
+        let ints = |v: &[i64]| Value::Tuple(v.iter().map(|&i| Value::Int(i)).collect());
+        let properties = Value::Object {
+            class: "torch.distributed.checkpoint.metadata.TensorProperties".into(),
+            state: Box::new(Value::Tuple(vec![Value::Global("torch.bfloat16".into())])),
+        };
+        let chunk = object("metadata.ChunkStorageMetadata", vec![("offsets", ints(&[0])), ("sizes", ints(&[4]))]);
+        let tensor = object(
+            "metadata.TensorStorageMetadata",
+            vec![("properties", properties), ("size", ints(&[4])), ("chunks", Value::List(vec![chunk]))],
+        );
+        let index = object(
+            "metadata.MetadataIndex",
+            vec![("fqn", Value::Str("model.w".into())), ("offset", ints(stored_offsets))],
+        );
+        let info = object(
+            "filesystem._StorageInfo",
+            vec![("relative_path", Value::Str(file.into())), ("offset", Value::Int(0)), ("length", Value::Int(100))],
+        );
+        object(
+            "metadata.Metadata",
+            vec![
+                ("state_dict_metadata", Value::Dict(vec![(Value::Str("model.w".into()), tensor)])),
+                ("storage_data", Value::Dict(vec![(index, info)])),
+            ],
+        )
+    }
+
+    #[test]
+    fn metadata_cannot_point_outside_the_folder() {
+        let store = fixture("llama-torch-dist");
+        let ckpt =
+            TorchDistCheckpoint::from_metadata(&store, "model_weights", &metadata("__0_0.distcp", &[0])).unwrap();
+        assert_eq!(ckpt.info("w").unwrap(), (DType::BF16, vec![4]));
+        for file in ["../model_config.yaml", "/etc/passwd", ".metadata", "", "a\\b"] {
+            let error =
+                TorchDistCheckpoint::from_metadata(&store, "model_weights", &metadata(file, &[0])).err().unwrap();
+            assert!(format!("{error:#}").contains("not a file of the checkpoint folder"), "{file}: {error:#}");
+        }
+        // A chunk no storage entry describes.
+        let error =
+            TorchDistCheckpoint::from_metadata(&store, "model_weights", &metadata("__0_0.distcp", &[1])).err().unwrap();
+        assert!(format!("{error:#}").contains("stored nowhere"), "{error:#}");
     }
 
     fn chunk(offsets: &[usize], sizes: &[usize]) -> Chunk {
