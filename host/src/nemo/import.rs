@@ -342,19 +342,34 @@ fn check_shape(config: &NemoConfig, tensor: &OutTensor, source: &Source, stored:
     Ok(())
 }
 
+/// The last region read for a row pick (one layer of `linear_qkv` or `linear_fc1`): q, k
+/// and v, or gate and up, are planned one after the other and pick rows of the same
+/// region, which is then read once instead of three or two times.
+#[derive(Default)]
+struct PickedRegion {
+    source: Option<(String, Option<usize>)>,
+    bytes: Vec<u8>,
+}
+
 /// The values of one planned tensor, in `out.dtype`, checked against its shape.
-fn read_tensor(ckpt: &dyn Tensors, config: &NemoConfig, out: &OutTensor, source: &Source) -> Result<Vec<u8>> {
+fn read_tensor(
+    ckpt: &dyn Tensors,
+    config: &NemoConfig,
+    out: &OutTensor,
+    source: &Source,
+    last: &mut PickedRegion,
+) -> Result<Vec<u8>> {
     let key = &source.key;
     let (dtype, mut stored) = ckpt.info(key)?;
-    let bytes = match source.layer {
-        Some(layer) => {
-            if stored.first() != Some(&config.num_layers) {
-                bail!("tensor `{key}` has shape {stored:?}: its first axis should be the {} layers", config.num_layers);
-            }
-            stored.remove(0);
-            ckpt.read_first_axis(key, layer)?
+    if source.layer.is_some() {
+        if stored.first() != Some(&config.num_layers) {
+            bail!("tensor `{key}` has shape {stored:?}: its first axis should be the {} layers", config.num_layers);
         }
-        None => ckpt.read(key)?,
+        stored.remove(0);
+    }
+    let read_region = || match source.layer {
+        Some(layer) => ckpt.read_first_axis(key, layer),
+        None => ckpt.read(key),
     };
     let esize = dtype.size();
     let bytes = match source.rows {
@@ -363,15 +378,28 @@ fn read_tensor(ckpt: &dyn Tensors, config: &NemoConfig, out: &OutTensor, source:
             if groups * group_rows != rows || offset + take > group_rows {
                 bail!("tensor `{key}` has shape {stored:?}, which does not fit the config's heads and sizes");
             }
+            let wanted = Some((key.clone(), source.layer));
+            if last.source != wanted {
+                // Free the previous region before reading the next.
+                *last = PickedRegion::default();
+                *last = PickedRegion { bytes: read_region()?, source: wanted };
+            }
+            let region = &last.bytes;
             let row_bytes = stored.iter().skip(1).product::<usize>() * esize;
+            if region.len() != rows * row_bytes {
+                bail!("tensor `{key}` holds {} bytes, not the {} of shape {stored:?}", region.len(), rows * row_bytes);
+            }
             let mut picked = Vec::with_capacity(groups * take * row_bytes);
             for g in 0..groups {
                 let start = (g * group_rows + offset) * row_bytes;
-                picked.extend_from_slice(&bytes[start..start + take * row_bytes]);
+                picked.extend_from_slice(&region[start..start + take * row_bytes]);
             }
             picked
         }
-        None => bytes,
+        None => {
+            *last = PickedRegion::default();
+            read_region()?
+        }
     };
     if bytes.len() / esize != out.shape.iter().product::<usize>() {
         bail!("tensor `{key}` has shape {stored:?}, but `{}` needs {:?}", out.name, out.shape);
@@ -456,6 +484,7 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
     let tensors: Vec<OutTensor> = planned.iter().map(|(t, _)| t.clone()).collect();
     let total: u64 = tensors.iter().map(|t| t.bytes() as u64).sum();
     progress.set_length(total);
+    let mut last_region = PickedRegion::default();
     write_shards(
         out.path(),
         &tensors,
@@ -463,7 +492,8 @@ pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Importe
         |i| {
             let (tensor, source) = &planned[i];
             progress.set_message(format!("tensor {}/{}", i + 1, planned.len()));
-            read_tensor(ckpt, &config, tensor, source).with_context(|| format!("writing `{}`", tensor.name))
+            read_tensor(ckpt, &config, tensor, source, &mut last_region)
+                .with_context(|| format!("writing `{}`", tensor.name))
         },
         |n| progress.inc(n),
     )?;

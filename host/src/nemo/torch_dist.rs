@@ -246,6 +246,11 @@ impl<'s> TorchDistCheckpoint<'s> {
         let elements = size.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let bytes =
             elements.and_then(|n| n.checked_mul(esize)).ok_or_else(|| anyhow!("tensor `{key}` is too large"))?;
+        // A region that is exactly one chunk (a layer, a whole tensor) is that chunk's bytes:
+        // no second buffer, no copy.
+        if let Some(chunk) = tensor.chunks.iter().find(|c| c.offsets == start && c.sizes == size) {
+            return self.read_chunk(tensor, chunk);
+        }
         let mut out = vec![0u8; bytes];
         let region = Block { origin: start, shape: size };
         for chunk in &tensor.chunks {

@@ -165,6 +165,14 @@ impl<'s> ZarrArray<'s> {
             out.copy_from_slice(&self.chunk(&[])?[..esize]);
             return Ok(out);
         }
+        // A region that is exactly one chunk (a layer, a whole tensor) is that chunk's bytes:
+        // no second buffer, no copy.
+        if (0..rank).all(|d| start[d].is_multiple_of(self.chunks[d]) && size[d] == self.chunks[d]) {
+            let position: Vec<usize> = (0..rank).map(|d| start[d] / self.chunks[d]).collect();
+            if (0..rank).all(|d| start[d] + size[d] <= self.shape[d]) {
+                return self.chunk(&position);
+            }
+        }
         // Chunk grid positions the region touches, per dimension.
         let ranges: Vec<(usize, usize)> =
             (0..rank).map(|d| (start[d] / self.chunks[d], (start[d] + size[d] - 1) / self.chunks[d])).collect();
