@@ -246,9 +246,16 @@ fn the_output_folder_must_be_new_or_empty() {
     assert_eq!(std::fs::read_to_string(full.join("keep.txt")).unwrap(), "mine");
     // /dev/null is still a character device (a rename over it would have replaced it).
     assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
-    // An empty folder is filled.
-    assert_success(&steerlm(&["import-nemo", p(&nemo("llama-zarr")), "--output-dir", p(&out.path().join("empty"))]));
+    // An empty folder is filled. A temporary folder a killed run left beside it is named
+    // in a warning, and left alone (another run may be writing it).
+    let stale = out.path().join(".empty.steerlm-AbC123");
+    std::fs::create_dir(&stale).unwrap();
+    let run = steerlm(&["import-nemo", p(&nemo("llama-zarr")), "--output-dir", p(&out.path().join("empty"))]);
+    assert_success(&run);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains(&format!("warning: {} is left from an unfinished run", stale.display())), "{stderr}");
     assert!(out.path().join("empty/model.safetensors").is_file());
+    assert!(stale.is_dir());
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -497,9 +497,23 @@ impl OutputDir {
         };
         std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let file_name = destination.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix = format!(".{file_name}.steerlm-");
+        // A run killed with SIGKILL (or a power cut) cannot remove its temporary folder,
+        // which may hold most of a model. Say so rather than delete it: another steerlm may
+        // be writing it right now, from this machine or another sharing the disk.
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    eprintln!(
+                        "warning: {} is left from an unfinished run writing {name} (killed?): remove it once no other steerlm is writing there",
+                        entry.path().display()
+                    );
+                }
+            }
+        }
         let mut pending = pending();
         let temp = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}.steerlm-"))
+            .prefix(&prefix)
             .tempdir_in(&parent)
             .with_context(|| format!("cannot create a folder in {}", parent.display()))?
             .keep();
