@@ -104,6 +104,20 @@ fn torch_dist_checkpoints_import_and_score_like_megatron() {
         std::fs::read(zarr.join("model.safetensors")).unwrap()
     );
 
+    // Packed as NeMo packs a checkpoint (an uncompressed tar, members `./...`), it is read
+    // in place: the hidden `.metadata` member, chunks at offsets inside `.distcp` members.
+    let packed = out.path().join("llama-torch-dist.nemo");
+    let mut tar = tar::Builder::new(std::fs::File::create(&packed).unwrap());
+    tar.append_dir_all(".", nemo("llama-torch-dist")).unwrap();
+    tar.into_inner().unwrap();
+    let from_tar = out.path().join("from-tar");
+    let tokenizer = nemo("hf-tokenizer");
+    assert_success(&steerlm(&["import-nemo", p(&packed), "--output-dir", p(&from_tar), "--tokenizer", p(&tokenizer)]));
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        std::fs::read(from_tar.join("model.safetensors")).unwrap()
+    );
+
     // A .distcp file cut short: the error names the file and the tensor whose chunk is
     // missing; nothing is written.
     let damaged = out.path().join("damaged");
