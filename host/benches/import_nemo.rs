@@ -13,10 +13,12 @@
 //! `STEERLM_BENCH_LAYERS` sets the layer count (default 8), `STEERLM_BENCH_RUNS` the timed
 //! runs of each (default 3, best one reported).
 
+mod common;
+
+use common::{Run, run_measured};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 const HIDDEN: usize = 2048;
 const HEADS: usize = 16;
@@ -139,25 +141,6 @@ fn copy_folder(from: &Path, to: &Path) {
     }
 }
 
-struct Run {
-    seconds: f64,
-    peak_rss_mib: f64,
-}
-
-/// Runs a command and reads its own resource usage with wait4.
-#[allow(clippy::zombie_processes)] // the child is reaped by wait4, which clippy does not see
-fn run_measured(command: &mut Command) -> Run {
-    let started = Instant::now();
-    let child = command.spawn().expect("spawn steerlm");
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: plain wait4 on our own child with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "steerlm failed");
-    Run { seconds: started.elapsed().as_secs_f64(), peak_rss_mib: usage.ru_maxrss as f64 / 1024.0 }
-}
-
 fn main() {
     // The baseline's child process: copy FROM to TO.
     if let Ok(paths) = std::env::var("STEERLM_BENCH_COPY") {
@@ -187,9 +170,10 @@ fn main() {
             .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
             .unwrap();
         println!(
-            "{what:<22} {:>8.3} s {:>9.1} MB/s {:>8.0} MiB peak RSS",
+            "{what:<22} {:>8.3} s {:>9.1} MB/s {:>8.3} CPU-s {:>8.0} MiB peak RSS",
             run.seconds,
             bytes as f64 / 1e6 / run.seconds,
+            run.cpu_seconds,
             run.peak_rss_mib
         );
         run
