@@ -12,7 +12,8 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     scale: f32,
-    _pad0: u32,
+    // 0: none.
+    softcap: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -31,6 +32,15 @@ const DIMS: u32 = 4u;
 const LOWEST: f32 = -1.0e30;
 
 var<workgroup> scores: array<f32, BLOCK>;
+
+// Gemma2's attention soft cap, `softcap * tanh(s / softcap)`, when `softcap` > 0. The clamp
+// keeps tanh's exp-based evaluation from overflowing; tanh(10) is 1.0 in f32 already.
+fn cap_score(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(clamp(s / p.softcap, -10.0, 10.0));
+    }
+    return s;
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -58,7 +68,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             for (var d = 0u; d < hd; d = d + 1u) {
                 dot = dot + q[q_base + d] * k[k_base + d];
             }
-            s = dot * p.scale;
+            s = cap_score(dot * p.scale);
         }
         scores[lid] = s;
         workgroupBarrier();

@@ -7,6 +7,11 @@ struct Params {
     hidden: u32,
     row_start: u32,
     rows: u32,
+    // Multiplies every value: sqrt(hidden) for Gemma, else 1.
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // 0: f32, 1: bf16, 2: f16.
@@ -42,5 +47,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         return;
     }
     let d = index % p.hidden;
-    out[index] = load((id - p.row_start) * p.hidden + d);
+    out[index] = load((id - p.row_start) * p.hidden + d) * p.scale;
 }

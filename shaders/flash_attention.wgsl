@@ -24,7 +24,8 @@
 //
 // HEAD_DIM must be a multiple of 4 and at most 16 * SLICES (<= 256). Query head h reads KV
 // head h / (heads / kv_heads); token t of a sequence starting at s attends to keys s..=t,
-// scaled by `p.scale` (1/sqrt(head_dim)).
+// scaled by `p.scale` (1/sqrt(head_dim), or Gemma2's query_pre_attn_scalar^-0.5) and
+// soft-capped where `p.softcap` > 0.
 
 struct Params {
     heads: u32,
@@ -33,7 +34,8 @@ struct Params {
     // Blocks in `blocks`; the dispatch has blocks * kv_heads workgroups.
     blocks: u32,
     scale: f32,
-    _pad0: u32,
+    // 0: none.
+    softcap: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -48,6 +50,15 @@ struct Params {
 @group(0) @binding(4) var<storage, read> blocks: array<vec4<u32>>;
 // [tokens, heads * HEAD_DIM].
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+
+// Gemma2's attention soft cap, `softcap * tanh(s / softcap)`, when `softcap` > 0. The clamp
+// keeps tanh's exp-based evaluation from overflowing; tanh(10) is 1.0 in f32 already.
+fn cap_score(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(clamp(s / p.softcap, -10.0, 10.0));
+    }
+    return s;
+}
 
 override HEAD_DIM: u32 = 64u;
 // Invocations per group of ROWS query slots: ceil(HEAD_DIM / (4 * COLUMNS)).
@@ -161,7 +172,7 @@ fn main(
             let key = slice + j * SLICES;
             if (key < KEYS) {
                 for (var i = 0u; i < ROWS; i = i + 1u) {
-                    let s = select(LOWEST, dots[i * KEYS_PER_SLICE + j] * p.scale, tile + key <= rows[i]);
+                    let s = select(LOWEST, cap_score(dots[i * KEYS_PER_SLICE + j] * p.scale), tile + key <= rows[i]);
                     scores[slots[i] * SCORE_ROW + key] = s;
                 }
             }

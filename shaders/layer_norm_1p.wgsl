@@ -6,6 +6,11 @@ struct Params {
     hidden: u32,
     eps: f32,
     has_bias: u32,
+    // 1: add the result to `out` (a residual connection) instead of storing it.
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

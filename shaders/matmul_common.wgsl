@@ -22,6 +22,8 @@ const EPILOGUE_ACCUMULATE: u32 = 1u;
 const EPILOGUE_SILU_GATE: u32 = 2u;
 // y = relu(value)^2: Nemotron's squared-ReLU MLP activation.
 const EPILOGUE_SQUARED_RELU: u32 = 3u;
+// y = y * gelu_tanh(value): Gemma's gate (GELU, tanh approximation).
+const EPILOGUE_GELU_TANH_GATE: u32 = 4u;
 
 fn store(index: u32, value: f32) {
     switch p.epilogue {
@@ -31,6 +33,11 @@ fn store(index: u32, value: f32) {
         case EPILOGUE_SILU_GATE: {
             // Clamp so exp() cannot overflow; silu(value) is ~0 there anyway.
             y[index] = y[index] * (value / (1.0 + exp(min(-value, 80.0))));
+        }
+        case EPILOGUE_GELU_TANH_GATE: {
+            // The clamp keeps tanh's exp-based evaluation finite; tanh(10) is 1.0 in f32.
+            let inner = clamp(0.7978846 * (value + 0.044715 * value * value * value), -10.0, 10.0);
+            y[index] = y[index] * (0.5 * value * (1.0 + tanh(inner)));
         }
         case EPILOGUE_SQUARED_RELU: {
             let r = max(value, 0.0);

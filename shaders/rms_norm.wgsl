@@ -1,4 +1,5 @@
-// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight (+ bias)
+// out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight (+ bias), or out[r, :] += that
+// (Gemma2's normalised attention and MLP outputs joining the residual stream).
 // One workgroup per row, reducing in workgroup memory.
 
 struct Params {
@@ -6,6 +7,11 @@ struct Params {
     hidden: u32,
     eps: f32,
     has_bias: u32,
+    // 1: add the result to `out` (a residual connection) instead of storing it.
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,6 +47,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         var v = x[base + d] * inv * weight[d];
         if (p.has_bias != 0u) {
             v = v + bias[d];
+        }
+        if (p.accumulate != 0u) {
+            v = out[base + d] + v;
         }
         out[base + d] = v;
     }

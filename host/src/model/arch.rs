@@ -14,6 +14,9 @@ pub enum NormKind {
     Rms,
     /// Nemotron's LayerNorm1P: `(x - mean) / sqrt(var + eps) * (1 + w) + b`.
     LayerNorm1P,
+    /// Gemma's RMSNorm: `x / sqrt(mean(x^2) + eps) * (1 + w)`. The backends are given
+    /// `1 + w` (computed once, in f32, as transformers does) and run [`NormKind::Rms`].
+    RmsUnitOffset,
 }
 
 /// The feed-forward block.
@@ -23,6 +26,24 @@ pub enum MlpKind {
     SiluGated,
     /// `down(relu(up(x))^2)`, no gate (Nemotron).
     SquaredRelu,
+    /// `down(gelu_tanh(gate(x)) * up(x))`, GELU's tanh approximation (Gemma).
+    GeluTanhGated,
+}
+
+impl MlpKind {
+    /// The `hidden_act` / `hidden_activation` values meaning this MLP's activation.
+    pub fn activation_names(self) -> &'static [&'static str] {
+        match self {
+            MlpKind::SiluGated => &["silu", "swish"],
+            MlpKind::SquaredRelu => &["relu2"],
+            MlpKind::GeluTanhGated => &["gelu_pytorch_tanh"],
+        }
+    }
+
+    /// Whether a gate projection multiplies into the up projection.
+    pub fn gated(self) -> bool {
+        self != MlpKind::SquaredRelu
+    }
 }
 
 /// Which linear layers carry a bias.
@@ -60,23 +81,44 @@ pub struct Family {
     /// Per-head RMSNorm on queries and keys after their projections, before rotary
     /// (`self_attn.q_norm` / `k_norm`, `[head_dim]`).
     pub qk_norm: bool,
+    /// Gemma2's "sandwich": the attention output and the MLP output are normalised
+    /// before they join the residual stream (`post_attention_layernorm`,
+    /// `post_feedforward_layernorm`), and the MLP's input norm is `pre_feedforward_layernorm`.
+    pub sandwich_norms: bool,
+    /// Embeddings are multiplied by `sqrt(hidden_size)` (Gemma).
+    pub scaled_embedding: bool,
 }
 
 /// The table. Rotary embeddings are the same everywhere: `partial_rotary_factor` (from
 /// config.json, Nemotron uses 0.5) says how many leading dimensions of a head rotate.
-pub const FAMILIES: [Family; 5] = [
-    Family { name: "Llama", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::FromConfig, qk_norm: false },
-    Family { name: "Mistral", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::Never, qk_norm: false },
-    Family { name: "Qwen2", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::QkvAlways, qk_norm: false },
-    Family { name: "Qwen3", norm: NormKind::Rms, mlp: MlpKind::SiluGated, biases: Biases::FromConfig, qk_norm: true },
+pub const FAMILIES: [Family; 6] = [
+    Family { name: "Llama", ..LLAMA },
+    Family { name: "Mistral", biases: Biases::Never, ..LLAMA },
+    Family { name: "Qwen2", biases: Biases::QkvAlways, ..LLAMA },
+    Family { name: "Qwen3", qk_norm: true, ..LLAMA },
+    Family { name: "Nemotron", norm: NormKind::LayerNorm1P, mlp: MlpKind::SquaredRelu, ..LLAMA },
+    // Attention soft-capping and `query_pre_attn_scalar` come from config.json (see
+    // `ModelConfig`), as does the final logit soft cap of Gemma2ForCausalLM.
     Family {
-        name: "Nemotron",
-        norm: NormKind::LayerNorm1P,
-        mlp: MlpKind::SquaredRelu,
-        biases: Biases::FromConfig,
-        qk_norm: false,
+        name: "Gemma2",
+        norm: NormKind::RmsUnitOffset,
+        mlp: MlpKind::GeluTanhGated,
+        sandwich_norms: true,
+        scaled_embedding: true,
+        ..LLAMA
     },
 ];
+
+/// The baseline the table departs from.
+const LLAMA: Family = Family {
+    name: "Llama",
+    norm: NormKind::Rms,
+    mlp: MlpKind::SiluGated,
+    biases: Biases::FromConfig,
+    qk_norm: false,
+    sandwich_norms: false,
+    scaled_embedding: false,
+};
 
 /// The heads, by the suffix of an `architectures` value.
 const HEADS: [(&str, HeadKind); 2] =

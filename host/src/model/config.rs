@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::Path;
 
 pub use super::arch::Architecture;
-use super::arch::{Biases, HeadKind, MlpKind};
+use super::arch::{Biases, HeadKind};
 
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -36,6 +36,15 @@ pub struct ModelConfig {
     /// Texts are cut to this many tokens: the context, or a sliding-attention window
     /// when one is smaller (within the window, windowed attention is full attention).
     pub max_positions: usize,
+    /// Multiplies the embeddings: `sqrt(hidden_size)` for Gemma, else 1.
+    pub embedding_scale: f32,
+    /// Multiplies attention scores: `query_pre_attn_scalar^-0.5` where config.json has
+    /// one (Gemma2), else `head_dim^-0.5`.
+    pub attention_scale: f32,
+    /// Gemma2's `attn_logit_softcapping`: scores become `cap * tanh(score / cap)`.
+    pub attention_softcap: Option<f32>,
+    /// Gemma2's `final_logit_softcapping`, on a causal LM's logits (the scores).
+    pub final_softcap: Option<f32>,
     /// Output names, from `id2label` (`LABEL_i` where absent).
     pub labels: Vec<String>,
     pub bos_token_id: Option<u32>,
@@ -107,11 +116,9 @@ impl ModelConfig {
             anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::supported().join(", "))
         })?;
         let family = architecture.family;
-        let expected_act = match family.mlp {
-            MlpKind::SiluGated => ["silu", "swish"].as_slice(),
-            MlpKind::SquaredRelu => ["relu2"].as_slice(),
-        };
-        let activation = config.get("hidden_act").or_else(|| config.get("hidden_activation")).and_then(Value::as_str);
+        let expected_act = family.mlp.activation_names();
+        // Gemma2 reads `hidden_activation`; the others `hidden_act`.
+        let activation = config.get("hidden_activation").or_else(|| config.get("hidden_act")).and_then(Value::as_str);
         if let Some(activation) = activation
             && !expected_act.contains(&activation)
         {
@@ -156,9 +163,15 @@ impl ModelConfig {
             "max_position_embeddings",
             count_field(config, &["max_position_embeddings", "max_sequence_length", "seq_length"])?.unwrap_or(4096),
         )?;
-        // Mistral's `sliding_window` applies when set; Qwen's only with `use_sliding_window`.
+        // Mistral's `sliding_window` applies when set; Qwen's only with `use_sliding_window`;
+        // where `layer_types` lists each layer's attention (Gemma2), only when one slides.
+        let any_layer_slides = match config.get("layer_types").and_then(Value::as_array) {
+            Some(types) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
+            None => true,
+        };
         let window = match config.get("use_sliding_window") {
             Some(Value::Bool(false)) => None,
+            _ if !any_layer_slides => None,
             _ => count_field(config, &["sliding_window"])?,
         };
         let max_positions = match window {
@@ -206,6 +219,23 @@ impl ModelConfig {
             bail!("`{eps_name}` must be a positive number, got {norm_eps}");
         }
         let norm_eps = norm_eps as f32;
+
+        let positive_float = |name: &str| -> Result<Option<f64>> {
+            match config.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(value) => match value.as_f64() {
+                    Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+                    _ => bail!("`{name}` must be a positive number or null, got {value}"),
+                },
+            }
+        };
+        let attention_scale =
+            (positive_float("query_pre_attn_scalar")?.unwrap_or(head_dim as f64)).powf(-0.5) as f32;
+        let attention_softcap = positive_float("attn_logit_softcapping")?.map(|v| v as f32);
+        let final_softcap = positive_float("final_logit_softcapping")?.map(|v| v as f32);
+        // A classification head's scores are not capped (transformers caps only the LM's logits).
+        let final_softcap = final_softcap.filter(|_| architecture.head == HeadKind::TokenLogits);
+        let embedding_scale = if family.scaled_embedding { (hidden_size as f64).sqrt() as f32 } else { 1.0 };
 
         let reward_token_ids = match architecture.head {
             HeadKind::TokenLogits => vec![0],
@@ -255,6 +285,10 @@ impl ModelConfig {
             rope_theta,
             rotary_dim,
             max_positions,
+            embedding_scale,
+            attention_scale,
+            attention_softcap,
+            final_softcap,
             labels,
             bos_token_id: config.get("bos_token_id").and_then(Value::as_u64).map(|v| v as u32),
             dtype: config
@@ -365,6 +399,55 @@ mod tests {
         let mut c = base();
         c["attention_bias"] = json!("yes");
         assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("`attention_bias` must be true or false"));
+    }
+
+    /// Gemma2's fields: scale, soft caps, `hidden_activation`, embedding scale, and a window
+    /// that applies only when `layer_types` has a sliding layer.
+    #[test]
+    fn gemma2_fields_are_read_and_checked() {
+        let gemma2 = || {
+            json!({"architectures": ["Gemma2ForSequenceClassification"], "hidden_size": 64, "head_dim": 16,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                   "intermediate_size": 176, "vocab_size": 32000, "rms_norm_eps": 1e-6,
+                   "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh",
+                   "query_pre_attn_scalar": 144, "attn_logit_softcapping": 50.0,
+                   "final_logit_softcapping": 30.0, "sliding_window": 64, "max_position_embeddings": 8192,
+                   "layer_types": ["sliding_attention", "full_attention"]})
+        };
+        let c = ModelConfig::from_json(&gemma2()).unwrap();
+        assert_eq!((c.attention_scale, c.attention_softcap), (1.0 / 12.0, Some(50.0)));
+        assert_eq!(c.embedding_scale, 8.0);
+        assert_eq!(c.final_softcap, None, "a classification head is not capped");
+        assert_eq!(c.max_positions, 64, "a sliding layer cuts texts to its window");
+        let mut causal = gemma2();
+        causal["architectures"] = json!(["Gemma2ForCausalLM"]);
+        assert_eq!(ModelConfig::from_json(&causal).unwrap().final_softcap, Some(30.0));
+
+        let mut full = gemma2();
+        full["layer_types"] = json!(["full_attention", "full_attention"]);
+        assert_eq!(ModelConfig::from_json(&full).unwrap().max_positions, 8192, "no layer slides");
+        let mut uncapped = gemma2();
+        uncapped["attn_logit_softcapping"] = json!(null);
+        assert_eq!(ModelConfig::from_json(&uncapped).unwrap().attention_softcap, None);
+
+        // Llama's defaults are untouched: head_dim^-0.5, no caps, unscaled embeddings.
+        let mut llama = base();
+        llama["architectures"] = json!(["LlamaForSequenceClassification"]);
+        let l = ModelConfig::from_json(&llama).unwrap();
+        assert_eq!((l.attention_scale, l.attention_softcap, l.embedding_scale), (0.25, None, 1.0));
+
+        for (field, value, says) in [
+            ("attn_logit_softcapping", json!(0.0), "`attn_logit_softcapping` must be a positive number or null"),
+            ("attn_logit_softcapping", json!("50"), "`attn_logit_softcapping` must be a positive number"),
+            ("final_logit_softcapping", json!(-30.0), "`final_logit_softcapping` must be a positive number"),
+            ("query_pre_attn_scalar", json!(0), "`query_pre_attn_scalar` must be a positive number"),
+            ("hidden_activation", json!("gelu"), "\"gelu\" is not supported for Gemma2ForSequenceClassification"),
+        ] {
+            let mut c = gemma2();
+            c[field] = value.clone();
+            let e = format!("{:#}", ModelConfig::from_json(&c).unwrap_err());
+            assert!(e.contains(says), "{field} = {value}: {e:?} does not say {says:?}");
+        }
     }
 
     /// Hostile values are refused by name instead of dividing by zero or sizing a huge

@@ -3,8 +3,8 @@
 //! Matrix products go through the `gemm` crate; everything else is simple loops,
 //! parallel over rows with rayon.
 
-use super::Batch;
-use super::arch::NormKind;
+use super::{Batch, soft_cap};
+use super::arch::{MlpKind, NormKind};
 use super::config::ModelConfig;
 use super::fast_math;
 use super::layout::{LinearTensors, ModelTensors, NormTensors};
@@ -57,6 +57,9 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     post_norm: Norm,
+    /// Gemma2's norms of the attention and MLP outputs.
+    attention_out_norm: Option<Norm>,
+    mlp_out_norm: Option<Norm>,
     gate: Option<Linear>,
     up: Linear,
     down: Linear,
@@ -153,7 +156,7 @@ impl Linear {
 
 impl Norm {
     fn new(t: &NormTensors) -> Self {
-        Norm { weight: t.weight.to_f32(), bias: t.bias.as_ref().map(|b| b.to_f32()) }
+        Norm { weight: t.multiplier(), bias: t.bias.as_ref().map(|b| b.to_f32()) }
     }
 
     fn forward(&self, x: &[f32], hidden: usize, eps: f32, kind: NormKind) -> Vec<f32> {
@@ -212,6 +215,8 @@ impl CpuModel {
                 q_norm: l.q_norm.as_ref().map(|t| t.to_f32()),
                 k_norm: l.k_norm.as_ref().map(|t| t.to_f32()),
                 post_norm: Norm::new(&l.post_norm),
+                attention_out_norm: l.attention_out_norm.as_ref().map(Norm::new),
+                mlp_out_norm: l.mlp_out_norm.as_ref().map(Norm::new),
                 gate: l.gate.as_ref().map(linear),
                 up: linear(&l.up),
                 down: linear(&l.down),
@@ -241,6 +246,9 @@ impl CpuModel {
         for (row, &id) in x.chunks_exact_mut(h).zip(&batch.ids) {
             let id = id as usize;
             row.copy_from_slice(&self.embed[id * h..(id + 1) * h]);
+            if c.embedding_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= c.embedding_scale);
+            }
         }
         for layer in &self.layers {
             let normed = self.norm(&layer.input_norm, &x);
@@ -259,22 +267,23 @@ impl CpuModel {
                 .zip(&batch.positions)
                 .for_each(|(row, &pos)| self.rope.apply(row, hd, pos as usize));
             let attended = self.attention(batch, &q, &k, &v);
-            add(&mut x, &layer.o.forward(&attended, tokens));
+            let out = layer.o.forward(&attended, tokens);
+            self.add_residual(&mut x, out, layer.attention_out_norm.as_ref());
 
             let normed = self.norm(&layer.post_norm, &x);
             let mut up = layer.up.forward(&normed, tokens);
             match &layer.gate {
                 Some(gate) => {
                     let gate = gate.forward(&normed, tokens);
-                    up.par_chunks_mut(1 << 14).zip(gate.par_chunks(1 << 14)).for_each(|(up, gate)| {
-                        for (u, g) in up.iter_mut().zip(gate) {
-                            *u *= g / (1.0 + fast_math::exp(-g));
-                        }
-                    });
+                    match c.architecture.mlp() {
+                        MlpKind::GeluTanhGated => multiply_activated(&mut up, &gate, gelu_tanh),
+                        _ => multiply_activated(&mut up, &gate, silu),
+                    }
                 }
                 None => up.par_iter_mut().for_each(|u| *u = if *u > 0.0 { *u * *u } else { 0.0 }),
             }
-            add(&mut x, &layer.down.forward(&up, tokens));
+            let out = layer.down.forward(&up, tokens);
+            self.add_residual(&mut x, out, layer.mlp_out_norm.as_ref());
         }
         // Only the last token of each sequence is scored.
         let mut last = Vec::with_capacity(batch.lengths.len() * h);
@@ -283,8 +292,20 @@ impl CpuModel {
             last.extend_from_slice(&x[row * h..(row + 1) * h]);
         }
         let normed = self.norm(&self.final_norm, &last);
-        let scores = self.score.forward(&normed, batch.lengths.len());
+        let mut scores = self.score.forward(&normed, batch.lengths.len());
+        if let Some(cap) = c.final_softcap {
+            soft_cap(&mut scores, cap);
+        }
         Ok(scores.chunks_exact(self.score.out_features).map(<[f32]>::to_vec).collect())
+    }
+
+    /// `x += out`, normalised first where the layer has an output norm (Gemma2).
+    fn add_residual(&self, x: &mut [f32], out: Vec<f32>, out_norm: Option<&Norm>) {
+        let out = match out_norm {
+            Some(norm) => self.norm(norm, &out),
+            None => out,
+        };
+        add(x, &out);
     }
 
     /// Causal attention within each packed sequence; query head j reads KV head
@@ -294,7 +315,8 @@ impl CpuModel {
         let hd = c.head_dim;
         let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
         let group = c.num_heads / c.num_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attention_scale;
+        let softcap = c.attention_softcap;
         let jobs: Vec<(usize, usize)> =
             (0..batch.lengths.len()).flat_map(|s| (0..c.num_heads).map(move |head| (s, head))).collect();
         let outputs: Vec<Vec<f32>> = jobs
@@ -331,6 +353,9 @@ impl CpuModel {
                     );
                 }
                 for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                    if let Some(cap) = softcap {
+                        soft_cap(&mut row[..=i], cap);
+                    }
                     let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for value in &mut row[..=i] {
@@ -379,6 +404,25 @@ impl CpuModel {
         }
         attended
     }
+}
+
+/// `up *= activation(gate)`, element by element (generic, so the activation inlines).
+fn multiply_activated(up: &mut [f32], gate: &[f32], activation: impl Fn(f32) -> f32 + Sync) {
+    up.par_chunks_mut(1 << 14).zip(gate.par_chunks(1 << 14)).for_each(|(up, gate)| {
+        for (u, g) in up.iter_mut().zip(gate) {
+            *u *= activation(*g);
+        }
+    });
+}
+
+fn silu(g: f32) -> f32 {
+    g / (1.0 + fast_math::exp(-g))
+}
+
+/// GELU, tanh approximation (transformers' `gelu_pytorch_tanh`).
+fn gelu_tanh(g: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * g * (1.0 + (SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)).tanh())
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

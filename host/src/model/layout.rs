@@ -1,7 +1,7 @@
 //! Where each architecture keeps its tensors, with their shapes checked once at load.
 //! Both backends (CPU and wgpu) build their weights from this.
 
-use super::arch::{HeadKind, MlpKind, NormKind};
+use super::arch::{HeadKind, NormKind};
 use super::config::ModelConfig;
 use super::weights::{TensorView, Weights};
 use anyhow::{Result, bail};
@@ -14,10 +14,26 @@ pub struct LinearTensors<'a> {
     pub in_features: usize,
 }
 
-/// RMSNorm (`weight`) or LayerNorm1P (`weight` w applied as `1 + w`, and `bias`).
+/// RMSNorm (`weight`), Gemma's RMSNorm (`weight` w applied as `1 + w`) or LayerNorm1P
+/// (`weight` w applied as `1 + w` by the kernel, and `bias`).
 pub struct NormTensors<'a> {
     pub weight: TensorView<'a>,
     pub bias: Option<TensorView<'a>>,
+    /// The stored weight is an offset from 1 that the backends fold in at load
+    /// ([`NormKind::RmsUnitOffset`]).
+    pub unit_offset: bool,
+}
+
+impl NormTensors<'_> {
+    /// The multiplier an RMSNorm kernel applies: the weight, or `1 + weight` in f32 for
+    /// Gemma (as transformers computes `1.0 + self.weight.float()`).
+    pub fn multiplier(&self) -> Vec<f32> {
+        let mut weight = self.weight.to_f32();
+        if self.unit_offset {
+            weight.iter_mut().for_each(|w| *w += 1.0);
+        }
+        weight
+    }
 }
 
 pub struct LayerTensors<'a> {
@@ -29,7 +45,13 @@ pub struct LayerTensors<'a> {
     /// Qwen3's per-head RMSNorm on queries and keys (`[head_dim]` each).
     pub q_norm: Option<TensorView<'a>>,
     pub k_norm: Option<TensorView<'a>>,
+    /// The norm before the MLP (`post_attention_layernorm`, or Gemma2's
+    /// `pre_feedforward_layernorm`).
     pub post_norm: NormTensors<'a>,
+    /// Gemma2's norms of the attention output and of the MLP output, applied before each
+    /// joins the residual stream (`post_attention_layernorm`, `post_feedforward_layernorm`).
+    pub attention_out_norm: Option<NormTensors<'a>>,
+    pub mlp_out_norm: Option<NormTensors<'a>>,
     /// Absent for the squared-ReLU MLP.
     pub gate: Option<LinearTensors<'a>>,
     pub up: LinearTensors<'a>,
@@ -74,11 +96,12 @@ fn linear<'a>(
 fn norm<'a>(w: &'a Weights, config: &ModelConfig, prefix: &str) -> Result<NormTensors<'a>> {
     let h = config.hidden_size;
     let weight = w.get(&format!("{prefix}.weight"), &[h])?;
-    let bias = match config.architecture.norm() {
+    let kind = config.architecture.norm();
+    let bias = match kind {
         NormKind::LayerNorm1P => Some(w.get(&format!("{prefix}.bias"), &[h])?),
-        NormKind::Rms => None,
+        NormKind::Rms | NormKind::RmsUnitOffset => None,
     };
-    Ok(NormTensors { weight, bias })
+    Ok(NormTensors { weight, bias, unit_offset: kind == NormKind::RmsUnitOffset })
 }
 
 /// The head: `score` for a regression model; for a causal LM the reward ids' rows of
@@ -172,7 +195,19 @@ impl<'a> ModelTensors<'a> {
         let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
-            let gated = config.architecture.mlp() == MlpKind::SiluGated;
+            let gated = config.architecture.mlp().gated();
+            let sandwich = config.architecture.family.sandwich_norms;
+            // Gemma2's `post_attention_layernorm` normalises the attention output; in the
+            // other families it is the norm before the MLP.
+            let (pre_mlp_norm, attention_out_norm, mlp_out_norm) = if sandwich {
+                (
+                    norm(w, config, &format!("{p}.pre_feedforward_layernorm"))?,
+                    Some(norm(w, config, &format!("{p}.post_attention_layernorm"))?),
+                    Some(norm(w, config, &format!("{p}.post_feedforward_layernorm"))?),
+                )
+            } else {
+                (norm(w, config, &format!("{p}.post_attention_layernorm"))?, None, None)
+            };
             let (attn_bias, mlp_bias) = (config.qkv_bias, config.mlp_bias);
             let head_norm = |name: &str| -> Result<Option<TensorView<'a>>> {
                 match config.architecture.family.qk_norm {
@@ -188,7 +223,9 @@ impl<'a> ModelTensors<'a> {
                 o: linear(w, &format!("{p}.self_attn.o_proj"), h, q_out, config.o_bias)?,
                 q_norm: head_norm("q_norm")?,
                 k_norm: head_norm("k_norm")?,
-                post_norm: norm(w, config, &format!("{p}.post_attention_layernorm"))?,
+                post_norm: pre_mlp_norm,
+                attention_out_norm,
+                mlp_out_norm,
                 gate: if gated { Some(linear(w, &format!("{p}.mlp.gate_proj"), ffn, h, mlp_bias)?) } else { None },
                 up: linear(w, &format!("{p}.mlp.up_proj"), ffn, h, mlp_bias)?,
                 down: linear(w, &format!("{p}.mlp.down_proj"), h, ffn, mlp_bias)?,

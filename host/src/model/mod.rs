@@ -63,6 +63,12 @@ pub fn check_finite(scores: &[f32]) -> Result<()> {
     }
 }
 
+/// Gemma2's soft cap, in place: `cap * tanh(v / cap)` (divided, then multiplied, as
+/// transformers computes it), bounding every value to (-cap, cap).
+pub fn soft_cap(values: &mut [f32], cap: f32) {
+    values.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+}
+
 /// Several token sequences packed end to end, without padding.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {

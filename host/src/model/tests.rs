@@ -5,14 +5,24 @@ use super::{Device, LoadOptions, Precision, RewardModel};
 use serde_json::Value;
 use std::path::PathBuf;
 
-pub const MODELS: [&str; 8] =
-    ["llama9", "llama9-bf16", "nemotron5", "qwen9", "qwen3-9", "mistral5", "llama-causal", "qwen2-causal-tied"];
+pub const MODELS: [&str; 10] = [
+    "llama9",
+    "llama9-bf16",
+    "nemotron5",
+    "qwen9",
+    "qwen3-9",
+    "mistral5",
+    "llama-causal",
+    "qwen2-causal-tied",
+    "gemma2-9",
+    "gemma2-causal-tied",
+];
 
 /// The fixtures with a chat template, and their `chat_cases`.
 const CHAT_MODELS: [&str; 3] = ["llama-causal", "qwen2-causal-tied", "qwen3-9"];
 
 /// The `*ForCausalLM` fixtures: rewards are logits of chosen vocabulary ids.
-const CAUSAL_MODELS: [&str; 2] = ["llama-causal", "qwen2-causal-tied"];
+const CAUSAL_MODELS: [&str; 3] = ["llama-causal", "qwen2-causal-tied", "gemma2-causal-tied"];
 
 pub fn model_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)

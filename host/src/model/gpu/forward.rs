@@ -1,9 +1,12 @@
 //! The layer sequence of one forward pass, recorded into one submission.
 //!
-//! Per layer: norm, q/k/v projections (and Qwen3's per-head q/k norm), rotary, attention, then the output projection
-//! adds itself to the residual stream (matmul epilogue, no separate add). The MLP's up
-//! projection is stored, the gate projection multiplies silu(gate) into it (or the up
+//! Per layer: norm, q/k/v projections (and Qwen3's per-head q/k norm), rotary, attention
+//! (scaled, and soft-capped for Gemma2), then the output projection adds itself to the
+//! residual stream (matmul epilogue, no separate add). The MLP's up projection is stored,
+//! the gate projection multiplies silu(gate) or gelu_tanh(gate) into it (or the up
 //! projection squares its ReLU), and the down projection adds itself to the residual.
+//! Gemma2 normalises the attention and MLP outputs first: the projection lands in scratch
+//! and the norm adds its result to the residual (one pass, no separate add).
 //!
 //! Only the last token of each sequence is scored, so the last layer computes keys and
 //! values for every token but queries, attention output, MLP, final norm and head only
@@ -20,6 +23,7 @@ use super::kernels::{KernelTimes, Recorder, read_buffer};
 use super::upload::{DeviceLinear, DeviceNorm};
 use super::workspace::Workspace;
 use crate::model::Batch;
+use crate::model::arch::MlpKind;
 use anyhow::{Result, anyhow};
 
 impl GpuModel {
@@ -46,7 +50,11 @@ impl GpuModel {
         self.gpu.queue.submit([encoder.finish()]);
 
         let bytes = read_buffer(&self.gpu.device, &ws.readback)?;
-        let values: &[f32] = bytemuck::cast_slice(&bytes[..score_bytes as usize]);
+        let mut values: Vec<f32> = bytemuck::cast_slice(&bytes[..score_bytes as usize]).to_vec();
+        if let Some(cap) = self.config.final_softcap {
+            // A handful of values per sequence: capped here rather than in a kernel.
+            crate::model::soft_cap(&mut values, cap);
+        }
         let times = timestamps.map(|t| t.read(&self.gpu.device, &self.gpu.queue)).transpose()?;
         Ok((values.chunks_exact(labels).map(<[f32]>::to_vec).collect(), times))
     }
@@ -97,6 +105,8 @@ impl GpuModel {
                 hidden: h as u32,
                 row_start: *row_start as u32,
                 rows: *rows as u32,
+                scale: c.embedding_scale,
+                _pad: [0; 3],
             };
             kernels.embedding.record(rec, params, self.embed.dtype, &ws.ids, table, &ws.x);
         }
@@ -109,8 +119,9 @@ impl GpuModel {
             heads: c.num_heads as u32,
             kv_heads: c.num_kv_heads as u32,
             head_dim: hd as u32,
-            scale: 1.0 / (hd as f32).sqrt(),
-            _pad: [0; 3],
+            scale: c.attention_scale,
+            softcap: c.attention_softcap.unwrap_or(0.0),
+            _pad: [0; 2],
         };
         let rotary = |rows: usize, heads: usize| RotaryParams {
             rows: rows as u32,
@@ -164,8 +175,9 @@ impl GpuModel {
                         kv_heads: c.num_kv_heads as u32,
                         head_dim: hd as u32,
                         blocks: 0, // set by record
-                        scale: 1.0 / (hd as f32).sqrt(),
-                        _pad: [0; 3],
+                        scale: c.attention_scale,
+                        softcap: c.attention_softcap.unwrap_or(0.0),
+                        _pad: [0; 2],
                     };
                     let flops = causal_attention_flops(&batch.lengths, c.num_heads, hd);
                     let (q, k, v, blocks) = (&ws.q, &ws.k, &ws.v, &ws.attention_blocks);
@@ -175,17 +187,21 @@ impl GpuModel {
                     kernels.attention.record(rec, attention(rows), &ws.q, &ws.k, &ws.v, key_ranges, &ws.attended, keys)
                 }
             }
-            self.linear(rec, &layer.o, &ws.attended, x, rows, Epilogue::Accumulate);
+            self.residual(rec, &layer.o, &ws.attended, layer.attention_out_norm.as_ref(), x, normed, rows);
 
             self.norm(rec, &layer.post_norm, x, normed, rows);
             match &layer.gate {
                 Some(gate) => {
                     self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::Store);
-                    self.linear(rec, gate, normed, &ws.mlp, rows, Epilogue::SiluGate);
+                    let activation = match c.architecture.mlp() {
+                        MlpKind::GeluTanhGated => Epilogue::GeluTanhGate,
+                        _ => Epilogue::SiluGate,
+                    };
+                    self.linear(rec, gate, normed, &ws.mlp, rows, activation);
                 }
                 None => self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::SquaredRelu),
             }
-            self.linear(rec, &layer.down, &ws.mlp, x, rows, Epilogue::Accumulate);
+            self.residual(rec, &layer.down, &ws.mlp, layer.mlp_out_norm.as_ref(), x, normed, rows);
         }
         if self.layers.is_empty() {
             gather(rec, &ws.x, &ws.last_x);
@@ -220,6 +236,28 @@ impl GpuModel {
         }
     }
 
+    /// `x += input @ W^T`: the projection adds itself to the residual stream in its
+    /// epilogue, or (Gemma2) lands in `scratch` and its norm adds the normalised rows to `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn residual<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        linear: &'k DeviceLinear,
+        input: &wgpu::Buffer,
+        out_norm: Option<&'k DeviceNorm>,
+        x: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
+        rows: usize,
+    ) {
+        match out_norm {
+            Some(norm) => {
+                self.linear(rec, linear, input, scratch, rows, Epilogue::Store);
+                self.norm_into(rec, norm, scratch, x, rows, true);
+            }
+            None => self.linear(rec, linear, input, x, rows, Epilogue::Accumulate),
+        }
+    }
+
     /// Qwen3's q/k norm: RMSNorm over `rows` head vectors of `head_dim` values.
     fn head_norm<'k>(
         &'k self,
@@ -231,7 +269,14 @@ impl GpuModel {
     ) {
         let c = &self.config;
         let kernel = self.kernels.head_norm.as_ref().expect("q/k norm weights come with the q/k norm kernel");
-        let params = NormParams { rows: rows as u32, hidden: c.head_dim as u32, eps: c.norm_eps, has_bias: 0 };
+        let params = NormParams {
+            rows: rows as u32,
+            hidden: c.head_dim as u32,
+            eps: c.norm_eps,
+            has_bias: 0,
+            accumulate: 0,
+            _pad: [0; 3],
+        };
         kernel.record(rec, params, input, weight, &self.dummy, output);
     }
 
@@ -243,12 +288,27 @@ impl GpuModel {
         output: &wgpu::Buffer,
         rows: usize,
     ) {
+        self.norm_into(rec, norm, input, output, rows, false);
+    }
+
+    /// The norm of `rows` rows of `input`, stored in `output` or added to it.
+    fn norm_into<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        norm: &DeviceNorm,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        rows: usize,
+        accumulate: bool,
+    ) {
         let c = &self.config;
         let params = NormParams {
             rows: rows as u32,
             hidden: c.hidden_size as u32,
             eps: c.norm_eps,
             has_bias: norm.bias.is_some() as u32,
+            accumulate: accumulate as u32,
+            _pad: [0; 3],
         };
         let bias = norm.bias.as_ref().unwrap_or(&self.dummy);
         self.kernels.norm.record(rec, params, input, &norm.weight, bias, output);

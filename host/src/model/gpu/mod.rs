@@ -46,6 +46,9 @@ struct DeviceLayer {
     q_norm: Option<wgpu::Buffer>,
     k_norm: Option<wgpu::Buffer>,
     post_norm: DeviceNorm,
+    /// Gemma2's norms of the attention and MLP outputs (added to the residual by the norm).
+    attention_out_norm: Option<DeviceNorm>,
+    mlp_out_norm: Option<DeviceNorm>,
     gate: Option<DeviceLinear>,
     up: DeviceLinear,
     down: DeviceLinear,
@@ -165,6 +168,8 @@ impl GpuModel {
                     q_norm: l.q_norm.as_ref().map(|t| upload.f32_buffer("q norm", &t.to_f32())),
                     k_norm: l.k_norm.as_ref().map(|t| upload.f32_buffer("k norm", &t.to_f32())),
                     post_norm: upload.norm(&l.post_norm),
+                    attention_out_norm: l.attention_out_norm.as_ref().map(|n| upload.norm(n)),
+                    mlp_out_norm: l.mlp_out_norm.as_ref().map(|n| upload.norm(n)),
                     gate: l.gate.as_ref().map(|g| upload.linear(g)).transpose()?,
                     up: upload.linear(&l.up)?,
                     down: upload.linear(&l.down)?,

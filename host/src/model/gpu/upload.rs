@@ -90,7 +90,7 @@ impl Uploader<'_> {
 
     pub fn norm(&self, t: &NormTensors) -> DeviceNorm {
         DeviceNorm {
-            weight: self.f32_buffer("norm weight", &t.weight.to_f32()),
+            weight: self.f32_buffer("norm weight", &t.multiplier()),
             bias: t.bias.as_ref().map(|b| self.f32_buffer("norm bias", &b.to_f32())),
         }
     }

@@ -13,7 +13,9 @@ pub struct AttentionParams {
     pub kv_heads: u32,
     pub head_dim: u32,
     pub scale: f32,
-    pub _pad: [u32; 3],
+    /// Gemma2's attention soft cap; 0 for none.
+    pub softcap: f32,
+    pub _pad: [u32; 2],
 }
 
 /// One workgroup per (query row, head); each row attends to its own key range.
@@ -67,7 +69,9 @@ pub struct FlashParams {
     pub blocks: u32,
     /// Usually `1 / sqrt(head_dim)`.
     pub scale: f32,
-    pub _pad: [u32; 3],
+    /// Gemma2's attention soft cap; 0 for none.
+    pub softcap: f32,
+    pub _pad: [u32; 2],
 }
 
 /// Largest head size [`FlashAttention`] handles (16 output dimensions per invocation, at
@@ -367,12 +371,12 @@ pub fn time_attention(
         Ok(seconds[seconds.len() / 2])
     }
     let flash_s = time(gpu, iterations, &|rec| {
-        let params = FlashParams { heads: h, kv_heads: kvh, head_dim: hd, blocks: 0, scale, _pad: [0; 3] };
+        let params = FlashParams { heads: h, kv_heads: kvh, head_dim: hd, blocks: 0, scale, softcap: 0.0, _pad: [0; 2] };
         flash.record(rec, params, &q, &k, &v, &blocks, &out, block_list.len(), flops)
     })?;
     let row_s = time(gpu, iterations, &|rec| {
         let params =
-            AttentionParams { rows: tokens as u32, heads: h, kv_heads: kvh, head_dim: hd, scale, _pad: [0; 3] };
+            AttentionParams { rows: tokens as u32, heads: h, kv_heads: kvh, head_dim: hd, scale, softcap: 0.0, _pad: [0; 2] };
         rows.record(rec, params, &q, &k, &v, &ranges, &out, tokens * (length + 1) / 2)
     })?;
     Ok(AttentionTimes {

@@ -20,6 +20,8 @@ struct Batch {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Gemma2's attention soft cap.
+    softcap: Option<f32>,
 }
 
 /// Deterministic values in [-1, 1).
@@ -41,7 +43,7 @@ impl Batch {
         let q = values(tokens * heads * head_dim, 1).into_iter().map(|x| 3.0 * x).collect();
         let k = values(tokens * kv_heads * head_dim, 2);
         let v = values(tokens * kv_heads * head_dim, 3);
-        Batch { lengths: lengths.to_vec(), starts, heads, kv_heads, head_dim, q, k, v }
+        Batch { lengths: lengths.to_vec(), starts, heads, kv_heads, head_dim, q, k, v, softcap: None }
     }
 
     fn tokens(&self) -> usize {
@@ -67,7 +69,8 @@ impl Batch {
                     let scores: Vec<f64> = (start..=t)
                         .map(|s| {
                             let k = &self.k[(s * kv_heads + kvh) * hd..][..hd];
-                            q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                            let s = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
+                            self.softcap.map_or(s, |cap| (s / cap as f64).tanh() * cap as f64)
                         })
                         .collect();
                     let max = scores.iter().cloned().fold(f64::MIN, f64::max);
@@ -137,7 +140,8 @@ fn run_flash(gpu: &Gpu, flash: &FlashAttention, batch: &Batch) -> Vec<f32> {
         head_dim: batch.head_dim as u32,
         blocks: blocks.len() as u32,
         scale: batch.scale(),
-        _pad: [0; 3],
+        softcap: batch.softcap.unwrap_or(0.0),
+        _pad: [0; 2],
     };
     let flops = causal_attention_flops(&batch.lengths, batch.heads, batch.head_dim);
     run(gpu, &out, |rec| flash.record(rec, params, &q, &k, &v, &blocks_buffer, &out, blocks.len(), flops))
@@ -159,7 +163,8 @@ fn run_rows(gpu: &Gpu, rows: &RowAttention, batch: &Batch) -> Vec<f32> {
         kv_heads: batch.kv_heads as u32,
         head_dim: batch.head_dim as u32,
         scale: batch.scale(),
-        _pad: [0; 3],
+        softcap: batch.softcap.unwrap_or(0.0),
+        _pad: [0; 2],
     };
     let keys = ranges.iter().map(|r| (r[1] - r[0]) as usize).sum();
     run(gpu, &out, |rec| rows.record(rec, params, &q, &k, &v, &ranges_buffer, &out, keys))
@@ -202,6 +207,21 @@ fn flash_attention_matches_row_attention() {
         assert_close(&by_rows, &batch.reference(), "row attention");
         assert_close(&run_flash(&gpu, &flash, &batch), &by_rows, "flash vs row attention");
     }
+}
+
+/// Gemma2's soft cap, low enough here to flatten most rows' scores (q spans [-3, 3)).
+#[test]
+fn both_kernels_soft_cap_the_scores() {
+    let gpu = gpu();
+    let rows = RowAttention::new(&gpu.device).expect("compiling row attention");
+    let flash = FlashAttention::new(&gpu.device, 64).expect("compiling flash attention");
+    let uncapped = Batch::new(MIXED, 4, 2, 64);
+    let batch = Batch { softcap: Some(0.5), ..Batch::new(MIXED, 4, 2, 64) };
+    let reference = batch.reference();
+    let moved = reference.iter().zip(uncapped.reference()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 1e-2, "the cap must change the output for this test to mean anything ({moved})");
+    assert_close(&run_rows(&gpu, &rows, &batch), &reference, "row attention, soft-capped");
+    assert_close(&run_flash(&gpu, &flash, &batch), &reference, "flash attention, soft-capped");
 }
 
 #[test]

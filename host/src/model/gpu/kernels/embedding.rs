@@ -15,6 +15,9 @@ pub struct EmbeddingParams {
     pub row_start: u32,
     /// Rows in this part.
     pub rows: u32,
+    /// Multiplies every value (Gemma's `sqrt(hidden)`; 1 elsewhere).
+    pub scale: f32,
+    pub _pad: [u32; 3],
 }
 
 pub struct Embedding {

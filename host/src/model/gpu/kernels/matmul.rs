@@ -23,6 +23,8 @@ pub enum Epilogue {
     SiluGate = 2,
     /// `y = relu(value)^2`: Nemotron's MLP activation.
     SquaredRelu = 3,
+    /// `y *= gelu_tanh(value)`: Gemma's gate, GELU's tanh approximation.
+    GeluTanhGate = 4,
 }
 
 #[repr(C)]

@@ -11,7 +11,8 @@ use wgpu::util::DeviceExt;
 
 /// (m, n, k): m and n not multiples of any tile, k a multiple of 4 but (136) not of 16/32.
 const SHAPES: [(usize, usize, usize); 3] = [(37, 52, 96), (1, 9, 64), (130, 70, 136)];
-const EPILOGUES: [Epilogue; 4] = [Epilogue::Store, Epilogue::Accumulate, Epilogue::SiluGate, Epilogue::SquaredRelu];
+const EPILOGUES: [Epilogue; 5] =
+    [Epilogue::Store, Epilogue::Accumulate, Epilogue::SiluGate, Epilogue::SquaredRelu, Epilogue::GeluTanhGate];
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
 fn gpu() -> Gpu {
@@ -99,6 +100,10 @@ fn reference(case: &Case, x: &[f32], w: &[f32], bias: &[f32], y0: &[f32]) -> Vec
                 Epilogue::Accumulate => old + value,
                 Epilogue::SiluGate => old * value / (1.0 + (-value).exp()),
                 Epilogue::SquaredRelu => value.max(0.0).powi(2),
+                Epilogue::GeluTanhGate => {
+                    let inner = (2.0 / std::f64::consts::PI).sqrt() * (value + 0.044715 * value.powi(3));
+                    old * 0.5 * value * (1.0 + inner.tanh())
+                }
             });
         }
     }

@@ -13,6 +13,9 @@ pub struct NormParams {
     pub hidden: u32,
     pub eps: f32,
     pub has_bias: u32,
+    /// Add the result to `out` (rms_norm.wgsl only; Gemma2's sandwich norms).
+    pub accumulate: u32,
+    pub _pad: [u32; 3],
 }
 
 pub struct Norm {
@@ -23,7 +26,8 @@ impl Norm {
     pub fn new(device: &wgpu::Device, kind: NormKind) -> Result<Self> {
         let (name, source) = match kind {
             NormKind::LayerNorm1P => ("layer_norm_1p", include_str!("../../../../../shaders/layer_norm_1p.wgsl")),
-            NormKind::Rms => ("rms_norm", include_str!("../../../../../shaders/rms_norm.wgsl")),
+            // Gemma's `1 + w` is folded into the weight at upload.
+            NormKind::Rms | NormKind::RmsUnitOffset => ("rms_norm", include_str!("../../../../../shaders/rms_norm.wgsl")),
         };
         let buffers = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
         let kernel = Kernel::new(device, name, source, &[], std::mem::size_of::<NormParams>() as u64, &buffers)?;
