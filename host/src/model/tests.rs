@@ -520,3 +520,29 @@ fn a_stored_bias_the_config_does_not_declare_is_named() {
     let error = format!("{error:#}");
     assert!(error.contains("`model.layers.0.self_attn.q_proj.bias`") && error.contains("attention_bias"), "{error}");
 }
+
+/// The tensor-core path's arithmetic (f16 weights and inputs, f32 sums), emulated on the
+/// CPU, against transformers' f32 goldens: within the stated `F16_TOLERANCE` on every
+/// fixture. This is where the tolerance comes from, on any machine; the cooperative-matrix
+/// kernel itself is checked against the goldens where an adapter has tensor cores.
+#[test]
+fn f16_arithmetic_stays_within_the_stated_tolerance() {
+    use super::{F16_TOLERANCE, config::ModelConfig, cpu, layout::ModelTensors, weights::Weights};
+    for name in MODELS {
+        let dir = model_dir(name);
+        let config = ModelConfig::load(&dir).unwrap();
+        let weights = Weights::open(&dir).unwrap();
+        let tensors = ModelTensors::locate(&config, &weights).unwrap();
+        let model = cpu::CpuModel::with_arithmetic(&config, &tensors, cpu::Arithmetic::F16Inputs).unwrap();
+        let mut worst = 0f32;
+        for case in goldens(name)["cases"].as_array().unwrap() {
+            let scores = model.forward(&super::Batch::pack(&[token_ids(&case["token_ids"])])).unwrap();
+            for (a, b) in scores[0].iter().zip(floats(&case["scores"])) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        println!("{name}: max |f16 - golden| = {worst:.2e}");
+        assert!(worst <= F16_TOLERANCE, "{name}: max |f16 - golden| {worst} > {F16_TOLERANCE}");
+        assert!(worst > 0.0, "{name}: f16 emulation changed nothing; is it on?");
+    }
+}
