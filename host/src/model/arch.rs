@@ -87,16 +87,34 @@ pub struct Family {
     pub sandwich_norms: bool,
     /// Embeddings are multiplied by `sqrt(hidden_size)` (Gemma).
     pub scaled_embedding: bool,
+    /// `hidden_act: "gelu"` also means the tanh approximation: Gemma's original configs say
+    /// `gelu`, and transformers reads it as `gelu_pytorch_tanh`.
+    pub legacy_gelu: bool,
+}
+
+impl Family {
+    /// Whether config.json's activation name means this family's MLP activation.
+    pub fn accepts_activation(&self, name: &str) -> bool {
+        self.mlp.activation_names().contains(&name) || (self.legacy_gelu && name == "gelu")
+    }
 }
 
 /// The table. Rotary embeddings are the same everywhere: `partial_rotary_factor` (from
 /// config.json, Nemotron uses 0.5) says how many leading dimensions of a head rotate.
-pub const FAMILIES: [Family; 6] = [
+pub const FAMILIES: [Family; 7] = [
     Family { name: "Llama", ..LLAMA },
     Family { name: "Mistral", biases: Biases::Never, ..LLAMA },
     Family { name: "Qwen2", biases: Biases::QkvAlways, ..LLAMA },
     Family { name: "Qwen3", qk_norm: true, ..LLAMA },
     Family { name: "Nemotron", norm: NormKind::LayerNorm1P, mlp: MlpKind::SquaredRelu, ..LLAMA },
+    Family {
+        name: "Gemma",
+        norm: NormKind::RmsUnitOffset,
+        mlp: MlpKind::GeluTanhGated,
+        scaled_embedding: true,
+        legacy_gelu: true,
+        ..LLAMA
+    },
     // Attention soft-capping and `query_pre_attn_scalar` come from config.json (see
     // `ModelConfig`), as does the final logit soft cap of Gemma2ForCausalLM.
     Family {
@@ -118,6 +136,7 @@ const LLAMA: Family = Family {
     qk_norm: false,
     sandwich_norms: false,
     scaled_embedding: false,
+    legacy_gelu: false,
 };
 
 /// The heads, by the suffix of an `architectures` value.

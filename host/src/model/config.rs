@@ -116,13 +116,17 @@ impl ModelConfig {
             anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::supported().join(", "))
         })?;
         let family = architecture.family;
-        let expected_act = family.mlp.activation_names();
-        // Gemma2 reads `hidden_activation`; the others `hidden_act`.
-        let activation = config.get("hidden_activation").or_else(|| config.get("hidden_act")).and_then(Value::as_str);
-        if let Some(activation) = activation
-            && !expected_act.contains(&activation)
+        // Gemma2 reads `hidden_activation`; the others `hidden_act` (Gemma 1 configs may
+        // carry a null `hidden_activation` beside it).
+        let (act_field, activation) = ["hidden_activation", "hidden_act"]
+            .into_iter()
+            .find_map(|name| Some((name, config.get(name)?.as_str()?)))
+            .unzip();
+        if let (Some(field), Some(activation)) = (act_field, activation)
+            && !family.accepts_activation(activation)
         {
-            bail!("`hidden_act` {activation:?} is not supported for {architecture} (steerlm runs {})", expected_act[0]);
+            let runs = family.mlp.activation_names()[0];
+            bail!("`{field}` {activation:?} is not supported for {architecture} (steerlm runs {runs})");
         }
         let flag = |name: &str| -> Result<bool> {
             match config.get(name) {
@@ -229,8 +233,7 @@ impl ModelConfig {
                 },
             }
         };
-        let attention_scale =
-            (positive_float("query_pre_attn_scalar")?.unwrap_or(head_dim as f64)).powf(-0.5) as f32;
+        let attention_scale = (positive_float("query_pre_attn_scalar")?.unwrap_or(head_dim as f64)).powf(-0.5) as f32;
         let attention_softcap = positive_float("attn_logit_softcapping")?.map(|v| v as f32);
         let final_softcap = positive_float("final_logit_softcapping")?.map(|v| v as f32);
         // A classification head's scores are not capped (transformers caps only the LM's logits).
@@ -429,6 +432,18 @@ mod tests {
         let mut uncapped = gemma2();
         uncapped["attn_logit_softcapping"] = json!(null);
         assert_eq!(ModelConfig::from_json(&uncapped).unwrap().attention_softcap, None);
+
+        // Gemma 1's original configs say `gelu` (meaning the tanh approximation) beside a null
+        // `hidden_activation`; Gemma2 reads `hidden_activation`, where `gelu` is exact GELU.
+        let mut gemma = gemma2();
+        gemma["architectures"] = json!(["GemmaForSequenceClassification"]);
+        gemma["hidden_act"] = json!("gelu");
+        gemma["hidden_activation"] = json!(null);
+        let g = ModelConfig::from_json(&gemma).unwrap();
+        assert_eq!((g.embedding_scale, g.architecture.family.sandwich_norms), (8.0, false));
+        gemma["hidden_act"] = json!("gelu_new");
+        let e = ModelConfig::from_json(&gemma).unwrap_err().to_string();
+        assert!(e.contains("`hidden_act` \"gelu_new\" is not supported for GemmaForSequenceClassification"), "{e}");
 
         // Llama's defaults are untouched: head_dim^-0.5, no caps, unscaled embeddings.
         let mut llama = base();

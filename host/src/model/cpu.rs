@@ -3,12 +3,12 @@
 //! Matrix products go through the `gemm` crate; everything else is simple loops,
 //! parallel over rows with rayon.
 
-use super::{Batch, soft_cap};
 use super::arch::{MlpKind, NormKind};
 use super::config::ModelConfig;
 use super::fast_math;
 use super::layout::{LinearTensors, ModelTensors, NormTensors};
 use super::rope::RopeTable;
+use super::{Batch, soft_cap};
 use anyhow::Result;
 use gemm::Parallelism;
 

@@ -5,7 +5,7 @@ use super::{Device, LoadOptions, Precision, RewardModel};
 use serde_json::Value;
 use std::path::PathBuf;
 
-pub const MODELS: [&str; 10] = [
+pub const MODELS: [&str; 11] = [
     "llama9",
     "llama9-bf16",
     "nemotron5",
@@ -14,6 +14,7 @@ pub const MODELS: [&str; 10] = [
     "mistral5",
     "llama-causal",
     "qwen2-causal-tied",
+    "gemma-5",
     "gemma2-9",
     "gemma2-causal-tied",
 ];

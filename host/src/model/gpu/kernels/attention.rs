@@ -371,12 +371,20 @@ pub fn time_attention(
         Ok(seconds[seconds.len() / 2])
     }
     let flash_s = time(gpu, iterations, &|rec| {
-        let params = FlashParams { heads: h, kv_heads: kvh, head_dim: hd, blocks: 0, scale, softcap: 0.0, _pad: [0; 2] };
+        let params =
+            FlashParams { heads: h, kv_heads: kvh, head_dim: hd, blocks: 0, scale, softcap: 0.0, _pad: [0; 2] };
         flash.record(rec, params, &q, &k, &v, &blocks, &out, block_list.len(), flops)
     })?;
     let row_s = time(gpu, iterations, &|rec| {
-        let params =
-            AttentionParams { rows: tokens as u32, heads: h, kv_heads: kvh, head_dim: hd, scale, softcap: 0.0, _pad: [0; 2] };
+        let params = AttentionParams {
+            rows: tokens as u32,
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+            scale,
+            softcap: 0.0,
+            _pad: [0; 2],
+        };
         rows.record(rec, params, &q, &k, &v, &ranges, &out, tokens * (length + 1) / 2)
     })?;
     Ok(AttentionTimes {

@@ -27,7 +27,9 @@ impl Norm {
         let (name, source) = match kind {
             NormKind::LayerNorm1P => ("layer_norm_1p", include_str!("../../../../../shaders/layer_norm_1p.wgsl")),
             // Gemma's `1 + w` is folded into the weight at upload.
-            NormKind::Rms | NormKind::RmsUnitOffset => ("rms_norm", include_str!("../../../../../shaders/rms_norm.wgsl")),
+            NormKind::Rms | NormKind::RmsUnitOffset => {
+                ("rms_norm", include_str!("../../../../../shaders/rms_norm.wgsl"))
+            }
         };
         let buffers = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
         let kernel = Kernel::new(device, name, source, &[], std::mem::size_of::<NormParams>() as u64, &buffers)?;
