@@ -26,6 +26,14 @@ use crate::model::Batch;
 use crate::model::arch::MlpKind;
 use anyhow::{Result, anyhow};
 
+/// How a norm writes its output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NormWrite {
+    Store,
+    /// Added to the output: Gemma2's normalised attention and MLP outputs joining the residual.
+    AddTo,
+}
+
 impl GpuModel {
     pub(super) fn forward_pass(&self, batch: &Batch, profile: bool) -> Result<(Vec<Vec<f32>>, Option<KernelTimes>)> {
         let tokens = batch.ids.len();
@@ -135,7 +143,7 @@ impl GpuModel {
 
         for (i, layer) in self.layers.iter().enumerate() {
             let last = i + 1 == self.layers.len();
-            self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens);
+            self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens, NormWrite::Store);
             match &layer.k_norm {
                 // The projection lands in scratch (`attended`, free until attention) and
                 // the per-head norm writes it where rotary and attention read it.
@@ -189,7 +197,7 @@ impl GpuModel {
             }
             self.residual(rec, &layer.o, &ws.attended, layer.attention_out_norm.as_ref(), x, normed, rows);
 
-            self.norm(rec, &layer.post_norm, x, normed, rows);
+            self.norm(rec, &layer.post_norm, x, normed, rows, NormWrite::Store);
             match &layer.gate {
                 Some(gate) => {
                     self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::Store);
@@ -206,7 +214,7 @@ impl GpuModel {
         if self.layers.is_empty() {
             gather(rec, &ws.x, &ws.last_x);
         }
-        self.norm(rec, &self.final_norm, &ws.last_x, &ws.last_normed, sequences);
+        self.norm(rec, &self.final_norm, &ws.last_x, &ws.last_normed, sequences, NormWrite::Store);
         self.linear(rec, &self.score, &ws.last_normed, &ws.scores, sequences, Epilogue::Store);
     }
 
@@ -252,7 +260,7 @@ impl GpuModel {
         match out_norm {
             Some(norm) => {
                 self.linear(rec, linear, input, scratch, rows, Epilogue::Store);
-                self.norm_into(rec, norm, scratch, x, rows, true);
+                self.norm(rec, norm, scratch, x, rows, NormWrite::AddTo);
             }
             None => self.linear(rec, linear, input, x, rows, Epilogue::Accumulate),
         }
@@ -280,6 +288,7 @@ impl GpuModel {
         kernel.record(rec, params, input, weight, &self.dummy, output);
     }
 
+    /// The norm of `rows` rows of `input`, stored in `output` or added to it.
     fn norm<'k>(
         &'k self,
         rec: &mut Recorder<'k>,
@@ -287,19 +296,7 @@ impl GpuModel {
         input: &wgpu::Buffer,
         output: &wgpu::Buffer,
         rows: usize,
-    ) {
-        self.norm_into(rec, norm, input, output, rows, false);
-    }
-
-    /// The norm of `rows` rows of `input`, stored in `output` or added to it.
-    fn norm_into<'k>(
-        &'k self,
-        rec: &mut Recorder<'k>,
-        norm: &DeviceNorm,
-        input: &wgpu::Buffer,
-        output: &wgpu::Buffer,
-        rows: usize,
-        accumulate: bool,
+        write: NormWrite,
     ) {
         let c = &self.config;
         let params = NormParams {
@@ -307,7 +304,7 @@ impl GpuModel {
             hidden: c.hidden_size as u32,
             eps: c.norm_eps,
             has_bias: norm.bias.is_some() as u32,
-            accumulate: accumulate as u32,
+            accumulate: (write == NormWrite::AddTo) as u32,
             _pad: [0; 3],
         };
         let bias = norm.bias.as_ref().unwrap_or(&self.dummy);
