@@ -347,7 +347,7 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
 /// why, and the scores are the goldens'.
 #[test]
 fn a_tensor_core_kernel_that_cannot_compile_falls_back_to_the_tiled_kernel() {
-    use super::gpu::kernels::matmul::{MatmulVariant, TileConfig};
+    use super::gpu::kernels::matmul::{CoopTile, MatmulVariant, TileConfig};
     use super::{Batch, config::ModelConfig, gpu, layout::ModelTensors, weights::Weights};
     let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
     if probe.caps.has_f16_tensor_cores() {
@@ -355,7 +355,7 @@ fn a_tensor_core_kernel_that_cannot_compile_falls_back_to_the_tiled_kernel() {
         return;
     }
     let plan = gpu::KernelPlan {
-        matmul: MatmulVariant::Cooperative { fallback: TileConfig::MEDIUM },
+        matmul: MatmulVariant::Cooperative { tile: CoopTile::Narrow, fallback: TileConfig::MEDIUM },
         f16_weights: true,
         ..gpu::KernelPlan::choose(&probe.info, &probe.caps, Precision::Auto)
     };

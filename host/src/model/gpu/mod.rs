@@ -116,28 +116,36 @@ impl GpuModel {
         let mut plan = plan;
         let device = &gpu.device;
         let limits = &gpu.caps.limits;
-        let flash = match plan.attention {
-            device::AttentionVariant::Flash => {
-                match FlashAttention::new(device, config.head_dim).and_then(|f| {
-                    if f.supports(config.num_heads, config.num_kv_heads) {
-                        Ok(f)
-                    } else {
-                        bail!(
-                            "a GQA group of {} query heads per KV head is more than flash attention handles",
-                            config.num_heads / config.num_kv_heads
-                        )
-                    }
-                }) {
-                    Ok(flash) => Some(flash),
-                    Err(why) => {
-                        plan.attention = device::AttentionVariant::Rows;
-                        plan.attention_reason = format!("{why:#}");
-                        None
-                    }
+        let supported = |flash: FlashAttention| -> Result<FlashAttention> {
+            if flash.supports(config.num_heads, config.num_kv_heads) {
+                Ok(flash)
+            } else {
+                bail!(
+                    "a GQA group of {} query heads per KV head is more than flash attention handles",
+                    config.num_heads / config.num_kv_heads
+                )
+            }
+        };
+        // The plan's attention kernel, else the next one down: tensor cores, f32 flash, rows.
+        let mut flash = None;
+        if plan.attention == device::AttentionVariant::FlashTensorCores {
+            match FlashAttention::tensor_cores(device, &gpu.info, config.head_dim).and_then(supported) {
+                Ok(kernel) => flash = Some(kernel),
+                Err(why) => {
+                    plan.attention = device::AttentionVariant::Flash;
+                    plan.attention_reason = format!("{why:#}; the f32 flash kernel");
                 }
             }
-            device::AttentionVariant::Rows => None,
-        };
+        }
+        if plan.attention == device::AttentionVariant::Flash {
+            match FlashAttention::new(device, config.head_dim).and_then(supported) {
+                Ok(kernel) => flash = Some(kernel),
+                Err(why) => {
+                    plan.attention = device::AttentionVariant::Rows;
+                    plan.attention_reason = format!("{why:#}");
+                }
+            }
+        }
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
         let kernels = Kernels {
             matmul: Self::matmul(device, &mut plan)?,
@@ -213,7 +221,7 @@ impl GpuModel {
     fn matmul(device: &wgpu::Device, plan: &mut KernelPlan) -> Result<Matmul> {
         match (Matmul::new(device, plan.matmul), plan.matmul) {
             (Ok(matmul), _) => Ok(matmul),
-            (Err(why), MatmulVariant::Cooperative { fallback }) => {
+            (Err(why), MatmulVariant::Cooperative { fallback, .. }) => {
                 plan.matmul = MatmulVariant::Tiled(fallback);
                 plan.f16_weights = false;
                 plan.matmul_reason = format!("{TENSOR_CORES_FAILED} ({why:#}); tiled f32");

@@ -57,7 +57,10 @@ impl RowAttention {
     }
 }
 
-/// Parameters of `shaders/flash_attention.wgsl`.
+/// The tensor-core flash kernel's source (for validation without a device).
+pub const FLASH_COOP_SOURCE: &str = include_str!("../../../../../shaders/flash_attention_coop.wgsl");
+
+/// Parameters of `shaders/flash_attention.wgsl` and `shaders/flash_attention_coop.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct FlashParams {
@@ -202,6 +205,24 @@ pub struct FlashAttention {
     kernel: Kernel,
     head_dim: usize,
     tiles: FlashTiles,
+    /// `flash_attention_coop.wgsl` (tensor cores) rather than `flash_attention.wgsl`.
+    tensor_cores: bool,
+}
+
+/// Largest head size of the tensor-core flash kernel (eight 16-wide output fragments).
+pub const FLASH_COOP_MAX_HEAD_DIM: usize = 128;
+
+/// Whether the tensor-core flash kernel handles this head size: a multiple of 16 up to
+/// [`FLASH_COOP_MAX_HEAD_DIM`].
+pub fn flash_coop_supports_head_dim(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(16) && head_dim <= FLASH_COOP_MAX_HEAD_DIM
+}
+
+/// Workgroup memory of `flash_attention_coop.wgsl` for `head_dim`: f16 q (64 slots), K and V
+/// (32 keys) tiles with rows padded by 8, f32 scores 64x32, f16 probabilities 64x40, and two
+/// floats per slot.
+pub fn flash_coop_workgroup_bytes(head_dim: usize) -> usize {
+    2 * (64 + 2 * 32) * (head_dim + 8) + 4 * 64 * 32 + 2 * 64 * 40 + 8 * 64
 }
 
 impl FlashAttention {
@@ -238,7 +259,59 @@ impl FlashAttention {
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         )?;
-        Ok(FlashAttention { kernel, head_dim, tiles })
+        Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: false })
+    }
+
+    /// Compiles `flash_attention_coop.wgsl` (QK^T and PV on tensor cores, f16 inputs, f32
+    /// sums) for `head_dim`. Needs f16 shaders, subgroups that are always 32 wide and
+    /// cooperative matrices; blocks of 64 query slots, like [`FlashAttention::new`]'s.
+    pub fn tensor_cores(device: &wgpu::Device, info: &wgpu::AdapterInfo, head_dim: usize) -> Result<Self> {
+        if !flash_coop_supports_head_dim(head_dim) {
+            bail!(
+                "tensor-core flash attention handles head sizes that are multiples of 16 up to \
+                 {FLASH_COOP_MAX_HEAD_DIM}, not {head_dim}"
+            );
+        }
+        let needed =
+            wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        if !device.features().contains(needed) {
+            bail!("tensor-core flash attention needs the device features {:?}", needed - device.features());
+        }
+        if (info.subgroup_min_size, info.subgroup_max_size) != (32, 32) {
+            bail!(
+                "tensor-core flash attention needs subgroups that are always 32 wide, not {}..={}",
+                info.subgroup_min_size,
+                info.subgroup_max_size
+            );
+        }
+        let limits = device.limits();
+        let bytes = flash_coop_workgroup_bytes(head_dim);
+        if bytes > limits.max_compute_workgroup_storage_size as usize
+            || limits.max_compute_invocations_per_workgroup < 128
+        {
+            bail!(
+                "tensor-core flash attention with head size {head_dim} needs {bytes} bytes of workgroup memory and \
+                 128 invocations; the device allows {} and {}",
+                limits.max_compute_workgroup_storage_size,
+                limits.max_compute_invocations_per_workgroup
+            );
+        }
+        let kernel = Kernel::new(
+            device,
+            "flash_attention_coop",
+            FLASH_COOP_SOURCE,
+            &[("HEAD_DIM", head_dim as f64)],
+            std::mem::size_of::<FlashParams>() as u64,
+            &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+        )?;
+        // Only `queries` (64 slots per block) means anything here.
+        let tiles = FlashTiles { slices: (head_dim / 16) as u32, queries: 64, keys: 32, split_kv: true };
+        Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: true })
+    }
+
+    /// Whether this is the tensor-core kernel.
+    pub fn uses_tensor_cores(&self) -> bool {
+        self.tensor_cores
     }
 
     pub fn tiles(&self) -> FlashTiles {

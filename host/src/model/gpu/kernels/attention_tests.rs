@@ -2,7 +2,7 @@
 //! is present (lavapipe in CI), over packed batches of uneven sequences.
 
 use super::*;
-use crate::model::gpu::kernels::{BindCache, Recorder, read_buffer};
+use crate::model::gpu::kernels::{BindCache, Recorder, read_buffer, validate_wgsl};
 use crate::model::gpu::{AdapterChoice, Gpu, open_device};
 use wgpu::util::DeviceExt;
 
@@ -258,6 +258,52 @@ fn flash_attention_tile_variants_agree() {
         let batch = Batch::new(lengths, heads, kv_heads, head_dim);
         let what = format!("flash {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, tiles {tiles:?}");
         assert_close(&run_flash(&gpu, &flash, &batch), &batch.reference(), &what);
+    }
+}
+
+#[test]
+fn tensor_core_flash_attention_validates_with_naga() {
+    use wgpu::naga::valid::Capabilities as C;
+    // What wgpu grants with SHADER_F16, SUBGROUP and EXPERIMENTAL_COOPERATIVE_MATRIX.
+    let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
+    for head_dim in [16, 64, 80, 128] {
+        validate_wgsl("flash_attention_coop.wgsl", FLASH_COOP_SOURCE, granted, &[("HEAD_DIM", head_dim as f64)]);
+        assert!(flash_coop_workgroup_bytes(head_dim) <= 48 << 10, "head size {head_dim} must fit 48 KiB");
+    }
+    assert!(!flash_coop_supports_head_dim(72) && !flash_coop_supports_head_dim(256));
+}
+
+/// The tensor-core kernel against the f64 reference, within what f16 inputs cost
+/// (1e-2 absolute on outputs of size ~1), where the adapter offers it; elsewhere it says
+/// it was skipped.
+#[test]
+fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
+    let gpu = gpu();
+    if let Err(why) = FlashAttention::tensor_cores(&gpu.device, &gpu.info, 64) {
+        eprintln!("SKIPPED: tensor-core flash attention on {}: {why:#}", gpu.info.name);
+        return;
+    }
+    // Groups 1, 3, 4 and 8; head sizes 16 to 128; a long sequence; one soft-capped case.
+    // (heads, kv_heads, head_dim, lengths, soft cap)
+    type Case = (usize, usize, usize, &'static [u32], Option<f32>);
+    let cases: [Case; 6] = [
+        (4, 4, 64, MIXED, None),
+        (9, 3, 64, MIXED, None),
+        (8, 2, 128, MIXED, None),
+        (6, 2, 48, &[0, 1, 2, 33], None),
+        (8, 1, 16, &[700, 3], None),
+        (4, 2, 128, MIXED, Some(0.5)),
+    ];
+    for (heads, kv_heads, head_dim, lengths, softcap) in cases {
+        let flash = FlashAttention::tensor_cores(&gpu.device, &gpu.info, head_dim).unwrap();
+        let mut batch = Batch::new(lengths, heads, kv_heads, head_dim);
+        batch.softcap = softcap;
+        let got = run_flash(&gpu, &flash, &batch);
+        let want = batch.reference();
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        let what = format!("tensor-core flash {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}");
+        assert!(worst <= 1e-2, "{what}: max |error| {worst:e}");
+        eprintln!("{what}: max |error| {worst:e}");
     }
 }
 

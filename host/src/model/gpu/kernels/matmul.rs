@@ -4,7 +4,8 @@
 //!
 //! Three variants share these bindings and semantics (see [`MatmulVariant`]):
 //! register-blocked (`matmul.wgsl`), workgroup-tiled (`matmul_tiled.wgsl`, tile sizes from
-//! a [`TileConfig`]) and tensor-core (`matmul_coop.wgsl`, f16 weights, see [`f16_weights`]).
+//! a [`TileConfig`]) and tensor-core (`matmul_coop.wgsl` and `matmul_coop_wide.wgsl`, f16
+//! weights, see [`f16_weights`] and [`CoopTile`]).
 
 use super::{Access, Kernel, Recorder, dtype_index};
 use crate::model::weights::DType;
@@ -148,11 +149,69 @@ pub enum MatmulVariant {
     /// `matmul_tiled.wgsl`: workgroup tiles staged through workgroup memory, with these
     /// tile sizes. The portable variant for hardware GPUs.
     Tiled(TileConfig),
-    /// `matmul_coop.wgsl` on tensor cores for f16 weights: needs `SHADER_F16`, `SUBGROUP`
-    /// (subgroups of at most 64), `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16x16x16
-    /// f16 x f16 -> f32 configuration, and 27.6 KiB of workgroup memory. Weights of
-    /// another dtype (a tensor [`f16_weights`] refused) run the tiled kernel with `fallback`.
-    Cooperative { fallback: TileConfig },
+    /// Tensor cores for f16 weights, with the `tile` shader: needs `SHADER_F16`,
+    /// `SUBGROUP` and `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16x16x16 f16 x f16 -> f32
+    /// configuration. Weights of another dtype (a tensor [`f16_weights`] refused) run the
+    /// tiled kernel with `fallback`.
+    Cooperative { tile: CoopTile, fallback: TileConfig },
+}
+
+/// The tensor-core shader and its output tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoopTile {
+    /// `matmul_coop.wgsl`: 64x64 tiles, 128 invocations, subgroups of 32 or 64, 27.6 KiB
+    /// of workgroup memory.
+    Narrow,
+    /// `matmul_coop_wide.wgsl`: 128x128 tiles, 256 invocations in subgroups of exactly 32,
+    /// 30 KiB of workgroup memory. Twice the tensor-core products per staged byte.
+    Wide,
+}
+
+impl CoopTile {
+    /// Output rows and columns of one workgroup.
+    pub fn output(self) -> (usize, usize) {
+        match self {
+            CoopTile::Narrow => (64, 64),
+            CoopTile::Wide => (128, 128),
+        }
+    }
+
+    pub fn invocations(self) -> u32 {
+        match self {
+            CoopTile::Narrow => 128,
+            CoopTile::Wide => 256,
+        }
+    }
+
+    /// Bytes of workgroup memory: the staged f16 tiles and the f32 output staging.
+    pub fn workgroup_bytes(self) -> u32 {
+        match self {
+            CoopTile::Narrow => 2 * 64 * 40 * 2 + 64 * 68 * 4,
+            CoopTile::Wide => 2 * 128 * 40 * 2 + 8 * 16 * 20 * 4,
+        }
+    }
+
+    /// The widest tile this adapter runs: [`CoopTile::Wide`] needs subgroups that are
+    /// always 32 wide (its per-subgroup blocks assume 8 subgroups of 256 invocations).
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> CoopTile {
+        let wide = CoopTile::Wide;
+        if info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && wide.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+            && wide.invocations() <= limits.max_compute_invocations_per_workgroup
+        {
+            wide
+        } else {
+            CoopTile::Narrow
+        }
+    }
+
+    fn source(self) -> (&'static str, &'static str) {
+        match self {
+            CoopTile::Narrow => ("matmul_coop", COOPERATIVE),
+            CoopTile::Wide => ("matmul_coop_wide", COOPERATIVE_WIDE),
+        }
+    }
 }
 
 impl MatmulVariant {
@@ -169,8 +228,9 @@ impl MatmulVariant {
         match self {
             MatmulVariant::RegisterBlocked => "register-blocked 32x32/4x4".to_owned(),
             MatmulVariant::Tiled(tile) => format!("tiled {tile}"),
-            MatmulVariant::Cooperative { fallback } => {
-                format!("cooperative 64x64x32 f16 (tiled {fallback} for other weight dtypes)")
+            MatmulVariant::Cooperative { tile, fallback } => {
+                let (m, n) = tile.output();
+                format!("cooperative {m}x{n}x32 f16 (tiled {fallback} for other weight dtypes)")
             }
         }
     }
@@ -185,12 +245,10 @@ pub struct Matmul {
 
 const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
-/// The cooperative kernel's workgroup memory: two f16 tiles 64x40, one f32 tile 64x68.
-const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 40 * 2 + 64 * 68 * 4;
-
 const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl");
 const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");
 const COOPERATIVE: &str = include_str!("../../../../../shaders/matmul_coop.wgsl");
+const COOPERATIVE_WIDE: &str = include_str!("../../../../../shaders/matmul_coop_wide.wgsl");
 /// Parameters, bindings, epilogue and weight load shared by the three.
 const COMMON: &str = include_str!("../../../../../shaders/matmul_common.wgsl");
 
@@ -204,11 +262,12 @@ fn with_common(body: &str) -> String {
 }
 
 /// The complete WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, String); 3] {
+pub fn sources() -> [(&'static str, String); 4] {
     [
         ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
         ("matmul_tiled.wgsl", with_common(TILED)),
         ("matmul_coop.wgsl", with_common(COOPERATIVE)),
+        ("matmul_coop_wide.wgsl", with_common(COOPERATIVE_WIDE)),
     ]
 }
 
@@ -231,7 +290,7 @@ impl Matmul {
         let per_dtype = match variant {
             MatmulVariant::RegisterBlocked => [register_blocked(0.0)?, register_blocked(1.0)?, register_blocked(2.0)?],
             MatmulVariant::Tiled(tile) => [tiled(tile, 0.0)?, tiled(tile, 1.0)?, tiled(tile, 2.0)?],
-            MatmulVariant::Cooperative { fallback } => {
+            MatmulVariant::Cooperative { tile, fallback } => {
                 let needed = wgpu::Features::SHADER_F16
                     | wgpu::Features::SUBGROUP
                     | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -239,19 +298,21 @@ impl Matmul {
                     bail!("the cooperative matmul needs the device features {:?}", needed - device.features());
                 }
                 let limits = device.limits();
-                if COOP_WORKGROUP_BYTES > limits.max_compute_workgroup_storage_size
-                    || limits.max_compute_invocations_per_workgroup < 128
+                if tile.workgroup_bytes() > limits.max_compute_workgroup_storage_size
+                    || limits.max_compute_invocations_per_workgroup < tile.invocations()
                 {
                     bail!(
-                        "the cooperative matmul needs {COOP_WORKGROUP_BYTES} bytes of workgroup memory and 128 \
-                         invocations; the device allows {} and {}",
+                        "the cooperative matmul {tile:?} needs {} bytes of workgroup memory and {} invocations; \
+                         the device allows {} and {}",
+                        tile.workgroup_bytes(),
+                        tile.invocations(),
                         limits.max_compute_workgroup_storage_size,
                         limits.max_compute_invocations_per_workgroup
                     );
                 }
-                let coop =
-                    Kernel::new(device, "matmul_coop", &with_common(COOPERATIVE), &[("DTYPE", 2.0)], size, &BUFFERS)?;
-                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, (64, 64))]
+                let (label, source) = tile.source();
+                let coop = Kernel::new(device, label, &with_common(source), &[("DTYPE", 2.0)], size, &BUFFERS)?;
+                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, tile.output())]
             }
         };
         Ok(Matmul { variant, per_dtype })

@@ -4,13 +4,14 @@
 //! run where the adapter offers it; elsewhere its test prints that it was skipped.
 
 use super::*;
-use crate::model::gpu::kernels::{BindCache, read_buffer};
+use crate::model::gpu::kernels::{BindCache, read_buffer, validate_wgsl as validate};
 use crate::model::gpu::{AdapterChoice, Gpu, open_device};
 use wgpu::naga;
 use wgpu::util::DeviceExt;
 
-/// (m, n, k): m and n not multiples of any tile, k a multiple of 4 but (136) not of 16/32.
-const SHAPES: [(usize, usize, usize); 3] = [(37, 52, 96), (1, 9, 64), (130, 70, 136)];
+/// (m, n, k): m and n not multiples of any tile, k a multiple of 4 but (136) not of 16/32;
+/// the last spans two 128-wide tiles each way.
+const SHAPES: [(usize, usize, usize); 4] = [(37, 52, 96), (1, 9, 64), (130, 70, 136), (150, 260, 64)];
 const EPILOGUES: [Epilogue; 5] =
     [Epilogue::Store, Epilogue::Accumulate, Epilogue::SiluGate, Epilogue::SquaredRelu, Epilogue::GeluTanhGate];
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
@@ -274,24 +275,6 @@ fn tile_config_check_rejects_what_the_shader_cannot_do() {
     assert_eq!(TileConfig::for_adapter(&info, &big), TileConfig { thread_m: 8, thread_n: 8, ..TileConfig::MEDIUM });
 }
 
-/// Parses and validates `source` with naga as wgpu would with `capabilities`, fills in
-/// the override `constants` and writes SPIR-V, so a shader error shows without a device.
-fn validate(name: &str, source: &str, capabilities: naga::valid::Capabilities, constants: &[(&str, f64)]) {
-    let module = naga::front::wgsl::parse_str(source)
-        .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
-    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
-    let info =
-        validator.validate(&module).unwrap_or_else(|e| panic!("{name} is invalid:\n{}", e.emit_to_string(source)));
-    let constants: naga::back::PipelineConstants = constants.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-        .unwrap_or_else(|e| panic!("{name} with {constants:?}: {e}"));
-    let options = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
-    let pipeline =
-        naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-        .unwrap_or_else(|e| panic!("{name} with {constants:?} does not compile to SPIR-V: {e}"));
-}
-
 #[test]
 fn tiled_shader_validates_with_naga_for_every_preset() {
     for tile in [TileConfig::SMALL, TileConfig::MEDIUM, TileConfig::LARGE] {
@@ -315,6 +298,7 @@ fn cooperative_shader_validates_with_naga() {
     // (SHADER_FLOAT16_IN_FLOAT32, for unpack2x16float, every Vulkan device has).
     let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
     validate("matmul_coop.wgsl", &with_common(COOPERATIVE), granted, &[]);
+    validate("matmul_coop_wide.wgsl", &with_common(COOPERATIVE_WIDE), granted, &[]);
     // Without the cooperative-matrix capability naga refuses it.
     let module = naga::front::wgsl::parse_str(&with_common(COOPERATIVE)).unwrap();
     assert!(
@@ -347,30 +331,39 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
         eprintln!("SKIPPED: cooperative matmul on {} ({:?}): {why}", gpu.info.name, gpu.info.device_type);
         return;
     }
-    let variant = MatmulVariant::Cooperative { fallback: TileConfig::MEDIUM };
-    let matmul = Matmul::new(&gpu.device, variant).unwrap();
-    let cases = cases(&DTYPES);
-    let results = run(&gpu, &matmul, &cases, |_| DType::F16);
-    let (mut worst_rounded, mut worst_exact) = (0f64, 0f64);
-    for (case, (p, got)) in cases.iter().zip(&results) {
-        let x16: Vec<f32> = p.x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
-        let rounded = max_error(got, &reference(case, &x16, &p.w, &p.bias, &p.y0));
-        let exact = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
-        assert!(rounded <= 1e-3, "cooperative on {}: {case}: error {rounded:e} against f16 inputs", gpu.info.name);
-        assert!(exact <= 1e-2, "cooperative on {}: {case}: error {exact:e} against f32 inputs", gpu.info.name);
-        worst_rounded = worst_rounded.max(rounded);
-        worst_exact = worst_exact.max(exact);
+    // The wide tile where the adapter's subgroups allow it, and the narrow one always.
+    let mut tiles = vec![CoopTile::Narrow];
+    if CoopTile::for_adapter(&gpu.info, &caps.limits) == CoopTile::Wide {
+        tiles.push(CoopTile::Wide);
+    } else {
+        eprintln!("SKIPPED: the wide cooperative tile on {}: its subgroups are not always 32 wide", gpu.info.name);
     }
-    eprintln!(
-        "cooperative on {}: {} cases, worst error {worst_rounded:.1e} (f16 inputs), {worst_exact:.1e} (f32 inputs)",
-        gpu.info.name,
-        cases.len()
-    );
-    // The fallback for weights left in bf16/f32.
-    let fallback = run(&gpu, &matmul, &cases, |case| case.dtype);
-    for (case, (p, got)) in cases.iter().zip(&fallback) {
-        let error = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
-        assert!(error <= 1e-5, "cooperative's tiled fallback: {case}: error {error:e}");
+    for tile in tiles {
+        let variant = MatmulVariant::Cooperative { tile, fallback: TileConfig::MEDIUM };
+        let matmul = Matmul::new(&gpu.device, variant).unwrap();
+        let cases = cases(&DTYPES);
+        let results = run(&gpu, &matmul, &cases, |_| DType::F16);
+        let (mut worst_rounded, mut worst_exact) = (0f64, 0f64);
+        for (case, (p, got)) in cases.iter().zip(&results) {
+            let x16: Vec<f32> = p.x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            let rounded = max_error(got, &reference(case, &x16, &p.w, &p.bias, &p.y0));
+            let exact = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
+            assert!(rounded <= 1e-3, "{tile:?} on {}: {case}: error {rounded:e} against f16 inputs", gpu.info.name);
+            assert!(exact <= 1e-2, "{tile:?} on {}: {case}: error {exact:e} against f32 inputs", gpu.info.name);
+            worst_rounded = worst_rounded.max(rounded);
+            worst_exact = worst_exact.max(exact);
+        }
+        eprintln!(
+            "cooperative {tile:?} on {}: {} cases, worst error {worst_rounded:.1e} (f16 inputs), {worst_exact:.1e} (f32 inputs)",
+            gpu.info.name,
+            cases.len()
+        );
+        // The fallback for weights left in bf16/f32.
+        let fallback = run(&gpu, &matmul, &cases, |case| case.dtype);
+        for (case, (p, got)) in cases.iter().zip(&fallback) {
+            let error = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
+            assert!(error <= 1e-5, "cooperative's tiled fallback: {case}: error {error:e}");
+        }
     }
 }
 

@@ -337,3 +337,29 @@ pub fn read_buffer(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u
     buffer.unmap();
     Ok(bytes)
 }
+
+#[cfg(test)]
+/// Parses and validates `source` with naga as wgpu would with `capabilities`, fills in
+/// the override `constants` and writes SPIR-V, so a shader error shows without a device.
+pub(crate) fn validate_wgsl(
+    name: &str,
+    source: &str,
+    capabilities: wgpu::naga::valid::Capabilities,
+    constants: &[(&str, f64)],
+) {
+    let module = wgpu::naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
+    let mut validator = wgpu::naga::valid::Validator::new(wgpu::naga::valid::ValidationFlags::all(), capabilities);
+    let info =
+        validator.validate(&module).unwrap_or_else(|e| panic!("{name} is invalid:\n{}", e.emit_to_string(source)));
+    let constants: wgpu::naga::back::PipelineConstants = constants.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
+    let (module, info) = wgpu::naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+        .unwrap_or_else(|e| panic!("{name} with {constants:?}: {e}"));
+    let options = wgpu::naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
+    let pipeline = wgpu::naga::back::spv::PipelineOptions {
+        shader_stage: wgpu::naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    wgpu::naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .unwrap_or_else(|e| panic!("{name} with {constants:?} does not compile to SPIR-V: {e}"));
+}

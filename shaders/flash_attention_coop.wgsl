@@ -1,0 +1,317 @@
+// Causal attention for prefill over packed sequences with grouped KV heads, on tensor cores
+// (wgpu's cooperative matrices): flash_attention.wgsl's blocks, bindings and parameters, with
+// QK^T and PV as 16x16x16 f16 x f16 -> f32 products. For adapters whose subgroups are
+// exactly 32 wide (NVIDIA); HEAD_DIM a multiple of 16, at most 128.
+//
+// One workgroup of 128 invocations (4 subgroups) per (block of query rows, KV head). Its 64
+// query slots are (row, head) pairs, row-major, as in flash_attention.wgsl, so the K/V tiles
+// are shared by the block's rows and by the group's query heads; subgroup g owns slots
+// 16g..16g+15. q is staged once as f16; K and V tiles of 32 keys are staged as f16.
+//
+// Two passes instead of an online softmax. WGSL's cooperative matrices have no per-element
+// access, so an accumulator cannot be rescaled row by row when a row's maximum grows. Pass 1
+// takes each slot's maximum score over all its keys (QK^T only); pass 2 recomputes the scores,
+// P = exp(S - max) (each at most 1, staged as f16) and accumulates O += P V in the
+// accumulators, with the row sums in f32. QK^T runs twice: 1.5x the products of one pass,
+// all on tensor cores. Tiles above the block's causal diagonal are never loaded.
+//
+// Scores are scaled by `p.scale` and soft-capped where `p.softcap` > 0, in f32, as in
+// flash_attention.wgsl. Inputs are rounded to f16 (saturated to its finite range).
+
+enable f16;
+enable wgpu_cooperative_matrix;
+diagnostic(off, derivative_uniformity);
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    // Blocks in `blocks`; the dispatch has blocks * kv_heads workgroups.
+    blocks: u32,
+    scale: f32,
+    // 0: none.
+    softcap: f32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// [tokens, heads * HEAD_DIM], rotary applied.
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+// [tokens, kv_heads * HEAD_DIM].
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+// (first query row, row count, sequence start, unused).
+@group(0) @binding(4) var<storage, read> blocks: array<vec4<u32>>;
+// [tokens, heads * HEAD_DIM].
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+override HEAD_DIM: u32 = 64u;
+// 16-wide output fragments per slot row.
+override FRAGS: u32 = HEAD_DIM / 16u;
+override HD4: u32 = HEAD_DIM / 4u;
+// f16 row stride of the q, K and V tiles, padded; rows start 16-byte aligned.
+override LDQ: u32 = HEAD_DIM + 8u;
+
+const QUERIES: u32 = 64u;
+const KEYS: u32 = 32u;
+const INVOCATIONS: u32 = 128u;
+const SUBGROUP: u32 = 32u;
+// f32 row stride of the scores; f16 row stride of the probabilities.
+const LDS: u32 = 32u;
+const LDP: u32 = 40u;
+// Below any real score, and far enough from -FLT_MAX that subtracting stays finite.
+const LOWEST: f32 = -1.0e30;
+
+var<workgroup> q_tile: array<f16, QUERIES * LDQ>;
+var<workgroup> k_tile: array<f16, KEYS * LDQ>;
+var<workgroup> v_tile: array<f16, KEYS * LDQ>;
+// Scores of the tile [slot][key]; at the end, each subgroup's output staging.
+var<workgroup> s_tile: array<f32, QUERIES * LDS>;
+var<workgroup> p_tile: array<f16, QUERIES * LDP>;
+var<workgroup> row_max: array<f32, QUERIES>;
+var<workgroup> row_sum: array<f32, QUERIES>;
+
+fn cap_score(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(clamp(s / p.softcap, -10.0, 10.0));
+    }
+    return s;
+}
+
+fn to_f16(x: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(x, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+
+// Stages keys tile..tile+n (zeros past n) of the KV head: K, and V when `with_v`.
+fn stage_kv(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) {
+    let kv_stride = p.kv_heads * HD4;
+    for (var i = li; i < KEYS * HD4; i = i + INVOCATIONS) {
+        let key = i / HD4;
+        let c = i % HD4;
+        var kh = vec4<f16>(0.0);
+        var vh = vec4<f16>(0.0);
+        if (key < n) {
+            let src = (tile + key) * kv_stride + kv_head * HD4 + c;
+            kh = to_f16(k[src]);
+            if (with_v) {
+                vh = to_f16(v[src]);
+            }
+        }
+        let o = key * LDQ + c * 4u;
+        k_tile[o] = kh.x;
+        k_tile[o + 1u] = kh.y;
+        k_tile[o + 2u] = kh.z;
+        k_tile[o + 3u] = kh.w;
+        if (with_v) {
+            v_tile[o] = vh.x;
+            v_tile[o + 1u] = vh.y;
+            v_tile[o + 2u] = vh.z;
+            v_tile[o + 3u] = vh.w;
+        }
+    }
+}
+
+// One 16-deep step of the scores of slots r..r+15 against the tile's keys 0-15 and 16-31.
+fn scores_step(r: u32, d: u32, s0: ptr<function, coop_mat16x16<f32, C>>, s1: ptr<function, coop_mat16x16<f32, C>>) {
+    let stride = LDQ;
+    let ia = r * LDQ + d;
+    let ib0 = d;
+    let ib1 = 16u * LDQ + d;
+    // q_tile [slot][d] is A row-major; k_tile [key][d] is B (d x key) column-major.
+    let a = coopLoadT<coop_mat16x16<f16, A>>(&q_tile[ia], stride);
+    let b0 = coopLoad<coop_mat16x16<f16, B>>(&k_tile[ib0], stride);
+    let b1 = coopLoad<coop_mat16x16<f16, B>>(&k_tile[ib1], stride);
+    *s0 = coopMultiplyAdd(a, b0, *s0);
+    *s1 = coopMultiplyAdd(a, b1, *s1);
+}
+
+// The raw scores q.k of slots r..r+15 against the staged keys, into s_tile.
+fn tile_scores(r: u32) {
+    var s0 = coop_mat16x16<f32, C>();
+    var s1 = coop_mat16x16<f32, C>();
+    for (var d = 0u; d < HEAD_DIM; d = d + 16u) {
+        scores_step(r, d, &s0, &s1);
+    }
+    let stride = LDS;
+    let i0 = r * LDS;
+    let i1 = r * LDS + 16u;
+    coopStoreT(s0, &s_tile[i0], stride);
+    coopStoreT(s1, &s_tile[i1], stride);
+}
+
+// O[slots r.., columns 16j..] += P[slots r.., keys kk..kk+15] V[keys kk.., columns 16j..].
+fn pv_step(r: u32, kk: u32, j: u32, o: ptr<function, coop_mat16x16<f32, C>>) {
+    let p_stride = LDP;
+    let v_stride = LDQ;
+    let ia = r * LDP + kk;
+    let ib = kk * LDQ + j * 16u;
+    // p_tile [slot][key] is A row-major; v_tile [key][d] is B (key x d) row-major.
+    let a = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[ia], p_stride);
+    let b = coopLoadT<coop_mat16x16<f16, B>>(&v_tile[ib], v_stride);
+    *o = coopMultiplyAdd(a, b, *o);
+}
+
+// The query row of slot s of a block (idle slots shadow the block's last row).
+fn slot_row(s: u32, first: u32, count: u32, group: u32) -> u32 {
+    return first + min(s / group, count - 1u);
+}
+
+// Writes output fragment j of slots r..r+15, divided by the row sums, through the
+// subgroup's rows of s_tile. Called by every invocation (it has barriers).
+fn emit(o: coop_mat16x16<f32, C>, r: u32, j: u32, lane: u32, first: u32, count: u32, group: u32, kv_head: u32) {
+    let stride = LDS;
+    let i0 = r * LDS;
+    coopStoreT(o, &s_tile[i0], stride);
+    workgroupBarrier();
+    let used = count * group;
+    for (var e = lane; e < 256u; e = e + SUBGROUP) {
+        let s = r + e / 16u;
+        if (s < used) {
+            let t = slot_row(s, first, count, group);
+            let head = kv_head * group + s % group;
+            out[(t * p.heads + head) * HEAD_DIM + j * 16u + e % 16u] = s_tile[s * LDS + e % 16u] / row_sum[s];
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(128)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let index = wg.x + wg.y * groups.x;
+    if (index >= p.blocks * p.kv_heads) {
+        return;
+    }
+    let block = blocks[index / p.kv_heads];
+    let kv_head = index % p.kv_heads;
+    let first = block.x;
+    let count = block.y;
+    let start = block.z;
+    let end = first + count; // one past the last key any row of the block sees
+    let group = p.heads / p.kv_heads;
+    // This subgroup's 16 slots.
+    let r = sg * 16u;
+
+    for (var i = li; i < QUERIES * HD4; i = i + INVOCATIONS) {
+        let s = i / HD4;
+        let c = i % HD4;
+        let t = slot_row(s, first, count, group);
+        let qh = to_f16(q[(t * p.heads + kv_head * group + s % group) * HD4 + c]);
+        let o = s * LDQ + c * 4u;
+        q_tile[o] = qh.x;
+        q_tile[o + 1u] = qh.y;
+        q_tile[o + 2u] = qh.z;
+        q_tile[o + 3u] = qh.w;
+    }
+    for (var s = li; s < QUERIES; s = s + INVOCATIONS) {
+        row_max[s] = LOWEST;
+        row_sum[s] = 0.0;
+    }
+
+    // Pass 1: each slot's maximum over its keys.
+    for (var tile = start; tile < end; tile = tile + KEYS) {
+        let n = min(KEYS, end - tile);
+        stage_kv(li, tile, n, kv_head, false);
+        workgroupBarrier();
+        tile_scores(r);
+        workgroupBarrier();
+        for (var s = li; s < QUERIES; s = s + INVOCATIONS) {
+            let t = slot_row(s, first, count, group);
+            var m = row_max[s];
+            for (var j = 0u; j < n; j = j + 1u) {
+                if (tile + j <= t) {
+                    m = max(m, cap_score(s_tile[s * LDS + j] * p.scale));
+                }
+            }
+            row_max[s] = m;
+        }
+        workgroupBarrier();
+    }
+
+    // Pass 2: P = exp(S - max), O += P V.
+    var o0 = coop_mat16x16<f32, C>();
+    var o1 = coop_mat16x16<f32, C>();
+    var o2 = coop_mat16x16<f32, C>();
+    var o3 = coop_mat16x16<f32, C>();
+    var o4 = coop_mat16x16<f32, C>();
+    var o5 = coop_mat16x16<f32, C>();
+    var o6 = coop_mat16x16<f32, C>();
+    var o7 = coop_mat16x16<f32, C>();
+    for (var tile = start; tile < end; tile = tile + KEYS) {
+        let n = min(KEYS, end - tile);
+        stage_kv(li, tile, n, kv_head, true);
+        workgroupBarrier();
+        tile_scores(r);
+        workgroupBarrier();
+        for (var s = li; s < QUERIES; s = s + INVOCATIONS) {
+            let t = slot_row(s, first, count, group);
+            let m = row_max[s];
+            var sum = 0.0;
+            for (var j = 0u; j < KEYS; j = j + 1u) {
+                var e = 0.0;
+                if (j < n && tile + j <= t) {
+                    e = exp(cap_score(s_tile[s * LDS + j] * p.scale) - m);
+                }
+                let eh = f16(e);
+                p_tile[s * LDP + j] = eh;
+                sum = sum + f32(eh);
+            }
+            row_sum[s] = row_sum[s] + sum;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < KEYS; kk = kk + 16u) {
+            pv_step(r, kk, 0u, &o0);
+            if (FRAGS > 1u) {
+                pv_step(r, kk, 1u, &o1);
+            }
+            if (FRAGS > 2u) {
+                pv_step(r, kk, 2u, &o2);
+            }
+            if (FRAGS > 3u) {
+                pv_step(r, kk, 3u, &o3);
+            }
+            if (FRAGS > 4u) {
+                pv_step(r, kk, 4u, &o4);
+            }
+            if (FRAGS > 5u) {
+                pv_step(r, kk, 5u, &o5);
+            }
+            if (FRAGS > 6u) {
+                pv_step(r, kk, 6u, &o6);
+            }
+            if (FRAGS > 7u) {
+                pv_step(r, kk, 7u, &o7);
+            }
+        }
+        workgroupBarrier();
+    }
+
+    emit(o0, r, 0u, lane, first, count, group, kv_head);
+    if (FRAGS > 1u) {
+        emit(o1, r, 1u, lane, first, count, group, kv_head);
+    }
+    if (FRAGS > 2u) {
+        emit(o2, r, 2u, lane, first, count, group, kv_head);
+    }
+    if (FRAGS > 3u) {
+        emit(o3, r, 3u, lane, first, count, group, kv_head);
+    }
+    if (FRAGS > 4u) {
+        emit(o4, r, 4u, lane, first, count, group, kv_head);
+    }
+    if (FRAGS > 5u) {
+        emit(o5, r, 5u, lane, first, count, group, kv_head);
+    }
+    if (FRAGS > 6u) {
+        emit(o6, r, 6u, lane, first, count, group, kv_head);
+    }
+    if (FRAGS > 7u) {
+        emit(o7, r, 7u, lane, first, count, group, kv_head);
+    }
+}

@@ -1,0 +1,166 @@
+// y[m, out_offset + j] = sum_k x[m, k] * w[j, k] (+ bias[out_offset + j]), then the epilogue,
+// on tensor cores: matmul_coop.wgsl with 128x128 tiles, for adapters whose subgroups are
+// exactly 32 wide (NVIDIA). Same bindings, parameters, epilogues and f16 weights.
+//
+// Measured on an H100, matmul_coop.wgsl's 64x64 tile (one 32x32 quadrant per subgroup)
+// spends most of its time staging tiles: 8 tensor-core products per subgroup per K step.
+// Here a workgroup of 256 invocations (8 subgroups) stages a 128-row x tile and a 128-row w
+// tile per K step of 32, and each subgroup owns a 32x64 block of the output: 2 A and 4 B
+// fragments feed 8 products per 16-deep step, twice the products per staged byte.
+//
+// The accumulators leave through a small per-subgroup staging area, one 16x16 fragment at
+// a time, so the bias and the epilogue are applied per element in f32 with bounds checks
+// (m and n arbitrary; k a multiple of 4, its tail read as zeros).
+//
+// Cooperative operations need subgroup-uniform control flow; everything below that
+// depends on the subgroup depends on subgroup_id only, and the loops are uniform over the
+// workgroup.
+
+enable f16;
+enable wgpu_cooperative_matrix;
+diagnostic(off, derivative_uniformity);
+
+const TILE_M: u32 = 128u;
+const TILE_N: u32 = 128u;
+const TILE_K: u32 = 32u;
+const INVOCATIONS: u32 = 256u;
+const SUBGROUP: u32 = 32u;
+// Row stride of the staged tiles, padded; rows start 16-byte aligned.
+const LDA: u32 = 40u;
+// Row stride of one subgroup's 16x16 staging area.
+const LDC: u32 = 20u;
+
+var<workgroup> x_tile: array<f16, TILE_M * LDA>;
+var<workgroup> w_tile: array<f16, TILE_N * LDA>;
+var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * 16u * LDC>;
+
+// One 16-deep step of the subgroup's 32x64 block (rows r.., columns c.. of the tile) from
+// the staged tiles at k offset kk. Every index and stride is a `let` of its own.
+fn block_step(
+    r: u32,
+    c: u32,
+    kk: u32,
+    c00: ptr<function, coop_mat16x16<f32, C>>,
+    c01: ptr<function, coop_mat16x16<f32, C>>,
+    c02: ptr<function, coop_mat16x16<f32, C>>,
+    c03: ptr<function, coop_mat16x16<f32, C>>,
+    c10: ptr<function, coop_mat16x16<f32, C>>,
+    c11: ptr<function, coop_mat16x16<f32, C>>,
+    c12: ptr<function, coop_mat16x16<f32, C>>,
+    c13: ptr<function, coop_mat16x16<f32, C>>,
+) {
+    let stride = LDA;
+    let ia0 = r * LDA + kk;
+    let ia1 = (r + 16u) * LDA + kk;
+    let ib0 = c * LDA + kk;
+    let ib1 = (c + 16u) * LDA + kk;
+    let ib2 = (c + 32u) * LDA + kk;
+    let ib3 = (c + 48u) * LDA + kk;
+    // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
+    let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
+    let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
+    let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib0], stride);
+    let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib1], stride);
+    let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib2], stride);
+    let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib3], stride);
+    *c00 = coopMultiplyAdd(a0, b0, *c00);
+    *c01 = coopMultiplyAdd(a0, b1, *c01);
+    *c02 = coopMultiplyAdd(a0, b2, *c02);
+    *c03 = coopMultiplyAdd(a0, b3, *c03);
+    *c10 = coopMultiplyAdd(a1, b0, *c10);
+    *c11 = coopMultiplyAdd(a1, b1, *c11);
+    *c12 = coopMultiplyAdd(a1, b2, *c12);
+    *c13 = coopMultiplyAdd(a1, b3, *c13);
+}
+
+// Writes one 16x16 accumulator whose top-left output element is (row, col): through the
+// subgroup's staging area, then bias and epilogue per element. Called by every invocation
+// (it has barriers).
+fn emit(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
+    let base = sg * 16u * LDC;
+    let stride = LDC;
+    coopStoreT(acc, &y_stage[base], stride);
+    workgroupBarrier();
+    for (var e = lane; e < 256u; e = e + SUBGROUP) {
+        let rr = row + e / 16u;
+        let cc = col + e % 16u;
+        if (rr < p.m && cc < p.n) {
+            var value = y_stage[base + (e / 16u) * LDC + e % 16u];
+            if (p.has_bias != 0u) {
+                value = value + bias[p.out_offset + cc];
+            }
+            store(rr * p.out_stride + p.out_offset + cc, value);
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let row0 = group.y * TILE_M;
+    let col0 = group.x * TILE_N;
+    let k4 = p.k / 4u;
+    let last_row = p.m - 1u;
+    let last_col = p.n - 1u;
+    // The subgroup's 32x64 block: 4 block rows x 2 block columns.
+    let r = (sg / 2u) * 32u;
+    let c = (sg % 2u) * 64u;
+
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c02 = coop_mat16x16<f32, C>();
+    var c03 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    var c12 = coop_mat16x16<f32, C>();
+    var c13 = coop_mat16x16<f32, C>();
+
+    for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
+        // 128 rows x 8 vec4s of each operand: 4 of each per invocation.
+        for (var i = li; i < TILE_M * (TILE_K / 4u); i = i + INVOCATIONS) {
+            let rr = i / (TILE_K / 4u);
+            let c4 = i % (TILE_K / 4u);
+            let kk = k0 + c4;
+            var xv = vec4<f32>(0.0);
+            var wv = vec2<u32>(0u);
+            if (kk < k4) {
+                xv = x[min(row0 + rr, last_row) * k4 + kk];
+                let e = (min(col0 + rr, last_col) * p.k + kk * 4u) / 2u;
+                wv = vec2<u32>(w[e], w[e + 1u]);
+            }
+            let xh = vec4<f16>(clamp(xv, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+            let o = rr * LDA + c4 * 4u;
+            x_tile[o] = xh.x;
+            x_tile[o + 1u] = xh.y;
+            x_tile[o + 2u] = xh.z;
+            x_tile[o + 3u] = xh.w;
+            let w01 = vec2<f16>(unpack2x16float(wv.x));
+            let w23 = vec2<f16>(unpack2x16float(wv.y));
+            w_tile[o] = w01.x;
+            w_tile[o + 1u] = w01.y;
+            w_tile[o + 2u] = w23.x;
+            w_tile[o + 3u] = w23.y;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk = kk + 16u) {
+            block_step(r, c, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
+        }
+        workgroupBarrier();
+    }
+
+    let top = row0 + r;
+    let left = col0 + c;
+    emit(c00, sg, lane, top, left);
+    emit(c01, sg, lane, top, left + 16u);
+    emit(c02, sg, lane, top, left + 32u);
+    emit(c03, sg, lane, top, left + 48u);
+    emit(c10, sg, lane, top + 16u, left);
+    emit(c11, sg, lane, top + 16u, left + 16u);
+    emit(c12, sg, lane, top + 16u, left + 32u);
+    emit(c13, sg, lane, top + 16u, left + 48u);
+}
