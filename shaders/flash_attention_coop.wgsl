@@ -17,6 +17,11 @@
 //
 // Scores are scaled by `p.scale` and soft-capped where `p.softcap` > 0, in f32, as in
 // flash_attention.wgsl. Inputs are rounded to f16 (saturated to its finite range).
+//
+// Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32).
+// kernels/coop.rs rewrites both to 8 for lavapipe (8x8x8 matrices, subgroups of 8), which
+// is how CI runs this kernel: 32 query slots, 16-key tiles, head sizes up to 64, 32
+// invocations, same code.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -46,20 +51,24 @@ struct Params {
 // [tokens, heads * HEAD_DIM].
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
+// Side of one cooperative-matrix fragment.
+const FRAG: u32 = 16u;
+
 override HEAD_DIM: u32 = 64u;
-// 16-wide output fragments per slot row.
-override FRAGS: u32 = HEAD_DIM / 16u;
+// FRAG-wide output fragments per slot row.
+override FRAGS: u32 = HEAD_DIM / FRAG;
 override HD4: u32 = HEAD_DIM / 4u;
 // f16 row stride of the q, K and V tiles, padded; rows start 16-byte aligned.
 override LDQ: u32 = HEAD_DIM + 8u;
 
-const QUERIES: u32 = 64u;
-const KEYS: u32 = 32u;
-const INVOCATIONS: u32 = 128u;
+const QUERIES: u32 = 4u * FRAG;
+const KEYS: u32 = 2u * FRAG;
 const SUBGROUP: u32 = 32u;
+// Four subgroups.
+const INVOCATIONS: u32 = 4u * SUBGROUP;
 // f32 row stride of the scores; f16 row stride of the probabilities.
-const LDS: u32 = 32u;
-const LDP: u32 = 40u;
+const LDS: u32 = KEYS;
+const LDP: u32 = KEYS + 8u;
 // Below any real score, and far enough from -FLT_MAX that subtracting stays finite.
 const LOWEST: f32 = -1.0e30;
 
@@ -112,12 +121,13 @@ fn stage_kv(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) {
     }
 }
 
-// One 16-deep step of the scores of slots r..r+15 against the tile's keys 0-15 and 16-31.
+// One FRAG-deep step of the scores of slots r..r+FRAG-1 against the tile's two fragments
+// of keys.
 fn scores_step(r: u32, d: u32, s0: ptr<function, coop_mat16x16<f32, C>>, s1: ptr<function, coop_mat16x16<f32, C>>) {
     let stride = LDQ;
     let ia = r * LDQ + d;
     let ib0 = d;
-    let ib1 = 16u * LDQ + d;
+    let ib1 = FRAG * LDQ + d;
     // q_tile [slot][d] is A row-major; k_tile [key][d] is B (d x key) column-major.
     let a = coopLoadT<coop_mat16x16<f16, A>>(&q_tile[ia], stride);
     let b0 = coopLoad<coop_mat16x16<f16, B>>(&k_tile[ib0], stride);
@@ -126,26 +136,26 @@ fn scores_step(r: u32, d: u32, s0: ptr<function, coop_mat16x16<f32, C>>, s1: ptr
     *s1 = coopMultiplyAdd(a, b1, *s1);
 }
 
-// The raw scores q.k of slots r..r+15 against the staged keys, into s_tile.
+// The raw scores q.k of slots r..r+FRAG-1 against the staged keys, into s_tile.
 fn tile_scores(r: u32) {
     var s0 = coop_mat16x16<f32, C>();
     var s1 = coop_mat16x16<f32, C>();
-    for (var d = 0u; d < HEAD_DIM; d = d + 16u) {
+    for (var d = 0u; d < HEAD_DIM; d = d + FRAG) {
         scores_step(r, d, &s0, &s1);
     }
     let stride = LDS;
     let i0 = r * LDS;
-    let i1 = r * LDS + 16u;
+    let i1 = r * LDS + FRAG;
     coopStoreT(s0, &s_tile[i0], stride);
     coopStoreT(s1, &s_tile[i1], stride);
 }
 
-// O[slots r.., columns 16j..] += P[slots r.., keys kk..kk+15] V[keys kk.., columns 16j..].
+// O[slots r.., columns FRAG j..] += P[slots r.., keys kk..kk+FRAG-1] V[keys kk.., columns FRAG j..].
 fn pv_step(r: u32, kk: u32, j: u32, o: ptr<function, coop_mat16x16<f32, C>>) {
     let p_stride = LDP;
     let v_stride = LDQ;
     let ia = r * LDP + kk;
-    let ib = kk * LDQ + j * 16u;
+    let ib = kk * LDQ + j * FRAG;
     // p_tile [slot][key] is A row-major; v_tile [key][d] is B (key x d) row-major.
     let a = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[ia], p_stride);
     let b = coopLoadT<coop_mat16x16<f16, B>>(&v_tile[ib], v_stride);
@@ -157,7 +167,7 @@ fn slot_row(s: u32, first: u32, count: u32, group: u32) -> u32 {
     return first + min(s / group, count - 1u);
 }
 
-// Writes output fragment j of slots r..r+15, divided by the row sums, through the
+// Writes output fragment j of slots r..r+FRAG-1, divided by the row sums, through the
 // subgroup's rows of s_tile. Called by every invocation (it has barriers).
 fn emit(o: coop_mat16x16<f32, C>, r: u32, j: u32, lane: u32, first: u32, count: u32, group: u32, kv_head: u32) {
     let stride = LDS;
@@ -165,18 +175,18 @@ fn emit(o: coop_mat16x16<f32, C>, r: u32, j: u32, lane: u32, first: u32, count: 
     coopStoreT(o, &s_tile[i0], stride);
     workgroupBarrier();
     let used = count * group;
-    for (var e = lane; e < 256u; e = e + SUBGROUP) {
-        let s = r + e / 16u;
+    for (var e = lane; e < FRAG * FRAG; e = e + SUBGROUP) {
+        let s = r + e / FRAG;
         if (s < used) {
             let t = slot_row(s, first, count, group);
             let head = kv_head * group + s % group;
-            out[(t * p.heads + head) * HEAD_DIM + j * 16u + e % 16u] = s_tile[s * LDS + e % 16u] / row_sum[s];
+            out[(t * p.heads + head) * HEAD_DIM + j * FRAG + e % FRAG] = s_tile[s * LDS + e % FRAG] / row_sum[s];
         }
     }
     workgroupBarrier();
 }
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(INVOCATIONS)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
@@ -195,8 +205,8 @@ fn main(
     let start = block.z;
     let end = first + count; // one past the last key any row of the block sees
     let group = p.heads / p.kv_heads;
-    // This subgroup's 16 slots.
-    let r = sg * 16u;
+    // This subgroup's FRAG slots.
+    let r = sg * FRAG;
 
     for (var i = li; i < QUERIES * HD4; i = i + INVOCATIONS) {
         let s = i / HD4;
@@ -265,7 +275,7 @@ fn main(
             row_sum[s] = row_sum[s] + sum;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < KEYS; kk = kk + 16u) {
+        for (var kk = 0u; kk < KEYS; kk = kk + FRAG) {
             pv_step(r, kk, 0u, &o0);
             if (FRAGS > 1u) {
                 pv_step(r, kk, 1u, &o1);

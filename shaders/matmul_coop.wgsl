@@ -17,24 +17,31 @@
 // depend on subgroup_id only, so they are uniform in each subgroup, but naga's uniformity
 // analysis asks for workgroup uniformity (reported under the derivative_uniformity rule):
 // that check is switched off here.
+//
+// Sizes are written in fragments of FRAG x FRAG (16 here); kernels/coop.rs rewrites FRAG
+// and the matrix types to 8 for adapters that only offer 8x8x8 matrices (a 32x32 tile;
+// lavapipe's subgroups of 8 leave 12 of its 16 subgroups to staging only).
 
 enable f16;
 enable wgpu_cooperative_matrix;
 diagnostic(off, derivative_uniformity);
 
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
-const TILE_K: u32 = 32u;
+// Side of one cooperative-matrix fragment; a quadrant is 2x2 fragments.
+const FRAG: u32 = 16u;
+const QUADRANT: u32 = 2u * FRAG;
+const TILE_M: u32 = 4u * FRAG;
+const TILE_N: u32 = 4u * FRAG;
+const TILE_K: u32 = 2u * FRAG;
 const INVOCATIONS: u32 = 128u;
 // Row strides of the staged tiles, padded; rows start 16-byte aligned.
-const LDA: u32 = 40u;
-const LDC: u32 = 68u;
+const LDA: u32 = TILE_K + 8u;
+const LDC: u32 = TILE_N + 4u;
 
 var<workgroup> x_tile: array<f16, TILE_M * LDA>;
 var<workgroup> w_tile: array<f16, TILE_N * LDA>;
 var<workgroup> y_tile: array<f32, TILE_M * LDC>;
 
-// One 16-deep step of quadrant q (rows (q / 2) * 32, columns (q % 2) * 32 of the tile)
+// One FRAG-deep step of quadrant q (rows (q / 2) * QUADRANT, columns (q % 2) * QUADRANT)
 // from the staged tiles at k offset kk. Every index and stride is a `let` of its own.
 fn quadrant_step(
     q: u32,
@@ -44,13 +51,13 @@ fn quadrant_step(
     c10: ptr<function, coop_mat16x16<f32, C>>,
     c11: ptr<function, coop_mat16x16<f32, C>>,
 ) {
-    let r = (q / 2u) * 32u;
-    let c = (q % 2u) * 32u;
+    let r = (q / 2u) * QUADRANT;
+    let c = (q % 2u) * QUADRANT;
     let stride = LDA;
     let ia0 = r * LDA + kk;
-    let ia1 = (r + 16u) * LDA + kk;
+    let ia1 = (r + FRAG) * LDA + kk;
     let ib0 = c * LDA + kk;
-    let ib1 = (c + 16u) * LDA + kk;
+    let ib1 = (c + FRAG) * LDA + kk;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
     let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
     let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
@@ -69,13 +76,13 @@ fn quadrant_store(
     c10: coop_mat16x16<f32, C>,
     c11: coop_mat16x16<f32, C>,
 ) {
-    let r = (q / 2u) * 32u;
-    let c = (q % 2u) * 32u;
+    let r = (q / 2u) * QUADRANT;
+    let c = (q % 2u) * QUADRANT;
     let stride = LDC;
     let i00 = r * LDC + c;
-    let i01 = r * LDC + c + 16u;
-    let i10 = (r + 16u) * LDC + c;
-    let i11 = (r + 16u) * LDC + c + 16u;
+    let i01 = r * LDC + c + FRAG;
+    let i10 = (r + FRAG) * LDC + c;
+    let i11 = (r + FRAG) * LDC + c + FRAG;
     coopStoreT(c00, &y_tile[i00], stride);
     coopStoreT(c01, &y_tile[i01], stride);
     coopStoreT(c10, &y_tile[i10], stride);
@@ -108,7 +115,7 @@ fn main(
     var b11 = coop_mat16x16<f32, C>();
 
     for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
-        // 64 rows x 8 vec4s of each operand: 4 of each per invocation.
+        // TILE_M rows x TILE_K / 4 vec4s of each operand.
         for (var i = li; i < TILE_M * (TILE_K / 4u); i = i + INVOCATIONS) {
             let r = i / (TILE_K / 4u);
             let c4 = i % (TILE_K / 4u);
@@ -134,7 +141,7 @@ fn main(
             w_tile[o + 3u] = w23.y;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk = kk + 16u) {
+        for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
             if (qa < 4u) {
                 quadrant_step(qa, kk, &a00, &a01, &a10, &a11);
             }

@@ -15,26 +15,33 @@
 // Cooperative operations need subgroup-uniform control flow; everything below that
 // depends on the subgroup depends on subgroup_id only, and the loops are uniform over the
 // workgroup.
+//
+// Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32).
+// kernels/coop.rs rewrites both to 8 for lavapipe (8x8x8 matrices, subgroups of 8), which
+// is how CI runs this kernel: a 64x64 tile, a K step of 16, 64 invocations, same code.
 
 enable f16;
 enable wgpu_cooperative_matrix;
 diagnostic(off, derivative_uniformity);
 
-const TILE_M: u32 = 128u;
-const TILE_N: u32 = 128u;
-const TILE_K: u32 = 32u;
-const INVOCATIONS: u32 = 256u;
+// Side of one cooperative-matrix fragment.
+const FRAG: u32 = 16u;
+const TILE_M: u32 = 8u * FRAG;
+const TILE_N: u32 = 8u * FRAG;
+const TILE_K: u32 = 2u * FRAG;
 const SUBGROUP: u32 = 32u;
+// Eight subgroups.
+const INVOCATIONS: u32 = 8u * SUBGROUP;
 // Row stride of the staged tiles, padded; rows start 16-byte aligned.
-const LDA: u32 = 40u;
-// Row stride of one subgroup's 16x16 staging area.
-const LDC: u32 = 20u;
+const LDA: u32 = TILE_K + 8u;
+// Row stride of one subgroup's FRAG x FRAG staging area.
+const LDC: u32 = FRAG + 4u;
 
 var<workgroup> x_tile: array<f16, TILE_M * LDA>;
 var<workgroup> w_tile: array<f16, TILE_N * LDA>;
-var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * 16u * LDC>;
+var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
 
-// One 16-deep step of the subgroup's 32x64 block (rows r.., columns c.. of the tile) from
+// One FRAG-deep step of the subgroup's 2x4-fragment block (rows r.., columns c.. of the tile) from
 // the staged tiles at k offset kk. Every index and stride is a `let` of its own.
 fn block_step(
     r: u32,
@@ -51,11 +58,11 @@ fn block_step(
 ) {
     let stride = LDA;
     let ia0 = r * LDA + kk;
-    let ia1 = (r + 16u) * LDA + kk;
+    let ia1 = (r + FRAG) * LDA + kk;
     let ib0 = c * LDA + kk;
-    let ib1 = (c + 16u) * LDA + kk;
-    let ib2 = (c + 32u) * LDA + kk;
-    let ib3 = (c + 48u) * LDA + kk;
+    let ib1 = (c + FRAG) * LDA + kk;
+    let ib2 = (c + 2u * FRAG) * LDA + kk;
+    let ib3 = (c + 3u * FRAG) * LDA + kk;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
     let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
     let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
@@ -73,19 +80,19 @@ fn block_step(
     *c13 = coopMultiplyAdd(a1, b3, *c13);
 }
 
-// Writes one 16x16 accumulator whose top-left output element is (row, col): through the
+// Writes one FRAG x FRAG accumulator whose top-left output element is (row, col): through the
 // subgroup's staging area, then bias and epilogue per element. Called by every invocation
 // (it has barriers).
 fn emit(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
-    let base = sg * 16u * LDC;
+    let base = sg * FRAG * LDC;
     let stride = LDC;
     coopStoreT(acc, &y_stage[base], stride);
     workgroupBarrier();
-    for (var e = lane; e < 256u; e = e + SUBGROUP) {
-        let rr = row + e / 16u;
-        let cc = col + e % 16u;
+    for (var e = lane; e < FRAG * FRAG; e = e + SUBGROUP) {
+        let rr = row + e / FRAG;
+        let cc = col + e % FRAG;
         if (rr < p.m && cc < p.n) {
-            var value = y_stage[base + (e / 16u) * LDC + e % 16u];
+            var value = y_stage[base + (e / FRAG) * LDC + e % FRAG];
             if (p.has_bias != 0u) {
                 value = value + bias[p.out_offset + cc];
             }
@@ -95,7 +102,7 @@ fn emit(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
     workgroupBarrier();
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(INVOCATIONS)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
@@ -107,9 +114,9 @@ fn main(
     let k4 = p.k / 4u;
     let last_row = p.m - 1u;
     let last_col = p.n - 1u;
-    // The subgroup's 32x64 block: 4 block rows x 2 block columns.
-    let r = (sg / 2u) * 32u;
-    let c = (sg % 2u) * 64u;
+    // The subgroup's 2x4-fragment block: 4 block rows x 2 block columns.
+    let r = (sg / 2u) * (2u * FRAG);
+    let c = (sg % 2u) * (4u * FRAG);
 
     var c00 = coop_mat16x16<f32, C>();
     var c01 = coop_mat16x16<f32, C>();
@@ -121,7 +128,7 @@ fn main(
     var c13 = coop_mat16x16<f32, C>();
 
     for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
-        // 128 rows x 8 vec4s of each operand: 4 of each per invocation.
+        // TILE_M rows x TILE_K / 4 vec4s of each operand.
         for (var i = li; i < TILE_M * (TILE_K / 4u); i = i + INVOCATIONS) {
             let rr = i / (TILE_K / 4u);
             let c4 = i % (TILE_K / 4u);
@@ -147,7 +154,7 @@ fn main(
             w_tile[o + 3u] = w23.y;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk = kk + 16u) {
+        for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
             block_step(r, c, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
         }
         workgroupBarrier();
@@ -156,11 +163,11 @@ fn main(
     let top = row0 + r;
     let left = col0 + c;
     emit(c00, sg, lane, top, left);
-    emit(c01, sg, lane, top, left + 16u);
-    emit(c02, sg, lane, top, left + 32u);
-    emit(c03, sg, lane, top, left + 48u);
-    emit(c10, sg, lane, top + 16u, left);
-    emit(c11, sg, lane, top + 16u, left + 16u);
-    emit(c12, sg, lane, top + 16u, left + 32u);
-    emit(c13, sg, lane, top + 16u, left + 48u);
+    emit(c01, sg, lane, top, left + FRAG);
+    emit(c02, sg, lane, top, left + 2u * FRAG);
+    emit(c03, sg, lane, top, left + 3u * FRAG);
+    emit(c10, sg, lane, top + FRAG, left);
+    emit(c11, sg, lane, top + FRAG, left + FRAG);
+    emit(c12, sg, lane, top + FRAG, left + 2u * FRAG);
+    emit(c13, sg, lane, top + FRAG, left + 3u * FRAG);
 }

@@ -2,6 +2,7 @@
 
 use super::Context;
 use crate::model::Precision;
+use crate::model::gpu::kernels::coop::TensorCores;
 use crate::model::gpu::kernels::matmul::{CoopTile, MatmulVariant, TileConfig, time_variant};
 use crate::model::gpu::{AdapterChoice, Capabilities, KernelPlan, open_device};
 use anyhow::{Result, bail};
@@ -40,10 +41,10 @@ fn parse_shape(text: &str) -> Result<(usize, usize, usize), String> {
 fn variants(info: &wgpu::AdapterInfo, caps: &Capabilities) -> Vec<MatmulVariant> {
     let tile = TileConfig::for_adapter(info, &caps.limits);
     let mut variants = vec![MatmulVariant::RegisterBlocked, MatmulVariant::Tiled(tile)];
-    if caps.has_f16_tensor_cores() && caps.shader_f16 && caps.subgroups {
-        variants.push(MatmulVariant::Cooperative { tile: CoopTile::Narrow, fallback: tile });
-        if CoopTile::for_adapter(info, &caps.limits) == CoopTile::Wide {
-            variants.push(MatmulVariant::Cooperative { tile: CoopTile::Wide, fallback: tile });
+    if let Some(cores) = TensorCores::of(info, caps) {
+        variants.push(MatmulVariant::Cooperative { tile: CoopTile::Narrow, cores, fallback: tile });
+        if CoopTile::for_adapter(cores, &caps.limits) == CoopTile::Wide {
+            variants.push(MatmulVariant::Cooperative { tile: CoopTile::Wide, cores, fallback: tile });
         }
     }
     variants
@@ -91,7 +92,11 @@ pub fn run(_context: &Context, args: &GpuInfoArgs) -> Result<()> {
             ))
         })
         .collect();
-    let plans: Vec<Value> = [Precision::Auto, Precision::F32]
+    let mut precisions = vec![Precision::Auto, Precision::F32];
+    if TensorCores::of(info, caps).is_some() {
+        precisions.push(Precision::F16);
+    }
+    let plans: Vec<Value> = precisions
         .into_iter()
         .map(|precision| {
             let plan = KernelPlan::choose(info, caps, precision);

@@ -10,7 +10,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     /// Arithmetic of the wgpu path: `auto` uses tensor cores (f16 inputs, f32
-    /// accumulation) when the adapter has them, `f32` is the exact path.
+    /// accumulation) when a hardware adapter has them, `f32` is the exact path, `f16`
+    /// demands tensor cores (software adapters' emulated ones included) or fails.
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub precision: Precision,
     /// Prepend the BOS token to plain texts (the reference server adds none; chat

@@ -52,6 +52,9 @@ pub enum Precision {
     Auto,
     /// f32 throughout: the path the goldens check to `1e-4 + 1e-4 * |golden|`.
     F32,
+    /// Tensor cores required, on any adapter with f16 cooperative matrices (software ones
+    /// included, where `auto` stays on f32 for speed); an error elsewhere.
+    F16,
 }
 
 /// A model that returns NaN or infinity is broken (bad weights, overflow): such a score
@@ -159,6 +162,13 @@ impl RewardModel {
             Device::Auto => gpu::open_device(gpu::AdapterChoice::HardwareOnly)?,
             Device::Wgpu => gpu::open_device(gpu::AdapterChoice::Any)?,
         };
+        if gpu.is_none() && options.precision == Precision::F16 {
+            bail!(
+                "--precision f16 runs on tensor cores, and the model runs on the CPU here ({}); use --device wgpu \
+                 on an adapter with f16 cooperative matrices, or --precision auto",
+                if options.device == Device::Cpu { "--device cpu" } else { "no hardware GPU found" }
+            );
+        }
         let backend = match gpu {
             Some(gpu) => Backend::Gpu(gpu::GpuModel::new(&config, &tensors, gpu, options.precision)?),
             None => Backend::Cpu(cpu::CpuModel::new(&config, &tensors)?),

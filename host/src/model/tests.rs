@@ -93,27 +93,30 @@ fn wgpu_matches_transformers() {
     }
 }
 
-/// The tensor-core path (`--precision auto` on an adapter with f16 cooperative matrices)
-/// against the goldens within `F16_TOLERANCE`; elsewhere it says it was skipped.
+/// The tensor-core path (`--precision f16`: the tensor-core matmul and, with subgroups of
+/// 32, tensor-core attention, on whatever fragment the adapter offers, lavapipe 26's 8x8x8
+/// included) against the goldens within `F16_TOLERANCE`, on every fixture; where the
+/// adapter has no f16 cooperative matrices it says it was skipped.
 #[test]
 fn wgpu_tensor_cores_match_transformers_within_the_f16_tolerance() {
     use super::{F16_TOLERANCE, gpu};
     let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
-    let plan = gpu::KernelPlan::choose(&probe.info, &probe.caps, Precision::Auto);
-    if !plan.f16_weights {
-        let why = if probe.caps.has_f16_tensor_cores() {
-            plan.matmul_reason
-        } else {
-            "the adapter offers no 16x16x16 f16 -> f32 cooperative matrix".to_owned()
-        };
-        eprintln!("SKIPPED: tensor-core scores on {}: {why}", probe.info.name);
+    let Some(cores) = probe.tensor_cores() else {
+        eprintln!("SKIPPED: tensor-core scores on {}: no f16 cooperative matrices", probe.info.name);
         return;
-    }
+    };
+    let plan = gpu::KernelPlan::choose(&probe.info, &probe.caps, Precision::F16);
     drop(probe);
     for name in MODELS {
         let options =
-            LoadOptions { device: Device::Wgpu, add_bos: false, precision: Precision::Auto, reward_token_ids: None };
+            LoadOptions { device: Device::Wgpu, add_bos: false, precision: Precision::F16, reward_token_ids: None };
         let model = RewardModel::load(&model_dir(name), options).unwrap();
+        let kernels = model.device_name();
+        // Nothing fell back: tensor-core attention wherever planned and the head size allows.
+        let head_dim = model.config.head_dim;
+        let coop_attention = matches!(plan.attention, gpu::device::AttentionVariant::FlashTensorCores(_))
+            && gpu::kernels::attention::flash_coop_supports_head_dim(head_dim, cores.fragment);
+        assert_eq!(kernels.contains("attention flash (tensor cores"), coop_attention, "{name}: {kernels}");
         let mut worst = 0f32;
         for case in goldens(name)["cases"].as_array().unwrap() {
             let ids = model.tokenize(case["text"].as_str().unwrap()).unwrap().ids;
@@ -121,9 +124,26 @@ fn wgpu_tensor_cores_match_transformers_within_the_f16_tolerance() {
                 worst = worst.max((a - b).abs());
             }
         }
-        eprintln!("tensor cores, {name}: max |score - golden| = {worst:.2e}");
+        eprintln!("tensor cores ({cores}), {name}: max |score - golden| = {worst:.2e}; {kernels}");
         assert!(worst <= F16_TOLERANCE, "{name} on tensor cores: {worst} > {F16_TOLERANCE}");
     }
+}
+
+/// `--precision f16` is refused where it cannot run: on the CPU, and on an adapter
+/// without f16 cooperative matrices.
+#[test]
+fn precision_f16_is_refused_without_tensor_cores() {
+    use super::gpu;
+    let options = |device| LoadOptions { device, add_bos: false, precision: Precision::F16, reward_token_ids: None };
+    let error = RewardModel::load(&model_dir("llama9"), options(Device::Cpu)).err().unwrap();
+    assert!(format!("{error:#}").contains("--precision f16 runs on tensor cores"), "{error:#}");
+    let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+    if probe.tensor_cores().is_some() {
+        eprintln!("SKIPPED: {} has f16 cooperative matrices; the refusal is not reachable here", probe.info.name);
+        return;
+    }
+    let error = RewardModel::load(&model_dir("llama9"), options(Device::Wgpu)).err().unwrap();
+    assert!(format!("{error:#}").contains("needs f16 cooperative matrices"), "{error:#}");
 }
 
 /// Weights split into many row parts (as a 13B model's embedding is on a 128 MiB
@@ -347,15 +367,22 @@ fn wgpu_agrees_with_cpu_on_long_sequences_with_wide_heads() {
 /// why, and the scores are the goldens'.
 #[test]
 fn a_tensor_core_kernel_that_cannot_compile_falls_back_to_the_tiled_kernel() {
-    use super::gpu::kernels::matmul::{CoopTile, MatmulVariant, TileConfig};
+    use super::gpu::kernels::{
+        coop::TensorCores,
+        matmul::{CoopTile, MatmulVariant, TileConfig},
+    };
     use super::{Batch, config::ModelConfig, gpu, layout::ModelTensors, weights::Weights};
     let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
-    if probe.caps.has_f16_tensor_cores() {
+    if probe.tensor_cores().is_some() {
         eprintln!("SKIPPED: {} has tensor cores; the fallback is not reachable here", probe.info.name);
         return;
     }
     let plan = gpu::KernelPlan {
-        matmul: MatmulVariant::Cooperative { tile: CoopTile::Narrow, fallback: TileConfig::MEDIUM },
+        matmul: MatmulVariant::Cooperative {
+            tile: CoopTile::Narrow,
+            cores: TensorCores::NVIDIA,
+            fallback: TileConfig::MEDIUM,
+        },
         f16_weights: true,
         ..gpu::KernelPlan::choose(&probe.info, &probe.caps, Precision::Auto)
     };

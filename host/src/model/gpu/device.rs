@@ -1,6 +1,7 @@
 //! The wgpu adapter: which one we take, the features and limits we ask for, and which
 //! kernel variants it allows (what `steerlm gpu-info` prints).
 
+use super::kernels::coop::TensorCores;
 use super::kernels::matmul::{CoopTile, MatmulVariant, TileConfig};
 use crate::model::Precision;
 use anyhow::{Context, Result, bail};
@@ -36,14 +37,12 @@ pub struct Capabilities {
     pub cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
-impl Capabilities {
-    /// Whether a 16x16x16 f16 x f16 -> f32 cooperative matrix (tensor cores) exists.
-    pub fn has_f16_tensor_cores(&self) -> bool {
-        self.cooperative_matrices.iter().any(|p| {
-            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-                && p.ab_type == wgpu::CooperativeScalarType::F16
-                && p.cr_type == wgpu::CooperativeScalarType::F32
-        })
+impl Gpu {
+    /// What the tensor-core kernels run on here: an f16 x f16 -> f32 cooperative matrix of
+    /// 16x16x16 (tensor cores) or 8x8x8 (lavapipe), with f16 shaders and subgroups. `None`
+    /// where any of that is missing.
+    pub fn tensor_cores(&self) -> Option<TensorCores> {
+        TensorCores::of(&self.info, &self.caps)
     }
 }
 
@@ -112,8 +111,9 @@ pub enum AttentionVariant {
     Rows,
     /// `flash_attention.wgsl`: one workgroup per (block of queries, KV head).
     Flash,
-    /// `flash_attention_coop.wgsl`: the same blocks, QK^T and PV on tensor cores.
-    FlashTensorCores,
+    /// `flash_attention_coop.wgsl`: the same blocks, QK^T and PV on tensor cores, built
+    /// for these.
+    FlashTensorCores(TensorCores),
 }
 
 impl AttentionVariant {
@@ -121,7 +121,7 @@ impl AttentionVariant {
         match self {
             AttentionVariant::Rows => "rows",
             AttentionVariant::Flash => "flash",
-            AttentionVariant::FlashTensorCores => "flash (tensor cores, f16)",
+            AttentionVariant::FlashTensorCores(_) => "flash (tensor cores, f16)",
         }
     }
 }
@@ -141,57 +141,81 @@ impl KernelPlan {
     pub fn choose(info: &wgpu::AdapterInfo, caps: &Capabilities, precision: Precision) -> Self {
         let tile = TileConfig::for_adapter(info, &caps.limits);
         let software = info.device_type == wgpu::DeviceType::Cpu;
-        let tensor_cores = caps.has_f16_tensor_cores() && caps.shader_f16 && caps.subgroups;
-        let (matmul, matmul_reason) = match precision {
-            Precision::Auto if tensor_cores => (
-                MatmulVariant::Cooperative { tile: CoopTile::for_adapter(info, &caps.limits), fallback: tile },
-                "16x16x16 f16 x f16 -> f32 cooperative matrices (tensor cores); weights become f16 at load".to_owned(),
+        let tensor_cores = |cores: TensorCores| MatmulVariant::Cooperative {
+            tile: CoopTile::for_adapter(cores, &caps.limits),
+            cores,
+            fallback: tile,
+        };
+        let (matmul, matmul_reason) = match (precision, TensorCores::of(info, caps)) {
+            (Precision::Auto, Some(cores)) if !software => (
+                tensor_cores(cores),
+                format!("f16 x f16 -> f32 cooperative matrices (tensor cores: {cores}); weights become f16 at load"),
+            ),
+            (Precision::F16, Some(cores)) => (
+                tensor_cores(cores),
+                format!("--precision f16: f16 x f16 -> f32 cooperative matrices ({cores}); weights become f16 at load"),
+            ),
+            // Lavapipe's cooperative matrices are emulated: correct (the kernels' tests run
+            // there) but slower than plain f32 arithmetic.
+            (Precision::Auto, Some(_)) if software => (
+                MatmulVariant::RegisterBlocked,
+                "software adapter: its cooperative matrices are emulated, the register-blocked f32 kernel is faster"
+                    .to_owned(),
             ),
             // Measured on lavapipe: the tiled kernel is 1.1x the register-blocked one on the
             // MLP shape alone but 0.9-0.95x over the whole SmolLM2-shaped model, where
             // "workgroup memory" is ordinary memory and barriers cost threads.
-            _ if software => (
+            (_, _) if software => (
                 MatmulVariant::RegisterBlocked,
                 "software adapter: register blocking beats workgroup tiles over a whole model there".to_owned(),
             ),
             // Measured on an H100 (`gpu-info --bench`, three Llama MLP shapes): 7.2-7.4
             // TFLOP/s register-blocked, 2.2-2.3 tiled. Other vendors are unmeasured.
-            _ if info.vendor == NVIDIA => (
+            (_, _) if info.vendor == NVIDIA => (
                 MatmulVariant::RegisterBlocked,
                 format!(
                     "{}NVIDIA: the register-blocked f32 kernel, 3.3x the tiled one on an H100",
                     if precision == Precision::F32 { "--precision f32 on " } else { "no tensor cores; on " }
                 ),
             ),
-            Precision::Auto => (
+            (Precision::Auto | Precision::F16, _) => (
                 MatmulVariant::Tiled(tile),
                 if caps.cooperative_matrices.is_empty() {
                     "no cooperative matrices on this adapter, so the f32 tiled kernel".to_owned()
                 } else {
-                    "no 16x16x16 f16 -> f32 cooperative matrix (with f16 shaders and subgroups), so the f32 tiled \
-                     kernel"
+                    "no 16x16x16 or 8x8x8 f16 -> f32 cooperative matrix (with f16 shaders and subgroups), so the \
+                     f32 tiled kernel"
                         .to_owned()
                 },
             ),
-            Precision::F32 => (MatmulVariant::Tiled(tile), "--precision f32: the f32 tiled kernel".to_owned()),
+            (Precision::F32, _) => (MatmulVariant::Tiled(tile), "--precision f32: the f32 tiled kernel".to_owned()),
         };
+        Self::with_matmul(matmul, matmul_reason)
+    }
+
+    /// The plan around a chosen matmul: f16 weights and tensor-core attention go with the
+    /// tensor-core matmul (its wide tile, which means subgroups of a fixed width).
+    pub fn with_matmul(matmul: MatmulVariant, matmul_reason: String) -> Self {
         let f16_weights = matches!(matmul, MatmulVariant::Cooperative { .. });
-        let (attention, attention_reason) = if matches!(matmul, MatmulVariant::Cooperative { tile: CoopTile::Wide, .. })
-        {
-            (
-                AttentionVariant::FlashTensorCores,
-                "flash attention with QK^T and PV on tensor cores (subgroups of 32; models whose head size is not \
-                 a multiple of 16 up to 128 use the f32 flash kernel)"
-                    .to_owned(),
-            )
-        } else {
-            (
-                AttentionVariant::Flash,
-                "K/V tiles in workgroup memory shared by a block of queries and its GQA group (models whose head \
+        let (attention, attention_reason) =
+            if let MatmulVariant::Cooperative { tile: CoopTile::Wide, cores, .. } = matmul {
+                (
+                    AttentionVariant::FlashTensorCores(cores),
+                    format!(
+                        "flash attention with QK^T and PV on tensor cores ({cores}; models whose head size is not a \
+                     multiple of {} up to {} use the f32 flash kernel)",
+                        cores.fragment.side(),
+                        super::kernels::attention::flash_coop_max_head_dim(cores.fragment)
+                    ),
+                )
+            } else {
+                (
+                    AttentionVariant::Flash,
+                    "K/V tiles in workgroup memory shared by a block of queries and its GQA group (models whose head \
                  size is not a multiple of 4 up to 256, or whose GQA group is above 8, use the row kernel)"
-                    .to_owned(),
-            )
-        };
+                        .to_owned(),
+                )
+            };
         KernelPlan { matmul, matmul_reason, attention, attention_reason, f16_weights }
     }
 }
@@ -236,7 +260,7 @@ mod tests {
         let (info, caps) = hardware(NVIDIA, 32);
         let auto = KernelPlan::choose(&info, &caps, Precision::Auto);
         assert!(matches!(auto.matmul, MatmulVariant::Cooperative { tile: CoopTile::Wide, .. }), "{auto:?}");
-        assert_eq!(auto.attention, AttentionVariant::FlashTensorCores);
+        assert_eq!(auto.attention, AttentionVariant::FlashTensorCores(TensorCores::NVIDIA));
         assert!(auto.f16_weights);
         let exact = KernelPlan::choose(&info, &caps, Precision::F32);
         assert_eq!(exact.matmul, MatmulVariant::RegisterBlocked, "{exact:?}");
@@ -249,5 +273,36 @@ mod tests {
         assert_eq!(auto.attention, AttentionVariant::Flash);
         let exact = KernelPlan::choose(&info, &caps, Precision::F32);
         assert!(matches!(exact.matmul, MatmulVariant::Tiled(_)), "{exact:?}");
+    }
+
+    /// Lavapipe 26 (8x8x8 matrices, subgroups of 8): `auto` stays on f32, `f16` takes the
+    /// tensor-core kernels built for 8x8 fragments and subgroups of 8.
+    #[test]
+    fn software_tensor_cores_only_on_request() {
+        use super::super::kernels::coop::Fragment;
+        let (mut info, mut caps) = hardware(NVIDIA, 8);
+        info.device_type = wgpu::DeviceType::Cpu;
+        caps.cooperative_matrices[0] =
+            wgpu::CooperativeMatrixProperties { m_size: 8, n_size: 8, k_size: 8, ..caps.cooperative_matrices[0] };
+        let lavapipe = TensorCores { fragment: Fragment::Eight, fixed_subgroup: Some(8) };
+        assert_eq!(TensorCores::of(&info, &caps), Some(lavapipe));
+        let auto = KernelPlan::choose(&info, &caps, Precision::Auto);
+        assert_eq!(auto.matmul, MatmulVariant::RegisterBlocked, "{auto:?}");
+        assert!(!auto.f16_weights);
+        let f16 = KernelPlan::choose(&info, &caps, Precision::F16);
+        assert!(
+            matches!(f16.matmul, MatmulVariant::Cooperative { tile: CoopTile::Wide, cores, .. } if cores == lavapipe),
+            "{f16:?}"
+        );
+        assert_eq!(f16.attention, AttentionVariant::FlashTensorCores(lavapipe));
+        assert!(f16.f16_weights);
+        // Subgroups of varying width: the narrow tile and f32 flash attention.
+        info.subgroup_max_size = 32;
+        let f16 = KernelPlan::choose(&info, &caps, Precision::F16);
+        assert!(matches!(f16.matmul, MatmulVariant::Cooperative { tile: CoopTile::Narrow, .. }), "{f16:?}");
+        assert_eq!(f16.attention, AttentionVariant::Flash);
+        // Without f16 shaders the matrices are of no use.
+        caps.shader_f16 = false;
+        assert_eq!(TensorCores::of(&info, &caps), None);
     }
 }

@@ -91,8 +91,19 @@ pub struct GpuModel {
 
 impl GpuModel {
     pub fn new(config: &ModelConfig, tensors: &ModelTensors, gpu: Gpu, precision: Precision) -> Result<Self> {
+        if precision == Precision::F16 && gpu.tensor_cores().is_none() {
+            bail!(
+                "--precision f16 needs f16 cooperative matrices (16x16x16 or 8x8x8, with f16 shaders and subgroups); \
+                 {} offers none (see `steerlm gpu-info`)",
+                gpu.info.name
+            );
+        }
         let plan = KernelPlan::choose(&gpu.info, &gpu.caps, precision);
-        Self::with_options(config, tensors, gpu, plan, None)
+        let model = Self::with_options(config, tensors, gpu, plan, None)?;
+        if precision == Precision::F16 && !model.plan.f16_weights {
+            bail!("--precision f16: the tensor-core kernels did not load on this adapter: {}", model.adapter_name());
+        }
+        Ok(model)
     }
 
     /// [`GpuModel::new`] with a given kernel plan (benches compare plans in one run), and
@@ -128,8 +139,8 @@ impl GpuModel {
         };
         // The plan's attention kernel, else the next one down: tensor cores, f32 flash, rows.
         let mut flash = None;
-        if plan.attention == device::AttentionVariant::FlashTensorCores {
-            match FlashAttention::tensor_cores(device, &gpu.info, config.head_dim).and_then(supported) {
+        if let device::AttentionVariant::FlashTensorCores(cores) = plan.attention {
+            match FlashAttention::tensor_cores(device, cores, config.head_dim).and_then(supported) {
                 Ok(kernel) => flash = Some(kernel),
                 Err(why) => {
                     plan.attention = device::AttentionVariant::Flash;

@@ -1,5 +1,6 @@
 //! Causal attention with grouped KV heads over packed sequences (`shaders/attention.wgsl`).
 
+use super::coop::{Fragment, TensorCores};
 use super::{Access, Kernel, Recorder, grid};
 use anyhow::{Result, anyhow, bail};
 use bytemuck::{Pod, Zeroable};
@@ -209,20 +210,33 @@ pub struct FlashAttention {
     tensor_cores: bool,
 }
 
-/// Largest head size of the tensor-core flash kernel (eight 16-wide output fragments).
-pub const FLASH_COOP_MAX_HEAD_DIM: usize = 128;
+/// Output fragments per row of the tensor-core flash kernel (its accumulators).
+const FLASH_COOP_MAX_FRAGMENTS: usize = 8;
 
-/// Whether the tensor-core flash kernel handles this head size: a multiple of 16 up to
-/// [`FLASH_COOP_MAX_HEAD_DIM`].
-pub fn flash_coop_supports_head_dim(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim.is_multiple_of(16) && head_dim <= FLASH_COOP_MAX_HEAD_DIM
+/// Largest head size of the tensor-core flash kernel: eight output fragments (128 with
+/// 16x16 fragments, 64 with 8x8).
+pub fn flash_coop_max_head_dim(fragment: Fragment) -> usize {
+    FLASH_COOP_MAX_FRAGMENTS * fragment.side()
 }
 
-/// Workgroup memory of `flash_attention_coop.wgsl` for `head_dim`: f16 q (64 slots), K and V
-/// (32 keys) tiles with rows padded by 8, f32 scores 64x32, f16 probabilities 64x40, and two
-/// floats per slot.
-pub fn flash_coop_workgroup_bytes(head_dim: usize) -> usize {
-    2 * (64 + 2 * 32) * (head_dim + 8) + 4 * 64 * 32 + 2 * 64 * 40 + 8 * 64
+/// Whether the tensor-core flash kernel handles this head size: a multiple of the fragment
+/// up to [`flash_coop_max_head_dim`].
+pub fn flash_coop_supports_head_dim(head_dim: usize, fragment: Fragment) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(fragment.side()) && head_dim <= flash_coop_max_head_dim(fragment)
+}
+
+/// Query slots of one block of the tensor-core flash kernel (four subgroups of one
+/// fragment of rows each) and keys per K/V tile (two fragments).
+fn flash_coop_queries_and_keys(fragment: Fragment) -> (usize, usize) {
+    (4 * fragment.side(), 2 * fragment.side())
+}
+
+/// Workgroup memory of `flash_attention_coop.wgsl` for `head_dim`: f16 q, K and V tiles
+/// with rows padded by 8, f32 scores, f16 probabilities (rows padded by 8), and two floats
+/// per slot. With 16x16 fragments: 64 slots and 32 keys.
+pub fn flash_coop_workgroup_bytes(head_dim: usize, fragment: Fragment) -> usize {
+    let (queries, keys) = flash_coop_queries_and_keys(fragment);
+    2 * (queries + 2 * keys) * (head_dim + 8) + 4 * queries * keys + 2 * queries * (keys + 8) + 8 * queries
 }
 
 impl FlashAttention {
@@ -263,13 +277,17 @@ impl FlashAttention {
     }
 
     /// Compiles `flash_attention_coop.wgsl` (QK^T and PV on tensor cores, f16 inputs, f32
-    /// sums) for `head_dim`. Needs f16 shaders, subgroups that are always 32 wide and
-    /// cooperative matrices; blocks of 64 query slots, like [`FlashAttention::new`]'s.
-    pub fn tensor_cores(device: &wgpu::Device, info: &wgpu::AdapterInfo, head_dim: usize) -> Result<Self> {
-        if !flash_coop_supports_head_dim(head_dim) {
+    /// sums) for `head_dim` and `cores`. Needs f16 shaders, subgroups of a fixed width and
+    /// cooperative matrices; blocks of 64 query slots with 16x16 fragments (like
+    /// [`FlashAttention::new`]'s), 32 with 8x8.
+    pub fn tensor_cores(device: &wgpu::Device, cores: TensorCores, head_dim: usize) -> Result<Self> {
+        let fragment = cores.fragment;
+        if !flash_coop_supports_head_dim(head_dim, fragment) {
             bail!(
-                "tensor-core flash attention handles head sizes that are multiples of 16 up to \
-                 {FLASH_COOP_MAX_HEAD_DIM}, not {head_dim}"
+                "tensor-core flash attention on {fragment} matrices handles head sizes that are multiples of {} up \
+                 to {}, not {head_dim}",
+                fragment.side(),
+                flash_coop_max_head_dim(fragment)
             );
         }
         let needed =
@@ -277,35 +295,39 @@ impl FlashAttention {
         if !device.features().contains(needed) {
             bail!("tensor-core flash attention needs the device features {:?}", needed - device.features());
         }
-        if (info.subgroup_min_size, info.subgroup_max_size) != (32, 32) {
-            bail!(
-                "tensor-core flash attention needs subgroups that are always 32 wide, not {}..={}",
-                info.subgroup_min_size,
-                info.subgroup_max_size
-            );
-        }
+        let Some(subgroup) = cores.kernel_subgroup() else {
+            bail!("tensor-core flash attention needs subgroups of a fixed width (8, 16 or 32), not {cores}");
+        };
+        let invocations = 4 * subgroup;
         let limits = device.limits();
-        let bytes = flash_coop_workgroup_bytes(head_dim);
+        let bytes = flash_coop_workgroup_bytes(head_dim, fragment);
         if bytes > limits.max_compute_workgroup_storage_size as usize
-            || limits.max_compute_invocations_per_workgroup < 128
+            || limits.max_compute_invocations_per_workgroup < invocations
         {
             bail!(
                 "tensor-core flash attention with head size {head_dim} needs {bytes} bytes of workgroup memory and \
-                 128 invocations; the device allows {} and {}",
+                 {invocations} invocations; the device allows {} and {}",
                 limits.max_compute_workgroup_storage_size,
                 limits.max_compute_invocations_per_workgroup
             );
         }
+        let source = cores.specialize("flash_attention_coop", FLASH_COOP_SOURCE)?;
         let kernel = Kernel::new(
             device,
             "flash_attention_coop",
-            FLASH_COOP_SOURCE,
+            &source,
             &[("HEAD_DIM", head_dim as f64)],
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         )?;
-        // Only `queries` (64 slots per block) means anything here.
-        let tiles = FlashTiles { slices: (head_dim / 16) as u32, queries: 64, keys: 32, split_kv: true };
+        // Only `queries` (slots per block) means anything here.
+        let (queries, keys) = flash_coop_queries_and_keys(fragment);
+        let tiles = FlashTiles {
+            slices: (head_dim / fragment.side()) as u32,
+            queries: queries as u32,
+            keys: keys as u32,
+            split_kv: true,
+        };
         Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: true })
     }
 

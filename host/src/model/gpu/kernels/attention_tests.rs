@@ -266,11 +266,25 @@ fn tensor_core_flash_attention_validates_with_naga() {
     use wgpu::naga::valid::Capabilities as C;
     // What wgpu grants with SHADER_F16, SUBGROUP and EXPERIMENTAL_COOPERATIVE_MATRIX.
     let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
-    for head_dim in [16, 64, 80, 128] {
-        validate_wgsl("flash_attention_coop.wgsl", FLASH_COOP_SOURCE, granted, &[("HEAD_DIM", head_dim as f64)]);
-        assert!(flash_coop_workgroup_bytes(head_dim) <= 48 << 10, "head size {head_dim} must fit 48 KiB");
+    for (fragment, head_dims, budget) in
+        [(Fragment::Sixteen, [16, 64, 80, 128], 48 << 10), (Fragment::Eight, [8, 16, 40, 64], 32 << 10)]
+    {
+        let cores = TensorCores { fragment, fixed_subgroup: Some(fragment.side() as u32 * 2) };
+        let source = cores.specialize("flash_attention_coop.wgsl", FLASH_COOP_SOURCE).unwrap();
+        for head_dim in head_dims {
+            assert!(flash_coop_supports_head_dim(head_dim, fragment), "{head_dim} on {fragment}");
+            let name = format!("flash_attention_coop.wgsl for {fragment}");
+            validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64)]);
+            let bytes = flash_coop_workgroup_bytes(head_dim, fragment);
+            assert!(bytes <= budget, "head size {head_dim} on {fragment}: {bytes} bytes must fit {budget}");
+        }
     }
-    assert!(!flash_coop_supports_head_dim(72) && !flash_coop_supports_head_dim(256));
+    // The 16x16 kernel's memory, as the shader declares it: 64 slots, 32 keys.
+    assert_eq!(flash_coop_workgroup_bytes(64, Fragment::Sixteen), 2 * 128 * 72 + 4 * 64 * 32 + 2 * 64 * 40 + 8 * 64);
+    let refused = [(72, Fragment::Sixteen), (256, Fragment::Sixteen), (80, Fragment::Eight), (12, Fragment::Eight)];
+    for (head_dim, fragment) in refused {
+        assert!(!flash_coop_supports_head_dim(head_dim, fragment), "{head_dim} on {fragment}");
+    }
 }
 
 /// The tensor-core kernel against the f64 reference, within what f16 inputs cost
@@ -279,29 +293,37 @@ fn tensor_core_flash_attention_validates_with_naga() {
 #[test]
 fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
     let gpu = gpu();
-    if let Err(why) = FlashAttention::tensor_cores(&gpu.device, &gpu.info, 64) {
+    let Some(cores) = gpu.tensor_cores() else {
+        eprintln!("SKIPPED: tensor-core flash attention on {}: no f16 cooperative matrices", gpu.info.name);
+        return;
+    };
+    let side = cores.fragment.side();
+    if let Err(why) = FlashAttention::tensor_cores(&gpu.device, cores, 4 * side) {
         eprintln!("SKIPPED: tensor-core flash attention on {}: {why:#}", gpu.info.name);
         return;
     }
-    // Groups 1, 3, 4 and 8; head sizes 16 to 128; a long sequence; one soft-capped case.
-    // (heads, kv_heads, head_dim, lengths, soft cap)
+    // Groups 1, 3, 4 and 8; 1 to 8 output fragments per row (head sizes 16 to 128 with
+    // 16x16 fragments, 8 to 64 with 8x8); a long sequence; one soft-capped case.
+    // (heads, kv_heads, output fragments, lengths, soft cap)
     type Case = (usize, usize, usize, &'static [u32], Option<f32>);
     let cases: [Case; 6] = [
-        (4, 4, 64, MIXED, None),
-        (9, 3, 64, MIXED, None),
-        (8, 2, 128, MIXED, None),
-        (6, 2, 48, &[0, 1, 2, 33], None),
-        (8, 1, 16, &[700, 3], None),
-        (4, 2, 128, MIXED, Some(0.5)),
+        (4, 4, 4, MIXED, None),
+        (9, 3, 4, MIXED, None),
+        (8, 2, 8, MIXED, None),
+        (6, 2, 3, &[0, 1, 2, 33], None),
+        (8, 1, 1, &[700, 3], None),
+        (4, 2, 8, MIXED, Some(0.5)),
     ];
-    for (heads, kv_heads, head_dim, lengths, softcap) in cases {
-        let flash = FlashAttention::tensor_cores(&gpu.device, &gpu.info, head_dim).unwrap();
+    for (heads, kv_heads, fragments, lengths, softcap) in cases {
+        let head_dim = fragments * side;
+        let flash = FlashAttention::tensor_cores(&gpu.device, cores, head_dim).unwrap();
         let mut batch = Batch::new(lengths, heads, kv_heads, head_dim);
         batch.softcap = softcap;
         let got = run_flash(&gpu, &flash, &batch);
         let want = batch.reference();
         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-        let what = format!("tensor-core flash {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}");
+        let what =
+            format!("tensor-core flash ({cores}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}");
         assert!(worst <= 1e-2, "{what}: max |error| {worst:e}");
         eprintln!("{what}: max |error| {worst:e}");
     }

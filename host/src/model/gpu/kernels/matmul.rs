@@ -7,6 +7,7 @@
 //! a [`TileConfig`]) and tensor-core (`matmul_coop.wgsl` and `matmul_coop_wide.wgsl`, f16
 //! weights, see [`f16_weights`] and [`CoopTile`]).
 
+use super::coop::{Fragment, TensorCores};
 use super::{Access, Kernel, Recorder, dtype_index};
 use crate::model::weights::DType;
 use anyhow::{Result, bail};
@@ -149,56 +150,69 @@ pub enum MatmulVariant {
     /// `matmul_tiled.wgsl`: workgroup tiles staged through workgroup memory, with these
     /// tile sizes. The portable variant for hardware GPUs.
     Tiled(TileConfig),
-    /// Tensor cores for f16 weights, with the `tile` shader: needs `SHADER_F16`,
-    /// `SUBGROUP` and `EXPERIMENTAL_COOPERATIVE_MATRIX` with a 16x16x16 f16 x f16 -> f32
-    /// configuration. Weights of another dtype (a tensor [`f16_weights`] refused) run the
-    /// tiled kernel with `fallback`.
-    Cooperative { tile: CoopTile, fallback: TileConfig },
+    /// Tensor cores for f16 weights, with the `tile` shader built for `cores`: needs
+    /// `SHADER_F16`, `SUBGROUP` and `EXPERIMENTAL_COOPERATIVE_MATRIX` with that f16 x f16 ->
+    /// f32 configuration. Weights of another dtype (a tensor [`f16_weights`] refused) run
+    /// the tiled kernel with `fallback`.
+    Cooperative { tile: CoopTile, cores: TensorCores, fallback: TileConfig },
 }
 
-/// The tensor-core shader and its output tile.
+/// The tensor-core shader and its output tile (sizes below for 16x16 fragments; 8x8
+/// fragments halve every side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CoopTile {
     /// `matmul_coop.wgsl`: 64x64 tiles, 128 invocations, subgroups of 32 or 64, 27.6 KiB
     /// of workgroup memory.
     Narrow,
-    /// `matmul_coop_wide.wgsl`: 128x128 tiles, 256 invocations in subgroups of exactly 32,
-    /// 30 KiB of workgroup memory. Twice the tensor-core products per staged byte.
+    /// `matmul_coop_wide.wgsl`: 128x128 tiles, 8 subgroups of a fixed width (256
+    /// invocations with subgroups of 32), 30 KiB of workgroup memory. Twice the tensor-core
+    /// products per staged byte.
     Wide,
 }
 
 impl CoopTile {
-    /// Output rows and columns of one workgroup.
-    pub fn output(self) -> (usize, usize) {
-        match self {
-            CoopTile::Narrow => (64, 64),
-            CoopTile::Wide => (128, 128),
-        }
+    /// Output rows and columns of one workgroup: 4x4 fragments (narrow) or 8x8 (wide).
+    pub fn output(self, fragment: Fragment) -> (usize, usize) {
+        let side = fragment.side()
+            * match self {
+                CoopTile::Narrow => 4,
+                CoopTile::Wide => 8,
+            };
+        (side, side)
     }
 
-    pub fn invocations(self) -> u32 {
+    /// K step: two fragments deep.
+    pub fn depth(self, fragment: Fragment) -> usize {
+        2 * fragment.side()
+    }
+
+    /// Invocations per workgroup: 128, or 8 subgroups of the adapter's fixed width.
+    pub fn invocations(self, cores: TensorCores) -> u32 {
         match self {
             CoopTile::Narrow => 128,
-            CoopTile::Wide => 256,
+            CoopTile::Wide => 8 * cores.kernel_subgroup().unwrap_or(32),
         }
     }
 
-    /// Bytes of workgroup memory: the staged f16 tiles and the f32 output staging.
-    pub fn workgroup_bytes(self) -> u32 {
-        match self {
-            CoopTile::Narrow => 2 * 64 * 40 * 2 + 64 * 68 * 4,
-            CoopTile::Wide => 2 * 128 * 40 * 2 + 8 * 16 * 20 * 4,
-        }
+    /// Bytes of workgroup memory: the staged f16 tiles (rows padded by 8) and the f32
+    /// output staging (the whole tile, or one fragment per subgroup; rows padded by 4).
+    pub fn workgroup_bytes(self, fragment: Fragment) -> u32 {
+        let (rows, columns) = self.output(fragment);
+        let staged = 2 * rows * (self.depth(fragment) + 8) * 2;
+        let output = match self {
+            CoopTile::Narrow => rows * (columns + 4) * 4,
+            CoopTile::Wide => 8 * fragment.side() * (fragment.side() + 4) * 4,
+        };
+        (staged + output) as u32
     }
 
-    /// The widest tile this adapter runs: [`CoopTile::Wide`] needs subgroups that are
-    /// always 32 wide (its per-subgroup blocks assume 8 subgroups of 256 invocations).
-    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> CoopTile {
+    /// The widest tile this adapter runs: [`CoopTile::Wide`] needs subgroups of a fixed
+    /// width (its workgroup is 8 subgroups, one output block each).
+    pub fn for_adapter(cores: TensorCores, limits: &wgpu::Limits) -> CoopTile {
         let wide = CoopTile::Wide;
-        if info.subgroup_min_size == 32
-            && info.subgroup_max_size == 32
-            && wide.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
-            && wide.invocations() <= limits.max_compute_invocations_per_workgroup
+        if cores.kernel_subgroup().is_some()
+            && wide.workgroup_bytes(cores.fragment) <= limits.max_compute_workgroup_storage_size
+            && wide.invocations(cores) <= limits.max_compute_invocations_per_workgroup
         {
             wide
         } else {
@@ -228,9 +242,10 @@ impl MatmulVariant {
         match self {
             MatmulVariant::RegisterBlocked => "register-blocked 32x32/4x4".to_owned(),
             MatmulVariant::Tiled(tile) => format!("tiled {tile}"),
-            MatmulVariant::Cooperative { tile, fallback } => {
-                let (m, n) = tile.output();
-                format!("cooperative {m}x{n}x32 f16 (tiled {fallback} for other weight dtypes)")
+            MatmulVariant::Cooperative { tile, cores, fallback } => {
+                let (m, n) = tile.output(cores.fragment);
+                let k = tile.depth(cores.fragment);
+                format!("cooperative {m}x{n}x{k} f16 on {cores} (tiled {fallback} for other weight dtypes)")
             }
         }
     }
@@ -290,7 +305,8 @@ impl Matmul {
         let per_dtype = match variant {
             MatmulVariant::RegisterBlocked => [register_blocked(0.0)?, register_blocked(1.0)?, register_blocked(2.0)?],
             MatmulVariant::Tiled(tile) => [tiled(tile, 0.0)?, tiled(tile, 1.0)?, tiled(tile, 2.0)?],
-            MatmulVariant::Cooperative { tile, fallback } => {
+            MatmulVariant::Cooperative { tile, cores, fallback } => {
+                let fragment = cores.fragment;
                 let needed = wgpu::Features::SHADER_F16
                     | wgpu::Features::SUBGROUP
                     | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -298,21 +314,22 @@ impl Matmul {
                     bail!("the cooperative matmul needs the device features {:?}", needed - device.features());
                 }
                 let limits = device.limits();
-                if tile.workgroup_bytes() > limits.max_compute_workgroup_storage_size
-                    || limits.max_compute_invocations_per_workgroup < tile.invocations()
+                if tile.workgroup_bytes(fragment) > limits.max_compute_workgroup_storage_size
+                    || limits.max_compute_invocations_per_workgroup < tile.invocations(cores)
                 {
                     bail!(
                         "the cooperative matmul {tile:?} needs {} bytes of workgroup memory and {} invocations; \
                          the device allows {} and {}",
-                        tile.workgroup_bytes(),
-                        tile.invocations(),
+                        tile.workgroup_bytes(fragment),
+                        tile.invocations(cores),
                         limits.max_compute_workgroup_storage_size,
                         limits.max_compute_invocations_per_workgroup
                     );
                 }
                 let (label, source) = tile.source();
-                let coop = Kernel::new(device, label, &with_common(source), &[("DTYPE", 2.0)], size, &BUFFERS)?;
-                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, tile.output())]
+                let source = cores.specialize(label, &with_common(source))?;
+                let coop = Kernel::new(device, label, &source, &[("DTYPE", 2.0)], size, &BUFFERS)?;
+                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, tile.output(fragment))]
             }
         };
         Ok(Matmul { variant, per_dtype })

@@ -48,6 +48,7 @@ fn encode(dtype: DType, values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     }
 }
 
+#[derive(Clone)]
 struct Case {
     m: usize,
     n: usize,
@@ -297,8 +298,27 @@ fn cooperative_shader_validates_with_naga() {
     // What wgpu grants with SHADER_F16, SUBGROUP and EXPERIMENTAL_COOPERATIVE_MATRIX
     // (SHADER_FLOAT16_IN_FLOAT32, for unpack2x16float, every Vulkan device has).
     let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
-    validate("matmul_coop.wgsl", &with_common(COOPERATIVE), granted, &[]);
-    validate("matmul_coop_wide.wgsl", &with_common(COOPERATIVE_WIDE), granted, &[]);
+    let lavapipe = TensorCores { fragment: Fragment::Eight, fixed_subgroup: Some(8) };
+    for cores in [TensorCores::NVIDIA, lavapipe] {
+        for (name, source) in [("matmul_coop.wgsl", COOPERATIVE), ("matmul_coop_wide.wgsl", COOPERATIVE_WIDE)] {
+            let source = cores.specialize(name, &with_common(source)).unwrap();
+            assert_eq!(source.contains("coop_mat16x16"), cores == TensorCores::NVIDIA, "{name} for {cores}");
+            validate(&format!("{name} for {cores}"), &source, granted, &[]);
+        }
+        for tile in [CoopTile::Narrow, CoopTile::Wide] {
+            assert!(tile.workgroup_bytes(cores.fragment) <= 32 << 10, "{tile:?} on {cores} must fit 32 KiB");
+        }
+    }
+    assert_eq!(CoopTile::Wide.invocations(TensorCores::NVIDIA), 256);
+    assert_eq!(CoopTile::Wide.invocations(lavapipe), 64);
+    // The wide kernel needs a fixed subgroup width; the narrow one does not.
+    let varying = TensorCores { fixed_subgroup: None, ..TensorCores::NVIDIA };
+    assert!(varying.specialize("wide", &with_common(COOPERATIVE_WIDE)).is_err());
+    assert!(varying.specialize("narrow", &with_common(COOPERATIVE)).is_ok());
+    assert_eq!(CoopTile::for_adapter(varying, &wgpu::Limits::default()), CoopTile::Narrow);
+    assert_eq!(CoopTile::Wide.output(Fragment::Sixteen), (128, 128));
+    assert_eq!(CoopTile::Narrow.output(Fragment::Eight), (32, 32));
+    assert_eq!(CoopTile::Wide.workgroup_bytes(Fragment::Sixteen), 30 << 10);
     // Without the cooperative-matrix capability naga refuses it.
     let module = naga::front::wgsl::parse_str(&with_common(COOPERATIVE)).unwrap();
     assert!(
@@ -317,29 +337,23 @@ fn cooperative_shader_validates_with_naga() {
 fn cooperative_matches_cpu_or_says_it_was_skipped() {
     let gpu = gpu();
     let caps = &gpu.caps;
-    let why_not = if !caps.has_f16_tensor_cores() {
-        Some(format!(
-            "the adapter offers no 16x16x16 f16 x f16 -> f32 cooperative matrix (configurations: {:?})",
-            caps.cooperative_matrices
-        ))
-    } else if !caps.shader_f16 || !caps.subgroups {
-        Some("the device lacks SHADER_F16 or SUBGROUP".to_owned())
-    } else {
-        None
-    };
-    if let Some(why) = why_not {
-        eprintln!("SKIPPED: cooperative matmul on {} ({:?}): {why}", gpu.info.name, gpu.info.device_type);
+    let Some(cores) = gpu.tensor_cores() else {
+        eprintln!(
+            "SKIPPED: cooperative matmul on {} ({:?}): no 16x16x16 or 8x8x8 f16 x f16 -> f32 cooperative matrix \
+             with f16 shaders and subgroups (configurations: {:?}, f16 {}, subgroups {})",
+            gpu.info.name, gpu.info.device_type, caps.cooperative_matrices, caps.shader_f16, caps.subgroups
+        );
         return;
-    }
+    };
     // The wide tile where the adapter's subgroups allow it, and the narrow one always.
     let mut tiles = vec![CoopTile::Narrow];
-    if CoopTile::for_adapter(&gpu.info, &caps.limits) == CoopTile::Wide {
+    if CoopTile::for_adapter(cores, &caps.limits) == CoopTile::Wide {
         tiles.push(CoopTile::Wide);
     } else {
-        eprintln!("SKIPPED: the wide cooperative tile on {}: its subgroups are not always 32 wide", gpu.info.name);
+        eprintln!("SKIPPED: the wide cooperative tile on {}: {cores}", gpu.info.name);
     }
     for tile in tiles {
-        let variant = MatmulVariant::Cooperative { tile, fallback: TileConfig::MEDIUM };
+        let variant = MatmulVariant::Cooperative { tile, cores, fallback: TileConfig::MEDIUM };
         let matmul = Matmul::new(&gpu.device, variant).unwrap();
         let cases = cases(&DTYPES);
         let results = run(&gpu, &matmul, &cases, |_| DType::F16);
@@ -354,13 +368,15 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
             worst_exact = worst_exact.max(exact);
         }
         eprintln!(
-            "cooperative {tile:?} on {}: {} cases, worst error {worst_rounded:.1e} (f16 inputs), {worst_exact:.1e} (f32 inputs)",
+            "cooperative {tile:?} ({cores}) on {}: {} cases, worst error {worst_rounded:.1e} (f16 inputs), {worst_exact:.1e} (f32 inputs)",
             gpu.info.name,
             cases.len()
         );
-        // The fallback for weights left in bf16/f32.
-        let fallback = run(&gpu, &matmul, &cases, |case| case.dtype);
-        for (case, (p, got)) in cases.iter().zip(&fallback) {
+        // The fallback for weights left in bf16/f32 (f16 weights are the tensor-core
+        // kernel's, checked above).
+        let stored: Vec<Case> = cases.iter().filter(|case| case.dtype != DType::F16).cloned().collect();
+        let fallback = run(&gpu, &matmul, &stored, |case| case.dtype);
+        for (case, (p, got)) in stored.iter().zip(&fallback) {
             let error = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
             assert!(error <= 1e-5, "cooperative's tiled fallback: {case}: error {error:e}");
         }

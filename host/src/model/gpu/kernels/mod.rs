@@ -8,6 +8,7 @@
 //! forward pass allocates nothing per dispatch.
 
 pub mod attention;
+pub mod coop;
 pub mod embedding;
 pub mod last_token;
 pub mod matmul;
