@@ -156,7 +156,8 @@ impl KernelPlan {
                 format!("--precision f16: f16 x f16 -> f32 cooperative matrices ({cores}); weights become f16 at load"),
             ),
             // Lavapipe's cooperative matrices are emulated: correct (the kernels' tests run
-            // there) but slower than plain f32 arithmetic.
+            // there) but slower. Measured on Mesa 26.1 (`gpu-info --bench`, 512x576x1536):
+            // register-blocked 5.7 GFLOP/s, tensor-core 64x64 tile 4.1, 32x32 tile 3.2.
             (Precision::Auto, Some(_)) if software => (
                 MatmulVariant::RegisterBlocked,
                 "software adapter: its cooperative matrices are emulated, the register-blocked f32 kernel is faster"
