@@ -9,7 +9,8 @@
 //! - `--profile` prints one row per kernel with its dispatch count (the check is
 //!   SKIPPED where the adapter has no timestamp queries);
 //! - `gpu-info --json` (and its text form) reports the adapter, its limits and features,
-//!   and the kernel plan of each precision with its reason.
+//!   and the kernel plan of each precision with its reason;
+//! - `--precision f16` with `--device cpu` is refused before anything is written.
 
 use std::fs;
 use std::path::Path;
@@ -160,7 +161,15 @@ fn gpu_info_reports_adapter_features_and_kernel_choice() {
     assert!(report["limits"]["max_storage_buffer_binding_size"].as_u64().unwrap() > 0);
     assert!(report["features"]["timestamp_queries"].is_boolean());
     let kernels = report["kernels"].as_array().unwrap();
-    assert_eq!(kernels.len(), 2);
+    // auto and f32 always; f16 where the adapter has f16 cooperative matrices.
+    let matrices = report["features"]["cooperative_matrices"].as_array().unwrap();
+    let f16 = kernels.iter().find(|plan| plan["precision"] == "f16");
+    assert_eq!(kernels.len(), if f16.is_some() { 3 } else { 2 }, "{kernels:?}");
+    assert!(f16.is_none() || !matrices.is_empty(), "an f16 plan without cooperative matrices: {report}");
+    if let Some(f16) = f16 {
+        assert_eq!(f16["f16_weights"], true, "f16 always converts weights: {f16}");
+    }
+    assert_eq!(kernels[0]["precision"], "auto");
     assert_eq!(kernels[1]["precision"], "f32");
     assert_eq!(kernels[1]["f16_weights"], false, "f32 never converts weights");
     for plan in kernels {
@@ -169,4 +178,31 @@ fn gpu_info_reports_adapter_features_and_kernel_choice() {
     // Text mode prints the same facts.
     let text = steerlm(&["gpu-info"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("matmul reason:"));
+}
+
+/// `--precision f16` needs tensor cores: with `--device cpu` it is an error that says so,
+/// and no output is left.
+#[test]
+fn precision_f16_on_the_cpu_is_refused() {
+    let dir = tempdir();
+    let input = dir.path().join("texts.jsonl");
+    fs::write(&input, "{\"text\": \"hello\"}\n").unwrap();
+    let output = dir.path().join("scores.jsonl");
+    let result = steerlm(&[
+        "score",
+        "--model",
+        model_dir("llama9").to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--precision",
+        "f16",
+        "--input-file",
+        input.to_str().unwrap(),
+        "--output-file",
+        output.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+    assert!(stderr(&result).contains("--precision f16 runs on tensor cores"), "{}", stderr(&result));
+    assert!(!stderr(&result).contains("panicked"), "{}", stderr(&result));
+    assert!(!output.exists(), "nothing is written");
 }
