@@ -13,7 +13,8 @@
 //! - `--precision f16` with `--device cpu` is refused before anything is written.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use crate::common::{goldens, model_dir, stderr, steerlm, tempdir};
 
@@ -121,21 +122,8 @@ fn score_names_bad_lines_and_bad_models() {
 #[test]
 fn score_profile_times_each_kernel() {
     let dir = tempdir();
-    let input = dir.path().join("texts.jsonl");
-    fs::write(&input, "{\"text\": \"short one\"}\n{\"text\": \"and another short text\"}\n").unwrap();
-    let output = dir.path().join("scores.jsonl");
-    let result = steerlm(&[
-        "score",
-        "--model",
-        model_dir("llama9").to_str().unwrap(),
-        "--device",
-        "wgpu",
-        "--profile",
-        "--input-file",
-        input.to_str().unwrap(),
-        "--output-file",
-        output.to_str().unwrap(),
-    ]);
+    let texts = "{\"text\": \"short one\"}\n{\"text\": \"and another short text\"}\n";
+    let (result, _) = score_llama9(dir.path(), texts, &["--device", "wgpu", "--profile"]);
     assert!(result.status.success(), "{}", stderr(&result));
     let err = stderr(&result);
     if err.contains("no GPU timestamp queries") {
@@ -185,24 +173,23 @@ fn gpu_info_reports_adapter_features_and_kernel_choice() {
 #[test]
 fn precision_f16_on_the_cpu_is_refused() {
     let dir = tempdir();
-    let input = dir.path().join("texts.jsonl");
-    fs::write(&input, "{\"text\": \"hello\"}\n").unwrap();
-    let output = dir.path().join("scores.jsonl");
-    let result = steerlm(&[
-        "score",
-        "--model",
-        model_dir("llama9").to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--precision",
-        "f16",
-        "--input-file",
-        input.to_str().unwrap(),
-        "--output-file",
-        output.to_str().unwrap(),
-    ]);
+    let (result, output) =
+        score_llama9(dir.path(), "{\"text\": \"hello\"}\n", &["--device", "cpu", "--precision", "f16"]);
     assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
     assert!(stderr(&result).contains("--precision f16 runs on tensor cores"), "{}", stderr(&result));
     assert!(!stderr(&result).contains("panicked"), "{}", stderr(&result));
     assert!(!output.exists(), "nothing is written");
+}
+
+/// `steerlm score` on the llama9 fixture over `texts` (JSONL written to `dir`) with `flags`:
+/// the result, and the output file it was given.
+fn score_llama9(dir: &Path, texts: &str, flags: &[&str]) -> (Output, PathBuf) {
+    let input = dir.join("texts.jsonl");
+    fs::write(&input, texts).unwrap();
+    let output = dir.join("scores.jsonl");
+    let model = model_dir("llama9");
+    let mut args = vec!["score", "--model", model.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.extend(["--input-file", input.to_str().unwrap(), "--output-file", output.to_str().unwrap()]);
+    (steerlm(&args), output)
 }
