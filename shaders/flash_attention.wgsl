@@ -27,27 +27,6 @@
 // scaled by `p.scale` (1/sqrt(head_dim), or Gemma2's query_pre_attn_scalar^-0.5) and
 // soft-capped where `p.softcap` > 0.
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    // Blocks in `blocks`; the dispatch has blocks * kv_heads workgroups.
-    blocks: u32,
-    scale: f32,
-    // 0: none.
-    softcap: f32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-// [tokens, heads * HEAD_DIM], rotary applied.
-@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-// [tokens, kv_heads * HEAD_DIM].
-@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
-// (first query row, row count, sequence start, unused).
-@group(0) @binding(4) var<storage, read> blocks: array<vec4<u32>>;
 // [tokens, heads * HEAD_DIM].
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 

@@ -59,7 +59,12 @@ impl RowAttention {
 }
 
 /// The tensor-core flash kernel's source (for validation without a device).
-pub const FLASH_COOP_SOURCE: &str = include_str!("../../../../../shaders/flash_attention_coop.wgsl");
+pub fn flash_coop_source() -> String {
+    super::with_prelude(FLASH_COMMON, include_str!("../../../../../shaders/flash_attention_coop.wgsl"))
+}
+
+/// Parameters and input bindings shared by the two flash shaders.
+const FLASH_COMMON: &str = include_str!("../../../../../shaders/flash_common.wgsl");
 
 /// Parameters of `shaders/flash_attention.wgsl` and `shaders/flash_attention_coop.wgsl`.
 #[repr(C)]
@@ -268,7 +273,7 @@ impl FlashAttention {
         let kernel = Kernel::new(
             device,
             "flash_attention",
-            include_str!("../../../../../shaders/flash_attention.wgsl"),
+            &super::with_prelude(FLASH_COMMON, include_str!("../../../../../shaders/flash_attention.wgsl")),
             &constants,
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
@@ -311,7 +316,7 @@ impl FlashAttention {
                 limits.max_compute_invocations_per_workgroup
             );
         }
-        let source = cores.specialize("flash_attention_coop", FLASH_COOP_SOURCE)?;
+        let source = cores.specialize("flash_attention_coop", &flash_coop_source())?;
         let kernel = Kernel::new(
             device,
             "flash_attention_coop",

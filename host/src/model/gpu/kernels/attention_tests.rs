@@ -270,7 +270,7 @@ fn tensor_core_flash_attention_validates_with_naga() {
         [(Fragment::Sixteen, [16, 64, 80, 128], 48 << 10), (Fragment::Eight, [8, 16, 40, 64], 32 << 10)]
     {
         let cores = TensorCores { fragment, fixed_subgroup: Some(fragment.side() as u32 * 2) };
-        let source = cores.specialize("flash_attention_coop.wgsl", FLASH_COOP_SOURCE).unwrap();
+        let source = cores.specialize("flash_attention_coop.wgsl", &flash_coop_source()).unwrap();
         for head_dim in head_dims {
             assert!(flash_coop_supports_head_dim(head_dim, fragment), "{head_dim} on {fragment}");
             let name = format!("flash_attention_coop.wgsl for {fragment}");

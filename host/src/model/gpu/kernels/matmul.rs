@@ -267,13 +267,9 @@ const COOPERATIVE_WIDE: &str = include_str!("../../../../../shaders/matmul_coop_
 /// Parameters, bindings, epilogue and weight load shared by the three.
 const COMMON: &str = include_str!("../../../../../shaders/matmul_common.wgsl");
 
-/// A matmul shader with the common part inserted after its directives (`enable`,
-/// `diagnostic`, `requires`), which WGSL wants before any declaration.
+/// A matmul shader with the common part inserted.
 fn with_common(body: &str) -> String {
-    let lines: Vec<&str> = body.lines().collect();
-    let directives = ["enable ", "diagnostic(", "requires "];
-    let after = lines.iter().rposition(|l| directives.iter().any(|d| l.starts_with(d))).map_or(0, |i| i + 1);
-    format!("{}\n{COMMON}\n{}\n", lines[..after].join("\n"), lines[after..].join("\n"))
+    super::with_prelude(COMMON, body)
 }
 
 /// The complete WGSL source of each matmul shader, for validation without a device.

@@ -95,6 +95,15 @@ impl Kernel {
     }
 }
 
+/// `body` with `prelude` (declarations shared by a family of shaders) inserted after its
+/// directives (`enable`, `diagnostic`, `requires`), which WGSL wants before any declaration.
+pub fn with_prelude(prelude: &str, body: &str) -> String {
+    let lines: Vec<&str> = body.lines().collect();
+    let directives = ["enable ", "diagnostic(", "requires "];
+    let after = lines.iter().rposition(|l| directives.iter().any(|d| l.starts_with(d))).map_or(0, |i| i + 1);
+    format!("{}\n{prelude}\n{}\n", lines[..after].join("\n"), lines[after..].join("\n"))
+}
+
 /// Pipelines compiled per weight dtype are kept in this order: the shaders' `DTYPE`
 /// constant (0 f32, 1 bf16, 2 f16).
 pub fn dtype_index(dtype: crate::model::weights::DType) -> usize {
