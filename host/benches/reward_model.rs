@@ -145,16 +145,29 @@ fn main() {
         for (m, k, n, iterations) in shapes {
             let flops = 2.0 * (m * n * k) as f64;
             let mut gflops = Vec::new();
-            for variant in [MatmulVariant::RegisterBlocked, MatmulVariant::Tiled(tile)] {
+            for (variant, full_checks) in [
+                (MatmulVariant::RegisterBlocked, true),
+                (MatmulVariant::RegisterBlocked, false),
+                (MatmulVariant::Tiled(tile), true),
+                (MatmulVariant::Tiled(tile), false),
+            ] {
+                gpu::kernels::checks::set_full_checks(full_checks);
                 let (seconds, adapter) = time_variant(variant, m, n, k, iterations).unwrap();
                 gflops.push(flops / seconds / 1e9);
                 println!(
-                    "matmul {m}x{k}x{n} {:<28} on {adapter}: {:.2} GFLOP/s",
+                    "matmul {m}x{k}x{n} {:<28} {:<18} on {adapter}: {:.2} GFLOP/s",
                     variant.describe(),
+                    if full_checks { "(wgpu loop counter)" } else { "" },
                     gflops.last().unwrap()
                 );
             }
-            println!("matmul {m}x{k}x{n} tiled / register-blocked: {:.2}x", gflops[1] / gflops[0]);
+            gpu::kernels::checks::set_full_checks(false);
+            println!(
+                "matmul {m}x{k}x{n} without / with wgpu's loop counter: register-blocked {:.2}x, tiled {:.2}x",
+                gflops[1] / gflops[0],
+                gflops[3] / gflops[2]
+            );
+            println!("matmul {m}x{k}x{n} tiled / register-blocked: {:.2}x", gflops[3] / gflops[1]);
         }
     }
     let (m, k, n) = (512, 576, 1536);
@@ -215,7 +228,14 @@ fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::Cpu
     let b = batch(texts, tokens, 7);
     let reference = cpu_model.forward(&b).unwrap();
     let mut rates = Vec::new();
-    for (label, plan) in [("before (register-blocked, rows)", baseline), ("this adapter's plan", chosen)] {
+    // The plan once more compiled with wgpu's loop counter (see kernels::checks): the
+    // baseline for leaving it out.
+    for (label, plan, full_checks) in [
+        ("before (register-blocked, rows)", baseline, false),
+        ("this adapter's plan, wgpu loop counter", chosen.clone(), true),
+        ("this adapter's plan", chosen, false),
+    ] {
+        gpu::kernels::checks::set_full_checks(full_checks);
         let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
         let model = gpu::GpuModel::with_options(config, tensors, adapter, plan, None).unwrap();
         model.forward(&batch(2, 16, 1)).unwrap(); // warm-up: first-use costs
@@ -232,5 +252,6 @@ fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::Cpu
         );
         println!("    {}", model.adapter_name());
     }
-    println!("wgpu whole model, this adapter's plan / before: {:.2}x", rates[1] / rates[0]);
+    println!("wgpu whole model, this adapter's plan / before: {:.2}x", rates[2] / rates[0]);
+    println!("wgpu whole model, without / with wgpu's loop counter: {:.2}x", rates[2] / rates[1]);
 }

@@ -8,6 +8,7 @@
 //! forward pass allocates nothing per dispatch.
 
 pub mod attention;
+pub mod checks;
 pub mod coop;
 pub mod embedding;
 pub mod last_token;
@@ -76,10 +77,11 @@ impl Kernel {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        let descriptor =
+            wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) };
+        // SAFETY: only wgpu's loop counter is left out (see `checks`): every loop in our
+        // shaders ends, which `checks::tests::every_shader_loop_ends` enforces.
+        let module = unsafe { device.create_shader_module_trusted(descriptor, checks::runtime_checks()) };
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(name),
             layout: Some(&pipeline_layout),
@@ -350,13 +352,14 @@ pub fn read_buffer(device: &wgpu::Device, buffer: &wgpu::Buffer) -> Result<Vec<u
 
 #[cfg(test)]
 /// Parses and validates `source` with naga as wgpu would with `capabilities`, fills in
-/// the override `constants` and writes SPIR-V, so a shader error shows without a device.
+/// the override `constants` and writes SPIR-V (returned), so a shader error shows without
+/// a device.
 pub(crate) fn validate_wgsl(
     name: &str,
     source: &str,
     capabilities: wgpu::naga::valid::Capabilities,
     constants: &[(&str, f64)],
-) {
+) -> Vec<u32> {
     let module = wgpu::naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
     let mut validator = wgpu::naga::valid::Validator::new(wgpu::naga::valid::ValidationFlags::all(), capabilities);
@@ -371,5 +374,5 @@ pub(crate) fn validate_wgsl(
         entry_point: "main".into(),
     };
     wgpu::naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))
-        .unwrap_or_else(|e| panic!("{name} with {constants:?} does not compile to SPIR-V: {e}"));
+        .unwrap_or_else(|e| panic!("{name} with {constants:?} does not compile to SPIR-V: {e}"))
 }
