@@ -32,6 +32,11 @@ const TILE_K: u32 = 2u * FRAG;
 const SUBGROUP: u32 = 32u;
 // Eight subgroups.
 const INVOCATIONS: u32 = 8u * SUBGROUP;
+// Each K step stages TILE_M x TILE_K of each operand, four vec4s per invocation.
+const_assert TILE_M * TILE_K / 4u == 4u * INVOCATIONS;
+// Whether the next K step's operands are loaded while this step's products run (one more
+// staged set of registers per invocation), or at the top of each step.
+override PREFETCH: bool = false;
 // Row stride of the staged tiles, padded; rows start 16-byte aligned.
 const LDA: u32 = TILE_K + 8u;
 // Row stride of one subgroup's FRAG x FRAG staging area.
@@ -40,6 +45,44 @@ const LDC: u32 = FRAG + 4u;
 var<workgroup> x_tile: array<f16, TILE_M * LDA>;
 var<workgroup> w_tile: array<f16, TILE_N * LDA>;
 var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
+
+// One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
+struct Staged {
+    x: vec4<f32>,
+    w: vec2<u32>,
+}
+
+// Staged item i of the K step starting at vec4 k0: row i / (TILE_K / 4) of the tile (of x,
+// and of w), vec4 i % (TILE_K / 4) of the step. Rows past m or n repeat the last row (their
+// outputs are never stored); k past its end reads as zeros.
+fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
+    let k4 = p.k / 4u;
+    let rr = i / (TILE_K / 4u);
+    let kk = k0 + i % (TILE_K / 4u);
+    var staged = Staged(vec4<f32>(0.0), vec2<u32>(0u));
+    if (kk < k4) {
+        staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
+        let e = (min(col0 + rr, p.n - 1u) * p.k + kk * 4u) / 2u;
+        staged.w = vec2<u32>(w[e], w[e + 1u]);
+    }
+    return staged;
+}
+
+// Writes staged item i into the tiles as f16 (x saturated to f16's finite range).
+fn stash(staged: Staged, i: u32) {
+    let xh = vec4<f16>(clamp(staged.x, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+    let o = (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
+    x_tile[o] = xh.x;
+    x_tile[o + 1u] = xh.y;
+    x_tile[o + 2u] = xh.z;
+    x_tile[o + 3u] = xh.w;
+    let w01 = vec2<f16>(unpack2x16float(staged.w.x));
+    let w23 = vec2<f16>(unpack2x16float(staged.w.y));
+    w_tile[o] = w01.x;
+    w_tile[o + 1u] = w01.y;
+    w_tile[o + 2u] = w23.x;
+    w_tile[o + 3u] = w23.y;
+}
 
 // One FRAG-deep step of the subgroup's 2x4-fragment block (rows r.., columns c.. of the tile) from
 // the staged tiles at k offset kk. Every index and stride is a `let` of its own.
@@ -112,8 +155,6 @@ fn main(
     let row0 = group.y * TILE_M;
     let col0 = group.x * TILE_N;
     let k4 = p.k / 4u;
-    let last_row = p.m - 1u;
-    let last_col = p.n - 1u;
     // The subgroup's 2x4-fragment block: 4 block rows x 2 block columns.
     let r = (sg / 2u) * (2u * FRAG);
     let c = (sg % 2u) * (4u * FRAG);
@@ -127,33 +168,33 @@ fn main(
     var c12 = coop_mat16x16<f32, C>();
     var c13 = coop_mat16x16<f32, C>();
 
+    // Each invocation stages STAGED_PER_INVOCATION vec4s of each operand per K step: four,
+    // written out so their loads are all in flight at once.
+    var s0 = fetch(li, row0, col0, 0u);
+    var s1 = fetch(li + INVOCATIONS, row0, col0, 0u);
+    var s2 = fetch(li + 2u * INVOCATIONS, row0, col0, 0u);
+    var s3 = fetch(li + 3u * INVOCATIONS, row0, col0, 0u);
     for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
-        // TILE_M rows x TILE_K / 4 vec4s of each operand.
-        for (var i = li; i < TILE_M * (TILE_K / 4u); i = i + INVOCATIONS) {
-            let rr = i / (TILE_K / 4u);
-            let c4 = i % (TILE_K / 4u);
-            let kk = k0 + c4;
-            var xv = vec4<f32>(0.0);
-            var wv = vec2<u32>(0u);
-            if (kk < k4) {
-                xv = x[min(row0 + rr, last_row) * k4 + kk];
-                let e = (min(col0 + rr, last_col) * p.k + kk * 4u) / 2u;
-                wv = vec2<u32>(w[e], w[e + 1u]);
-            }
-            let xh = vec4<f16>(clamp(xv, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
-            let o = rr * LDA + c4 * 4u;
-            x_tile[o] = xh.x;
-            x_tile[o + 1u] = xh.y;
-            x_tile[o + 2u] = xh.z;
-            x_tile[o + 3u] = xh.w;
-            let w01 = vec2<f16>(unpack2x16float(wv.x));
-            let w23 = vec2<f16>(unpack2x16float(wv.y));
-            w_tile[o] = w01.x;
-            w_tile[o + 1u] = w01.y;
-            w_tile[o + 2u] = w23.x;
-            w_tile[o + 3u] = w23.y;
+        if (!PREFETCH) {
+            s0 = fetch(li, row0, col0, k0);
+            s1 = fetch(li + INVOCATIONS, row0, col0, k0);
+            s2 = fetch(li + 2u * INVOCATIONS, row0, col0, k0);
+            s3 = fetch(li + 3u * INVOCATIONS, row0, col0, k0);
         }
+        stash(s0, li);
+        stash(s1, li + INVOCATIONS);
+        stash(s2, li + 2u * INVOCATIONS);
+        stash(s3, li + 3u * INVOCATIONS);
         workgroupBarrier();
+        if (PREFETCH) {
+            // The next K step's operands, loading while this step's products run (past
+            // the end of k they read as zeros and are never stashed).
+            let next = k0 + TILE_K / 4u;
+            s0 = fetch(li, row0, col0, next);
+            s1 = fetch(li + INVOCATIONS, row0, col0, next);
+            s2 = fetch(li + 2u * INVOCATIONS, row0, col0, next);
+            s3 = fetch(li + 3u * INVOCATIONS, row0, col0, next);
+        }
         for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
             block_step(r, c, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
         }

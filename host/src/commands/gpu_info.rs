@@ -42,9 +42,8 @@ fn variants(info: &wgpu::AdapterInfo, caps: &Capabilities) -> Vec<MatmulVariant>
     let tile = TileConfig::for_adapter(info, &caps.limits);
     let mut variants = vec![MatmulVariant::RegisterBlocked, MatmulVariant::Tiled(tile)];
     if let Some(cores) = TensorCores::of(info, caps) {
-        variants.push(MatmulVariant::Cooperative { tile: CoopTile::Narrow, cores, fallback: tile });
-        if CoopTile::for_adapter(cores, &caps.limits) == CoopTile::Wide {
-            variants.push(MatmulVariant::Cooperative { tile: CoopTile::Wide, cores, fallback: tile });
+        for coop in CoopTile::all_for(cores, &caps.limits) {
+            variants.push(MatmulVariant::Cooperative { tile: coop, cores, fallback: tile });
         }
     }
     variants

@@ -191,6 +191,8 @@ impl KernelPlan {
             ),
             (Precision::F32, _) => (MatmulVariant::Tiled(tile), "--precision f32: the f32 tiled kernel".to_owned()),
         };
+        let request = std::env::var("STEERLM_COOP_TILE").ok().filter(|v| !v.trim().is_empty());
+        let (matmul, matmul_reason) = with_requested_coop_tile(matmul, matmul_reason, request.as_deref(), &caps.limits);
         Self::with_matmul(matmul, matmul_reason)
     }
 
@@ -198,26 +200,50 @@ impl KernelPlan {
     /// tensor-core matmul (its wide tile, which means subgroups of a fixed width).
     pub fn with_matmul(matmul: MatmulVariant, matmul_reason: String) -> Self {
         let f16_weights = matches!(matmul, MatmulVariant::Cooperative { .. });
-        let (attention, attention_reason) =
-            if let MatmulVariant::Cooperative { tile: CoopTile::Wide, cores, .. } = matmul {
-                (
-                    AttentionVariant::FlashTensorCores(cores),
-                    format!(
-                        "flash attention with QK^T and PV on tensor cores ({cores}; models whose head size is not a \
+        let (attention, attention_reason) = if let MatmulVariant::Cooperative { tile, cores, .. } = matmul
+            && tile.is_wide()
+        {
+            (
+                AttentionVariant::FlashTensorCores(cores),
+                format!(
+                    "flash attention with QK^T and PV on tensor cores ({cores}; models whose head size is not a \
                      multiple of {} up to {} use the f32 flash kernel)",
-                        cores.fragment.side(),
-                        super::kernels::attention::flash_coop_max_head_dim(cores.fragment)
-                    ),
-                )
-            } else {
-                (
-                    AttentionVariant::Flash,
-                    "K/V tiles in workgroup memory shared by a block of queries and its GQA group (models whose head \
+                    cores.fragment.side(),
+                    super::kernels::attention::flash_coop_max_head_dim(cores.fragment)
+                ),
+            )
+        } else {
+            (
+                AttentionVariant::Flash,
+                "K/V tiles in workgroup memory shared by a block of queries and its GQA group (models whose head \
                  size is not a multiple of 4 up to 256, or whose GQA group is above 8, use the row kernel)"
-                        .to_owned(),
-                )
-            };
+                    .to_owned(),
+            )
+        };
         KernelPlan { matmul, matmul_reason, attention, attention_reason, f16_weights }
+    }
+}
+
+/// `matmul` with the tensor-core tile `request` names (`STEERLM_COOP_TILE`: narrow, wide or
+/// prefetch), for measuring one tile against another in whole models. A request that names
+/// no tile, or one that does not run here, changes nothing and says so in the reason.
+fn with_requested_coop_tile(
+    matmul: MatmulVariant,
+    reason: String,
+    request: Option<&str>,
+    limits: &wgpu::Limits,
+) -> (MatmulVariant, String) {
+    let (Some(request), MatmulVariant::Cooperative { cores, fallback, .. }) = (request, matmul) else {
+        return (matmul, reason);
+    };
+    let keys: Vec<&str> = CoopTile::ALL.iter().map(|t| t.key()).collect();
+    match CoopTile::ALL.into_iter().find(|t| t.key() == request.trim()) {
+        Some(tile) if tile.fits(cores, limits) => (
+            MatmulVariant::Cooperative { tile, cores, fallback },
+            format!("{reason}; tile {} as STEERLM_COOP_TILE asks", tile.key()),
+        ),
+        Some(tile) => (matmul, format!("{reason}; STEERLM_COOP_TILE={} does not run on {cores}, ignored", tile.key())),
+        None => (matmul, format!("{reason}; STEERLM_COOP_TILE={request:?} is not one of {}, ignored", keys.join(", "))),
     }
 }
 
@@ -274,6 +300,34 @@ mod tests {
         assert_eq!(auto.attention, AttentionVariant::Flash);
         let exact = KernelPlan::choose(&info, &caps, Precision::F32);
         assert!(matches!(exact.matmul, MatmulVariant::Tiled(_)), "{exact:?}");
+    }
+
+    #[test]
+    fn a_requested_coop_tile_is_taken_where_it_runs() {
+        let (info, caps) = hardware(NVIDIA, 32);
+        let auto = KernelPlan::choose(&info, &caps, Precision::Auto);
+        let request = |name: &str, limits: &wgpu::Limits| {
+            with_requested_coop_tile(auto.matmul, auto.matmul_reason.clone(), Some(name), limits)
+        };
+        let (prefetch, reason) = request("prefetch", &caps.limits);
+        assert!(matches!(prefetch, MatmulVariant::Cooperative { tile: CoopTile::WidePrefetch, .. }), "{reason}");
+        assert!(reason.ends_with("tile prefetch as STEERLM_COOP_TILE asks"), "{reason}");
+        assert_eq!(
+            KernelPlan::with_matmul(prefetch, reason).attention,
+            AttentionVariant::FlashTensorCores(TensorCores::NVIDIA)
+        );
+        let (narrow, _) = request(" narrow ", &caps.limits);
+        assert!(matches!(narrow, MatmulVariant::Cooperative { tile: CoopTile::Narrow, .. }));
+        let (same, reason) = request("huge", &caps.limits);
+        assert_eq!(same, auto.matmul);
+        assert!(reason.contains("\"huge\" is not one of narrow, wide, prefetch, ignored"), "{reason}");
+        let small = wgpu::Limits { max_compute_workgroup_storage_size: 16 << 10, ..caps.limits.clone() };
+        let (same, reason) = request("wide", &small);
+        assert_eq!(same, auto.matmul);
+        assert!(reason.contains("STEERLM_COOP_TILE=wide does not run on"), "{reason}");
+        // Without tensor cores there is nothing to choose.
+        let exact = KernelPlan::choose(&info, &caps, Precision::F32);
+        assert_eq!(with_requested_coop_tile(exact.matmul, String::new(), Some("wide"), &caps.limits).0, exact.matmul);
     }
 
     /// Lavapipe 26 (8x8x8 matrices, subgroups of 8): `auto` stays on f32, `f16` takes the

@@ -164,10 +164,15 @@ pub enum CoopTile {
     /// `matmul_coop.wgsl`: 64x64 tiles, 128 invocations, subgroups of 32 or 64, 27.6 KiB
     /// of workgroup memory.
     Narrow,
-    /// `matmul_coop_wide.wgsl`: 128x128 tiles, 8 subgroups of a fixed width (256
-    /// invocations with subgroups of 32), 30 KiB of workgroup memory. Twice the tensor-core
-    /// products per staged byte.
+    /// `matmul_coop_wide.wgsl`: 128x128 tiles, 8 subgroups of 32 (of 8 with 8x8
+    /// fragments), 30 KiB of workgroup memory. Twice the tensor-core products per staged
+    /// byte. The default where it runs (measured on an H100: 3.0-3.5x [`CoopTile::Narrow`]).
     Wide,
+    /// [`CoopTile::Wide`] with the next K step's loads in flight during this step's
+    /// products (its `PREFETCH` override): more registers, global latency hidden. Not yet
+    /// measured on hardware, so chosen only on request (`STEERLM_COOP_TILE=prefetch`);
+    /// `gpu-info --bench` times it next to the others.
+    WidePrefetch,
 }
 
 impl CoopTile {
@@ -176,7 +181,7 @@ impl CoopTile {
         let side = fragment.side()
             * match self {
                 CoopTile::Narrow => 4,
-                CoopTile::Wide => 8,
+                CoopTile::Wide | CoopTile::WidePrefetch => 8,
             };
         (side, side)
     }
@@ -190,8 +195,21 @@ impl CoopTile {
     pub fn invocations(self, cores: TensorCores) -> u32 {
         match self {
             CoopTile::Narrow => 128,
-            CoopTile::Wide => 8 * cores.kernel_subgroup().unwrap_or(32),
+            CoopTile::Wide | CoopTile::WidePrefetch => 8 * cores.kernel_subgroup().unwrap_or(32),
         }
+    }
+
+    /// Whether this is the 128x128 (64x64 with 8x8 fragments) tile of `matmul_coop_wide.wgsl`.
+    pub fn is_wide(self) -> bool {
+        matches!(self, CoopTile::Wide | CoopTile::WidePrefetch)
+    }
+
+    /// Whether the tile runs on these tensor cores: the wide shader stages four vec4s of
+    /// each operand per invocation, which holds for 16x16 fragments with subgroups of 32
+    /// (NVIDIA) and 8x8 ones with subgroups of 8 (lavapipe): a subgroup of side^2 / 8.
+    pub fn runs_on(self, cores: TensorCores) -> bool {
+        let side = cores.fragment.side() as u32;
+        !self.is_wide() || cores.kernel_subgroup() == Some(side * side / 8)
     }
 
     /// Bytes of workgroup memory: the staged f16 tiles (rows padded by 8) and the f32
@@ -201,29 +219,56 @@ impl CoopTile {
         let staged = 2 * rows * (self.depth(fragment) + 8) * 2;
         let output = match self {
             CoopTile::Narrow => rows * (columns + 4) * 4,
-            CoopTile::Wide => 8 * fragment.side() * (fragment.side() + 4) * 4,
+            CoopTile::Wide | CoopTile::WidePrefetch => 8 * fragment.side() * (fragment.side() + 4) * 4,
         };
         (staged + output) as u32
     }
 
-    /// The widest tile this adapter runs: [`CoopTile::Wide`] needs subgroups of a fixed
-    /// width (its workgroup is 8 subgroups, one output block each).
+    /// Whether the tile runs on these tensor cores within these limits.
+    pub fn fits(self, cores: TensorCores, limits: &wgpu::Limits) -> bool {
+        self.runs_on(cores)
+            && self.workgroup_bytes(cores.fragment) <= limits.max_compute_workgroup_storage_size
+            && self.invocations(cores) <= limits.max_compute_invocations_per_workgroup
+    }
+
+    /// The default tile on this adapter: [`CoopTile::Wide`] where it fits (its workgroup is
+    /// 8 subgroups of a fixed width, one output block each), else [`CoopTile::Narrow`].
     pub fn for_adapter(cores: TensorCores, limits: &wgpu::Limits) -> CoopTile {
-        let wide = CoopTile::Wide;
-        if cores.kernel_subgroup().is_some()
-            && wide.workgroup_bytes(cores.fragment) <= limits.max_compute_workgroup_storage_size
-            && wide.invocations(cores) <= limits.max_compute_invocations_per_workgroup
-        {
-            wide
-        } else {
-            CoopTile::Narrow
+        if CoopTile::Wide.fits(cores, limits) { CoopTile::Wide } else { CoopTile::Narrow }
+    }
+
+    /// Every tile that fits, the default first.
+    pub fn all_for(cores: TensorCores, limits: &wgpu::Limits) -> Vec<CoopTile> {
+        let default = CoopTile::for_adapter(cores, limits);
+        let mut tiles = vec![default];
+        tiles.extend(CoopTile::ALL.into_iter().filter(|&t| t != default && t.fits(cores, limits)));
+        tiles
+    }
+
+    pub const ALL: [CoopTile; 3] = [CoopTile::Narrow, CoopTile::Wide, CoopTile::WidePrefetch];
+
+    /// The name `STEERLM_COOP_TILE` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            CoopTile::Narrow => "narrow",
+            CoopTile::Wide => "wide",
+            CoopTile::WidePrefetch => "prefetch",
         }
     }
 
     fn source(self) -> (&'static str, &'static str) {
         match self {
             CoopTile::Narrow => ("matmul_coop", COOPERATIVE),
-            CoopTile::Wide => ("matmul_coop_wide", COOPERATIVE_WIDE),
+            CoopTile::Wide | CoopTile::WidePrefetch => ("matmul_coop_wide", COOPERATIVE_WIDE),
+        }
+    }
+
+    /// The shader's override constants besides `DTYPE`.
+    fn constants(self) -> Vec<(&'static str, f64)> {
+        match self {
+            CoopTile::Narrow => Vec::new(),
+            CoopTile::Wide => vec![("PREFETCH", 0.0)],
+            CoopTile::WidePrefetch => vec![("PREFETCH", 1.0)],
         }
     }
 }
@@ -245,7 +290,8 @@ impl MatmulVariant {
             MatmulVariant::Cooperative { tile, cores, fallback } => {
                 let (m, n) = tile.output(cores.fragment);
                 let k = tile.depth(cores.fragment);
-                format!("cooperative {m}x{n}x{k} f16 on {cores} (tiled {fallback} for other weight dtypes)")
+                let prefetch = if tile == CoopTile::WidePrefetch { " prefetch" } else { "" };
+                format!("cooperative {m}x{n}x{k}{prefetch} f16 on {cores} (tiled {fallback} for other weight dtypes)")
             }
         }
     }
@@ -310,6 +356,9 @@ impl Matmul {
                     bail!("the cooperative matmul needs the device features {:?}", needed - device.features());
                 }
                 let limits = device.limits();
+                if !tile.runs_on(cores) {
+                    bail!("the cooperative matmul {tile:?} does not run on {cores}");
+                }
                 if tile.workgroup_bytes(fragment) > limits.max_compute_workgroup_storage_size
                     || limits.max_compute_invocations_per_workgroup < tile.invocations(cores)
                 {
@@ -324,7 +373,9 @@ impl Matmul {
                 }
                 let (label, source) = tile.source();
                 let source = cores.specialize(label, &with_common(source))?;
-                let coop = Kernel::new(device, label, &source, &[("DTYPE", 2.0)], size, &BUFFERS)?;
+                let mut constants = vec![("DTYPE", 2.0)];
+                constants.extend(tile.constants());
+                let coop = Kernel::new(device, label, &source, &constants, size, &BUFFERS)?;
                 [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, tile.output(fragment))]
             }
         };

@@ -300,14 +300,24 @@ fn cooperative_shader_validates_with_naga() {
     let granted = C::COOPERATIVE_MATRIX | C::SHADER_FLOAT16 | C::SUBGROUP | C::SHADER_FLOAT16_IN_FLOAT32;
     let lavapipe = TensorCores { fragment: Fragment::Eight, fixed_subgroup: Some(8) };
     for cores in [TensorCores::NVIDIA, lavapipe] {
-        for (name, source) in [("matmul_coop.wgsl", COOPERATIVE), ("matmul_coop_wide.wgsl", COOPERATIVE_WIDE)] {
+        let mut spirv = Vec::new();
+        for tile in CoopTile::ALL {
+            let (name, source) = tile.source();
             let source = cores.specialize(name, &with_common(source)).unwrap();
             assert_eq!(source.contains("coop_mat16x16"), cores == TensorCores::NVIDIA, "{name} for {cores}");
-            validate(&format!("{name} for {cores}"), &source, granted, &[]);
-        }
-        for tile in [CoopTile::Narrow, CoopTile::Wide] {
+            let mut constants = vec![("DTYPE", 2.0)];
+            constants.extend(tile.constants());
+            spirv.push(validate(&format!("{tile:?} for {cores}"), &source, granted, &constants));
             assert!(tile.workgroup_bytes(cores.fragment) <= 32 << 10, "{tile:?} on {cores} must fit 32 KiB");
+            assert!(tile.runs_on(cores), "{tile:?} on {cores}");
         }
+        // PREFETCH reaches the shader: the two wide tiles compile to different code.
+        assert_ne!(spirv[1], spirv[2], "Wide and WidePrefetch on {cores}");
+    }
+    // The wide shader stages four vec4s per invocation: subgroups of side^2 / 8 only.
+    for fixed_subgroup in [Some(8), Some(16), Some(64), None] {
+        let cores = TensorCores { fixed_subgroup, ..TensorCores::NVIDIA };
+        assert!(!CoopTile::WidePrefetch.runs_on(cores) && CoopTile::Narrow.runs_on(cores), "{cores}");
     }
     assert_eq!(CoopTile::Wide.invocations(TensorCores::NVIDIA), 256);
     assert_eq!(CoopTile::Wide.invocations(lavapipe), 64);
@@ -345,12 +355,11 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
         );
         return;
     };
-    // The wide tile where the adapter's subgroups allow it, and the narrow one always.
-    let mut tiles = vec![CoopTile::Narrow];
-    if CoopTile::for_adapter(cores, &caps.limits) == CoopTile::Wide {
-        tiles.push(CoopTile::Wide);
-    } else {
-        eprintln!("SKIPPED: the wide cooperative tile on {}: {cores}", gpu.info.name);
+    // Every tile that runs here: the narrow one always, the wide ones where the adapter's
+    // subgroups allow.
+    let tiles = CoopTile::all_for(cores, &caps.limits);
+    if !tiles.contains(&CoopTile::Wide) {
+        eprintln!("SKIPPED: the wide cooperative tiles on {}: {cores}", gpu.info.name);
     }
     for tile in tiles {
         let variant = MatmulVariant::Cooperative { tile, cores, fallback: TileConfig::MEDIUM };
