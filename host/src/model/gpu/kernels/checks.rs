@@ -69,11 +69,12 @@ mod tests {
         files
     }
 
-    /// What makes leaving out wgpu's loop counter sound: every loop in every shader is a
-    /// `for` whose counter moves toward its bound by a positive constant (a literal, an
-    /// upper-case constant, or one of the named positive `let`s), or halves down to zero.
-    #[test]
-    fn every_shader_loop_ends() {
+    /// Why the loops of one shader might not end: a `loop` or `while`, a `for` that does not
+    /// step its counter toward its bound by a positive constant (a literal, an upper-case
+    /// constant, one of the named positive `let`s, or products and quotients of those) or
+    /// halve it down to zero, or a loop body that assigns to its counter. With the number
+    /// of `for` loops read.
+    fn loop_problems(name: &str, source: &str) -> (Vec<String>, usize) {
         // `let`s of matmul_tiled.wgsl, products of its positive override constants.
         const POSITIVE_LETS: [&str; 2] = ["steps4", "invocations"];
         let positive = |step: &str| {
@@ -81,59 +82,112 @@ mod tests {
                 || step.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
                 || POSITIVE_LETS.contains(&step)
         };
+        let constant_step = |step: &str| {
+            let tokens: Vec<&str> = step.split(' ').collect();
+            tokens.iter().step_by(2).all(|t| positive(t))
+                && tokens.iter().skip(1).step_by(2).all(|op| ["*", "/"].contains(op))
+        };
+        let mut problems = Vec::new();
+        let code: String = source.lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n");
+        let words: Vec<&str> = code.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
+        for word in ["loop", "while"] {
+            if words.contains(&word) {
+                problems.push(format!("{name}: `{word}`: only `for` loops of the checked shape may run"));
+            }
+        }
+        // The text from `open` to its matching `close`, exclusive.
+        let matching = |text: &str, open: char, close: char| -> usize {
+            let mut depth = 0i32;
+            text.find(|c: char| {
+                depth += i32::from(c == open) - i32::from(c == close);
+                depth < 0
+            })
+            .unwrap_or(text.len())
+        };
+        let mut loops = 0;
+        for (at, _) in code.match_indices("for (") {
+            loops += 1;
+            let after = &code[at + "for (".len()..];
+            let end = matching(after, '(', ')');
+            let header = after[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+            let body = after[end..].find('{').map_or("", |open| {
+                let inside = &after[end + open + 1..];
+                &inside[..matching(inside, '{', '}')]
+            });
+            let parts: Vec<&str> = header.split("; ").collect();
+            let [init, test, step] = parts[..] else {
+                problems.push(format!("{name}: `for ({header})`: want init; test; step"));
+                continue;
+            };
+            let counter = init.strip_prefix("var ").and_then(|i| i.split(' ').next()).unwrap_or_default();
+            let test: Vec<&str> = test.splitn(3, ' ').collect();
+            let step: Vec<&str> = step.splitn(5, ' ').collect();
+            let ok = !counter.is_empty()
+                && test.len() == 3
+                && test[0] == counter
+                && step.len() == 5
+                && step[0..4] == [counter, "=", counter, step[3]]
+                && match (test[1], step[3]) {
+                    ("<", "+") => constant_step(step[4]),
+                    (">", "/") => test[2] == "0u" && step[4] == "2u",
+                    _ => false,
+                };
+            if !ok {
+                problems.push(format!(
+                    "{name}: `for ({header})` does not step its counter toward its bound by a positive constant"
+                ));
+                continue;
+            }
+            // The body must not assign to the counter.
+            let assigns = body.split([';', '{', '}']).map(str::trim).find(|s| {
+                s.strip_prefix(counter).is_some_and(|rest| {
+                    let rest = rest.trim_start();
+                    ["=", "+=", "-=", "*=", "/=", "++", "--"].iter().any(|op| rest.starts_with(op))
+                        && !rest.starts_with("==")
+                })
+            });
+            if let Some(statement) = assigns {
+                problems.push(format!("{name}: `{statement}` assigns to the loop counter `{counter}` in its body"));
+            }
+        }
+        (problems, loops)
+    }
+
+    /// What makes leaving out wgpu's loop counter sound: every loop in every shader ends
+    /// ([`loop_problems`]).
+    #[test]
+    fn every_shader_loop_ends() {
         let shaders = shaders();
         assert!(shaders.len() >= 10, "found only {} shaders", shaders.len());
         let mut loops = 0;
         for (name, source) in &shaders {
-            let code: String = source.lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n");
-            let words: Vec<&str> = code.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
-            for word in ["loop", "while"] {
-                assert!(!words.contains(&word), "{name}: `{word}`: only `for` loops of the checked shape may run");
-            }
-            for header in code.split("for (").skip(1) {
-                loops += 1;
-                // Up to the `)` that closes `for (`.
-                let mut depth = 0i32;
-                let end = header
-                    .find(|c: char| {
-                        depth += match c {
-                            '(' => 1,
-                            ')' => -1,
-                            _ => 0,
-                        };
-                        depth < 0
-                    })
-                    .unwrap_or(header.len());
-                let header = header[..end].split_whitespace().collect::<Vec<_>>().join(" ");
-                let parts: Vec<&str> = header.split("; ").collect();
-                let [init, test, step] = parts[..] else { panic!("{name}: `for ({header})`: want init; test; step") };
-                let counter = init.strip_prefix("var ").and_then(|i| i.split(' ').next()).unwrap_or_default();
-                let test: Vec<&str> = test.splitn(3, ' ').collect();
-                let step: Vec<&str> = step.splitn(5, ' ').collect();
-                // A step of constants: `WORKGROUP`, `1u`, `TILE_K / 4u` (whose constants
-                // the shaders keep positive and divisible).
-                let constant_step = |step: &str| {
-                    let tokens: Vec<&str> = step.split(' ').collect();
-                    tokens.iter().step_by(2).all(|t| positive(t))
-                        && tokens.iter().skip(1).step_by(2).all(|op| ["*", "/"].contains(op))
-                };
-                let ok = !counter.is_empty()
-                    && test.len() == 3
-                    && test[0] == counter
-                    && step.len() == 5
-                    && step[0..4] == [counter, "=", counter, step[3]]
-                    && match (test[1], step[3]) {
-                        ("<", "+") => constant_step(step[4]),
-                        (">", "/") => test[2] == "0u" && step[4] == "2u",
-                        _ => false,
-                    };
-                assert!(
-                    ok,
-                    "{name}: `for ({header})` does not step its counter toward its bound by a positive constant"
-                );
-            }
+            let (problems, count) = loop_problems(name, source);
+            assert!(problems.is_empty(), "{}", problems.join("\n"));
+            loops += count;
         }
         assert!(loops >= 60, "found only {loops} loops");
+    }
+
+    #[test]
+    fn loops_that_might_not_end_are_found() {
+        let fine = "for (var i = lid; i < n * HD4; i = i + WORKGROUP) { x = x + 1u; }\n\
+                    for (var s = 128u; s > 0u; s = s / 2u) {}\n\
+                    for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {}";
+        assert_eq!(loop_problems("fine", fine), (Vec::new(), 3));
+        for bad in [
+            "loop { break; }",
+            "while (x < 3u) { x = x + 1u; }",
+            "for (var i = 0u; i < n; i = i + step) {}",
+            "for (var i = 0u; i < n; i = i + 0u) {}",
+            "for (var i = n; i > 0u; i = i - 1u) {}",
+            "for (var i = 0u; i < n; i = i * 2u) {}",
+            "for (var i = 0u; j < n; i = i + 1u) {}",
+            "for (var i = 0u; i < n; i = i + 1u) { i = 0u; }",
+            "for (var i = 0u; i < n; i = i + 1u) { if (x) { i -= 1u; } }",
+        ] {
+            let (problems, _) = loop_problems("bad", bad);
+            assert!(!problems.is_empty(), "not flagged: {bad}");
+        }
     }
 
     #[test]
