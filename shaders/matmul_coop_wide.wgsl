@@ -168,8 +168,9 @@ fn main(
     var c12 = coop_mat16x16<f32, C>();
     var c13 = coop_mat16x16<f32, C>();
 
-    // Each invocation stages STAGED_PER_INVOCATION vec4s of each operand per K step: four,
-    // written out so their loads are all in flight at once.
+    // Each invocation stages four vec4s of each operand per K step (the const_assert above),
+    // written out so their loads are all in flight at once. (Without PREFETCH these first
+    // loads are repeated at the top of the first step: one extra step of loads.)
     var s0 = fetch(li, row0, col0, 0u);
     var s1 = fetch(li + INVOCATIONS, row0, col0, 0u);
     var s2 = fetch(li + 2u * INVOCATIONS, row0, col0, 0u);
