@@ -24,65 +24,11 @@ enable f16;
 enable wgpu_cooperative_matrix;
 diagnostic(off, derivative_uniformity);
 
-// Side of one cooperative-matrix fragment.
-const FRAG: u32 = 16u;
-const TILE_M: u32 = 8u * FRAG;
-const TILE_N: u32 = 8u * FRAG;
-const TILE_K: u32 = 2u * FRAG;
-const SUBGROUP: u32 = 32u;
+// FRAG, SUBGROUP, the tile sizes and the staged tiles: matmul_coop_staging.wgsl.
 // Eight subgroups.
 const INVOCATIONS: u32 = 8u * SUBGROUP;
 // Each K step stages TILE_M x TILE_K of each operand, four vec4s per invocation.
-const_assert TILE_M * TILE_K / 4u == 4u * INVOCATIONS;
-// Whether the next K step's operands are loaded while this step's products run (one more
-// staged set of registers per invocation), or at the top of each step.
-override PREFETCH: bool = false;
-// Row stride of the staged tiles, padded; rows start 16-byte aligned.
-const LDA: u32 = TILE_K + 8u;
-// Row stride of one subgroup's FRAG x FRAG staging area.
-const LDC: u32 = FRAG + 4u;
-
-var<workgroup> x_tile: array<f16, TILE_M * LDA>;
-var<workgroup> w_tile: array<f16, TILE_N * LDA>;
-var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
-
-// One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
-struct Staged {
-    x: vec4<f32>,
-    w: vec2<u32>,
-}
-
-// Staged item i of the K step starting at vec4 k0: row i / (TILE_K / 4) of the tile (of x,
-// and of w), vec4 i % (TILE_K / 4) of the step. Rows past m or n repeat the last row (their
-// outputs are never stored); k past its end reads as zeros.
-fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
-    let k4 = p.k / 4u;
-    let rr = i / (TILE_K / 4u);
-    let kk = k0 + i % (TILE_K / 4u);
-    var staged = Staged(vec4<f32>(0.0), vec2<u32>(0u));
-    if (kk < k4) {
-        staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
-        let e = (min(col0 + rr, p.n - 1u) * p.k + kk * 4u) / 2u;
-        staged.w = vec2<u32>(w[e], w[e + 1u]);
-    }
-    return staged;
-}
-
-// Writes staged item i into the tiles as f16 (x saturated to f16's finite range).
-fn stash(staged: Staged, i: u32) {
-    let xh = vec4<f16>(clamp(staged.x, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
-    let o = (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
-    x_tile[o] = xh.x;
-    x_tile[o + 1u] = xh.y;
-    x_tile[o + 2u] = xh.z;
-    x_tile[o + 3u] = xh.w;
-    let w01 = vec2<f16>(unpack2x16float(staged.w.x));
-    let w23 = vec2<f16>(unpack2x16float(staged.w.y));
-    w_tile[o] = w01.x;
-    w_tile[o + 1u] = w01.y;
-    w_tile[o + 2u] = w23.x;
-    w_tile[o + 3u] = w23.y;
-}
+const STAGED: u32 = 4u;
 
 // One FRAG-deep step of the subgroup's 2x4-fragment block (rows r.., columns c.. of the tile) from
 // the staged tiles at k offset kk. Every index and stride is a `let` of its own.
@@ -123,28 +69,6 @@ fn block_step(
     *c13 = coopMultiplyAdd(a1, b3, *c13);
 }
 
-// Writes one FRAG x FRAG accumulator whose top-left output element is (row, col): through the
-// subgroup's staging area, then bias and epilogue per element. Called by every invocation
-// (it has barriers).
-fn emit(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
-    let base = sg * FRAG * LDC;
-    let stride = LDC;
-    coopStoreT(acc, &y_stage[base], stride);
-    workgroupBarrier();
-    for (var e = lane; e < FRAG * FRAG; e = e + SUBGROUP) {
-        let rr = row + e / FRAG;
-        let cc = col + e % FRAG;
-        if (rr < p.m && cc < p.n) {
-            var value = y_stage[base + (e / FRAG) * LDC + e % FRAG];
-            if (p.has_bias != 0u) {
-                value = value + bias[p.out_offset + cc];
-            }
-            store(rr * p.out_stride + p.out_offset + cc, value);
-        }
-    }
-    workgroupBarrier();
-}
-
 @compute @workgroup_size(INVOCATIONS)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
@@ -168,33 +92,20 @@ fn main(
     var c12 = coop_mat16x16<f32, C>();
     var c13 = coop_mat16x16<f32, C>();
 
-    // Each invocation stages four vec4s of each operand per K step (the const_assert above),
-    // written out so their loads are all in flight at once. (Without PREFETCH these first
-    // loads are repeated at the top of the first step: one extra step of loads.)
-    var s0 = fetch(li, row0, col0, 0u);
-    var s1 = fetch(li + INVOCATIONS, row0, col0, 0u);
-    var s2 = fetch(li + 2u * INVOCATIONS, row0, col0, 0u);
-    var s3 = fetch(li + 3u * INVOCATIONS, row0, col0, 0u);
+    var staged: array<Staged, STAGED>;
+    if (PREFETCH) {
+        staged = fetch_step(li, row0, col0, 0u);
+    }
     for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
         if (!PREFETCH) {
-            s0 = fetch(li, row0, col0, k0);
-            s1 = fetch(li + INVOCATIONS, row0, col0, k0);
-            s2 = fetch(li + 2u * INVOCATIONS, row0, col0, k0);
-            s3 = fetch(li + 3u * INVOCATIONS, row0, col0, k0);
+            staged = fetch_step(li, row0, col0, k0);
         }
-        stash(s0, li);
-        stash(s1, li + INVOCATIONS);
-        stash(s2, li + 2u * INVOCATIONS);
-        stash(s3, li + 3u * INVOCATIONS);
+        stash_step(staged, li);
         workgroupBarrier();
         if (PREFETCH) {
-            // The next K step's operands, loading while this step's products run (past
-            // the end of k they read as zeros and are never stashed).
-            let next = k0 + TILE_K / 4u;
-            s0 = fetch(li, row0, col0, next);
-            s1 = fetch(li + INVOCATIONS, row0, col0, next);
-            s2 = fetch(li + 2u * INVOCATIONS, row0, col0, next);
-            s3 = fetch(li + 3u * INVOCATIONS, row0, col0, next);
+            // The next K step's operands load while this step's products run (past the
+            // end of k they read as zeros and are never stashed).
+            staged = fetch_step(li, row0, col0, k0 + TILE_K / 4u);
         }
         for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
             block_step(r, c, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);

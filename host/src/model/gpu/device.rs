@@ -224,8 +224,9 @@ impl KernelPlan {
     }
 }
 
-/// `matmul` with the tensor-core tile `request` names (`STEERLM_COOP_TILE`: narrow, wide or
-/// prefetch), for measuring one tile against another in whole models. A request that names
+/// `matmul` with the tensor-core tile `request` names (`STEERLM_COOP_TILE`: narrow, wide,
+/// wide-prefetch, square or square-prefetch), for measuring one tile against another in
+/// whole models. A request that names
 /// no tile, or one that does not run here, changes nothing and says so in the reason.
 fn with_requested_coop_tile(
     matmul: MatmulVariant,
@@ -309,9 +310,11 @@ mod tests {
         let request = |name: &str, limits: &wgpu::Limits| {
             with_requested_coop_tile(auto.matmul, auto.matmul_reason.clone(), Some(name), limits)
         };
-        let (prefetch, reason) = request("prefetch", &caps.limits);
+        let (prefetch, reason) = request("wide-prefetch", &caps.limits);
         assert!(matches!(prefetch, MatmulVariant::Cooperative { tile: CoopTile::WidePrefetch, .. }), "{reason}");
-        assert!(reason.ends_with("tile prefetch as STEERLM_COOP_TILE asks"), "{reason}");
+        assert!(reason.ends_with("tile wide-prefetch as STEERLM_COOP_TILE asks"), "{reason}");
+        let (square, _) = request("square-prefetch", &caps.limits);
+        assert!(matches!(square, MatmulVariant::Cooperative { tile: CoopTile::SquarePrefetch, .. }));
         assert_eq!(
             KernelPlan::with_matmul(prefetch, reason).attention,
             AttentionVariant::FlashTensorCores(TensorCores::NVIDIA)
@@ -320,7 +323,10 @@ mod tests {
         assert!(matches!(narrow, MatmulVariant::Cooperative { tile: CoopTile::Narrow, .. }));
         let (same, reason) = request("huge", &caps.limits);
         assert_eq!(same, auto.matmul);
-        assert!(reason.contains("\"huge\" is not one of narrow, wide, prefetch, ignored"), "{reason}");
+        assert!(
+            reason.contains("\"huge\" is not one of narrow, wide, wide-prefetch, square, square-prefetch, ignored"),
+            "{reason}"
+        );
         let small = wgpu::Limits { max_compute_workgroup_storage_size: 16 << 10, ..caps.limits.clone() };
         let (same, reason) = request("wide", &small);
         assert_eq!(same, auto.matmul);

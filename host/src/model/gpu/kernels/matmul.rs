@@ -169,10 +169,16 @@ pub enum CoopTile {
     /// byte. The default where it runs (measured on an H100: 3.0-3.5x [`CoopTile::Narrow`]).
     Wide,
     /// [`CoopTile::Wide`] with the next K step's loads in flight during this step's
-    /// products (its `PREFETCH` override): more registers, global latency hidden. Not yet
-    /// measured on hardware, so chosen only on request (`STEERLM_COOP_TILE=prefetch`);
+    /// products (the `PREFETCH` override): more registers, global latency hidden. Not yet
+    /// measured on hardware, so chosen only on request (`STEERLM_COOP_TILE=wide-prefetch`);
     /// `gpu-info --bench` times it next to the others.
     WidePrefetch,
+    /// `matmul_coop_square.wgsl`: the 128x128 tile computed by 4 subgroups of 64x64 (16
+    /// accumulators each): a third less workgroup-memory traffic per product, twice the
+    /// accumulator registers. Unmeasured on hardware; on request only (`square`).
+    Square,
+    /// [`CoopTile::Square`] with `PREFETCH` (`square-prefetch`).
+    SquarePrefetch,
 }
 
 impl CoopTile {
@@ -181,7 +187,7 @@ impl CoopTile {
         let side = fragment.side()
             * match self {
                 CoopTile::Narrow => 4,
-                CoopTile::Wide | CoopTile::WidePrefetch => 8,
+                _ => 8,
             };
         (side, side)
     }
@@ -196,17 +202,20 @@ impl CoopTile {
         match self {
             CoopTile::Narrow => 128,
             CoopTile::Wide | CoopTile::WidePrefetch => 8 * cores.kernel_subgroup().unwrap_or(32),
+            CoopTile::Square | CoopTile::SquarePrefetch => 4 * cores.kernel_subgroup().unwrap_or(32),
         }
     }
 
-    /// Whether this is the 128x128 (64x64 with 8x8 fragments) tile of `matmul_coop_wide.wgsl`.
+    /// Whether this is a 128x128 tile (64x64 with 8x8 fragments) of fixed-width subgroups:
+    /// every tile but [`CoopTile::Narrow`].
     pub fn is_wide(self) -> bool {
-        matches!(self, CoopTile::Wide | CoopTile::WidePrefetch)
+        self != CoopTile::Narrow
     }
 
-    /// Whether the tile runs on these tensor cores: the wide shader stages four vec4s of
-    /// each operand per invocation, which holds for 16x16 fragments with subgroups of 32
-    /// (NVIDIA) and 8x8 ones with subgroups of 8 (lavapipe): a subgroup of side^2 / 8.
+    /// Whether the tile runs on these tensor cores: the wide shaders stage a fixed number
+    /// of vec4s of each operand per invocation (4 with 8 subgroups, 8 with 4), which holds
+    /// for 16x16 fragments with subgroups of 32 (NVIDIA) and 8x8 ones with subgroups of 8
+    /// (lavapipe): a subgroup of side^2 / 8.
     pub fn runs_on(self, cores: TensorCores) -> bool {
         let side = cores.fragment.side() as u32;
         !self.is_wide() || cores.kernel_subgroup() == Some(side * side / 8)
@@ -220,6 +229,7 @@ impl CoopTile {
         let output = match self {
             CoopTile::Narrow => rows * (columns + 4) * 4,
             CoopTile::Wide | CoopTile::WidePrefetch => 8 * fragment.side() * (fragment.side() + 4) * 4,
+            CoopTile::Square | CoopTile::SquarePrefetch => 4 * fragment.side() * (fragment.side() + 4) * 4,
         };
         (staged + output) as u32
     }
@@ -245,21 +255,26 @@ impl CoopTile {
         tiles
     }
 
-    pub const ALL: [CoopTile; 3] = [CoopTile::Narrow, CoopTile::Wide, CoopTile::WidePrefetch];
+    pub const ALL: [CoopTile; 5] =
+        [CoopTile::Narrow, CoopTile::Wide, CoopTile::WidePrefetch, CoopTile::Square, CoopTile::SquarePrefetch];
 
     /// The name `STEERLM_COOP_TILE` takes.
     pub fn key(self) -> &'static str {
         match self {
             CoopTile::Narrow => "narrow",
             CoopTile::Wide => "wide",
-            CoopTile::WidePrefetch => "prefetch",
+            CoopTile::WidePrefetch => "wide-prefetch",
+            CoopTile::Square => "square",
+            CoopTile::SquarePrefetch => "square-prefetch",
         }
     }
 
-    fn source(self) -> (&'static str, &'static str) {
+    /// The shader's name and complete source (before [`TensorCores::specialize`]).
+    fn source(self) -> (&'static str, String) {
         match self {
-            CoopTile::Narrow => ("matmul_coop", COOPERATIVE),
-            CoopTile::Wide | CoopTile::WidePrefetch => ("matmul_coop_wide", COOPERATIVE_WIDE),
+            CoopTile::Narrow => ("matmul_coop", with_common(COOPERATIVE)),
+            CoopTile::Wide | CoopTile::WidePrefetch => ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE)),
+            CoopTile::Square | CoopTile::SquarePrefetch => ("matmul_coop_square", with_staging(COOPERATIVE_SQUARE)),
         }
     }
 
@@ -267,8 +282,8 @@ impl CoopTile {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             CoopTile::Narrow => Vec::new(),
-            CoopTile::Wide => vec![("PREFETCH", 0.0)],
-            CoopTile::WidePrefetch => vec![("PREFETCH", 1.0)],
+            CoopTile::Wide | CoopTile::Square => vec![("PREFETCH", 0.0)],
+            CoopTile::WidePrefetch | CoopTile::SquarePrefetch => vec![("PREFETCH", 1.0)],
         }
     }
 }
@@ -290,8 +305,8 @@ impl MatmulVariant {
             MatmulVariant::Cooperative { tile, cores, fallback } => {
                 let (m, n) = tile.output(cores.fragment);
                 let k = tile.depth(cores.fragment);
-                let prefetch = if tile == CoopTile::WidePrefetch { " prefetch" } else { "" };
-                format!("cooperative {m}x{n}x{k}{prefetch} f16 on {cores} (tiled {fallback} for other weight dtypes)")
+                let name = tile.key();
+                format!("cooperative {m}x{n}x{k} ({name}) f16 on {cores} (tiled {fallback} for other weight dtypes)")
             }
         }
     }
@@ -310,6 +325,9 @@ const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl"
 const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");
 const COOPERATIVE: &str = include_str!("../../../../../shaders/matmul_coop.wgsl");
 const COOPERATIVE_WIDE: &str = include_str!("../../../../../shaders/matmul_coop_wide.wgsl");
+const COOPERATIVE_SQUARE: &str = include_str!("../../../../../shaders/matmul_coop_square.wgsl");
+/// Operand staging and accumulator output shared by the wide and square shaders.
+const STAGING: &str = include_str!("../../../../../shaders/matmul_coop_staging.wgsl");
 /// Parameters, bindings, epilogue and weight load shared by the three.
 const COMMON: &str = include_str!("../../../../../shaders/matmul_common.wgsl");
 
@@ -318,13 +336,19 @@ fn with_common(body: &str) -> String {
     super::with_prelude(COMMON, body)
 }
 
+/// A wide tensor-core shader with the common part and the staging part inserted.
+fn with_staging(body: &str) -> String {
+    with_common(&super::with_prelude(STAGING, body))
+}
+
 /// The complete WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, String); 4] {
+pub fn sources() -> [(&'static str, String); 5] {
     [
         ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
         ("matmul_tiled.wgsl", with_common(TILED)),
         ("matmul_coop.wgsl", with_common(COOPERATIVE)),
-        ("matmul_coop_wide.wgsl", with_common(COOPERATIVE_WIDE)),
+        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE)),
+        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE)),
     ]
 }
 
@@ -372,7 +396,7 @@ impl Matmul {
                     );
                 }
                 let (label, source) = tile.source();
-                let source = cores.specialize(label, &with_common(source))?;
+                let source = cores.specialize(label, &source)?;
                 let mut constants = vec![("DTYPE", 2.0)];
                 constants.extend(tile.constants());
                 let coop = Kernel::new(device, label, &source, &constants, size, &BUFFERS)?;

@@ -303,7 +303,7 @@ fn cooperative_shader_validates_with_naga() {
         let mut spirv = Vec::new();
         for tile in CoopTile::ALL {
             let (name, source) = tile.source();
-            let source = cores.specialize(name, &with_common(source)).unwrap();
+            let source = cores.specialize(name, &source).unwrap();
             assert_eq!(source.contains("coop_mat16x16"), cores == TensorCores::NVIDIA, "{name} for {cores}");
             let mut constants = vec![("DTYPE", 2.0)];
             constants.extend(tile.constants());
@@ -311,19 +311,23 @@ fn cooperative_shader_validates_with_naga() {
             assert!(tile.workgroup_bytes(cores.fragment) <= 32 << 10, "{tile:?} on {cores} must fit 32 KiB");
             assert!(tile.runs_on(cores), "{tile:?} on {cores}");
         }
-        // PREFETCH reaches the shader: the two wide tiles compile to different code.
+        // PREFETCH reaches the shader: with and without it the tiles compile to different code.
         assert_ne!(spirv[1], spirv[2], "Wide and WidePrefetch on {cores}");
+        assert_ne!(spirv[3], spirv[4], "Square and SquarePrefetch on {cores}");
     }
     // The wide shader stages four vec4s per invocation: subgroups of side^2 / 8 only.
     for fixed_subgroup in [Some(8), Some(16), Some(64), None] {
         let cores = TensorCores { fixed_subgroup, ..TensorCores::NVIDIA };
-        assert!(!CoopTile::WidePrefetch.runs_on(cores) && CoopTile::Narrow.runs_on(cores), "{cores}");
+        for tile in CoopTile::ALL {
+            assert_eq!(tile.runs_on(cores), tile == CoopTile::Narrow, "{tile:?} on {cores}");
+        }
     }
     assert_eq!(CoopTile::Wide.invocations(TensorCores::NVIDIA), 256);
     assert_eq!(CoopTile::Wide.invocations(lavapipe), 64);
     // The wide kernel needs a fixed subgroup width; the narrow one does not.
     let varying = TensorCores { fixed_subgroup: None, ..TensorCores::NVIDIA };
-    assert!(varying.specialize("wide", &with_common(COOPERATIVE_WIDE)).is_err());
+    assert!(varying.specialize("wide", &with_staging(COOPERATIVE_WIDE)).is_err());
+    assert!(varying.specialize("square", &with_staging(COOPERATIVE_SQUARE)).is_err());
     assert!(varying.specialize("narrow", &with_common(COOPERATIVE)).is_ok());
     assert_eq!(CoopTile::for_adapter(varying, &wgpu::Limits::default()), CoopTile::Narrow);
     assert_eq!(CoopTile::Wide.output(Fragment::Sixteen), (128, 128));

@@ -1,0 +1,145 @@
+// y[m, out_offset + j] = sum_k x[m, k] * w[j, k] (+ bias[out_offset + j]), then the epilogue,
+// on tensor cores: matmul_coop_wide.wgsl's 128x128 tile and K step of 32, computed by 4
+// subgroups of 32 that each own a 64x64 square of the output (4x4 fragments, 16 f32
+// accumulators) instead of 8 subgroups of 32x64. Same bindings, parameters, epilogues and
+// f16 weights; staging and output through matmul_coop_staging.wgsl.
+//
+// Why: per 16-deep step a subgroup loads 4 A and 4 B fragments from workgroup memory for
+// 16 tensor-core products, where the wide tile loads 6 for 8: a third less workgroup-memory
+// traffic per product (the layout of llama.cpp's Vulkan cooperative-matrix matmul), at the
+// price of twice the accumulator registers per invocation. Not yet measured on hardware;
+// chosen only with STEERLM_COOP_TILE=square (or square-prefetch).
+//
+// Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32);
+// kernels/coop.rs rewrites both to 8 for lavapipe: a 64x64 tile, 32 invocations.
+
+enable f16;
+enable wgpu_cooperative_matrix;
+diagnostic(off, derivative_uniformity);
+
+// FRAG, SUBGROUP, the tile sizes and the staged tiles: matmul_coop_staging.wgsl.
+// Four subgroups, one 4x4-fragment square each.
+const INVOCATIONS: u32 = 4u * SUBGROUP;
+// Each K step stages TILE_M x TILE_K of each operand, eight vec4s per invocation.
+const STAGED: u32 = 8u;
+
+// One FRAG-deep step of the subgroup's 4x4-fragment square (rows r.., columns c.. of the
+// tile) from the staged tiles at k offset kk.
+fn square_step(
+    r: u32,
+    c: u32,
+    kk: u32,
+    c00: ptr<function, coop_mat16x16<f32, C>>,
+    c01: ptr<function, coop_mat16x16<f32, C>>,
+    c02: ptr<function, coop_mat16x16<f32, C>>,
+    c03: ptr<function, coop_mat16x16<f32, C>>,
+    c10: ptr<function, coop_mat16x16<f32, C>>,
+    c11: ptr<function, coop_mat16x16<f32, C>>,
+    c12: ptr<function, coop_mat16x16<f32, C>>,
+    c13: ptr<function, coop_mat16x16<f32, C>>,
+    c20: ptr<function, coop_mat16x16<f32, C>>,
+    c21: ptr<function, coop_mat16x16<f32, C>>,
+    c22: ptr<function, coop_mat16x16<f32, C>>,
+    c23: ptr<function, coop_mat16x16<f32, C>>,
+    c30: ptr<function, coop_mat16x16<f32, C>>,
+    c31: ptr<function, coop_mat16x16<f32, C>>,
+    c32: ptr<function, coop_mat16x16<f32, C>>,
+    c33: ptr<function, coop_mat16x16<f32, C>>,
+) {
+    let stride = LDA;
+    // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
+    let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 0u * FRAG) * LDA + kk], stride);
+    let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 1u * FRAG) * LDA + kk], stride);
+    let a2 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 2u * FRAG) * LDA + kk], stride);
+    let a3 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 3u * FRAG) * LDA + kk], stride);
+    let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 0u * FRAG) * LDA + kk], stride);
+    let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 1u * FRAG) * LDA + kk], stride);
+    let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 2u * FRAG) * LDA + kk], stride);
+    let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 3u * FRAG) * LDA + kk], stride);
+    *c00 = coopMultiplyAdd(a0, b0, *c00);
+    *c01 = coopMultiplyAdd(a0, b1, *c01);
+    *c02 = coopMultiplyAdd(a0, b2, *c02);
+    *c03 = coopMultiplyAdd(a0, b3, *c03);
+    *c10 = coopMultiplyAdd(a1, b0, *c10);
+    *c11 = coopMultiplyAdd(a1, b1, *c11);
+    *c12 = coopMultiplyAdd(a1, b2, *c12);
+    *c13 = coopMultiplyAdd(a1, b3, *c13);
+    *c20 = coopMultiplyAdd(a2, b0, *c20);
+    *c21 = coopMultiplyAdd(a2, b1, *c21);
+    *c22 = coopMultiplyAdd(a2, b2, *c22);
+    *c23 = coopMultiplyAdd(a2, b3, *c23);
+    *c30 = coopMultiplyAdd(a3, b0, *c30);
+    *c31 = coopMultiplyAdd(a3, b1, *c31);
+    *c32 = coopMultiplyAdd(a3, b2, *c32);
+    *c33 = coopMultiplyAdd(a3, b3, *c33);
+}
+
+@compute @workgroup_size(INVOCATIONS)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let row0 = group.y * TILE_M;
+    let col0 = group.x * TILE_N;
+    let k4 = p.k / 4u;
+    // The subgroup's square: 2 x 2 squares of 4x4 fragments.
+    let r = (sg / 2u) * (4u * FRAG);
+    let c = (sg % 2u) * (4u * FRAG);
+
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c02 = coop_mat16x16<f32, C>();
+    var c03 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    var c12 = coop_mat16x16<f32, C>();
+    var c13 = coop_mat16x16<f32, C>();
+    var c20 = coop_mat16x16<f32, C>();
+    var c21 = coop_mat16x16<f32, C>();
+    var c22 = coop_mat16x16<f32, C>();
+    var c23 = coop_mat16x16<f32, C>();
+    var c30 = coop_mat16x16<f32, C>();
+    var c31 = coop_mat16x16<f32, C>();
+    var c32 = coop_mat16x16<f32, C>();
+    var c33 = coop_mat16x16<f32, C>();
+
+    var staged: array<Staged, STAGED>;
+    if (PREFETCH) {
+        staged = fetch_step(li, row0, col0, 0u);
+    }
+    for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
+        if (!PREFETCH) {
+            staged = fetch_step(li, row0, col0, k0);
+        }
+        stash_step(staged, li);
+        workgroupBarrier();
+        if (PREFETCH) {
+            staged = fetch_step(li, row0, col0, k0 + TILE_K / 4u);
+        }
+        for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
+            square_step(r, c, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13, &c20, &c21, &c22, &c23, &c30, &c31, &c32, &c33);
+        }
+        workgroupBarrier();
+    }
+
+    let top = row0 + r;
+    let left = col0 + c;
+    emit(c00, sg, lane, top + 0u * FRAG, left + 0u * FRAG);
+    emit(c01, sg, lane, top + 0u * FRAG, left + 1u * FRAG);
+    emit(c02, sg, lane, top + 0u * FRAG, left + 2u * FRAG);
+    emit(c03, sg, lane, top + 0u * FRAG, left + 3u * FRAG);
+    emit(c10, sg, lane, top + 1u * FRAG, left + 0u * FRAG);
+    emit(c11, sg, lane, top + 1u * FRAG, left + 1u * FRAG);
+    emit(c12, sg, lane, top + 1u * FRAG, left + 2u * FRAG);
+    emit(c13, sg, lane, top + 1u * FRAG, left + 3u * FRAG);
+    emit(c20, sg, lane, top + 2u * FRAG, left + 0u * FRAG);
+    emit(c21, sg, lane, top + 2u * FRAG, left + 1u * FRAG);
+    emit(c22, sg, lane, top + 2u * FRAG, left + 2u * FRAG);
+    emit(c23, sg, lane, top + 2u * FRAG, left + 3u * FRAG);
+    emit(c30, sg, lane, top + 3u * FRAG, left + 0u * FRAG);
+    emit(c31, sg, lane, top + 3u * FRAG, left + 1u * FRAG);
+    emit(c32, sg, lane, top + 3u * FRAG, left + 2u * FRAG);
+    emit(c33, sg, lane, top + 3u * FRAG, left + 3u * FRAG);
+}

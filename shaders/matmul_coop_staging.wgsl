@@ -1,0 +1,106 @@
+// Shared by matmul_coop_wide.wgsl and matmul_coop_square.wgsl (kernels/matmul.rs inserts
+// it after matmul_common.wgsl): the 128x128 tile and its K step of 32, staging the operands
+// of one K step through registers into f16 tiles in workgroup memory, and writing one
+// accumulator out. Each shader declares INVOCATIONS (a number of subgroups) and STAGED
+// (the vec4s of each operand an invocation stages per K step).
+//
+// Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32).
+// kernels/coop.rs rewrites both to 8 for lavapipe (8x8x8 matrices, subgroups of 8): a
+// 64x64 tile and a K step of 16, same code.
+
+// Side of one cooperative-matrix fragment.
+const FRAG: u32 = 16u;
+const TILE_M: u32 = 8u * FRAG;
+const TILE_N: u32 = 8u * FRAG;
+const TILE_K: u32 = 2u * FRAG;
+const SUBGROUP: u32 = 32u;
+const_assert TILE_M * TILE_K / 4u == STAGED * INVOCATIONS;
+// Row stride of the staged tiles, padded; rows start 16-byte aligned.
+const LDA: u32 = TILE_K + 8u;
+// Row stride of one subgroup's FRAG x FRAG output staging area.
+const LDC: u32 = FRAG + 4u;
+
+var<workgroup> x_tile: array<f16, TILE_M * LDA>;
+var<workgroup> w_tile: array<f16, TILE_N * LDA>;
+var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
+
+// Whether the next K step's operands are loaded while this step's products run (one more
+// set of staged registers per invocation), or at the top of each step.
+override PREFETCH: bool = false;
+
+// One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
+struct Staged {
+    x: vec4<f32>,
+    w: vec2<u32>,
+}
+
+// Staged item i of the K step starting at vec4 k0: row i / (TILE_K / 4) of the tile (of x,
+// and of w), vec4 i % (TILE_K / 4) of the step. Rows past m or n repeat the last row (their
+// outputs are never stored); k past its end reads as zeros.
+fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
+    let k4 = p.k / 4u;
+    let rr = i / (TILE_K / 4u);
+    let kk = k0 + i % (TILE_K / 4u);
+    var staged = Staged(vec4<f32>(0.0), vec2<u32>(0u));
+    if (kk < k4) {
+        staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
+        let e = (min(col0 + rr, p.n - 1u) * p.k + kk * 4u) / 2u;
+        staged.w = vec2<u32>(w[e], w[e + 1u]);
+    }
+    return staged;
+}
+
+// Writes staged item i into the tiles as f16 (x saturated to f16's finite range).
+fn stash(staged: Staged, i: u32) {
+    let xh = vec4<f16>(clamp(staged.x, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+    let o = (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
+    x_tile[o] = xh.x;
+    x_tile[o + 1u] = xh.y;
+    x_tile[o + 2u] = xh.z;
+    x_tile[o + 3u] = xh.w;
+    let w01 = vec2<f16>(unpack2x16float(staged.w.x));
+    let w23 = vec2<f16>(unpack2x16float(staged.w.y));
+    w_tile[o] = w01.x;
+    w_tile[o + 1u] = w01.y;
+    w_tile[o + 2u] = w23.x;
+    w_tile[o + 3u] = w23.y;
+}
+
+// The K step starting at vec4 k0: this invocation's STAGED items (li, li + INVOCATIONS, ...),
+// loads only, so they are all in flight at once.
+fn fetch_step(li: u32, row0: u32, col0: u32, k0: u32) -> array<Staged, STAGED> {
+    var staged: array<Staged, STAGED>;
+    for (var j = 0u; j < STAGED; j = j + 1u) {
+        staged[j] = fetch(li + j * INVOCATIONS, row0, col0, k0);
+    }
+    return staged;
+}
+
+fn stash_step(staged: array<Staged, STAGED>, li: u32) {
+    for (var j = 0u; j < STAGED; j = j + 1u) {
+        stash(staged[j], li + j * INVOCATIONS);
+    }
+}
+
+// Writes one FRAG x FRAG accumulator whose top-left output element is (row, col): through the
+// subgroup's staging area, then bias and epilogue per element. Called by every invocation
+// (it has barriers).
+fn emit(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
+    let base = sg * FRAG * LDC;
+    let stride = LDC;
+    coopStoreT(acc, &y_stage[base], stride);
+    workgroupBarrier();
+    for (var e = lane; e < FRAG * FRAG; e = e + SUBGROUP) {
+        let rr = row + e / FRAG;
+        let cc = col + e % FRAG;
+        if (rr < p.m && cc < p.n) {
+            var value = y_stage[base + (e / FRAG) * LDC + e % FRAG];
+            if (p.has_bias != 0u) {
+                value = value + bias[p.out_offset + cc];
+            }
+            store(rr * p.out_stride + p.out_offset + cc, value);
+        }
+    }
+    workgroupBarrier();
+}
+
