@@ -226,8 +226,8 @@ impl KernelPlan {
 
 /// `matmul` with the tensor-core tile `request` names (`STEERLM_COOP_TILE`: narrow, wide,
 /// wide-prefetch, square or square-prefetch), for measuring one tile against another in
-/// whole models. A request that names
-/// no tile, or one that does not run here, changes nothing and says so in the reason.
+/// whole models. A request that names no tile, or one that does not run here, changes
+/// nothing and says so in the reason.
 fn with_requested_coop_tile(
     matmul: MatmulVariant,
     reason: String,

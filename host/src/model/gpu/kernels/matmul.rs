@@ -201,9 +201,23 @@ impl CoopTile {
     pub fn invocations(self, cores: TensorCores) -> u32 {
         match self {
             CoopTile::Narrow => 128,
-            CoopTile::Wide | CoopTile::WidePrefetch => 8 * cores.kernel_subgroup().unwrap_or(32),
-            CoopTile::Square | CoopTile::SquarePrefetch => 4 * cores.kernel_subgroup().unwrap_or(32),
+            _ => self.subgroups() * cores.kernel_subgroup().unwrap_or(32),
         }
+    }
+
+    /// Subgroups per workgroup of the 128x128 tiles: 8 blocks of 32x64 (wide) or 4 squares
+    /// of 64x64 (square). The narrow tile's 128 invocations are 4 subgroups of 32.
+    fn subgroups(self) -> u32 {
+        match self {
+            CoopTile::Wide | CoopTile::WidePrefetch => 8,
+            CoopTile::Narrow | CoopTile::Square | CoopTile::SquarePrefetch => 4,
+        }
+    }
+
+    /// Whether the next K step's operands load during this step's products (the shaders'
+    /// `PREFETCH` override).
+    fn prefetch(self) -> bool {
+        matches!(self, CoopTile::WidePrefetch | CoopTile::SquarePrefetch)
     }
 
     /// Whether this is a 128x128 tile (64x64 with 8x8 fragments) of fixed-width subgroups:
@@ -228,8 +242,7 @@ impl CoopTile {
         let staged = 2 * rows * (self.depth(fragment) + 8) * 2;
         let output = match self {
             CoopTile::Narrow => rows * (columns + 4) * 4,
-            CoopTile::Wide | CoopTile::WidePrefetch => 8 * fragment.side() * (fragment.side() + 4) * 4,
-            CoopTile::Square | CoopTile::SquarePrefetch => 4 * fragment.side() * (fragment.side() + 4) * 4,
+            _ => self.subgroups() as usize * fragment.side() * (fragment.side() + 4) * 4,
         };
         (staged + output) as u32
     }
@@ -282,8 +295,7 @@ impl CoopTile {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             CoopTile::Narrow => Vec::new(),
-            CoopTile::Wide | CoopTile::Square => vec![("PREFETCH", 0.0)],
-            CoopTile::WidePrefetch | CoopTile::SquarePrefetch => vec![("PREFETCH", 1.0)],
+            _ => vec![("PREFETCH", if self.prefetch() { 1.0 } else { 0.0 })],
         }
     }
 }
