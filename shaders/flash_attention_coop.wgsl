@@ -15,6 +15,12 @@
 // accumulators, with the row sums in f32. QK^T runs twice: 1.5x the products of one pass,
 // all on tensor cores. Tiles above the block's causal diagonal are never loaded.
 //
+// The per-element work between the products (the maximum, exp and the row sums) is spread
+// over every invocation: SPLIT invocations per slot, each over PART keys of every tile,
+// keeping its running maximum and sum in registers; the parts are combined once, after
+// each pass. Each invocation walks its keys starting at a different column, so a
+// subgroup's reads of the scores fall in distinct workgroup-memory banks.
+//
 // Scores are scaled by `p.scale` and soft-capped where `p.softcap` > 0, in f32, as in
 // flash_attention.wgsl. Inputs are rounded to f16 (saturated to its finite range).
 //
@@ -50,6 +56,12 @@ const LDS: u32 = KEYS;
 const LDP: u32 = KEYS + 8u;
 // Below any real score, and far enough from -FLT_MAX that subtracting stays finite.
 const LOWEST: f32 = -1.0e30;
+// Invocations per query slot in the softmax work (2 here, 1 with 8x8 fragments), and the
+// keys of each tile one of them takes.
+const SPLIT: u32 = INVOCATIONS / QUERIES;
+const PART: u32 = KEYS / SPLIT;
+const_assert SPLIT * QUERIES == INVOCATIONS;
+const_assert PART * SPLIT == KEYS;
 
 var<workgroup> q_tile: array<f16, QUERIES * LDQ>;
 var<workgroup> k_tile: array<f16, KEYS * LDQ>;
@@ -57,7 +69,8 @@ var<workgroup> v_tile: array<f16, KEYS * LDQ>;
 // Scores of the tile [slot][key]; at the end, each subgroup's output staging.
 var<workgroup> s_tile: array<f32, QUERIES * LDS>;
 var<workgroup> p_tile: array<f16, QUERIES * LDP>;
-var<workgroup> row_max: array<f32, QUERIES>;
+// Each invocation's running maximum, then its sum, to combine per slot.
+var<workgroup> partial: array<f32, INVOCATIONS>;
 var<workgroup> row_sum: array<f32, QUERIES>;
 
 fn cap_score(s: f32) -> f32 {
@@ -186,6 +199,11 @@ fn main(
     let group = p.heads / p.kv_heads;
     // This subgroup's FRAG slots.
     let r = sg * FRAG;
+    // The slot, its query row and the part of each tile's keys this invocation's softmax
+    // work is for (slot and part vary fastest within a subgroup).
+    let slot = li / SPLIT;
+    let part = li % SPLIT;
+    let slot_t = slot_row(slot, first, count, group);
 
     for (var i = li; i < QUERIES * HD4; i = i + INVOCATIONS) {
         let s = i / HD4;
@@ -198,30 +216,31 @@ fn main(
         q_tile[o + 2u] = qh.z;
         q_tile[o + 3u] = qh.w;
     }
-    for (var s = li; s < QUERIES; s = s + INVOCATIONS) {
-        row_max[s] = LOWEST;
-        row_sum[s] = 0.0;
-    }
 
     // Pass 1: each slot's maximum over its keys.
+    var my_max = LOWEST;
     for (var tile = start; tile < end; tile = tile + KEYS) {
         let n = min(KEYS, end - tile);
         stage_kv(li, tile, n, kv_head, false);
         workgroupBarrier();
         tile_scores(r);
         workgroupBarrier();
-        for (var s = li; s < QUERIES; s = s + INVOCATIONS) {
-            let t = slot_row(s, first, count, group);
-            var m = row_max[s];
-            for (var j = 0u; j < n; j = j + 1u) {
-                if (tile + j <= t) {
-                    m = max(m, cap_score(s_tile[s * LDS + j] * p.scale));
-                }
+        for (var j = 0u; j < PART; j = j + 1u) {
+            let key = part * PART + (j + slot) % PART;
+            if (key < n && tile + key <= slot_t) {
+                my_max = max(my_max, cap_score(s_tile[slot * LDS + key] * p.scale));
             }
-            row_max[s] = m;
         }
         workgroupBarrier();
     }
+    partial[li] = my_max;
+    workgroupBarrier();
+    var m = LOWEST;
+    for (var q = 0u; q < SPLIT; q = q + 1u) {
+        m = max(m, partial[slot * SPLIT + q]);
+    }
+    // Every read of the maxima happens before any sum is written over them.
+    workgroupBarrier();
 
     // Pass 2: P = exp(S - max), O += P V.
     var o0 = coop_mat16x16<f32, C>();
@@ -232,26 +251,23 @@ fn main(
     var o5 = coop_mat16x16<f32, C>();
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
+    var my_sum = 0.0;
     for (var tile = start; tile < end; tile = tile + KEYS) {
         let n = min(KEYS, end - tile);
         stage_kv(li, tile, n, kv_head, true);
         workgroupBarrier();
         tile_scores(r);
         workgroupBarrier();
-        for (var s = li; s < QUERIES; s = s + INVOCATIONS) {
-            let t = slot_row(s, first, count, group);
-            let m = row_max[s];
-            var sum = 0.0;
-            for (var j = 0u; j < KEYS; j = j + 1u) {
-                var e = 0.0;
-                if (j < n && tile + j <= t) {
-                    e = exp(cap_score(s_tile[s * LDS + j] * p.scale) - m);
-                }
-                let eh = f16(e);
-                p_tile[s * LDP + j] = eh;
-                sum = sum + f32(eh);
+        for (var j = 0u; j < PART; j = j + 1u) {
+            let key = part * PART + (j + slot) % PART;
+            var e = 0.0;
+            if (key < n && tile + key <= slot_t) {
+                e = exp(cap_score(s_tile[slot * LDS + key] * p.scale) - m);
             }
-            row_sum[s] = row_sum[s] + sum;
+            // The sum adds what P V multiplies: the f16 probabilities.
+            let eh = f16(e);
+            p_tile[slot * LDP + key] = eh;
+            my_sum = my_sum + f32(eh);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < KEYS; kk = kk + FRAG) {
@@ -280,6 +296,16 @@ fn main(
         }
         workgroupBarrier();
     }
+    partial[li] = my_sum;
+    workgroupBarrier();
+    if (part == 0u) {
+        var sum = 0.0;
+        for (var q = 0u; q < SPLIT; q = q + 1u) {
+            sum = sum + partial[slot * SPLIT + q];
+        }
+        row_sum[slot] = sum;
+    }
+    workgroupBarrier();
 
     emit(o0, r, 0u, lane, first, count, group, kv_head);
     if (FRAGS > 1u) {

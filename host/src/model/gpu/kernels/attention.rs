@@ -237,11 +237,17 @@ fn flash_coop_queries_and_keys(fragment: Fragment) -> (usize, usize) {
 }
 
 /// Workgroup memory of `flash_attention_coop.wgsl` for `head_dim`: f16 q, K and V tiles
-/// with rows padded by 8, f32 scores, f16 probabilities (rows padded by 8), and two floats
-/// per slot. With 16x16 fragments: 64 slots and 32 keys.
+/// with rows padded by 8, f32 scores, f16 probabilities (rows padded by 8), a float per
+/// invocation (the partial maxima and sums) and one per slot (the row sums). With 16x16
+/// fragments: 64 slots, 32 keys, 128 invocations.
 pub fn flash_coop_workgroup_bytes(head_dim: usize, fragment: Fragment) -> usize {
     let (queries, keys) = flash_coop_queries_and_keys(fragment);
-    2 * (queries + 2 * keys) * (head_dim + 8) + 4 * queries * keys + 2 * queries * (keys + 8) + 8 * queries
+    // Four subgroups of side^2 / 8 (32 for 16x16 fragments, 8 for 8x8).
+    let invocations = 4 * fragment.side() * fragment.side() / 8;
+    2 * (queries + 2 * keys) * (head_dim + 8)
+        + 4 * queries * keys
+        + 2 * queries * (keys + 8)
+        + 4 * (invocations + queries)
 }
 
 impl FlashAttention {

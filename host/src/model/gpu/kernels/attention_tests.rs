@@ -280,7 +280,10 @@ fn tensor_core_flash_attention_validates_with_naga() {
         }
     }
     // The 16x16 kernel's memory, as the shader declares it: 64 slots, 32 keys.
-    assert_eq!(flash_coop_workgroup_bytes(64, Fragment::Sixteen), 2 * 128 * 72 + 4 * 64 * 32 + 2 * 64 * 40 + 8 * 64);
+    assert_eq!(
+        flash_coop_workgroup_bytes(64, Fragment::Sixteen),
+        2 * 128 * 72 + 4 * 64 * 32 + 2 * 64 * 40 + 4 * (128 + 64)
+    );
     let refused = [(72, Fragment::Sixteen), (256, Fragment::Sixteen), (80, Fragment::Eight), (12, Fragment::Eight)];
     for (head_dim, fragment) in refused {
         assert!(!flash_coop_supports_head_dim(head_dim, fragment), "{head_dim} on {fragment}");
