@@ -20,8 +20,6 @@ diagnostic(off, derivative_uniformity);
 // FRAG, SUBGROUP, the tile sizes and the staged tiles: matmul_coop_staging.wgsl.
 // Four subgroups, one 4x4-fragment square each.
 const INVOCATIONS: u32 = 4u * SUBGROUP;
-// Each K step stages TILE_M x TILE_K of each operand, eight vec4s per invocation.
-const STAGED: u32 = 8u;
 
 // One FRAG-deep step of the subgroup's 4x4-fragment square (rows r.., columns c.. of the
 // tile) from the staged tiles at k offset kk.

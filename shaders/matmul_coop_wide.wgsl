@@ -5,8 +5,9 @@
 // Measured on an H100, matmul_coop.wgsl's 64x64 tile (one 32x32 quadrant per subgroup)
 // spends most of its time staging tiles: 8 tensor-core products per subgroup per K step.
 // Here a workgroup of 256 invocations (8 subgroups) stages a 128-row x tile and a 128-row w
-// tile per K step of 32, and each subgroup owns a 32x64 block of the output: 2 A and 4 B
-// fragments feed 8 products per 16-deep step, twice the products per staged byte.
+// tile per K step of 32 (64 for the deep tile), and each subgroup owns a 32x64 block of the
+// output: 2 A and 4 B fragments feed 8 products per 16-deep step, twice the products per
+// staged byte.
 //
 // The accumulators leave through a small per-subgroup staging area, one 16x16 fragment at
 // a time, so the bias and the epilogue are applied per element in f32 with bounds checks
@@ -27,8 +28,6 @@ diagnostic(off, derivative_uniformity);
 // FRAG, SUBGROUP, the tile sizes and the staged tiles: matmul_coop_staging.wgsl.
 // Eight subgroups.
 const INVOCATIONS: u32 = 8u * SUBGROUP;
-// Each K step stages TILE_M x TILE_K of each operand, four vec4s per invocation.
-const STAGED: u32 = 4u;
 
 // One FRAG-deep step of the subgroup's 2x4-fragment block (rows r.., columns c.. of the tile) from
 // the staged tiles at k offset kk. Every index and stride is a `let` of its own.

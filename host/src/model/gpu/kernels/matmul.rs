@@ -166,18 +166,23 @@ pub enum CoopTile {
     Narrow,
     /// `matmul_coop_wide.wgsl`: 128x128 tiles, 8 subgroups of 32 (of 8 with 8x8
     /// fragments), 30 KiB of workgroup memory. Twice the tensor-core products per staged
-    /// byte. The default where it runs (measured on an H100: 3.0-3.5x [`CoopTile::Narrow`]).
+    /// byte (measured on an H100: 5-6x [`CoopTile::Narrow`]).
     Wide,
     /// [`CoopTile::Wide`] with the next K step's loads in flight during this step's
-    /// products (the `PREFETCH` override): more registers, global latency hidden. Not yet
-    /// measured on hardware, so chosen only on request (`STEERLM_COOP_TILE=wide-prefetch`);
-    /// `gpu-info --bench` times it next to the others.
+    /// products (the `PREFETCH` override): more registers, global latency hidden (measured
+    /// on an H100: 1.3-1.4x [`CoopTile::Wide`]). The default where the deep tile's
+    /// workgroup memory does not fit.
     WidePrefetch,
+    /// [`CoopTile::WidePrefetch`] with a K step twice as deep (4 fragments): half the
+    /// barriers per product, 46 KiB of workgroup memory (`wide-deep`). The default where it
+    /// fits (measured on an H100: 124-146 TFLOP/s, 1.24-1.27x [`CoopTile::WidePrefetch`]).
+    WideDeep,
     /// `matmul_coop_square.wgsl`: the 128x128 tile computed by 4 subgroups of 64x64 (16
     /// accumulators each): a third less workgroup-memory traffic per product, twice the
-    /// accumulator registers. Unmeasured on hardware; on request only (`square`).
+    /// accumulator registers (measured on an H100: 0.85-0.88x [`CoopTile::Wide`]; `square`).
     Square,
-    /// [`CoopTile::Square`] with `PREFETCH` (`square-prefetch`).
+    /// [`CoopTile::Square`] with `PREFETCH` (`square-prefetch`; measured on an H100:
+    /// 0.85x [`CoopTile::WidePrefetch`]).
     SquarePrefetch,
 }
 
@@ -192,9 +197,14 @@ impl CoopTile {
         (side, side)
     }
 
-    /// K step: two fragments deep.
+    /// K step: two fragments deep, four for [`CoopTile::WideDeep`].
     pub fn depth(self, fragment: Fragment) -> usize {
-        2 * fragment.side()
+        self.depth_fragments() as usize * fragment.side()
+    }
+
+    /// The staging shader's `K_FRAGS`.
+    fn depth_fragments(self) -> u32 {
+        if self == CoopTile::WideDeep { 4 } else { 2 }
     }
 
     /// Invocations per workgroup: 128, or 8 subgroups of the adapter's fixed width.
@@ -209,7 +219,7 @@ impl CoopTile {
     /// of 64x64 (square). The narrow tile's 128 invocations are 4 subgroups of 32.
     fn subgroups(self) -> u32 {
         match self {
-            CoopTile::Wide | CoopTile::WidePrefetch => 8,
+            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep => 8,
             CoopTile::Narrow | CoopTile::Square | CoopTile::SquarePrefetch => 4,
         }
     }
@@ -217,7 +227,7 @@ impl CoopTile {
     /// Whether the next K step's operands load during this step's products (the shaders'
     /// `PREFETCH` override).
     fn prefetch(self) -> bool {
-        matches!(self, CoopTile::WidePrefetch | CoopTile::SquarePrefetch)
+        matches!(self, CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::SquarePrefetch)
     }
 
     /// Whether this is a 128x128 tile (64x64 with 8x8 fragments) of fixed-width subgroups:
@@ -254,10 +264,14 @@ impl CoopTile {
             && self.invocations(cores) <= limits.max_compute_invocations_per_workgroup
     }
 
-    /// The default tile on this adapter: [`CoopTile::Wide`] where it fits (its workgroup is
-    /// 8 subgroups of a fixed width, one output block each), else [`CoopTile::Narrow`].
+    /// The default tile on this adapter, the fastest measured that fits:
+    /// [`CoopTile::WideDeep`] (46 KiB of workgroup memory), else [`CoopTile::WidePrefetch`]
+    /// (30 KiB; both are 8 subgroups of a fixed width), else [`CoopTile::Narrow`].
     pub fn for_adapter(cores: TensorCores, limits: &wgpu::Limits) -> CoopTile {
-        if CoopTile::Wide.fits(cores, limits) { CoopTile::Wide } else { CoopTile::Narrow }
+        [CoopTile::WideDeep, CoopTile::WidePrefetch]
+            .into_iter()
+            .find(|tile| tile.fits(cores, limits))
+            .unwrap_or(CoopTile::Narrow)
     }
 
     /// Every tile that fits, the default first.
@@ -268,8 +282,14 @@ impl CoopTile {
         tiles
     }
 
-    pub const ALL: [CoopTile; 5] =
-        [CoopTile::Narrow, CoopTile::Wide, CoopTile::WidePrefetch, CoopTile::Square, CoopTile::SquarePrefetch];
+    pub const ALL: [CoopTile; 6] = [
+        CoopTile::Narrow,
+        CoopTile::Wide,
+        CoopTile::WidePrefetch,
+        CoopTile::WideDeep,
+        CoopTile::Square,
+        CoopTile::SquarePrefetch,
+    ];
 
     /// The name `STEERLM_COOP_TILE` takes.
     pub fn key(self) -> &'static str {
@@ -277,6 +297,7 @@ impl CoopTile {
             CoopTile::Narrow => "narrow",
             CoopTile::Wide => "wide",
             CoopTile::WidePrefetch => "wide-prefetch",
+            CoopTile::WideDeep => "wide-deep",
             CoopTile::Square => "square",
             CoopTile::SquarePrefetch => "square-prefetch",
         }
@@ -286,8 +307,9 @@ impl CoopTile {
     fn source(self) -> (&'static str, String) {
         match self {
             CoopTile::Narrow => ("matmul_coop", with_common(COOPERATIVE)),
-            CoopTile::Wide | CoopTile::WidePrefetch => ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE)),
-            CoopTile::Square | CoopTile::SquarePrefetch => ("matmul_coop_square", with_staging(COOPERATIVE_SQUARE)),
+            CoopTile::Wide | CoopTile::WidePrefetch => ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE, 2)),
+            CoopTile::WideDeep => ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE, 4)),
+            CoopTile::Square | CoopTile::SquarePrefetch => ("matmul_coop_square", with_staging(COOPERATIVE_SQUARE, 2)),
         }
     }
 
@@ -348,19 +370,24 @@ fn with_common(body: &str) -> String {
     super::with_prelude(COMMON, body)
 }
 
-/// A wide tensor-core shader with the common part and the staging part inserted.
-fn with_staging(body: &str) -> String {
-    with_common(&super::with_prelude(STAGING, body))
+/// A wide tensor-core shader with the common part and the staging part inserted, its K step
+/// `depth_fragments` fragments deep (the staging part's `K_FRAGS`, declared exactly once).
+fn with_staging(body: &str, depth_fragments: u32) -> String {
+    const DEPTH: &str = "const K_FRAGS: u32 = 2u;";
+    debug_assert_eq!(STAGING.matches(DEPTH).count(), 1);
+    let staging = STAGING.replace(DEPTH, &format!("const K_FRAGS: u32 = {depth_fragments}u;"));
+    with_common(&super::with_prelude(&staging, body))
 }
 
 /// The complete WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, String); 5] {
+pub fn sources() -> [(&'static str, String); 6] {
     [
         ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
         ("matmul_tiled.wgsl", with_common(TILED)),
         ("matmul_coop.wgsl", with_common(COOPERATIVE)),
-        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE)),
-        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE)),
+        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, 2)),
+        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, 4)),
+        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, 2)),
     ]
 }
 
