@@ -210,9 +210,14 @@ impl KernelPlan {
                 AttentionVariant::FlashTensorCores(cores),
                 format!(
                     "flash attention with QK^T and PV on tensor cores ({cores}; models whose head size is not a \
-                     multiple of {} up to {} use the f32 flash kernel)",
+                     multiple of {} up to {} use the f32 flash kernel){}",
                     cores.fragment.side(),
-                    super::kernels::attention::flash_coop_max_head_dim(cores.fragment)
+                    super::kernels::attention::flash_coop_max_head_dim(cores.fragment),
+                    if super::kernels::attention::flash_loads_first_requested() {
+                        "; K/V loads first as STEERLM_FLASH_LOADS_FIRST asks"
+                    } else {
+                        ""
+                    }
                 ),
             )
         } else {

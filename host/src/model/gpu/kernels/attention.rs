@@ -224,6 +224,12 @@ pub fn flash_coop_max_head_dim(fragment: Fragment) -> usize {
     FLASH_COOP_MAX_FRAGMENTS * fragment.side()
 }
 
+/// Whether `STEERLM_FLASH_LOADS_FIRST=1` asks the tensor-core flash kernel to issue its K/V
+/// loads before converting any (`LOADS_FIRST` in the shader; unmeasured on hardware).
+pub fn flash_loads_first_requested() -> bool {
+    std::env::var("STEERLM_FLASH_LOADS_FIRST").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Whether the tensor-core flash kernel handles this head size: a multiple of the fragment
 /// up to [`flash_coop_max_head_dim`].
 pub fn flash_coop_supports_head_dim(head_dim: usize, fragment: Fragment) -> bool {
@@ -291,7 +297,21 @@ impl FlashAttention {
     /// sums) for `head_dim` and `cores`. Needs f16 shaders, subgroups of a fixed width and
     /// cooperative matrices; blocks of 64 query slots with 16x16 fragments (like
     /// [`FlashAttention::new`]'s), 32 with 8x8.
+    ///
+    /// `STEERLM_FLASH_LOADS_FIRST=1` stages K and V with every load issued before any is
+    /// converted ([`FlashAttention::tensor_cores_staged`]), for measuring it against the
+    /// default on hardware.
     pub fn tensor_cores(device: &wgpu::Device, cores: TensorCores, head_dim: usize) -> Result<Self> {
+        Self::tensor_cores_staged(device, cores, head_dim, flash_loads_first_requested())
+    }
+
+    /// [`FlashAttention::tensor_cores`] with the shader's `LOADS_FIRST` given.
+    pub fn tensor_cores_staged(
+        device: &wgpu::Device,
+        cores: TensorCores,
+        head_dim: usize,
+        loads_first: bool,
+    ) -> Result<Self> {
         let fragment = cores.fragment;
         if !flash_coop_supports_head_dim(head_dim, fragment) {
             bail!(
@@ -327,7 +347,7 @@ impl FlashAttention {
             device,
             "flash_attention_coop",
             &source,
-            &[("HEAD_DIM", head_dim as f64)],
+            &[("HEAD_DIM", head_dim as f64), ("LOADS_FIRST", if loads_first { 1.0 } else { 0.0 })],
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         )?;

@@ -274,7 +274,10 @@ fn tensor_core_flash_attention_validates_with_naga() {
         for head_dim in head_dims {
             assert!(flash_coop_supports_head_dim(head_dim, fragment), "{head_dim} on {fragment}");
             let name = format!("flash_attention_coop.wgsl for {fragment}");
-            validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64)]);
+            let default = validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64)]);
+            let loads_first =
+                validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64), ("LOADS_FIRST", 1.0)]);
+            assert_ne!(default, loads_first, "LOADS_FIRST reaches {name}");
             let bytes = flash_coop_workgroup_bytes(head_dim, fragment);
             assert!(bytes <= budget, "head size {head_dim} on {fragment}: {bytes} bytes must fit {budget}");
         }
@@ -319,16 +322,24 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
     ];
     for (heads, kv_heads, fragments, lengths, softcap) in cases {
         let head_dim = fragments * side;
-        let flash = FlashAttention::tensor_cores(&gpu.device, cores, head_dim).unwrap();
         let mut batch = Batch::new(lengths, heads, kv_heads, head_dim);
         batch.softcap = softcap;
-        let got = run_flash(&gpu, &flash, &batch);
         let want = batch.reference();
-        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-        let what =
-            format!("tensor-core flash ({cores}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}");
-        assert!(worst <= 1e-2, "{what}: max |error| {worst:e}");
-        eprintln!("{what}: max |error| {worst:e}");
+        // Both ways of staging K and V give the same bytes.
+        let mut outputs = Vec::new();
+        for loads_first in [false, true] {
+            let flash = FlashAttention::tensor_cores_staged(&gpu.device, cores, head_dim, loads_first).unwrap();
+            let got = run_flash(&gpu, &flash, &batch);
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+            let what = format!(
+                "tensor-core flash ({cores}{}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}",
+                if loads_first { ", loads first" } else { "" }
+            );
+            assert!(worst <= 1e-2, "{what}: max |error| {worst:e}");
+            eprintln!("{what}: max |error| {worst:e}");
+            outputs.push(got);
+        }
+        assert_eq!(outputs[0], outputs[1], "loads-first staging changed the output");
     }
 }
 
