@@ -111,7 +111,7 @@ fn main(
         if (!PREFETCH) {
             staged = fetch_step(li, row0, col0, k0);
         }
-        stash_step(staged, li);
+        stash_step(staged, li, 0u);
         workgroupBarrier();
         if (PREFETCH) {
             staged = fetch_step(li, row0, col0, k0 + TILE_K / 4u);

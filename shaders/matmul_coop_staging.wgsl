@@ -3,7 +3,9 @@
 // staging the operands of one K step through registers into f16 tiles in workgroup memory,
 // and writing one accumulator out. Each shader declares INVOCATIONS (a number of subgroups).
 // kernels/matmul.rs rewrites K_FRAGS from 2 to 4 for the deep tile (half the barriers per
-// product, 46 KiB of workgroup memory).
+// product, 46 KiB of workgroup memory), and STAGES from 1 to 2 for the double-buffered tile
+// (the wide shader stashes the next K step into the other copy while this step's products
+// run, one barrier per step; 48 KiB).
 //
 // Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32).
 // kernels/coop.rs rewrites both to 8 for lavapipe (8x8x8 matrices, subgroups of 8): a
@@ -15,17 +17,23 @@ const TILE_M: u32 = 8u * FRAG;
 const TILE_N: u32 = 8u * FRAG;
 const K_FRAGS: u32 = 2u;
 const TILE_K: u32 = K_FRAGS * FRAG;
+// Copies of the staged tiles.
+const STAGES: u32 = 1u;
 const SUBGROUP: u32 = 32u;
 // The vec4s of each operand an invocation stages per K step.
 const STAGED: u32 = TILE_M * TILE_K / 4u / INVOCATIONS;
 const_assert TILE_M * TILE_K / 4u == STAGED * INVOCATIONS;
 // Row stride of the staged tiles, padded; rows start 16-byte aligned.
 const LDA: u32 = TILE_K + 8u;
-// Row stride of one subgroup's FRAG x FRAG output staging area.
-const LDC: u32 = FRAG + 4u;
+// Elements of one copy of a staged tile.
+const STAGE_SIZE: u32 = TILE_M * LDA;
+const_assert TILE_M == TILE_N;
+// Row stride of one subgroup's FRAG x FRAG output staging area: padded by 4, except with
+// two copies of the tiles, where the padding would take the workgroup past 48 KiB.
+const LDC: u32 = FRAG + 4u * (2u - STAGES);
 
-var<workgroup> x_tile: array<f16, TILE_M * LDA>;
-var<workgroup> w_tile: array<f16, TILE_N * LDA>;
+var<workgroup> x_tile: array<f16, STAGES * STAGE_SIZE>;
+var<workgroup> w_tile: array<f16, STAGES * STAGE_SIZE>;
 var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
 
 // Whether the next K step's operands are loaded while this step's products run (one more
@@ -56,10 +64,11 @@ fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
     return staged;
 }
 
-// Writes staged item i into the tiles as f16 (x saturated to f16's finite range).
-fn stash(staged: Staged, i: u32) {
+// Writes staged item i into the copy of the tiles at `base` as f16 (x saturated to f16's
+// finite range).
+fn stash(staged: Staged, i: u32, base: u32) {
     let xh = vec4<f16>(clamp(staged.x, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
-    let o = (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
+    let o = base + (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
     x_tile[o] = xh.x;
     x_tile[o + 1u] = xh.y;
     x_tile[o + 2u] = xh.z;
@@ -82,9 +91,9 @@ fn fetch_step(li: u32, row0: u32, col0: u32, k0: u32) -> array<Staged, STAGED> {
     return staged;
 }
 
-fn stash_step(staged: array<Staged, STAGED>, li: u32) {
+fn stash_step(staged: array<Staged, STAGED>, li: u32, base: u32) {
     for (var j = 0u; j < STAGED; j = j + 1u) {
-        stash(staged[j], li + j * INVOCATIONS);
+        stash(staged[j], li + j * INVOCATIONS, base);
     }
 }
 

@@ -30,10 +30,12 @@ diagnostic(off, derivative_uniformity);
 const INVOCATIONS: u32 = 8u * SUBGROUP;
 
 // One FRAG-deep step of the subgroup's 2x4-fragment block (rows r.., columns c.. of the tile) from
-// the staged tiles at k offset kk. Every index and stride is a `let` of its own.
+// the copy of the staged tiles at `base`, at k offset kk. Every index and stride is a `let` of
+// its own.
 fn block_step(
     r: u32,
     c: u32,
+    base: u32,
     kk: u32,
     c00: ptr<function, coop_mat16x16<f32, C>>,
     c01: ptr<function, coop_mat16x16<f32, C>>,
@@ -45,12 +47,12 @@ fn block_step(
     c13: ptr<function, coop_mat16x16<f32, C>>,
 ) {
     let stride = LDA;
-    let ia0 = r * LDA + kk;
-    let ia1 = (r + FRAG) * LDA + kk;
-    let ib0 = c * LDA + kk;
-    let ib1 = (c + FRAG) * LDA + kk;
-    let ib2 = (c + 2u * FRAG) * LDA + kk;
-    let ib3 = (c + 3u * FRAG) * LDA + kk;
+    let ia0 = base + r * LDA + kk;
+    let ia1 = base + (r + FRAG) * LDA + kk;
+    let ib0 = base + c * LDA + kk;
+    let ib1 = base + (c + FRAG) * LDA + kk;
+    let ib2 = base + (c + 2u * FRAG) * LDA + kk;
+    let ib3 = base + (c + 3u * FRAG) * LDA + kk;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
     let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
     let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
@@ -92,24 +94,43 @@ fn main(
     var c13 = coop_mat16x16<f32, C>();
 
     var staged: array<Staged, STAGED>;
-    if (PREFETCH) {
-        staged = fetch_step(li, row0, col0, 0u);
-    }
-    for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
-        if (!PREFETCH) {
-            staged = fetch_step(li, row0, col0, k0);
-        }
-        stash_step(staged, li);
+    if (STAGES == 2u) {
+        // Double-buffered: step i's products read one copy while step i + 1 is loaded and
+        // stashed into the other. The barrier that ends step i - 1 is what keeps step i's
+        // stash off the copy step i - 1 read.
+        stash_step(fetch_step(li, row0, col0, 0u), li, 0u);
         workgroupBarrier();
-        if (PREFETCH) {
-            // The next K step's operands load while this step's products run (past the
-            // end of k they read as zeros and are never stashed).
+        var current = 0u;
+        for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
             staged = fetch_step(li, row0, col0, k0 + TILE_K / 4u);
+            for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
+                block_step(r, c, current * STAGE_SIZE, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
+            }
+            // Past the end of k the stash is zeros no product reads.
+            stash_step(staged, li, (1u - current) * STAGE_SIZE);
+            workgroupBarrier();
+            current = 1u - current;
         }
-        for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
-            block_step(r, c, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
+    } else {
+        if (PREFETCH) {
+            staged = fetch_step(li, row0, col0, 0u);
         }
-        workgroupBarrier();
+        for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
+            if (!PREFETCH) {
+                staged = fetch_step(li, row0, col0, k0);
+            }
+            stash_step(staged, li, 0u);
+            workgroupBarrier();
+            if (PREFETCH) {
+                // The next K step's operands load while this step's products run (past the
+                // end of k they read as zeros and are never stashed).
+                staged = fetch_step(li, row0, col0, k0 + TILE_K / 4u);
+            }
+            for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
+                block_step(r, c, 0u, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
+            }
+            workgroupBarrier();
+        }
     }
 
     let top = row0 + r;

@@ -177,6 +177,11 @@ pub enum CoopTile {
     /// barriers per product, 46 KiB of workgroup memory (`wide-deep`). The default where it
     /// fits (measured on an H100: 124-146 TFLOP/s, 1.24-1.27x [`CoopTile::WidePrefetch`]).
     WideDeep,
+    /// [`CoopTile::WidePrefetch`] with two copies of the staged tiles: the next K step is
+    /// stashed into one while this step's products read the other, one barrier per step,
+    /// 48 KiB of workgroup memory (`wide-double`). Not yet measured on hardware, so on
+    /// request only.
+    WideDouble,
     /// `matmul_coop_square.wgsl`: the 128x128 tile computed by 4 subgroups of 64x64 (16
     /// accumulators each): a third less workgroup-memory traffic per product, twice the
     /// accumulator registers (measured on an H100: 0.85-0.88x [`CoopTile::Wide`]; `square`).
@@ -207,6 +212,11 @@ impl CoopTile {
         if self == CoopTile::WideDeep { 4 } else { 2 }
     }
 
+    /// The staging shader's `STAGES`: copies of the staged tiles.
+    fn stages(self) -> u32 {
+        if self == CoopTile::WideDouble { 2 } else { 1 }
+    }
+
     /// Invocations per workgroup: 128, or 8 subgroups of the adapter's fixed width.
     pub fn invocations(self, cores: TensorCores) -> u32 {
         match self {
@@ -219,7 +229,7 @@ impl CoopTile {
     /// of 64x64 (square). The narrow tile's 128 invocations are 4 subgroups of 32.
     fn subgroups(self) -> u32 {
         match self {
-            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep => 8,
+            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => 8,
             CoopTile::Narrow | CoopTile::Square | CoopTile::SquarePrefetch => 4,
         }
     }
@@ -227,7 +237,7 @@ impl CoopTile {
     /// Whether the next K step's operands load during this step's products (the shaders'
     /// `PREFETCH` override).
     fn prefetch(self) -> bool {
-        matches!(self, CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::SquarePrefetch)
+        matches!(self, CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble | CoopTile::SquarePrefetch)
     }
 
     /// Whether this is a 128x128 tile (64x64 with 8x8 fragments) of fixed-width subgroups:
@@ -245,14 +255,16 @@ impl CoopTile {
         !self.is_wide() || cores.kernel_subgroup() == Some(side * side / 8)
     }
 
-    /// Bytes of workgroup memory: the staged f16 tiles (rows padded by 8) and the f32
-    /// output staging (the whole tile, or one fragment per subgroup; rows padded by 4).
+    /// Bytes of workgroup memory: the staged f16 tiles (rows padded by 8; one or two
+    /// copies) and the f32 output staging (the whole tile, or one fragment per subgroup;
+    /// rows padded by 4, not padded with two copies).
     pub fn workgroup_bytes(self, fragment: Fragment) -> u32 {
         let (rows, columns) = self.output(fragment);
-        let staged = 2 * rows * (self.depth(fragment) + 8) * 2;
+        let staged = self.stages() as usize * 2 * rows * (self.depth(fragment) + 8) * 2;
+        let padding = if self.stages() == 2 { 0 } else { 4 };
         let output = match self {
             CoopTile::Narrow => rows * (columns + 4) * 4,
-            _ => self.subgroups() as usize * fragment.side() * (fragment.side() + 4) * 4,
+            _ => self.subgroups() as usize * fragment.side() * (fragment.side() + padding) * 4,
         };
         (staged + output) as u32
     }
@@ -282,11 +294,12 @@ impl CoopTile {
         tiles
     }
 
-    pub const ALL: [CoopTile; 6] = [
+    pub const ALL: [CoopTile; 7] = [
         CoopTile::Narrow,
         CoopTile::Wide,
         CoopTile::WidePrefetch,
         CoopTile::WideDeep,
+        CoopTile::WideDouble,
         CoopTile::Square,
         CoopTile::SquarePrefetch,
     ];
@@ -298,6 +311,7 @@ impl CoopTile {
             CoopTile::Wide => "wide",
             CoopTile::WidePrefetch => "wide-prefetch",
             CoopTile::WideDeep => "wide-deep",
+            CoopTile::WideDouble => "wide-double",
             CoopTile::Square => "square",
             CoopTile::SquarePrefetch => "square-prefetch",
         }
@@ -307,9 +321,12 @@ impl CoopTile {
     fn source(self) -> (&'static str, String) {
         match self {
             CoopTile::Narrow => ("matmul_coop", with_common(COOPERATIVE)),
-            CoopTile::Wide | CoopTile::WidePrefetch => ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE, 2)),
-            CoopTile::WideDeep => ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE, 4)),
-            CoopTile::Square | CoopTile::SquarePrefetch => ("matmul_coop_square", with_staging(COOPERATIVE_SQUARE, 2)),
+            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => {
+                ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE, self.depth_fragments(), self.stages()))
+            }
+            CoopTile::Square | CoopTile::SquarePrefetch => {
+                ("matmul_coop_square", with_staging(COOPERATIVE_SQUARE, 2, 1))
+            }
         }
     }
 
@@ -371,23 +388,29 @@ fn with_common(body: &str) -> String {
 }
 
 /// A wide tensor-core shader with the common part and the staging part inserted, its K step
-/// `depth_fragments` fragments deep (the staging part's `K_FRAGS`, declared exactly once).
-fn with_staging(body: &str, depth_fragments: u32) -> String {
+/// `depth_fragments` fragments deep and `stages` copies of its staged tiles (the staging
+/// part's `K_FRAGS` and `STAGES`, each declared exactly once).
+fn with_staging(body: &str, depth_fragments: u32, stages: u32) -> String {
     const DEPTH: &str = "const K_FRAGS: u32 = 2u;";
+    const STAGES: &str = "const STAGES: u32 = 1u;";
     debug_assert_eq!(STAGING.matches(DEPTH).count(), 1);
-    let staging = STAGING.replace(DEPTH, &format!("const K_FRAGS: u32 = {depth_fragments}u;"));
+    debug_assert_eq!(STAGING.matches(STAGES).count(), 1);
+    let staging = STAGING
+        .replace(DEPTH, &format!("const K_FRAGS: u32 = {depth_fragments}u;"))
+        .replace(STAGES, &format!("const STAGES: u32 = {stages}u;"));
     with_common(&super::with_prelude(&staging, body))
 }
 
 /// The complete WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, String); 6] {
+pub fn sources() -> [(&'static str, String); 7] {
     [
         ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
         ("matmul_tiled.wgsl", with_common(TILED)),
         ("matmul_coop.wgsl", with_common(COOPERATIVE)),
-        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, 2)),
-        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, 4)),
-        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, 2)),
+        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, 2, 1)),
+        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, 4, 1)),
+        ("matmul_coop_wide.wgsl (double)", with_staging(COOPERATIVE_WIDE, 2, 2)),
+        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, 2, 1)),
     ]
 }
 
