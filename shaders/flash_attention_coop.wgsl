@@ -93,6 +93,20 @@ fn to_f16(x: vec4<f32>) -> vec4<f16> {
 // head size (8 fragments) over the workgroup.
 const KV_STAGED: u32 = KEYS * (8u * FRAG / 4u) / INVOCATIONS;
 
+// Writes one vec4 of K, and of V when `with_v`, at element o of the tiles.
+fn store_kv(o: u32, kh: vec4<f16>, vh: vec4<f16>, with_v: bool) {
+    k_tile[o] = kh.x;
+    k_tile[o + 1u] = kh.y;
+    k_tile[o + 2u] = kh.z;
+    k_tile[o + 3u] = kh.w;
+    if (with_v) {
+        v_tile[o] = vh.x;
+        v_tile[o + 1u] = vh.y;
+        v_tile[o + 2u] = vh.z;
+        v_tile[o + 3u] = vh.w;
+    }
+}
+
 // Stages keys tile..tile+n (zeros past n) of the KV head: K, and V when `with_v`.
 fn stage_kv(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) {
     if (LOADS_FIRST) {
@@ -112,17 +126,7 @@ fn stage_kv(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) {
                 vh = to_f16(v[src]);
             }
         }
-        let o = key * LDQ + c * 4u;
-        k_tile[o] = kh.x;
-        k_tile[o + 1u] = kh.y;
-        k_tile[o + 2u] = kh.z;
-        k_tile[o + 3u] = kh.w;
-        if (with_v) {
-            v_tile[o] = vh.x;
-            v_tile[o + 1u] = vh.y;
-            v_tile[o + 2u] = vh.z;
-            v_tile[o + 3u] = vh.w;
-        }
+        store_kv(key * LDQ + c * 4u, kh, vh, with_v);
     }
 }
 
@@ -149,19 +153,7 @@ fn stage_kv_loads_first(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) 
     for (var j = 0u; j < KV_STAGED; j = j + 1u) {
         let i = li + j * INVOCATIONS;
         if (i < items) {
-            let o = (i / HD4) * LDQ + (i % HD4) * 4u;
-            let kh = to_f16(ks[j]);
-            k_tile[o] = kh.x;
-            k_tile[o + 1u] = kh.y;
-            k_tile[o + 2u] = kh.z;
-            k_tile[o + 3u] = kh.w;
-            if (with_v) {
-                let vh = to_f16(vs[j]);
-                v_tile[o] = vh.x;
-                v_tile[o + 1u] = vh.y;
-                v_tile[o + 2u] = vh.z;
-                v_tile[o + 3u] = vh.w;
-            }
+            store_kv((i / HD4) * LDQ + (i % HD4) * 4u, to_f16(ks[j]), to_f16(vs[j]), with_v);
         }
     }
 }
