@@ -213,10 +213,12 @@ impl KernelPlan {
                      multiple of {} up to {} use the f32 flash kernel){}",
                     cores.fragment.side(),
                     super::kernels::attention::flash_coop_max_head_dim(cores.fragment),
-                    if super::kernels::attention::flash_loads_first_requested() {
-                        "; K/V loads first as STEERLM_FLASH_LOADS_FIRST asks"
-                    } else {
-                        ""
+                    match super::kernels::attention::flash_loads_first(
+                        std::env::var("STEERLM_FLASH_LOADS_FIRST").ok().as_deref()
+                    ) {
+                        Ok(true) => "; K/V loads first as STEERLM_FLASH_LOADS_FIRST asks".to_owned(),
+                        Ok(false) => String::new(),
+                        Err(why) => format!("; {why}, ignored"),
                     }
                 ),
             )

@@ -227,7 +227,17 @@ pub fn flash_coop_max_head_dim(fragment: Fragment) -> usize {
 /// Whether `STEERLM_FLASH_LOADS_FIRST=1` asks the tensor-core flash kernel to issue its K/V
 /// loads before converting any (`LOADS_FIRST` in the shader; unmeasured on hardware).
 pub fn flash_loads_first_requested() -> bool {
-    std::env::var("STEERLM_FLASH_LOADS_FIRST").is_ok_and(|v| v.trim() == "1")
+    flash_loads_first(std::env::var("STEERLM_FLASH_LOADS_FIRST").ok().as_deref()).unwrap_or(false)
+}
+
+/// The meaning of a `STEERLM_FLASH_LOADS_FIRST` value: unset, empty or `0` is off, `1` on;
+/// anything else is an error saying so (shown in the plan's reason, and then off).
+pub fn flash_loads_first(value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("" | "0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(format!("STEERLM_FLASH_LOADS_FIRST={other:?} is not 0 or 1")),
+    }
 }
 
 /// Whether the tensor-core flash kernel handles this head size: a multiple of the fragment

@@ -413,3 +413,13 @@ fn time_flash_against_row_attention() {
         eprintln!("{times}");
     }
 }
+
+#[test]
+fn loads_first_takes_only_0_or_1() {
+    assert_eq!(flash_loads_first(None), Ok(false));
+    assert_eq!(flash_loads_first(Some("")), Ok(false));
+    assert_eq!(flash_loads_first(Some(" 0 ")), Ok(false));
+    assert_eq!(flash_loads_first(Some("1")), Ok(true));
+    let why = flash_loads_first(Some("yes")).unwrap_err();
+    assert_eq!(why, "STEERLM_FLASH_LOADS_FIRST=\"yes\" is not 0 or 1");
+}
