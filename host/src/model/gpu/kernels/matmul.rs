@@ -187,7 +187,7 @@ pub enum CoopTile {
     /// accumulator registers (measured on an H100: 0.85-0.88x [`CoopTile::Wide`]; `square`).
     Square,
     /// [`CoopTile::Square`] with `PREFETCH` (`square-prefetch`; measured on an H100:
-    /// 0.85x [`CoopTile::WidePrefetch`]).
+    /// 0.82-0.85x [`CoopTile::WidePrefetch`]).
     SquarePrefetch,
 }
 
