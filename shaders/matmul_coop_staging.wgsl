@@ -40,12 +40,23 @@ var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
 // set of staged registers per invocation), or at the top of each step.
 override PREFETCH: bool = false;
 
+// How x is stored: f32, or f16 written by the norm before the matmul (kernels/matmul.rs
+// rewrites this line to `vec4<f16>`; the binding of x is `array<XVec>`). The same values
+// reach the tiles either way: the norm converts exactly as `x_half` does.
+alias XVec = vec4<f32>;
+
 // One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
-// x stays f32 until stash: converting it here, right after its load, measured 0.41-0.62x
-// on an H100 (the conversion waits for the load, so the loads no longer overlap anything).
+// x stays as stored until stash: converting it here, right after its load, measured
+// 0.41-0.62x on an H100 (the conversion waits for the load, so the loads no longer overlap
+// anything).
 struct Staged {
-    x: vec4<f32>,
+    x: XVec,
     w: vec2<u32>,
+}
+
+// Four values of x as f16, saturated to f16's finite range (a no-op on f16 x).
+fn x_half(v: XVec) -> vec4<f16> {
+    return vec4<f16>(clamp(v, XVec(-65504.0), XVec(65504.0)));
 }
 
 // Staged item i of the K step starting at vec4 k0: row i / (TILE_K / 4) of the tile (of x,
@@ -55,7 +66,7 @@ fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
     let k4 = p.k / 4u;
     let rr = i / (TILE_K / 4u);
     let kk = k0 + i % (TILE_K / 4u);
-    var staged = Staged(vec4<f32>(0.0), vec2<u32>(0u));
+    var staged = Staged(XVec(), vec2<u32>(0u));
     if (kk < k4) {
         staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
         let e = (min(col0 + rr, p.n - 1u) * p.k + kk * 4u) / 2u;
@@ -67,7 +78,7 @@ fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
 // Writes staged item i into the copy of the tiles at `base` as f16 (x saturated to f16's
 // finite range).
 fn stash(staged: Staged, i: u32, base: u32) {
-    let xh = vec4<f16>(clamp(staged.x, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+    let xh = x_half(staged.x);
     let o = base + (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
     x_tile[o] = xh.x;
     x_tile[o + 1u] = xh.y;

@@ -1,6 +1,17 @@
 // out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight (+ bias), or out[r, :] += that
 // (Gemma2's normalised attention and MLP outputs joining the residual stream).
 // One workgroup per row, reducing in workgroup memory.
+//
+// kernels/norm.rs makes an f16-output copy for the tensor-core matmuls that read f16 x
+// (STEERLM_F16_ACTIVATIONS): `enable f16;` first, `Out` an f16 and HALF_OUT true. The
+// values are saturated and converted exactly as those matmuls convert f32 x.
+
+alias Out = f32;
+const HALF_OUT: bool = false;
+
+fn to_out(v: f32) -> Out {
+    return Out(select(v, clamp(v, -65504.0, 65504.0), HALF_OUT));
+}
 
 struct Params {
     rows: u32,
@@ -18,7 +29,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<Out>;
 
 var<workgroup> partial: array<f32, 256>;
 
@@ -49,8 +60,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             v = v + bias[d];
         }
         if (p.accumulate != 0u) {
-            v = out[base + d] + v;
+            v = f32(out[base + d]) + v;
         }
-        out[base + d] = v;
+        out[base + d] = to_out(v);
     }
 }

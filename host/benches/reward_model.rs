@@ -134,7 +134,7 @@ fn main() {
     // this adapter gets, at the MLP shape and at a big one (one dispatch: ~20 s on
     // lavapipe; STEERLM_BENCH_BIG_MATMUL=0 skips it).
     {
-        use gpu::kernels::matmul::{MatmulVariant, TileConfig, time_variant};
+        use gpu::kernels::matmul::{Activations, MatmulVariant, TileConfig, time_variant};
         let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
         let tile = TileConfig::for_adapter(&adapter.info, &adapter.caps.limits);
         drop(adapter);
@@ -152,7 +152,7 @@ fn main() {
                 (MatmulVariant::Tiled(tile), false),
             ] {
                 gpu::kernels::checks::set_full_checks(full_checks);
-                let (seconds, adapter) = time_variant(variant, m, n, k, iterations).unwrap();
+                let (seconds, adapter) = time_variant(variant, Activations::F32, (m, n, k), iterations).unwrap();
                 gflops.push(flops / seconds / 1e9);
                 println!(
                     "matmul {m}x{k}x{n} {:<28} {:<18} on {adapter}: {:.2} GFLOP/s",
@@ -222,6 +222,7 @@ fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::Cpu
         matmul: MatmulVariant::RegisterBlocked,
         attention: AttentionVariant::Rows,
         f16_weights: false,
+        f16_activations: false,
         ..chosen.clone()
     };
     let (texts, tokens) = if software { (8, 128) } else { (64, 512) };

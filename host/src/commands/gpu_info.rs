@@ -3,7 +3,7 @@
 use super::Context;
 use crate::model::Precision;
 use crate::model::gpu::kernels::coop::TensorCores;
-use crate::model::gpu::kernels::matmul::{CoopTile, MatmulVariant, TileConfig, time_variant};
+use crate::model::gpu::kernels::matmul::{Activations, CoopTile, MatmulVariant, TileConfig, time_variant};
 use crate::model::gpu::{AdapterChoice, Capabilities, KernelPlan, open_device};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -37,13 +37,19 @@ fn parse_shape(text: &str) -> Result<(usize, usize, usize), String> {
     }
 }
 
-/// The matmul variants this adapter runs, the plan's first.
-fn variants(info: &wgpu::AdapterInfo, caps: &Capabilities) -> Vec<MatmulVariant> {
+/// The matmul variants this adapter runs, each with how its x is stored: f32 everywhere,
+/// and also f16 for the wide tensor-core tiles (`STEERLM_F16_ACTIVATIONS`).
+fn variants(info: &wgpu::AdapterInfo, caps: &Capabilities) -> Vec<(MatmulVariant, Activations)> {
     let tile = TileConfig::for_adapter(info, &caps.limits);
-    let mut variants = vec![MatmulVariant::RegisterBlocked, MatmulVariant::Tiled(tile)];
+    let mut variants =
+        vec![(MatmulVariant::RegisterBlocked, Activations::F32), (MatmulVariant::Tiled(tile), Activations::F32)];
     if let Some(cores) = TensorCores::of(info, caps) {
         for coop in CoopTile::all_for(cores, &caps.limits) {
-            variants.push(MatmulVariant::Cooperative { tile: coop, cores, fallback: tile });
+            let variant = MatmulVariant::Cooperative { tile: coop, cores, fallback: tile };
+            variants.push((variant, Activations::F32));
+            if coop.is_wide() {
+                variants.push((variant, Activations::F16));
+            }
         }
     }
     variants
@@ -55,13 +61,17 @@ fn bench(info: &wgpu::AdapterInfo, caps: &Capabilities, (m, n, k): (usize, usize
     // Enough dispatches for timer noise to vanish on a GPU; one on a software adapter.
     let iterations = if info.device_type == wgpu::DeviceType::Cpu { 1 } else { 20 };
     let mut rows = Vec::new();
-    for variant in variants(info, caps) {
-        let (seconds, _) = time_variant(variant, m, n, k, iterations)?;
+    for (variant, x_stored) in variants(info, caps) {
+        let (seconds, _) = time_variant(variant, x_stored, (m, n, k), iterations)?;
+        let name = match x_stored {
+            Activations::F32 => variant.describe(),
+            Activations::F16 => format!("{}, x stored as f16", variant.describe()),
+        };
         if !seconds.is_finite() || seconds <= 0.0 {
-            bail!("timing {} gave {seconds} s", variant.describe());
+            bail!("timing {name} gave {seconds} s");
         }
         rows.push(json!({
-            "variant": variant.describe(),
+            "variant": name,
             "shape": format!("{m}x{n}x{k}"),
             "ms": (seconds * 1e5).round() / 100.0,
             "gflops": (flops / seconds / 1e8).round() / 10.0,

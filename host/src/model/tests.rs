@@ -126,6 +126,31 @@ fn wgpu_tensor_cores_match_transformers_within_the_f16_tolerance() {
         }
         eprintln!("tensor cores ({cores}), {name}: max |score - golden| = {worst:.2e}; {kernels}");
         assert!(worst <= F16_TOLERANCE, "{name} on tensor cores: {worst} > {F16_TOLERANCE}");
+
+        // f16 activations (STEERLM_F16_ACTIVATIONS=1): the very same scores, wherever the
+        // norms are RMSNorms (Nemotron's LayerNorm1P stays f32, and the load says so).
+        use super::{Batch, arch::NormKind, config::ModelConfig, layout::ModelTensors, weights::Weights};
+        let (config, weights) =
+            (ModelConfig::load(&model_dir(name)).unwrap(), Weights::open(&model_dir(name)).unwrap());
+        let tensors = ModelTensors::locate(&config, &weights).unwrap();
+        let mut half_plan = plan.clone();
+        half_plan.request_f16_activations(Some("1"));
+        let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
+        let half = gpu::GpuModel::with_options(&config, &tensors, adapter, half_plan, None).unwrap();
+        let kernels = half.adapter_name();
+        let rms = config.architecture.norm() != NormKind::LayerNorm1P;
+        assert_eq!(kernels.contains("reading f16 activations"), rms, "{name}: {kernels}");
+        assert_eq!(kernels.contains("f16 activations off: LayerNorm1P"), !rms, "{name}: {kernels}");
+        let mut texts = 0;
+        for case in goldens(name)["cases"].as_array().unwrap() {
+            let ids = model.tokenize(case["text"].as_str().unwrap()).unwrap().ids;
+            let want = model.score(std::slice::from_ref(&ids)).unwrap();
+            let got = half.forward(&Batch::pack(&[ids])).unwrap();
+            let bits = |scores: &[Vec<f32>]| scores.concat().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{name}: f16 activations changed the scores of {}", case["name"]);
+            texts += 1;
+        }
+        eprintln!("tensor cores ({cores}), {name}, f16 activations: the same bits for all {texts} texts; {kernels}");
     }
 }
 

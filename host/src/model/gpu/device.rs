@@ -135,6 +135,9 @@ pub struct KernelPlan {
     pub attention_reason: String,
     /// Whether weights are converted to f16 at load (the tensor-core path).
     pub f16_weights: bool,
+    /// Whether the norms ahead of the tensor-core matmuls write f16 for them to read
+    /// (`STEERLM_F16_ACTIVATIONS=1`; the same scores, unmeasured on hardware).
+    pub f16_activations: bool,
 }
 
 impl KernelPlan {
@@ -196,7 +199,26 @@ impl KernelPlan {
         };
         let request = std::env::var("STEERLM_COOP_TILE").ok().filter(|v| !v.trim().is_empty());
         let (matmul, matmul_reason) = with_requested_coop_tile(matmul, matmul_reason, request.as_deref(), &caps.limits);
-        Self::with_matmul(matmul, matmul_reason)
+        let mut plan = Self::with_matmul(matmul, matmul_reason);
+        plan.request_f16_activations(std::env::var("STEERLM_F16_ACTIVATIONS").ok().as_deref());
+        plan
+    }
+
+    /// Takes `STEERLM_F16_ACTIVATIONS` set to `value`: `1` turns f16 activations on where the
+    /// matmul is a wide tensor-core tile; the reason says what was done with the request.
+    pub fn request_f16_activations(&mut self, value: Option<&str>) {
+        const NAME: &str = "STEERLM_F16_ACTIVATIONS";
+        match super::kernels::switch(NAME, value) {
+            Ok(false) => {}
+            Ok(true) => match self.matmul {
+                MatmulVariant::Cooperative { tile, .. } if tile.is_wide() => {
+                    self.f16_activations = true;
+                    self.matmul_reason += "; the norms write f16 x for it as STEERLM_F16_ACTIVATIONS asks";
+                }
+                _ => self.matmul_reason += &format!("; {NAME}=1 needs a wide tensor-core tile, ignored"),
+            },
+            Err(why) => self.matmul_reason += &format!("; {why}, ignored"),
+        }
     }
 
     /// The plan around a chosen matmul: f16 weights and tensor-core attention go with the
@@ -230,7 +252,7 @@ impl KernelPlan {
                     .to_owned(),
             )
         };
-        KernelPlan { matmul, matmul_reason, attention, attention_reason, f16_weights }
+        KernelPlan { matmul, matmul_reason, attention, attention_reason, f16_weights, f16_activations: false }
     }
 }
 

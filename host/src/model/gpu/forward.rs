@@ -8,6 +8,10 @@
 //! Gemma2 normalises the attention and MLP outputs first: the projection lands in scratch
 //! and the norm adds its result to the residual (one pass, no separate add).
 //!
+//! With f16 activations (`STEERLM_F16_ACTIVATIONS=1`) the norms ahead of the q/k/v, up,
+//! gate and score projections store f16, which their tensor-core matmuls read instead of
+//! converting f32 themselves; the residual stream, attention and MLP outputs stay f32.
+//!
 //! Only the last token of each sequence is scored, so the last layer computes keys and
 //! values for every token but queries, attention output, MLP, final norm and head only
 //! for each sequence's last token.
@@ -16,7 +20,7 @@ use super::GpuModel;
 use super::kernels::attention::{AttentionParams, FlashParams, attention_blocks, causal_attention_flops};
 use super::kernels::embedding::EmbeddingParams;
 use super::kernels::last_token::GatherParams;
-use super::kernels::matmul::{Epilogue, MatmulParams};
+use super::kernels::matmul::{Activations, Epilogue, MatmulParams};
 use super::kernels::norm::NormParams;
 use super::kernels::rotary::RotaryParams;
 use super::kernels::{KernelTimes, Recorder, read_buffer};
@@ -29,7 +33,8 @@ use anyhow::{Result, anyhow};
 /// How a norm writes its output.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum NormWrite {
-    Store,
+    /// Stored as f32, or as f16 for tensor-core matmuls that read f16 x.
+    Store(Activations),
     /// Added to the output: Gemma2's normalised attention and MLP outputs joining the residual.
     AddTo,
 }
@@ -118,10 +123,14 @@ impl GpuModel {
             };
             kernels.embedding.record(rec, params, self.embed.dtype, &ws.ids, table, &ws.x);
         }
-        let gather = |rec: &mut Recorder<'k>, from: &wgpu::Buffer, to: &wgpu::Buffer| {
-            let params = GatherParams { sequences: sequences as u32, hidden: h as u32, _pad: [0; 2] };
+        // Rows of `h` values stored as `stored` says (gathered as 4-byte words).
+        let gather = |rec: &mut Recorder<'k>, from: &wgpu::Buffer, to: &wgpu::Buffer, stored: Activations| {
+            let words = if stored == Activations::F16 { h / 2 } else { h };
+            let params = GatherParams { sequences: sequences as u32, hidden: words as u32, _pad: [0; 2] };
             kernels.gather.record(rec, params, from, &ws.last_rows, to);
         };
+        // How the layers' norms store `normed` for the projections that read it.
+        let normed_as = self.normed;
         let attention = |rows: usize| AttentionParams {
             rows: rows as u32,
             heads: c.num_heads as u32,
@@ -143,22 +152,22 @@ impl GpuModel {
 
         for (i, layer) in self.layers.iter().enumerate() {
             let last = i + 1 == self.layers.len();
-            self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens, NormWrite::Store);
+            self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens, NormWrite::Store(normed_as));
             match &layer.k_norm {
                 // The projection lands in scratch (`attended`, free until attention) and
                 // the per-head norm writes it where rotary and attention read it.
                 Some(k_norm) => {
-                    self.linear(rec, &layer.k, &ws.normed, &ws.attended, tokens, Epilogue::Store);
+                    self.linear(rec, &layer.k, (&ws.normed, normed_as), &ws.attended, tokens, Epilogue::Store);
                     self.head_norm(rec, k_norm, &ws.attended, &ws.k, tokens * c.num_kv_heads);
                 }
-                None => self.linear(rec, &layer.k, &ws.normed, &ws.k, tokens, Epilogue::Store),
+                None => self.linear(rec, &layer.k, (&ws.normed, normed_as), &ws.k, tokens, Epilogue::Store),
             }
-            self.linear(rec, &layer.v, &ws.normed, &ws.v, tokens, Epilogue::Store);
+            self.linear(rec, &layer.v, (&ws.normed, normed_as), &ws.v, tokens, Epilogue::Store);
             kernels.rotary.record(rec, rotary(tokens, c.num_kv_heads), &ws.k, &ws.positions, cos, sin);
             // From here on the last layer works on one row per sequence.
             let (rows, x, normed) = if last {
-                gather(rec, &ws.normed, &ws.last_normed);
-                gather(rec, &ws.x, &ws.last_x);
+                gather(rec, &ws.normed, &ws.last_normed, normed_as);
+                gather(rec, &ws.x, &ws.last_x, Activations::F32);
                 (sequences, &ws.last_x, &ws.last_normed)
             } else {
                 (tokens, &ws.x, &ws.normed)
@@ -170,10 +179,10 @@ impl GpuModel {
             };
             match &layer.q_norm {
                 Some(q_norm) => {
-                    self.linear(rec, &layer.q, normed, &ws.attended, rows, Epilogue::Store);
+                    self.linear(rec, &layer.q, (normed, normed_as), &ws.attended, rows, Epilogue::Store);
                     self.head_norm(rec, q_norm, &ws.attended, &ws.q, rows * c.num_heads);
                 }
-                None => self.linear(rec, &layer.q, normed, &ws.q, rows, Epilogue::Store),
+                None => self.linear(rec, &layer.q, (normed, normed_as), &ws.q, rows, Epilogue::Store),
             }
             kernels.rotary.record(rec, rotary(rows, c.num_heads), &ws.q, positions, cos, sin);
             match (&kernels.flash, last) {
@@ -197,33 +206,35 @@ impl GpuModel {
             }
             self.residual(rec, &layer.o, &ws.attended, layer.attention_out_norm.as_ref(), x, normed, rows);
 
-            self.norm(rec, &layer.post_norm, x, normed, rows, NormWrite::Store);
+            self.norm(rec, &layer.post_norm, x, normed, rows, NormWrite::Store(normed_as));
             match &layer.gate {
                 Some(gate) => {
-                    self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::Store);
+                    self.linear(rec, &layer.up, (normed, normed_as), &ws.mlp, rows, Epilogue::Store);
                     let activation = match c.architecture.mlp() {
                         MlpKind::GeluTanhGated => Epilogue::GeluTanhGate,
                         _ => Epilogue::SiluGate,
                     };
-                    self.linear(rec, gate, normed, &ws.mlp, rows, activation);
+                    self.linear(rec, gate, (normed, normed_as), &ws.mlp, rows, activation);
                 }
-                None => self.linear(rec, &layer.up, normed, &ws.mlp, rows, Epilogue::SquaredRelu),
+                None => self.linear(rec, &layer.up, (normed, normed_as), &ws.mlp, rows, Epilogue::SquaredRelu),
             }
             self.residual(rec, &layer.down, &ws.mlp, layer.mlp_out_norm.as_ref(), x, normed, rows);
         }
         if self.layers.is_empty() {
-            gather(rec, &ws.x, &ws.last_x);
+            gather(rec, &ws.x, &ws.last_x, Activations::F32);
         }
-        self.norm(rec, &self.final_norm, &ws.last_x, &ws.last_normed, sequences, NormWrite::Store);
-        self.linear(rec, &self.score, &ws.last_normed, &ws.scores, sequences, Epilogue::Store);
+        let final_as = self.final_normed;
+        self.norm(rec, &self.final_norm, &ws.last_x, &ws.last_normed, sequences, NormWrite::Store(final_as));
+        self.linear(rec, &self.score, (&ws.last_normed, final_as), &ws.scores, sequences, Epilogue::Store);
     }
 
-    /// `output (epilogue)= input @ W^T (+ b)` over `rows` rows, one dispatch per weight part.
+    /// `output (epilogue)= input @ W^T (+ b)` over `rows` rows, one dispatch per weight part;
+    /// `input` is a buffer and how its values are stored.
     fn linear<'k>(
         &'k self,
         rec: &mut Recorder<'k>,
         linear: &'k DeviceLinear,
-        input: &wgpu::Buffer,
+        (input, stored): (&wgpu::Buffer, Activations),
         output: &wgpu::Buffer,
         rows: usize,
         epilogue: Epilogue,
@@ -240,7 +251,7 @@ impl GpuModel {
                 epilogue: epilogue as u32,
                 _pad: 0,
             };
-            self.kernels.matmul.record(rec, params, linear.weight.dtype, input, weight, bias, output);
+            self.kernels.matmul.record(rec, params, linear.weight.dtype, stored, input, weight, bias, output);
         }
     }
 
@@ -259,10 +270,10 @@ impl GpuModel {
     ) {
         match out_norm {
             Some(norm) => {
-                self.linear(rec, linear, input, scratch, rows, Epilogue::Store);
+                self.linear(rec, linear, (input, Activations::F32), scratch, rows, Epilogue::Store);
                 self.norm(rec, norm, scratch, x, rows, NormWrite::AddTo);
             }
-            None => self.linear(rec, linear, input, x, rows, Epilogue::Accumulate),
+            None => self.linear(rec, linear, (input, Activations::F32), x, rows, Epilogue::Accumulate),
         }
     }
 
@@ -285,7 +296,7 @@ impl GpuModel {
             accumulate: 0,
             _pad: [0; 3],
         };
-        kernel.record(rec, params, input, weight, &self.dummy, output);
+        kernel.record(rec, params, Activations::F32, input, weight, &self.dummy, output);
     }
 
     /// The norm of `rows` rows of `input`, stored in `output` or added to it.
@@ -307,7 +318,11 @@ impl GpuModel {
             accumulate: (write == NormWrite::AddTo) as u32,
             _pad: [0; 3],
         };
+        let stored = match write {
+            NormWrite::Store(stored) => stored,
+            NormWrite::AddTo => Activations::F32,
+        };
         let bias = norm.bias.as_ref().unwrap_or(&self.dummy);
-        self.kernels.norm.record(rec, params, input, &norm.weight, bias, output);
+        self.kernels.norm.record(rec, params, stored, input, &norm.weight, bias, output);
     }
 }

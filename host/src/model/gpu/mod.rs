@@ -22,12 +22,13 @@ use super::arch::NormKind;
 use super::config::ModelConfig;
 use super::layout::ModelTensors;
 use super::rope::RopeTable;
+use super::weights;
 use anyhow::{Result, bail};
 use kernels::KernelTimes;
 use kernels::attention::{FlashAttention, RowAttention};
 use kernels::embedding::Embedding;
 use kernels::last_token::GatherRows;
-use kernels::matmul::{Matmul, MatmulVariant};
+use kernels::matmul::{Activations, Matmul, MatmulVariant};
 use kernels::norm::Norm;
 use kernels::rotary::Rotary;
 use std::sync::Mutex;
@@ -87,6 +88,11 @@ pub struct GpuModel {
     /// What the load changed from the plan, for the load message: linear weights f16
     /// cannot hold (left in their dtype), a tensor-core kernel that failed to compile.
     load_notes: Vec<String>,
+    /// How the layers' norms store their output for the q/k/v, up and gate projections
+    /// (f16 where the plan asks and every one of those weights is f16), and how the final
+    /// norm stores its output for the score head.
+    normed: Activations,
+    final_normed: Activations,
 }
 
 impl GpuModel {
@@ -158,10 +164,21 @@ impl GpuModel {
             }
         }
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
+        let mut matmul = Self::matmul(device, &mut plan)?;
+        let mut norm = Norm::new(device, config.architecture.norm())?;
+        let mut load_notes = Vec::new();
+        if plan.f16_activations {
+            // The norm's f16 output and the matmul's f16 input (a pipeline each, unused if
+            // the other fails).
+            if let Err(why) = norm.add_f16_output(device).and_then(|()| matmul.add_f16_input(device)) {
+                plan.f16_activations = false;
+                load_notes.push(format!("f16 activations off: {why:#}"));
+            }
+        }
         let kernels = Kernels {
-            matmul: Self::matmul(device, &mut plan)?,
+            matmul,
             embedding: Embedding::new(device)?,
-            norm: Norm::new(device, config.architecture.norm())?,
+            norm,
             head_norm: config.architecture.family.qk_norm.then(|| Norm::new(device, NormKind::Rms)).transpose()?,
             rotary: Rotary::new(device)?,
             attention: RowAttention::new(device)?,
@@ -197,7 +214,21 @@ impl GpuModel {
             .collect::<Result<Vec<_>>>()?;
         let score = upload.linear(&tensors.score)?;
         let kept_dtype = upload.kept_dtype.take();
-        let mut load_notes = Vec::new();
+        let half_input = |linear: &DeviceLinear| linear.weight.dtype == weights::DType::F16;
+        let (mut normed, mut final_normed) = (Activations::F32, Activations::F32);
+        if plan.f16_activations {
+            let layer_inputs_half =
+                layers.iter().all(|l| [&l.q, &l.k, &l.v, &l.up].into_iter().chain(&l.gate).all(half_input));
+            if layer_inputs_half {
+                normed = Activations::F16;
+                if half_input(&score) {
+                    final_normed = Activations::F16;
+                }
+            } else {
+                plan.f16_activations = false;
+                load_notes.push("f16 activations off: a q/k/v, up or gate weight stayed in its dtype".to_owned());
+            }
+        }
         if plan.matmul_reason.starts_with(TENSOR_CORES_FAILED) {
             load_notes.push(plan.matmul_reason.clone());
         }
@@ -224,6 +255,8 @@ impl GpuModel {
             gpu,
             workspace: Mutex::new(None),
             load_notes,
+            normed,
+            final_normed,
         })
     }
 
@@ -250,11 +283,12 @@ impl GpuModel {
     pub fn adapter_name(&self) -> String {
         let info = &self.gpu.info;
         let mut name = format!(
-            "wgpu: {} ({:?}, {:?}; matmul {}, attention {})",
+            "wgpu: {} ({:?}, {:?}; matmul {}{}, attention {})",
             info.name,
             info.backend,
             info.device_type,
             self.plan.matmul.name(),
+            if self.normed == Activations::F16 { " reading f16 activations" } else { "" },
             self.plan.attention.name()
         );
         for note in &self.load_notes {

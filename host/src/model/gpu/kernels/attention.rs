@@ -233,11 +233,7 @@ pub fn flash_loads_first_requested() -> bool {
 /// The meaning of a `STEERLM_FLASH_LOADS_FIRST` value: unset, empty or `0` is off, `1` on;
 /// anything else is an error saying so (shown in the plan's reason, and then off).
 pub fn flash_loads_first(value: Option<&str>) -> Result<bool, String> {
-    match value.map(str::trim) {
-        None | Some("" | "0") => Ok(false),
-        Some("1") => Ok(true),
-        Some(other) => Err(format!("STEERLM_FLASH_LOADS_FIRST={other:?} is not 0 or 1")),
-    }
+    super::switch("STEERLM_FLASH_LOADS_FIRST", value)
 }
 
 /// Whether the tensor-core flash kernel handles this head size: a multiple of the fragment

@@ -25,7 +25,8 @@ impl GatherRows {
         Ok(GatherRows { kernel: Kernel::new(device, "last_token", source, &[], size, &buffers)? })
     }
 
-    /// `out[i] = x[rows[i]]` for `params.sequences` rows of `params.hidden` values.
+    /// `out[i] = x[rows[i]]` for `params.sequences` rows of `params.hidden` 4-byte values
+    /// (f32s, or pairs of f16s), copied as bits.
     pub fn record<'k>(
         &'k self,
         rec: &mut Recorder<'k>,

@@ -141,6 +141,18 @@ impl std::fmt::Display for TileConfig {
     }
 }
 
+/// How a matmul's input `x` is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    /// f32, which every kernel reads.
+    F32,
+    /// f16, saturated to f16's finite range: what the staged tensor-core tiles convert x to
+    /// anyway, written so by the norm ahead of them (half the bytes to load, nothing to
+    /// convert; the same output bits). Only the wide tiles ([`CoopTile::is_wide`]), which stage
+    /// x through registers, read it.
+    F16,
+}
+
 /// Which matmul shader runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulVariant {
@@ -317,17 +329,22 @@ impl CoopTile {
         }
     }
 
-    /// The shader's name and complete source (before [`TensorCores::specialize`]).
-    fn source(self) -> (&'static str, String) {
-        match self {
+    /// The shader's name (its profile label) and complete source (before
+    /// [`TensorCores::specialize`]) for x stored as `x`; `None` where the tile cannot read it.
+    fn source(self, x: Activations) -> Option<(&'static str, String)> {
+        let half = x == Activations::F16;
+        Some(match self {
+            CoopTile::Narrow if half => return None,
             CoopTile::Narrow => ("matmul_coop", with_common(COOPERATIVE)),
-            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => {
-                ("matmul_coop_wide", with_staging(COOPERATIVE_WIDE, self.depth_fragments(), self.stages()))
-            }
-            CoopTile::Square | CoopTile::SquarePrefetch => {
-                ("matmul_coop_square", with_staging(COOPERATIVE_SQUARE, 2, 1))
-            }
-        }
+            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => (
+                if half { "matmul_coop_x16" } else { "matmul_coop_wide" },
+                with_staging(COOPERATIVE_WIDE, self.depth_fragments(), self.stages(), x),
+            ),
+            CoopTile::Square | CoopTile::SquarePrefetch => (
+                if half { "matmul_square_x16" } else { "matmul_coop_square" },
+                with_staging(COOPERATIVE_SQUARE, 2, 1, x),
+            ),
+        })
     }
 
     /// The shader's override constants besides `DTYPE`.
@@ -368,6 +385,8 @@ pub struct Matmul {
     pub variant: MatmulVariant,
     /// A kernel and the output (rows, columns) one of its workgroups covers, by dtype.
     per_dtype: [(Kernel, (usize, usize)); 3],
+    /// The tensor-core kernel reading f16 x, where asked for ([`Matmul::add_f16_input`]).
+    f16_x: Option<(Kernel, (usize, usize))>,
 }
 
 const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
@@ -388,29 +407,41 @@ fn with_common(body: &str) -> String {
 }
 
 /// A wide tensor-core shader with the common part and the staging part inserted, its K step
-/// `depth_fragments` fragments deep and `stages` copies of its staged tiles (the staging
-/// part's `K_FRAGS` and `STAGES`, each declared exactly once).
-fn with_staging(body: &str, depth_fragments: u32, stages: u32) -> String {
+/// `depth_fragments` fragments deep, `stages` copies of its staged tiles, and x stored as
+/// `x` says (the staging part's `K_FRAGS`, `STAGES` and `XVec`, each declared exactly once;
+/// the common part's binding of x becomes an `array<XVec>`).
+fn with_staging(body: &str, depth_fragments: u32, stages: u32, x: Activations) -> String {
     const DEPTH: &str = "const K_FRAGS: u32 = 2u;";
     const STAGES: &str = "const STAGES: u32 = 1u;";
+    const X_VEC: &str = "alias XVec = vec4<f32>;";
+    const X_BINDING: &str = "var<storage, read> x: array<vec4<f32>>;";
     debug_assert_eq!(STAGING.matches(DEPTH).count(), 1);
     debug_assert_eq!(STAGING.matches(STAGES).count(), 1);
+    debug_assert_eq!(STAGING.matches(X_VEC).count(), 1);
+    debug_assert_eq!(COMMON.matches(X_BINDING).count(), 1);
+    let x_vec = match x {
+        Activations::F32 => X_VEC,
+        Activations::F16 => "alias XVec = vec4<f16>;",
+    };
     let staging = STAGING
         .replace(DEPTH, &format!("const K_FRAGS: u32 = {depth_fragments}u;"))
-        .replace(STAGES, &format!("const STAGES: u32 = {stages}u;"));
-    with_common(&super::with_prelude(&staging, body))
+        .replace(STAGES, &format!("const STAGES: u32 = {stages}u;"))
+        .replace(X_VEC, x_vec);
+    let common = COMMON.replace(X_BINDING, "var<storage, read> x: array<XVec>;");
+    super::with_prelude(&common, &super::with_prelude(&staging, body))
 }
 
 /// The complete WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, String); 7] {
+pub fn sources() -> [(&'static str, String); 8] {
     [
         ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
         ("matmul_tiled.wgsl", with_common(TILED)),
         ("matmul_coop.wgsl", with_common(COOPERATIVE)),
-        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, 2, 1)),
-        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, 4, 1)),
-        ("matmul_coop_wide.wgsl (double)", with_staging(COOPERATIVE_WIDE, 2, 2)),
-        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, 2, 1)),
+        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, 2, 1, Activations::F32)),
+        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, 4, 1, Activations::F32)),
+        ("matmul_coop_wide.wgsl (double)", with_staging(COOPERATIVE_WIDE, 2, 2, Activations::F32)),
+        ("matmul_coop_wide.wgsl (deep, f16 x)", with_staging(COOPERATIVE_WIDE, 4, 1, Activations::F16)),
+        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, 2, 1, Activations::F32)),
     ]
 }
 
@@ -457,34 +488,69 @@ impl Matmul {
                         limits.max_compute_invocations_per_workgroup
                     );
                 }
-                let (label, source) = tile.source();
-                let source = cores.specialize(label, &source)?;
-                let mut constants = vec![("DTYPE", 2.0)];
-                constants.extend(tile.constants());
-                let coop = Kernel::new(device, label, &source, &constants, size, &BUFFERS)?;
-                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, (coop, tile.output(fragment))]
+                let coop = coop_kernel(device, tile, cores, Activations::F32)?;
+                [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, coop]
             }
         };
-        Ok(Matmul { variant, per_dtype })
+        Ok(Matmul { variant, per_dtype, f16_x: None })
     }
 
-    /// Records `y[.., out_offset..out_offset + n] (epilogue)= x @ w^T (+ bias)`.
+    /// Makes this matmul able to read f16 x ([`Activations::F16`]) with f16 weights: for the
+    /// wide tensor-core tiles only, an error otherwise.
+    pub fn add_f16_input(&mut self, device: &wgpu::Device) -> Result<()> {
+        match self.variant {
+            MatmulVariant::Cooperative { tile, cores, .. } if tile.is_wide() => {
+                self.f16_x = Some(coop_kernel(device, tile, cores, Activations::F16)?);
+                Ok(())
+            }
+            variant => bail!("f16 activations need a wide tensor-core tile, not {}", variant.describe()),
+        }
+    }
+
+    /// Records `y[.., out_offset..out_offset + n] (epilogue)= x @ w^T (+ bias)`, with x stored
+    /// as `x_stored` says. f16 x goes only to f16 weights of a matmul made
+    /// [`Matmul::add_f16_input`] (the caller's to ensure; checked in debug builds).
     #[allow(clippy::too_many_arguments)]
     pub fn record<'k>(
         &'k self,
         rec: &mut Recorder<'k>,
         params: MatmulParams,
         dtype: DType,
+        x_stored: Activations,
         x: &wgpu::Buffer,
         w: &wgpu::Buffer,
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) {
-        let (kernel, tile) = &self.per_dtype[dtype_index(dtype)];
+        let (kernel, tile) = match (x_stored, &self.f16_x) {
+            (Activations::F16, Some(f16_x)) if dtype == DType::F16 => f16_x,
+            (Activations::F16, _) => {
+                debug_assert!(false, "f16 x for {dtype:?} weights on {}", self.variant.describe());
+                &self.per_dtype[dtype_index(dtype)]
+            }
+            (Activations::F32, _) => &self.per_dtype[dtype_index(dtype)],
+        };
         let groups = [(params.n as usize).div_ceil(tile.1) as u32, (params.m as usize).div_ceil(tile.0) as u32, 1];
         let flops = 2.0 * params.m as f64 * params.n as f64 * params.k as f64;
         rec.dispatch(kernel, &params, &[x, w, bias, y], groups, flops);
     }
+}
+
+/// The tensor-core kernel of `tile` for x stored as `x`, and the output one workgroup covers.
+fn coop_kernel(
+    device: &wgpu::Device,
+    tile: CoopTile,
+    cores: TensorCores,
+    x: Activations,
+) -> Result<(Kernel, (usize, usize))> {
+    let Some((label, source)) = tile.source(x) else {
+        bail!("the {} tile does not read {x:?} x", tile.key());
+    };
+    let source = cores.specialize(label, &source)?;
+    let mut constants = vec![("DTYPE", 2.0)];
+    constants.extend(tile.constants());
+    let size = std::mem::size_of::<MatmulParams>() as u64;
+    Ok((Kernel::new(device, label, &source, &constants, size, &BUFFERS)?, tile.output(cores.fragment)))
 }
 
 /// A weight in `dtype` (little-endian `bytes`) as f16 bytes, for the tensor-core path.
@@ -530,15 +596,24 @@ pub fn f16_weights(name: &str, dtype: DType, bytes: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Times one matmul variant alone: `[m, k] @ [n, k]^T` with f32 weights (f16 for
-/// [`MatmulVariant::Cooperative`]), `iterations` dispatches in one submission after a
-/// one-dispatch warm-up. Returns seconds per dispatch and the adapter's name.
-pub fn time_variant(variant: MatmulVariant, m: usize, n: usize, k: usize, iterations: usize) -> Result<(f64, String)> {
+/// [`MatmulVariant::Cooperative`]) and x stored as `x_stored` says, `iterations` dispatches
+/// in one submission after a one-dispatch warm-up. Returns seconds per dispatch and the
+/// adapter's name.
+pub fn time_variant(
+    variant: MatmulVariant,
+    x_stored: Activations,
+    (m, n, k): (usize, usize, usize),
+    iterations: usize,
+) -> Result<(f64, String)> {
     use super::{BindCache, read_buffer};
     use crate::model::gpu::{AdapterChoice, open_device};
     use wgpu::util::DeviceExt;
     let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
     let device = &gpu.device;
-    let matmul = Matmul::new(device, variant)?;
+    let mut matmul = Matmul::new(device, variant)?;
+    if x_stored == Activations::F16 {
+        matmul.add_f16_input(device)?;
+    }
     let values = |count: usize| -> Vec<f32> { (0..count).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect() };
     let buffer = |label: &str, bytes: &[u8]| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -553,7 +628,10 @@ pub fn time_variant(variant: MatmulVariant, m: usize, n: usize, k: usize, iterat
         }
         _ => (DType::F32, bytemuck::cast_slice(&values(n * k)).to_vec()),
     };
-    let x = buffer("x", bytemuck::cast_slice(&values(m * k)));
+    let x = match x_stored {
+        Activations::F32 => buffer("x", bytemuck::cast_slice(&values(m * k))),
+        Activations::F16 => buffer("x", &f16_weights("timing x", DType::F32, bytemuck::cast_slice(&values(m * k)))?),
+    };
     let w = buffer("w", &weight);
     let bias = buffer("bias", bytemuck::cast_slice(&values(n)));
     let y = buffer("y", bytemuck::cast_slice(&values(m * n)));
@@ -577,7 +655,7 @@ pub fn time_variant(variant: MatmulVariant, m: usize, n: usize, k: usize, iterat
     let mut run = |count: usize, params: MatmulParams| -> Result<f64> {
         let mut rec = Recorder::new(device);
         for _ in 0..count {
-            matmul.record(&mut rec, params, dtype, &x, &w, &bias, &y);
+            matmul.record(&mut rec, params, dtype, x_stored, &x, &w, &bias, &y);
         }
         let started = std::time::Instant::now();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });

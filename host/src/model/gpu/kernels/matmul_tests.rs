@@ -121,9 +121,15 @@ struct Prepared {
     readback: wgpu::Buffer,
 }
 
-/// Runs every case through `matmul` in one submission; returns, per case, the kernel's
-/// output and the inputs the reference needs.
-fn run(gpu: &Gpu, matmul: &Matmul, cases: &[Case], weight_dtype: impl Fn(&Case) -> DType) -> Vec<(Prepared, Vec<f32>)> {
+/// Runs every case through `matmul` in one submission, x stored as `x_stored` says;
+/// returns, per case, the kernel's output and the inputs the reference needs.
+fn run(
+    gpu: &Gpu,
+    matmul: &Matmul,
+    cases: &[Case],
+    x_stored: Activations,
+    weight_dtype: impl Fn(&Case) -> DType,
+) -> Vec<(Prepared, Vec<f32>)> {
     let device = &gpu.device;
     let storage = |label: &str, bytes: &[u8]| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -152,7 +158,11 @@ fn run(gpu: &Gpu, matmul: &Matmul, cases: &[Case], weight_dtype: impl Fn(&Case) 
         let first = case.split.unwrap_or(case.n);
         let row_bytes = case.k * dtype.size();
         let mut buffers = vec![
-            storage("x", bytemuck::cast_slice(&x)),
+            match x_stored {
+                Activations::F32 => storage("x", bytemuck::cast_slice(&x)),
+                // What the norm writes: saturated to f16's range, rounded to nearest.
+                Activations::F16 => storage("x", &f16_weights("test x", DType::F32, bytemuck::cast_slice(&x)).unwrap()),
+            },
             storage("bias", bytemuck::cast_slice(&bias)),
             storage("y", bytemuck::cast_slice(&y0)),
             storage("w part 0", &w_bytes[..first * row_bytes]),
@@ -186,7 +196,8 @@ fn run(gpu: &Gpu, matmul: &Matmul, cases: &[Case], weight_dtype: impl Fn(&Case) 
                 epilogue: case.epilogue as u32,
                 _pad: 0,
             };
-            matmul.record(&mut rec, params, weight_dtype(case), &p.buffers[0], w, &p.buffers[1], &p.buffers[2]);
+            let dtype = weight_dtype(case);
+            matmul.record(&mut rec, params, dtype, x_stored, &p.buffers[0], w, &p.buffers[1], &p.buffers[2]);
         }
     }
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -215,7 +226,7 @@ fn check_f32_path(variant: MatmulVariant) {
     let gpu = gpu();
     let matmul = Matmul::new(&gpu.device, variant).unwrap();
     let cases = cases(&DTYPES);
-    let results = run(&gpu, &matmul, &cases, |case| case.dtype);
+    let results = run(&gpu, &matmul, &cases, Activations::F32, |case| case.dtype);
     let mut worst = 0f64;
     for (case, (p, got)) in cases.iter().zip(&results) {
         let want = reference(case, &p.x, &p.w, &p.bias, &p.y0);
@@ -302,7 +313,7 @@ fn cooperative_shader_validates_with_naga() {
     for cores in [TensorCores::NVIDIA, lavapipe] {
         let mut spirv = Vec::new();
         for tile in CoopTile::ALL {
-            let (name, source) = tile.source();
+            let (name, source) = tile.source(Activations::F32).unwrap();
             let source = cores.specialize(name, &source).unwrap();
             assert_eq!(source.contains("coop_mat16x16"), cores == TensorCores::NVIDIA, "{name} for {cores}");
             let mut constants = vec![("DTYPE", 2.0)];
@@ -314,6 +325,18 @@ fn cooperative_shader_validates_with_naga() {
             let big = matches!(tile, CoopTile::WideDeep | CoopTile::WideDouble) && cores == TensorCores::NVIDIA;
             assert_eq!(bytes > 32 << 10, big, "{tile:?}");
             assert!(tile.runs_on(cores), "{tile:?} on {cores}");
+        }
+        // Every wide tile also reads f16 x (other code: no conversion); the narrow one does not.
+        for tile in CoopTile::ALL {
+            let Some((name, source)) = tile.source(Activations::F16) else {
+                assert!(!tile.is_wide(), "{tile:?} reads f16 x");
+                continue;
+            };
+            let source = cores.specialize(name, &source).unwrap();
+            let mut constants = vec![("DTYPE", 2.0)];
+            constants.extend(tile.constants());
+            let half = validate(&format!("{tile:?} for {cores}, f16 x"), &source, granted, &constants);
+            assert_ne!(half, spirv[CoopTile::ALL.iter().position(|&t| t == tile).unwrap()], "{tile:?}, f16 x");
         }
         // PREFETCH and K_FRAGS reach the shader: the tiles compile to different code.
         let of = |tile: CoopTile| &spirv[CoopTile::ALL.iter().position(|&t| t == tile).unwrap()];
@@ -333,8 +356,8 @@ fn cooperative_shader_validates_with_naga() {
     assert_eq!(CoopTile::Wide.invocations(lavapipe), 64);
     // The wide kernel needs a fixed subgroup width; the narrow one does not.
     let varying = TensorCores { fixed_subgroup: None, ..TensorCores::NVIDIA };
-    assert!(varying.specialize("wide", &with_staging(COOPERATIVE_WIDE, 2, 1)).is_err());
-    assert!(varying.specialize("square", &with_staging(COOPERATIVE_SQUARE, 2, 1)).is_err());
+    assert!(varying.specialize("wide", &with_staging(COOPERATIVE_WIDE, 2, 1, Activations::F32)).is_err());
+    assert!(varying.specialize("square", &with_staging(COOPERATIVE_SQUARE, 2, 1, Activations::F32)).is_err());
     assert!(varying.specialize("narrow", &with_common(COOPERATIVE)).is_ok());
     assert_eq!(CoopTile::for_adapter(varying, &wgpu::Limits::default()), CoopTile::Narrow);
     assert_eq!(CoopTile::Wide.output(Fragment::Sixteen), (128, 128));
@@ -389,7 +412,7 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
         let variant = MatmulVariant::Cooperative { tile, cores, fallback: TileConfig::MEDIUM };
         let matmul = Matmul::new(&gpu.device, variant).unwrap();
         let cases = cases(&DTYPES);
-        let results = run(&gpu, &matmul, &cases, |_| DType::F16);
+        let results = run(&gpu, &matmul, &cases, Activations::F32, |_| DType::F16);
         let (mut worst_rounded, mut worst_exact) = (0f64, 0f64);
         for (case, (p, got)) in cases.iter().zip(&results) {
             let x16: Vec<f32> = p.x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
@@ -405,10 +428,27 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
             gpu.info.name,
             cases.len()
         );
+        // f16 x, as the norms write it ahead of these tiles: the very same output bits,
+        // since the tiles convert f32 x to f16 the same way before any product.
+        if tile.is_wide() {
+            let mut half_x = Matmul::new(&gpu.device, variant).unwrap();
+            half_x.add_f16_input(&gpu.device).unwrap();
+            let from_half = run(&gpu, &half_x, &cases, Activations::F16, |_| DType::F16);
+            for (case, ((_, got), (_, want))) in cases.iter().zip(from_half.iter().zip(&results)) {
+                assert!(
+                    got.iter().map(|v| v.to_bits()).eq(want.iter().map(|v| v.to_bits())),
+                    "{tile:?} on {}: {case}: f16 x gives other bits than f32 x",
+                    gpu.info.name
+                );
+            }
+            eprintln!("cooperative {tile:?} ({cores}), f16 x: the same bits as f32 x in all {} cases", cases.len());
+        } else {
+            assert!(Matmul::new(&gpu.device, variant).unwrap().add_f16_input(&gpu.device).is_err());
+        }
         // The fallback for weights left in bf16/f32 (f16 weights are the tensor-core
         // kernel's, checked above).
         let stored: Vec<Case> = cases.iter().filter(|case| case.dtype != DType::F16).cloned().collect();
-        let fallback = run(&gpu, &matmul, &stored, |case| case.dtype);
+        let fallback = run(&gpu, &matmul, &stored, Activations::F32, |case| case.dtype);
         for (case, (p, got)) in stored.iter().zip(&fallback) {
             let error = max_error(got, &reference(case, &p.x, &p.w, &p.bias, &p.y0));
             assert!(error <= 1e-5, "cooperative's tiled fallback: {case}: error {error:e}");
@@ -469,7 +509,7 @@ fn time_matmul_variants() {
     }
     for (m, n, k, iterations) in shapes {
         for &variant in &variants {
-            let (seconds, adapter) = time_variant(variant, m, n, k, iterations).unwrap();
+            let (seconds, adapter) = time_variant(variant, Activations::F32, (m, n, k), iterations).unwrap();
             let gflops = 2.0 * (m * n * k) as f64 / seconds / 1e9;
             println!("{m}x{k}x{n} {:<34} {seconds:>9.4} s {gflops:>8.2} GFLOP/s  ({adapter})", variant.describe());
         }

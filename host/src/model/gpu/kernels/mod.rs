@@ -106,6 +106,17 @@ pub fn with_prelude(prelude: &str, body: &str) -> String {
     format!("{}\n{prelude}\n{}\n", lines[..after].join("\n"), lines[after..].join("\n"))
 }
 
+/// The meaning of an on/off environment variable `name` set to `value`: unset, empty or
+/// `0` is off, `1` on; anything else is an error saying so (shown in the plan's reason,
+/// and then off).
+pub fn switch(name: &str, value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("" | "0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(format!("{name}={other:?} is not 0 or 1")),
+    }
+}
+
 /// Pipelines compiled per weight dtype are kept in this order: the shaders' `DTYPE`
 /// constant (0 f32, 1 bf16, 2 f16).
 pub fn dtype_index(dtype: crate::model::weights::DType) -> usize {
