@@ -124,20 +124,21 @@ fn main(
 
     let top = row0 + r;
     let left = col0 + c;
-    emit(c00, sg, lane, top + 0u * FRAG, left + 0u * FRAG);
-    emit(c01, sg, lane, top + 0u * FRAG, left + 1u * FRAG);
-    emit(c02, sg, lane, top + 0u * FRAG, left + 2u * FRAG);
-    emit(c03, sg, lane, top + 0u * FRAG, left + 3u * FRAG);
-    emit(c10, sg, lane, top + 1u * FRAG, left + 0u * FRAG);
-    emit(c11, sg, lane, top + 1u * FRAG, left + 1u * FRAG);
-    emit(c12, sg, lane, top + 1u * FRAG, left + 2u * FRAG);
-    emit(c13, sg, lane, top + 1u * FRAG, left + 3u * FRAG);
-    emit(c20, sg, lane, top + 2u * FRAG, left + 0u * FRAG);
-    emit(c21, sg, lane, top + 2u * FRAG, left + 1u * FRAG);
-    emit(c22, sg, lane, top + 2u * FRAG, left + 2u * FRAG);
-    emit(c23, sg, lane, top + 2u * FRAG, left + 3u * FRAG);
-    emit(c30, sg, lane, top + 3u * FRAG, left + 0u * FRAG);
-    emit(c31, sg, lane, top + 3u * FRAG, left + 1u * FRAG);
-    emit(c32, sg, lane, top + 3u * FRAG, left + 2u * FRAG);
-    emit(c33, sg, lane, top + 3u * FRAG, left + 3u * FRAG);
+    let direct = stores_directly(row0, col0);
+    emit(c00, direct, sg, lane, top + 0u * FRAG, left + 0u * FRAG);
+    emit(c01, direct, sg, lane, top + 0u * FRAG, left + 1u * FRAG);
+    emit(c02, direct, sg, lane, top + 0u * FRAG, left + 2u * FRAG);
+    emit(c03, direct, sg, lane, top + 0u * FRAG, left + 3u * FRAG);
+    emit(c10, direct, sg, lane, top + 1u * FRAG, left + 0u * FRAG);
+    emit(c11, direct, sg, lane, top + 1u * FRAG, left + 1u * FRAG);
+    emit(c12, direct, sg, lane, top + 1u * FRAG, left + 2u * FRAG);
+    emit(c13, direct, sg, lane, top + 1u * FRAG, left + 3u * FRAG);
+    emit(c20, direct, sg, lane, top + 2u * FRAG, left + 0u * FRAG);
+    emit(c21, direct, sg, lane, top + 2u * FRAG, left + 1u * FRAG);
+    emit(c22, direct, sg, lane, top + 2u * FRAG, left + 2u * FRAG);
+    emit(c23, direct, sg, lane, top + 2u * FRAG, left + 3u * FRAG);
+    emit(c30, direct, sg, lane, top + 3u * FRAG, left + 0u * FRAG);
+    emit(c31, direct, sg, lane, top + 3u * FRAG, left + 1u * FRAG);
+    emit(c32, direct, sg, lane, top + 3u * FRAG, left + 2u * FRAG);
+    emit(c33, direct, sg, lane, top + 3u * FRAG, left + 3u * FRAG);
 }

@@ -108,10 +108,26 @@ fn stash_step(staged: array<Staged, STAGED>, li: u32, base: u32) {
     }
 }
 
-// Writes one FRAG x FRAG accumulator whose top-left output element is (row, col): through the
-// subgroup's staging area, then bias and epilogue per element. Called by every invocation
-// (it has barriers).
-fn emit(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, col: u32) {
+// Whether this workgroup's accumulators go straight to y (`emit`'s `direct`): a plain store,
+// no bias, the whole tile inside the output, and rows and the first column 16-byte aligned
+// (what cooperative stores to memory need). The same for every invocation of a workgroup.
+fn stores_directly(row0: u32, col0: u32) -> bool {
+    return p.epilogue == EPILOGUE_STORE && p.has_bias == 0u && p.out_stride % 4u == 0u && p.out_offset % 4u == 0u
+        && row0 + TILE_M <= p.m && col0 + TILE_N <= p.n;
+}
+
+// Writes one FRAG x FRAG accumulator whose top-left output element is (row, col): stored
+// straight into y where `direct` (see `stores_directly`), else through the subgroup's
+// staging area, then bias and epilogue per element. Called by every invocation with the
+// same `direct` (the staged path has barriers).
+fn emit(acc: coop_mat16x16<f32, C>, direct: bool, sg: u32, lane: u32, row: u32, col: u32) {
+    if (direct) {
+        // naga 30 wants the index and the stride of a cooperative store as `let`s.
+        let index = row * p.out_stride + p.out_offset + col;
+        let stride = p.out_stride;
+        coopStoreT(acc, &y[index], stride);
+        return;
+    }
     let base = sg * FRAG * LDC;
     let stride = LDC;
     coopStoreT(acc, &y_stage[base], stride);

@@ -11,7 +11,9 @@
 //
 // The accumulators leave through a small per-subgroup staging area, one 16x16 fragment at
 // a time, so the bias and the epilogue are applied per element in f32 with bounds checks
-// (m and n arbitrary; k a multiple of 4, its tail read as zeros).
+// (m and n arbitrary; k a multiple of 4, its tail read as zeros). A plain store of a whole
+// tile without bias (the q/k/v and up projections) skips that: each fragment is stored
+// straight into y, with no barrier.
 //
 // Cooperative operations need subgroup-uniform control flow; everything below that
 // depends on the subgroup depends on subgroup_id only, and the loops are uniform over the
@@ -135,12 +137,13 @@ fn main(
 
     let top = row0 + r;
     let left = col0 + c;
-    emit(c00, sg, lane, top, left);
-    emit(c01, sg, lane, top, left + FRAG);
-    emit(c02, sg, lane, top, left + 2u * FRAG);
-    emit(c03, sg, lane, top, left + 3u * FRAG);
-    emit(c10, sg, lane, top + FRAG, left);
-    emit(c11, sg, lane, top + FRAG, left + FRAG);
-    emit(c12, sg, lane, top + FRAG, left + 2u * FRAG);
-    emit(c13, sg, lane, top + FRAG, left + 3u * FRAG);
+    let direct = stores_directly(row0, col0);
+    emit(c00, direct, sg, lane, top, left);
+    emit(c01, direct, sg, lane, top, left + FRAG);
+    emit(c02, direct, sg, lane, top, left + 2u * FRAG);
+    emit(c03, direct, sg, lane, top, left + 3u * FRAG);
+    emit(c10, direct, sg, lane, top + FRAG, left);
+    emit(c11, direct, sg, lane, top + FRAG, left + FRAG);
+    emit(c12, direct, sg, lane, top + FRAG, left + 2u * FRAG);
+    emit(c13, direct, sg, lane, top + FRAG, left + 3u * FRAG);
 }
