@@ -45,6 +45,11 @@ override PREFETCH: bool = false;
 // reach the tiles either way: the norm converts exactly as `x_half` does.
 alias XVec = vec4<f32>;
 
+// The f16 weights, four to an item: the same buffer as matmul_common.wgsl's `w` (binding 2),
+// read with one 8-byte load per item rather than two 4-byte ones (`w` itself is unused
+// here, and naga and Vulkan allow a binding declared twice where one is used).
+@group(0) @binding(2) var<storage, read> w_quads: array<vec2<u32>>;
+
 // One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
 // x stays as stored until stash: converting it here, right after its load, measured
 // 0.41-0.62x on an H100 (the conversion waits for the load, so the loads no longer overlap
@@ -69,8 +74,8 @@ fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
     var staged = Staged(XVec(), vec2<u32>(0u));
     if (kk < k4) {
         staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
-        let e = (min(col0 + rr, p.n - 1u) * p.k + kk * 4u) / 2u;
-        staged.w = vec2<u32>(w[e], w[e + 1u]);
+        // Four f16 weights from k = 4 * kk of their row: one 8-byte load.
+        staged.w = w_quads[min(col0 + rr, p.n - 1u) * k4 + kk];
     }
     return staged;
 }
