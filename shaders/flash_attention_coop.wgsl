@@ -33,8 +33,16 @@ enable f16;
 enable wgpu_cooperative_matrix;
 diagnostic(off, derivative_uniformity);
 
-// [tokens, heads * HEAD_DIM].
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// [tokens, heads * HEAD_DIM]: f32, or f16 for an output projection reading f16 x
+// (kernels/attention.rs rewrites `Out` and HALF_OUT; saturated and converted as that
+// matmul would convert f32 x).
+@group(0) @binding(5) var<storage, read_write> out: array<Out>;
+alias Out = f32;
+const HALF_OUT: bool = false;
+
+fn to_out(v: f32) -> Out {
+    return Out(select(v, clamp(v, -65504.0, 65504.0), HALF_OUT));
+}
 
 // Side of one cooperative-matrix fragment.
 const FRAG: u32 = 16u;
@@ -217,7 +225,7 @@ fn emit(o: coop_mat16x16<f32, C>, r: u32, j: u32, lane: u32, first: u32, count: 
         if (s < used) {
             let t = slot_row(s, first, count, group);
             let head = kv_head * group + s % group;
-            out[(t * p.heads + head) * HEAD_DIM + j * FRAG + e % FRAG] = s_tile[s * LDS + e % FRAG] / row_sum[s];
+            out[(t * p.heads + head) * HEAD_DIM + j * FRAG + e % FRAG] = to_out(s_tile[s * LDS + e % FRAG] / row_sum[s]);
         }
     }
     workgroupBarrier();

@@ -24,6 +24,22 @@ const EPILOGUE_SILU_GATE: u32 = 2u;
 const EPILOGUE_SQUARED_RELU: u32 = 3u;
 // y = y * gelu_tanh(value): Gemma's gate (GELU, tanh approximation).
 const EPILOGUE_GELU_TANH_GATE: u32 = 4u;
+// The two gates again, their result written as f16 to a second output instead of y
+// (matmul_coop_staging.wgsl only, for a down projection reading f16 x).
+const EPILOGUE_SILU_GATE_TO_HALF: u32 = 5u;
+const EPILOGUE_GELU_TANH_GATE_TO_HALF: u32 = 6u;
+
+// up * silu(gate). Clamped so exp() cannot overflow; silu(gate) is ~0 there anyway.
+fn silu_gate(up: f32, gate: f32) -> f32 {
+    return up * (gate / (1.0 + exp(min(-gate, 80.0))));
+}
+
+// up * gelu_tanh(gate). The clamp keeps tanh's exp-based evaluation finite; tanh(10) is 1.0
+// in f32.
+fn gelu_tanh_gate(up: f32, gate: f32) -> f32 {
+    let inner = clamp(0.7978846 * (gate + 0.044715 * gate * gate * gate), -10.0, 10.0);
+    return up * (0.5 * gate * (1.0 + tanh(inner)));
+}
 
 fn store(index: u32, value: f32) {
     switch p.epilogue {
@@ -31,13 +47,10 @@ fn store(index: u32, value: f32) {
             y[index] = y[index] + value;
         }
         case EPILOGUE_SILU_GATE: {
-            // Clamp so exp() cannot overflow; silu(value) is ~0 there anyway.
-            y[index] = y[index] * (value / (1.0 + exp(min(-value, 80.0))));
+            y[index] = silu_gate(y[index], value);
         }
         case EPILOGUE_GELU_TANH_GATE: {
-            // The clamp keeps tanh's exp-based evaluation finite; tanh(10) is 1.0 in f32.
-            let inner = clamp(0.7978846 * (value + 0.044715 * value * value * value), -10.0, 10.0);
-            y[index] = y[index] * (0.5 * value * (1.0 + tanh(inner)));
+            y[index] = gelu_tanh_gate(y[index], value);
         }
         case EPILOGUE_SQUARED_RELU: {
             let r = max(value, 0.0);

@@ -45,6 +45,10 @@ override PREFETCH: bool = false;
 // reach the tiles either way: the norm converts exactly as `x_half` does.
 alias XVec = vec4<f32>;
 
+// The gated MLP activation as f16 (the `_TO_HALF` epilogues), laid out like y: what a down
+// projection reading f16 x takes. kernels/matmul.rs binds a placeholder for other epilogues.
+@group(0) @binding(5) var<storage, read_write> y_half: array<f16>;
+
 // The f16 weights, four to an item: the same buffer as matmul_common.wgsl's `w` (binding 2),
 // read with one 8-byte load per item rather than two 4-byte ones (`w` itself is unused
 // here, and naga and Vulkan allow a binding declared twice where one is used).
@@ -145,7 +149,19 @@ fn emit(acc: coop_mat16x16<f32, C>, direct: bool, sg: u32, lane: u32, row: u32, 
             if (p.has_bias != 0u) {
                 value = value + bias[p.out_offset + cc];
             }
-            store(rr * p.out_stride + p.out_offset + cc, value);
+            let index = rr * p.out_stride + p.out_offset + cc;
+            switch p.epilogue {
+                // Saturated and converted as the down projection would convert f32 x.
+                case EPILOGUE_SILU_GATE_TO_HALF: {
+                    y_half[index] = f16(clamp(silu_gate(y[index], value), -65504.0, 65504.0));
+                }
+                case EPILOGUE_GELU_TANH_GATE_TO_HALF: {
+                    y_half[index] = f16(clamp(gelu_tanh_gate(y[index], value), -65504.0, 65504.0));
+                }
+                default: {
+                    store(index, value);
+                }
+            }
         }
     }
     workgroupBarrier();

@@ -116,6 +116,7 @@ pub fn run(_context: &Context, args: &GpuInfoArgs) -> Result<()> {
                 "attention": plan.attention.name(),
                 "attention_reason": plan.attention_reason,
                 "f16_weights": plan.f16_weights,
+                "f16_activations": plan.f16_activations,
             })
         })
         .collect();

@@ -335,6 +335,36 @@ mod tests {
         assert!(matches!(exact.matmul, MatmulVariant::Tiled(_)), "{exact:?}");
     }
 
+    /// `STEERLM_F16_ACTIVATIONS`: `1` is taken with a wide tensor-core tile, ignored (and
+    /// said so) with the narrow one or f32 kernels; other values are named as ignored.
+    #[test]
+    fn f16_activations_are_taken_only_for_wide_tensor_core_tiles() {
+        let (info, caps) = hardware(NVIDIA, 32);
+        let requested = |precision: Precision, value: Option<&str>| {
+            let mut plan = KernelPlan::choose(&info, &caps, precision);
+            plan.f16_activations = false;
+            plan.request_f16_activations(value);
+            plan
+        };
+        let on = requested(Precision::Auto, Some(" 1 "));
+        assert!(on.f16_activations && on.matmul_reason.contains("as STEERLM_F16_ACTIVATIONS asks"), "{on:?}");
+        for value in [None, Some(""), Some("0")] {
+            let off = requested(Precision::Auto, value);
+            assert!(!off.f16_activations && !off.matmul_reason.contains("STEERLM_F16_ACTIVATIONS"), "{off:?}");
+        }
+        let odd = requested(Precision::Auto, Some("yes"));
+        assert!(
+            !odd.f16_activations
+                && odd.matmul_reason.contains("STEERLM_F16_ACTIVATIONS=\"yes\" is not 0 or 1, ignored")
+        );
+        let exact = requested(Precision::F32, Some("1"));
+        assert!(!exact.f16_activations && exact.matmul_reason.contains("needs a wide tensor-core tile, ignored"));
+        let (info, caps) = hardware(0x1002, 64);
+        let mut narrow = KernelPlan::choose(&info, &caps, Precision::Auto);
+        narrow.request_f16_activations(Some("1"));
+        assert!(!narrow.f16_activations, "{narrow:?}");
+    }
+
     #[test]
     fn a_requested_coop_tile_is_taken_where_it_runs() {
         let (info, caps) = hardware(NVIDIA, 32);

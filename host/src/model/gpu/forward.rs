@@ -9,8 +9,10 @@
 //! and the norm adds its result to the residual (one pass, no separate add).
 //!
 //! With f16 activations (`STEERLM_F16_ACTIVATIONS=1`) the norms ahead of the q/k/v, up,
-//! gate and score projections store f16, which their tensor-core matmuls read instead of
-//! converting f32 themselves; the residual stream, attention and MLP outputs stay f32.
+//! gate and score projections store f16, and so do the gate projection (the gated MLP
+//! activation) and tensor-core flash attention (its output); the tensor-core matmuls read
+//! those instead of converting f32 themselves. The residual stream, the up projection and
+//! the last layer's attention output stay f32.
 //!
 //! Only the last token of each sequence is scored, so the last layer computes keys and
 //! values for every token but queries, attention output, MLP, final norm and head only
@@ -204,7 +206,13 @@ impl GpuModel {
                     kernels.attention.record(rec, attention(rows), &ws.q, &ws.k, &ws.v, key_ranges, &ws.attended, keys)
                 }
             }
-            self.residual(rec, &layer.o, &ws.attended, layer.attention_out_norm.as_ref(), x, normed, rows);
+            // The flash kernel may store f16 for the output projection; the row kernel of the
+            // last layer stores f32.
+            let attended = match (&kernels.flash, last) {
+                (Some(flash), false) => (&ws.attended, flash.output()),
+                _ => (&ws.attended, Activations::F32),
+            };
+            self.residual(rec, &layer.o, attended, layer.attention_out_norm.as_ref(), x, normed, rows);
 
             self.norm(rec, &layer.post_norm, x, normed, rows, NormWrite::Store(normed_as));
             match &layer.gate {
@@ -214,11 +222,22 @@ impl GpuModel {
                         MlpKind::GeluTanhGated => Epilogue::GeluTanhGate,
                         _ => Epilogue::SiluGate,
                     };
-                    self.linear(rec, gate, (normed, normed_as), &ws.mlp, rows, activation);
+                    match (self.mlp_input, activation.to_half()) {
+                        // The gate writes its f16 result for the down projection to read.
+                        (Activations::F16, Some(to_half)) => {
+                            let output = (&ws.mlp, Some(&ws.mlp_half));
+                            self.linear_into(rec, gate, (normed, normed_as), output, rows, to_half);
+                        }
+                        _ => self.linear(rec, gate, (normed, normed_as), &ws.mlp, rows, activation),
+                    }
                 }
                 None => self.linear(rec, &layer.up, (normed, normed_as), &ws.mlp, rows, Epilogue::SquaredRelu),
             }
-            self.residual(rec, &layer.down, &ws.mlp, layer.mlp_out_norm.as_ref(), x, normed, rows);
+            let mlp = match self.mlp_input {
+                Activations::F16 => (&ws.mlp_half, Activations::F16),
+                Activations::F32 => (&ws.mlp, Activations::F32),
+            };
+            self.residual(rec, &layer.down, mlp, layer.mlp_out_norm.as_ref(), x, normed, rows);
         }
         if self.layers.is_empty() {
             gather(rec, &ws.x, &ws.last_x, Activations::F32);
@@ -234,8 +253,22 @@ impl GpuModel {
         &'k self,
         rec: &mut Recorder<'k>,
         linear: &'k DeviceLinear,
-        (input, stored): (&wgpu::Buffer, Activations),
+        input: (&wgpu::Buffer, Activations),
         output: &wgpu::Buffer,
+        rows: usize,
+        epilogue: Epilogue,
+    ) {
+        self.linear_into(rec, linear, input, (output, None), rows, epilogue);
+    }
+
+    /// [`Self::linear`] with the matmul's second, f16 output, which the `*ToHalf` epilogues
+    /// write instead of the first.
+    fn linear_into<'k>(
+        &'k self,
+        rec: &mut Recorder<'k>,
+        linear: &'k DeviceLinear,
+        (input, stored): (&wgpu::Buffer, Activations),
+        (output, output_half): (&wgpu::Buffer, Option<&wgpu::Buffer>),
         rows: usize,
         epilogue: Epilogue,
     ) {
@@ -251,7 +284,8 @@ impl GpuModel {
                 epilogue: epilogue as u32,
                 _pad: 0,
             };
-            self.kernels.matmul.record(rec, params, linear.weight.dtype, stored, input, weight, bias, output);
+            let dtype = linear.weight.dtype;
+            self.kernels.matmul.record(rec, params, dtype, stored, input, weight, bias, output, output_half);
         }
     }
 
@@ -262,7 +296,7 @@ impl GpuModel {
         &'k self,
         rec: &mut Recorder<'k>,
         linear: &'k DeviceLinear,
-        input: &wgpu::Buffer,
+        input: (&wgpu::Buffer, Activations),
         out_norm: Option<&'k DeviceNorm>,
         x: &wgpu::Buffer,
         scratch: &wgpu::Buffer,
@@ -270,10 +304,10 @@ impl GpuModel {
     ) {
         match out_norm {
             Some(norm) => {
-                self.linear(rec, linear, (input, Activations::F32), scratch, rows, Epilogue::Store);
+                self.linear(rec, linear, input, scratch, rows, Epilogue::Store);
                 self.norm(rec, norm, scratch, x, rows, NormWrite::AddTo);
             }
-            None => self.linear(rec, linear, (input, Activations::F32), x, rows, Epilogue::Accumulate),
+            None => self.linear(rec, linear, input, x, rows, Epilogue::Accumulate),
         }
     }
 

@@ -93,6 +93,9 @@ pub struct GpuModel {
     /// norm stores its output for the score head.
     normed: Activations,
     final_normed: Activations,
+    /// How the down projection reads the gated MLP activation: f16 (written so by the gate
+    /// projection) with f16 activations, every layer gated and every down weight f16.
+    mlp_input: Activations,
 }
 
 impl GpuModel {
@@ -146,7 +149,7 @@ impl GpuModel {
         // The plan's attention kernel, else the next one down: tensor cores, f32 flash, rows.
         let mut flash = None;
         if let device::AttentionVariant::FlashTensorCores(cores) = plan.attention {
-            match FlashAttention::tensor_cores(device, cores, config.head_dim).and_then(supported) {
+            match FlashAttention::tensor_cores(device, cores, config.head_dim, Activations::F32).and_then(supported) {
                 Ok(kernel) => flash = Some(kernel),
                 Err(why) => {
                     plan.attention = device::AttentionVariant::Flash;
@@ -175,7 +178,7 @@ impl GpuModel {
                 load_notes.push(format!("f16 activations off: {why:#}"));
             }
         }
-        let kernels = Kernels {
+        let mut kernels = Kernels {
             matmul,
             embedding: Embedding::new(device)?,
             norm,
@@ -215,7 +218,7 @@ impl GpuModel {
         let score = upload.linear(&tensors.score)?;
         let kept_dtype = upload.kept_dtype.take();
         let half_input = |linear: &DeviceLinear| linear.weight.dtype == weights::DType::F16;
-        let (mut normed, mut final_normed) = (Activations::F32, Activations::F32);
+        let (mut normed, mut final_normed, mut mlp_input) = (Activations::F32, Activations::F32, Activations::F32);
         if plan.f16_activations {
             let layer_inputs_half =
                 layers.iter().all(|l| [&l.q, &l.k, &l.v, &l.up].into_iter().chain(&l.gate).all(half_input));
@@ -223,6 +226,20 @@ impl GpuModel {
                 normed = Activations::F16;
                 if half_input(&score) {
                     final_normed = Activations::F16;
+                }
+                if layers.iter().all(|l| l.gate.is_some() && half_input(&l.down)) {
+                    mlp_input = Activations::F16;
+                }
+                // The tensor-core flash kernel again, writing f16 for the output projection.
+                if let (Some(flash), device::AttentionVariant::FlashTensorCores(cores)) =
+                    (&kernels.flash, plan.attention)
+                    && flash.uses_tensor_cores()
+                    && layers.iter().all(|l| half_input(&l.o))
+                {
+                    match FlashAttention::tensor_cores(device, cores, config.head_dim, Activations::F16) {
+                        Ok(half) => kernels.flash = Some(half),
+                        Err(why) => load_notes.push(format!("attention output kept f32: {why:#}")),
+                    }
                 }
             } else {
                 plan.f16_activations = false;
@@ -257,6 +274,7 @@ impl GpuModel {
             load_notes,
             normed,
             final_normed,
+            mlp_input,
         })
     }
 
@@ -288,13 +306,28 @@ impl GpuModel {
             info.backend,
             info.device_type,
             self.plan.matmul.name(),
-            if self.normed == Activations::F16 { " reading f16 activations" } else { "" },
+            self.f16_inputs(),
             self.plan.attention.name()
         );
         for note in &self.load_notes {
             name += &format!("; {note}");
         }
         name
+    }
+
+    /// Which matmul inputs are stored as f16 (`STEERLM_F16_ACTIVATIONS`), for the adapter
+    /// line: " reading f16 activations (norms, gate, attention)", or nothing.
+    fn f16_inputs(&self) -> String {
+        let attention = self.kernels.flash.as_ref().is_some_and(|f| f.output() == Activations::F16);
+        let writers: Vec<&str> = [
+            (self.normed == Activations::F16, "norms"),
+            (self.mlp_input == Activations::F16, "gate"),
+            (attention, "attention"),
+        ]
+        .into_iter()
+        .filter_map(|(half, name)| half.then_some(name))
+        .collect();
+        if writers.is_empty() { String::new() } else { format!(" reading f16 activations ({})", writers.join(", ")) }
     }
 
     /// Whether the adapter has timestamp queries (`--profile`).
@@ -354,6 +387,7 @@ impl GpuModel {
             ffn: c.intermediate_size,
             labels: self.score.out_features,
             attention_block_rows: self.kernels.flash.as_ref().map(|f| f.block_rows(c.num_heads, c.num_kv_heads)),
+            half_mlp: self.mlp_input == Activations::F16,
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct Widths {
     pub labels: usize,
     /// Query rows per flash-attention block, when flash attention runs.
     pub attention_block_rows: Option<usize>,
+    /// Whether the gated MLP activation is also kept as f16 (`mlp_half`).
+    pub half_mlp: bool,
 }
 
 pub struct Workspace {
@@ -40,6 +42,9 @@ pub struct Workspace {
     pub v: wgpu::Buffer,
     pub attended: wgpu::Buffer,
     pub mlp: wgpu::Buffer,
+    /// The gated MLP activation as f16, for a down projection reading f16 x (one word when
+    /// unused).
+    pub mlp_half: wgpu::Buffer,
     /// The residual stream of each sequence's last token, from the last layer on.
     pub last_x: wgpu::Buffer,
     pub last_normed: wgpu::Buffer,
@@ -94,6 +99,7 @@ impl Workspace {
             v: scratch("v", t * widths.kv),
             attended: scratch("attended", t * widths.q),
             mlp: scratch("mlp", t * widths.ffn),
+            mlp_half: scratch("mlp f16", if widths.half_mlp { (t * widths.ffn).div_ceil(2) } else { 1 }),
             last_x: scratch("last residual", s * widths.hidden),
             last_normed: scratch("last normed", s * widths.hidden),
             scores: scratch("scores", s * widths.labels),

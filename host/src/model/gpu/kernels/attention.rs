@@ -1,6 +1,7 @@
 //! Causal attention with grouped KV heads over packed sequences (`shaders/attention.wgsl`).
 
 use super::coop::{Fragment, TensorCores};
+use super::matmul::Activations;
 use super::{Access, Kernel, Recorder, grid};
 use anyhow::{Result, anyhow, bail};
 use bytemuck::{Pod, Zeroable};
@@ -59,8 +60,17 @@ impl RowAttention {
 }
 
 /// The tensor-core flash kernel's source (for validation without a device).
-pub fn flash_coop_source() -> String {
-    super::with_prelude(FLASH_COMMON, include_str!("../../../../../shaders/flash_attention_coop.wgsl"))
+pub fn flash_coop_source(out: Activations) -> String {
+    const SHADER: &str = include_str!("../../../../../shaders/flash_attention_coop.wgsl");
+    const OUT: &str = "alias Out = f32;";
+    const HALF: &str = "const HALF_OUT: bool = false;";
+    debug_assert_eq!(SHADER.matches(OUT).count(), 1);
+    debug_assert_eq!(SHADER.matches(HALF).count(), 1);
+    let shader = match out {
+        Activations::F32 => SHADER.to_owned(),
+        Activations::F16 => SHADER.replace(OUT, "alias Out = f16;").replace(HALF, "const HALF_OUT: bool = true;"),
+    };
+    super::with_prelude(FLASH_COMMON, &shader)
 }
 
 /// Parameters and input bindings shared by the two flash shaders.
@@ -213,6 +223,9 @@ pub struct FlashAttention {
     tiles: FlashTiles,
     /// `flash_attention_coop.wgsl` (tensor cores) rather than `flash_attention.wgsl`.
     tensor_cores: bool,
+    /// How the output is stored: f16 only from the tensor-core kernel, for an output
+    /// projection reading f16 x.
+    output: Activations,
 }
 
 /// Output fragments per row of the tensor-core flash kernel (its accumulators).
@@ -296,7 +309,7 @@ impl FlashAttention {
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         )?;
-        Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: false })
+        Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: false, output: Activations::F32 })
     }
 
     /// Compiles `flash_attention_coop.wgsl` (QK^T and PV on tensor cores, f16 inputs, f32
@@ -307,8 +320,16 @@ impl FlashAttention {
     /// `STEERLM_FLASH_LOADS_FIRST=1` stages K and V with every load issued before any is
     /// converted ([`FlashAttention::tensor_cores_staged`]), for measuring it against the
     /// default on hardware.
-    pub fn tensor_cores(device: &wgpu::Device, cores: TensorCores, head_dim: usize) -> Result<Self> {
-        Self::tensor_cores_staged(device, cores, head_dim, flash_loads_first_requested())
+    ///
+    /// The output is stored as `output` says (f16: saturated, for an output projection that
+    /// reads f16 x).
+    pub fn tensor_cores(
+        device: &wgpu::Device,
+        cores: TensorCores,
+        head_dim: usize,
+        output: Activations,
+    ) -> Result<Self> {
+        Self::tensor_cores_staged(device, cores, head_dim, flash_loads_first_requested(), output)
     }
 
     /// [`FlashAttention::tensor_cores`] with the shader's `LOADS_FIRST` given.
@@ -317,6 +338,7 @@ impl FlashAttention {
         cores: TensorCores,
         head_dim: usize,
         loads_first: bool,
+        output: Activations,
     ) -> Result<Self> {
         let fragment = cores.fragment;
         if !flash_coop_supports_head_dim(head_dim, fragment) {
@@ -348,10 +370,10 @@ impl FlashAttention {
                 limits.max_compute_invocations_per_workgroup
             );
         }
-        let source = cores.specialize("flash_attention_coop", &flash_coop_source())?;
+        let source = cores.specialize("flash_attention_coop", &flash_coop_source(output))?;
         let kernel = Kernel::new(
             device,
-            "flash_attention_coop",
+            if output == Activations::F16 { "flash_coop_f16" } else { "flash_attention_coop" },
             &source,
             &[("HEAD_DIM", head_dim as f64), ("LOADS_FIRST", if loads_first { 1.0 } else { 0.0 })],
             std::mem::size_of::<FlashParams>() as u64,
@@ -365,7 +387,12 @@ impl FlashAttention {
             keys: keys as u32,
             split_kv: true,
         };
-        Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: true })
+        Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: true, output })
+    }
+
+    /// How the output is stored.
+    pub fn output(&self) -> Activations {
+        self.output
     }
 
     /// Whether this is the tensor-core kernel.

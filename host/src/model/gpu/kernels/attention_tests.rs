@@ -270,7 +270,8 @@ fn tensor_core_flash_attention_validates_with_naga() {
         [(Fragment::Sixteen, [16, 64, 80, 128], 48 << 10), (Fragment::Eight, [8, 16, 40, 64], 32 << 10)]
     {
         let cores = TensorCores { fragment, fixed_subgroup: Some(fragment.side() as u32 * 2) };
-        let source = cores.specialize("flash_attention_coop.wgsl", &flash_coop_source()).unwrap();
+        let source = cores.specialize("flash_attention_coop.wgsl", &flash_coop_source(Activations::F32)).unwrap();
+        let half = cores.specialize("flash_attention_coop.wgsl", &flash_coop_source(Activations::F16)).unwrap();
         for head_dim in head_dims {
             assert!(flash_coop_supports_head_dim(head_dim, fragment), "{head_dim} on {fragment}");
             let name = format!("flash_attention_coop.wgsl for {fragment}");
@@ -278,6 +279,8 @@ fn tensor_core_flash_attention_validates_with_naga() {
             let loads_first =
                 validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64), ("LOADS_FIRST", 1.0)]);
             assert_ne!(default, loads_first, "LOADS_FIRST reaches {name}");
+            let half_out = validate_wgsl(&name, &half, granted, &[("HEAD_DIM", head_dim as f64)]);
+            assert_ne!(default, half_out, "the f16 output reaches {name}");
             let bytes = flash_coop_workgroup_bytes(head_dim, fragment);
             assert!(bytes <= budget, "head size {head_dim} on {fragment}: {bytes} bytes must fit {budget}");
         }
@@ -304,7 +307,7 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
         return;
     };
     let side = cores.fragment.side();
-    if let Err(why) = FlashAttention::tensor_cores(&gpu.device, cores, 4 * side) {
+    if let Err(why) = FlashAttention::tensor_cores(&gpu.device, cores, 4 * side, Activations::F32) {
         eprintln!("SKIPPED: tensor-core flash attention on {}: {why:#}", gpu.info.name);
         return;
     }
@@ -328,7 +331,9 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
         // Both ways of staging K and V give the same bytes.
         let mut outputs = Vec::new();
         for loads_first in [false, true] {
-            let flash = FlashAttention::tensor_cores_staged(&gpu.device, cores, head_dim, loads_first).unwrap();
+            let flash =
+                FlashAttention::tensor_cores_staged(&gpu.device, cores, head_dim, loads_first, Activations::F32)
+                    .unwrap();
             let got = run_flash(&gpu, &flash, &batch);
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
             let what = format!(
@@ -340,6 +345,12 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
             outputs.push(got);
         }
         assert_eq!(outputs[0], outputs[1], "loads-first staging changed the output");
+        // Stored as f16 for an output projection reading f16 x: the f32 output rounded.
+        let flash = FlashAttention::tensor_cores_staged(&gpu.device, cores, head_dim, false, Activations::F16).unwrap();
+        let bytes: Vec<u8> = bytemuck::cast_slice(&run_flash(&gpu, &flash, &batch)).to_vec();
+        let got = bytes[..outputs[0].len() * 2].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let want = outputs[0].iter().map(|&v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits());
+        assert!(got.eq(want), "{heads}/{kv_heads} heads x {head_dim}: the f16 output is not the f32 one rounded");
     }
 }
 

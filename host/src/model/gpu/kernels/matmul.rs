@@ -27,6 +27,22 @@ pub enum Epilogue {
     SquaredRelu = 3,
     /// `y *= gelu_tanh(value)`: Gemma's gate, GELU's tanh approximation.
     GeluTanhGate = 4,
+    /// [`Epilogue::SiluGate`] written as f16 (saturated) to the second output instead of
+    /// `y`: for a down projection reading f16 x. Wide tensor-core tiles only.
+    SiluGateToHalf = 5,
+    /// [`Epilogue::GeluTanhGate`] written as f16 to the second output, likewise.
+    GeluTanhGateToHalf = 6,
+}
+
+impl Epilogue {
+    /// The gate written as f16 rather than into `y`; `None` for epilogues without one.
+    pub fn to_half(self) -> Option<Epilogue> {
+        match self {
+            Epilogue::SiluGate => Some(Epilogue::SiluGateToHalf),
+            Epilogue::GeluTanhGate => Some(Epilogue::GeluTanhGateToHalf),
+            _ => None,
+        }
+    }
 }
 
 #[repr(C)]
@@ -380,16 +396,27 @@ impl MatmulVariant {
     }
 }
 
+/// One compiled matmul shader: the kernel, the output (rows, columns) one workgroup covers,
+/// and whether it has the second, f16 output (the staged tensor-core tiles: binding 5).
+struct Pipeline {
+    kernel: Kernel,
+    tile: (usize, usize),
+    half_output: bool,
+}
+
 /// One pipeline per weight dtype of the chosen variant.
 pub struct Matmul {
     pub variant: MatmulVariant,
-    /// A kernel and the output (rows, columns) one of its workgroups covers, by dtype.
-    per_dtype: [(Kernel, (usize, usize)); 3],
+    per_dtype: [Pipeline; 3],
     /// The tensor-core kernel reading f16 x, where asked for ([`Matmul::add_f16_input`]).
-    f16_x: Option<(Kernel, (usize, usize))>,
+    f16_x: Option<Pipeline>,
+    /// Bound as the f16 output of kernels that have one when a dispatch writes none.
+    no_half_output: wgpu::Buffer,
 }
 
 const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+/// The staged tensor-core tiles' bindings: [`BUFFERS`] and the f16 output.
+const STAGED_BUFFERS: [Access; 5] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
 
 const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl");
 const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");
@@ -448,18 +475,17 @@ pub fn sources() -> [(&'static str, String); 8] {
 impl Matmul {
     pub fn new(device: &wgpu::Device, variant: MatmulVariant) -> Result<Self> {
         let size = std::mem::size_of::<MatmulParams>() as u64;
-        let register_blocked = |dtype: f64| -> Result<(Kernel, (usize, usize))> {
-            Ok((
-                Kernel::new(device, "matmul", &with_common(REGISTER_BLOCKED), &[("DTYPE", dtype)], size, &BUFFERS)?,
-                (32, 32),
-            ))
+        let register_blocked = |dtype: f64| -> Result<Pipeline> {
+            let source = with_common(REGISTER_BLOCKED);
+            let kernel = Kernel::new(device, "matmul", &source, &[("DTYPE", dtype)], size, &BUFFERS)?;
+            Ok(Pipeline { kernel, tile: (32, 32), half_output: false })
         };
-        let tiled = |tile: TileConfig, dtype: f64| -> Result<(Kernel, (usize, usize))> {
+        let tiled = |tile: TileConfig, dtype: f64| -> Result<Pipeline> {
             tile.check(&device.limits())?;
             let mut constants = vec![("DTYPE", dtype)];
             constants.extend(tile.constants());
             let kernel = Kernel::new(device, "matmul_tiled", &with_common(TILED), &constants, size, &BUFFERS)?;
-            Ok((kernel, (tile.tile_m as usize, tile.tile_n as usize)))
+            Ok(Pipeline { kernel, tile: (tile.tile_m as usize, tile.tile_n as usize), half_output: false })
         };
         let per_dtype = match variant {
             MatmulVariant::RegisterBlocked => [register_blocked(0.0)?, register_blocked(1.0)?, register_blocked(2.0)?],
@@ -492,7 +518,13 @@ impl Matmul {
                 [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, coop]
             }
         };
-        Ok(Matmul { variant, per_dtype, f16_x: None })
+        let no_half_output = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no f16 output"),
+            size: 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Matmul { variant, per_dtype, f16_x: None, no_half_output })
     }
 
     /// Makes this matmul able to read f16 x ([`Activations::F16`]) with f16 weights: for the
@@ -508,7 +540,8 @@ impl Matmul {
     }
 
     /// Records `y[.., out_offset..out_offset + n] (epilogue)= x @ w^T (+ bias)`, with x stored
-    /// as `x_stored` says. f16 x goes only to f16 weights of a matmul made
+    /// as `x_stored` says; a `*ToHalf` epilogue ([`Epilogue::to_half`]) writes `y_half`
+    /// instead of `y`. f16 x and the f16 output go only to f16 weights of a matmul made
     /// [`Matmul::add_f16_input`] (the caller's to ensure; checked in debug builds).
     #[allow(clippy::too_many_arguments)]
     pub fn record<'k>(
@@ -521,8 +554,9 @@ impl Matmul {
         w: &wgpu::Buffer,
         bias: &wgpu::Buffer,
         y: &wgpu::Buffer,
+        y_half: Option<&wgpu::Buffer>,
     ) {
-        let (kernel, tile) = match (x_stored, &self.f16_x) {
+        let pipeline = match (x_stored, &self.f16_x) {
             (Activations::F16, Some(f16_x)) if dtype == DType::F16 => f16_x,
             (Activations::F16, _) => {
                 debug_assert!(false, "f16 x for {dtype:?} weights on {}", self.variant.describe());
@@ -530,19 +564,23 @@ impl Matmul {
             }
             (Activations::F32, _) => &self.per_dtype[dtype_index(dtype)],
         };
+        let writes_half = params.epilogue == Epilogue::SiluGateToHalf as u32
+            || params.epilogue == Epilogue::GeluTanhGateToHalf as u32;
+        debug_assert!(!writes_half || (pipeline.half_output && y_half.is_some()), "an f16 output nowhere");
+        let tile = pipeline.tile;
         let groups = [(params.n as usize).div_ceil(tile.1) as u32, (params.m as usize).div_ceil(tile.0) as u32, 1];
         let flops = 2.0 * params.m as f64 * params.n as f64 * params.k as f64;
-        rec.dispatch(kernel, &params, &[x, w, bias, y], groups, flops);
+        if pipeline.half_output {
+            let y_half = y_half.unwrap_or(&self.no_half_output);
+            rec.dispatch(&pipeline.kernel, &params, &[x, w, bias, y, y_half], groups, flops);
+        } else {
+            rec.dispatch(&pipeline.kernel, &params, &[x, w, bias, y], groups, flops);
+        }
     }
 }
 
-/// The tensor-core kernel of `tile` for x stored as `x`, and the output one workgroup covers.
-fn coop_kernel(
-    device: &wgpu::Device,
-    tile: CoopTile,
-    cores: TensorCores,
-    x: Activations,
-) -> Result<(Kernel, (usize, usize))> {
+/// The tensor-core kernel of `tile` for x stored as `x`.
+fn coop_kernel(device: &wgpu::Device, tile: CoopTile, cores: TensorCores, x: Activations) -> Result<Pipeline> {
     let Some((label, source)) = tile.source(x) else {
         bail!("the {} tile does not read {x:?} x", tile.key());
     };
@@ -550,7 +588,9 @@ fn coop_kernel(
     let mut constants = vec![("DTYPE", 2.0)];
     constants.extend(tile.constants());
     let size = std::mem::size_of::<MatmulParams>() as u64;
-    Ok((Kernel::new(device, label, &source, &constants, size, &BUFFERS)?, tile.output(cores.fragment)))
+    let buffers: &[Access] = if tile.is_wide() { &STAGED_BUFFERS } else { &BUFFERS };
+    let kernel = Kernel::new(device, label, &source, &constants, size, buffers)?;
+    Ok(Pipeline { kernel, tile: tile.output(cores.fragment), half_output: tile.is_wide() })
 }
 
 /// A weight in `dtype` (little-endian `bytes`) as f16 bytes, for the tensor-core path.
@@ -655,7 +695,7 @@ pub fn time_variant(
     let mut run = |count: usize, params: MatmulParams| -> Result<f64> {
         let mut rec = Recorder::new(device);
         for _ in 0..count {
-            matmul.record(&mut rec, params, dtype, x_stored, &x, &w, &bias, &y);
+            matmul.record(&mut rec, params, dtype, x_stored, &x, &w, &bias, &y, None);
         }
         let started = std::time::Instant::now();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });

@@ -100,9 +100,9 @@ fn reference(case: &Case, x: &[f32], w: &[f32], bias: &[f32], y0: &[f32]) -> Vec
             y.push(match case.epilogue {
                 Epilogue::Store => value,
                 Epilogue::Accumulate => old + value,
-                Epilogue::SiluGate => old * value / (1.0 + (-value).exp()),
+                Epilogue::SiluGate | Epilogue::SiluGateToHalf => old * value / (1.0 + (-value).exp()),
                 Epilogue::SquaredRelu => value.max(0.0).powi(2),
-                Epilogue::GeluTanhGate => {
+                Epilogue::GeluTanhGate | Epilogue::GeluTanhGateToHalf => {
                     let inner = (2.0 / std::f64::consts::PI).sqrt() * (value + 0.044715 * value.powi(3));
                     old * 0.5 * value * (1.0 + inner.tanh())
                 }
@@ -118,11 +118,19 @@ struct Prepared {
     bias: Vec<f32>,
     y0: Vec<f32>,
     buffers: Vec<wgpu::Buffer>,
+    /// The f16 output of a `*ToHalf` epilogue.
+    half: Option<wgpu::Buffer>,
     readback: wgpu::Buffer,
 }
 
+/// Whether the epilogue writes the matmul's second, f16 output.
+fn writes_half(epilogue: Epilogue) -> bool {
+    matches!(epilogue, Epilogue::SiluGateToHalf | Epilogue::GeluTanhGateToHalf)
+}
+
 /// Runs every case through `matmul` in one submission, x stored as `x_stored` says;
-/// returns, per case, the kernel's output and the inputs the reference needs.
+/// returns, per case, the kernel's output (its f16 output, widened, for a `*ToHalf`
+/// epilogue) and the inputs the reference needs.
 fn run(
     gpu: &Gpu,
     matmul: &Matmul,
@@ -170,13 +178,15 @@ fn run(
         if first < case.n {
             buffers.push(storage("w part 1", &w_bytes[first * row_bytes..]));
         }
+        let half_bytes = (case.m * case.n * 2).next_multiple_of(4);
+        let half = writes_half(case.epilogue).then(|| storage("y f16", &vec![0u8; half_bytes]));
         let readback = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: (case.m * case.n * 4) as u64,
+            size: if half.is_some() { half_bytes } else { case.m * case.n * 4 } as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        prepared.push(Prepared { x, w, bias, y0, buffers, readback });
+        prepared.push(Prepared { x, w, bias, y0, buffers, half, readback });
     }
     let mut rec = Recorder::new(device);
     for (case, p) in cases.iter().zip(&prepared) {
@@ -197,19 +207,28 @@ fn run(
                 _pad: 0,
             };
             let dtype = weight_dtype(case);
-            matmul.record(&mut rec, params, dtype, x_stored, &p.buffers[0], w, &p.buffers[1], &p.buffers[2]);
+            let (x, bias, y) = (&p.buffers[0], &p.buffers[1], &p.buffers[2]);
+            matmul.record(&mut rec, params, dtype, x_stored, x, w, bias, y, p.half.as_ref());
         }
     }
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
     rec.encode(device, &gpu.queue, &mut BindCache::default(), &mut encoder, false).unwrap();
     for p in &prepared {
-        encoder.copy_buffer_to_buffer(&p.buffers[2], 0, &p.readback, 0, p.readback.size());
+        encoder.copy_buffer_to_buffer(p.half.as_ref().unwrap_or(&p.buffers[2]), 0, &p.readback, 0, p.readback.size());
     }
     gpu.queue.submit([encoder.finish()]);
     prepared
         .into_iter()
-        .map(|p| {
-            let got = bytemuck::cast_slice(&read_buffer(device, &p.readback).unwrap()).to_vec();
+        .zip(cases)
+        .map(|(p, case)| {
+            let bytes = read_buffer(device, &p.readback).unwrap();
+            let got = match p.half {
+                Some(_) => bytes[..case.m * case.n * 2]
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                None => bytemuck::cast_slice(&bytes).to_vec(),
+            };
             (p, got)
         })
         .collect()
@@ -442,6 +461,26 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
                 );
             }
             eprintln!("cooperative {tile:?} ({cores}), f16 x: the same bits as f32 x in all {} cases", cases.len());
+            // The gates written as f16 for the down projection: exactly the f32 results
+            // rounded (saturated) to f16, which is what the down projection would make of them.
+            // (Inputs follow a case's position in the list: both lists hold the same cases.)
+            let gated: Vec<Case> = cases.iter().filter(|case| case.epilogue.to_half().is_some()).cloned().collect();
+            let to_half: Vec<Case> =
+                gated.iter().map(|case| Case { epilogue: case.epilogue.to_half().unwrap(), ..case.clone() }).collect();
+            let in_f32 = run(&gpu, &half_x, &gated, Activations::F16, |_| DType::F16);
+            let in_f16 = run(&gpu, &half_x, &to_half, Activations::F16, |_| DType::F16);
+            for (case, ((_, got), (_, want))) in to_half.iter().zip(in_f16.iter().zip(&in_f32)) {
+                let rounded = want.iter().map(|&v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f32().to_bits());
+                assert!(
+                    got.iter().map(|v| v.to_bits()).eq(rounded),
+                    "{tile:?} on {}: {case}: the f16 gate output is not the f32 one rounded",
+                    gpu.info.name
+                );
+            }
+            eprintln!(
+                "cooperative {tile:?} ({cores}), gates to f16: the f32 results rounded in all {} cases",
+                gated.len()
+            );
         } else {
             assert!(Matmul::new(&gpu.device, variant).unwrap().add_f16_input(&gpu.device).is_err());
         }
