@@ -31,8 +31,8 @@ if [ -n "${1:-}" ]; then
     build "$old" .gpu/steerlm-old.xz
     git worktree remove --force "$old"
 fi
-cp "$shared"/*.py "$shared"/*.sh .gpu/
-cp tests/fixtures/models/qwen9/tokenizer.json .gpu/
+cp -f "$shared"/*.py "$shared"/*.sh .gpu/
+cp -f tests/fixtures/models/qwen9/tokenizer.json .gpu/
 if ! ls .gpu/libvulkan1_*.deb >/dev/null 2>&1; then
     lists=/tmp/apt-amd64
     mkdir -p "$lists/partial"
