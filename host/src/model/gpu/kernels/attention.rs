@@ -59,16 +59,13 @@ impl RowAttention {
     }
 }
 
-/// The tensor-core flash kernel's source (for validation without a device).
+/// The tensor-core flash kernel's source (for validation without a device), its output stored
+/// as `out` says.
 pub fn flash_coop_source(out: Activations) -> String {
     const SHADER: &str = include_str!("../../../../../shaders/flash_attention_coop.wgsl");
-    const OUT: &str = "alias Out = f32;";
-    const HALF: &str = "const HALF_OUT: bool = false;";
-    debug_assert_eq!(SHADER.matches(OUT).count(), 1);
-    debug_assert_eq!(SHADER.matches(HALF).count(), 1);
     let shader = match out {
         Activations::F32 => SHADER.to_owned(),
-        Activations::F16 => SHADER.replace(OUT, "alias Out = f16;").replace(HALF, "const HALF_OUT: bool = true;"),
+        Activations::F16 => super::with_f16_output(SHADER),
     };
     super::with_prelude(FLASH_COMMON, &shader)
 }

@@ -117,6 +117,18 @@ pub fn switch(name: &str, value: Option<&str>) -> Result<bool, String> {
     }
 }
 
+/// A shader written with `alias Out = f32;` and `const HALF_OUT: bool = false;` (its output
+/// type, and whether to saturate to f16's range before storing) made to store f16 for a
+/// matmul that reads f16 x, with f16 enabled.
+pub fn with_f16_output(shader: &str) -> String {
+    const OUT: &str = "alias Out = f32;";
+    const HALF: &str = "const HALF_OUT: bool = false;";
+    debug_assert_eq!(shader.matches(OUT).count(), 1);
+    debug_assert_eq!(shader.matches(HALF).count(), 1);
+    let shader = shader.replace(OUT, "alias Out = f16;").replace(HALF, "const HALF_OUT: bool = true;");
+    if shader.lines().any(|line| line.trim() == "enable f16;") { shader } else { format!("enable f16;\n{shader}") }
+}
+
 /// Pipelines compiled per weight dtype are kept in this order: the shaders' `DTYPE`
 /// constant (0 f32, 1 bf16, 2 f16).
 pub fn dtype_index(dtype: crate::model::weights::DType) -> usize {

@@ -30,14 +30,9 @@ pub struct Norm {
 const RMS_NORM: &str = include_str!("../../../../../shaders/rms_norm.wgsl");
 const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
-/// `rms_norm.wgsl` writing f16: its `Out` alias and `HALF_OUT` rewritten, f16 enabled.
+/// `rms_norm.wgsl` writing f16.
 pub fn rms_norm_f16_source() -> String {
-    const OUT: &str = "alias Out = f32;";
-    const HALF: &str = "const HALF_OUT: bool = false;";
-    debug_assert_eq!(RMS_NORM.matches(OUT).count(), 1);
-    debug_assert_eq!(RMS_NORM.matches(HALF).count(), 1);
-    let body = RMS_NORM.replace(OUT, "alias Out = f16;").replace(HALF, "const HALF_OUT: bool = true;");
-    format!("enable f16;\n{body}")
+    super::with_f16_output(RMS_NORM)
 }
 
 impl Norm {
