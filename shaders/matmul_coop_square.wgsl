@@ -44,16 +44,18 @@ fn square_step(
     c32: ptr<function, coop_mat16x16<f32, C>>,
     c33: ptr<function, coop_mat16x16<f32, C>>,
 ) {
-    let stride = LDA;
+    // In quads of the staged tiles (`kk` in f16s, a multiple of 4).
+    let stride = LDQ;
+    let q = kk / 4u;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
-    let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 0u * FRAG) * LDA + kk], stride);
-    let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 1u * FRAG) * LDA + kk], stride);
-    let a2 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 2u * FRAG) * LDA + kk], stride);
-    let a3 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[(r + 3u * FRAG) * LDA + kk], stride);
-    let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 0u * FRAG) * LDA + kk], stride);
-    let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 1u * FRAG) * LDA + kk], stride);
-    let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 2u * FRAG) * LDA + kk], stride);
-    let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[(c + 3u * FRAG) * LDA + kk], stride);
+    let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[q + (r + 0u * FRAG) * LDQ], stride);
+    let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[q + (r + 1u * FRAG) * LDQ], stride);
+    let a2 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[q + (r + 2u * FRAG) * LDQ], stride);
+    let a3 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[q + (r + 3u * FRAG) * LDQ], stride);
+    let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[q + (c + 0u * FRAG) * LDQ], stride);
+    let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[q + (c + 1u * FRAG) * LDQ], stride);
+    let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[q + (c + 2u * FRAG) * LDQ], stride);
+    let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[q + (c + 3u * FRAG) * LDQ], stride);
     *c00 = coopMultiplyAdd(a0, b0, *c00);
     *c01 = coopMultiplyAdd(a0, b1, *c01);
     *c02 = coopMultiplyAdd(a0, b2, *c02);

@@ -32,8 +32,13 @@ const_assert TILE_M == TILE_N;
 // two copies of the tiles, where the padding would take the workgroup past 48 KiB.
 const LDC: u32 = FRAG + 4u * (2u - STAGES);
 
-var<workgroup> x_tile: array<f16, STAGES * STAGE_SIZE>;
-var<workgroup> w_tile: array<f16, STAGES * STAGE_SIZE>;
+// Row stride of the staged tiles in quads.
+const LDQ: u32 = LDA / 4u;
+// The staged tiles hold quads (four f16s): one 8-byte store per staged item, where single
+// f16s took four. Cooperative loads read them as f16 matrices, with offsets and strides in
+// quads (SPIR-V allows a vector element type there).
+var<workgroup> x_tile: array<vec4<f16>, STAGES * STAGE_SIZE / 4u>;
+var<workgroup> w_tile: array<vec4<f16>, STAGES * STAGE_SIZE / 4u>;
 var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
 
 // Whether the next K step's operands are loaded while this step's products run (one more
@@ -50,9 +55,10 @@ alias XVec = vec4<f32>;
 @group(0) @binding(5) var<storage, read_write> y_half: array<f16>;
 
 // The f16 weights, four to an item: the same buffer as matmul_common.wgsl's `w` (binding 2),
-// read with one 8-byte load per item rather than two 4-byte ones (`w` itself is unused
-// here, and naga and Vulkan allow a binding declared twice where one is used).
-@group(0) @binding(2) var<storage, read> w_quads: array<vec2<u32>>;
+// read with one 8-byte load per item rather than two 4-byte ones, as the f16s they are (`w`
+// itself is unused here, and naga and Vulkan allow a binding declared twice where one is
+// used).
+@group(0) @binding(2) var<storage, read> w_quads: array<vec4<f16>>;
 
 // One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
 // x stays as stored until stash: converting it here, right after its load, measured
@@ -60,7 +66,7 @@ alias XVec = vec4<f32>;
 // anything).
 struct Staged {
     x: XVec,
-    w: vec2<u32>,
+    w: vec4<f16>,
 }
 
 // Four values of x as f16, saturated to f16's finite range (a no-op on f16 x).
@@ -75,30 +81,21 @@ fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
     let k4 = p.k / 4u;
     let rr = i / (TILE_K / 4u);
     let kk = k0 + i % (TILE_K / 4u);
-    var staged = Staged(XVec(), vec2<u32>(0u));
+    var staged = Staged(XVec(), vec4<f16>());
     if (kk < k4) {
         staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
-        // Four f16 weights from k = 4 * kk of their row: one 8-byte load.
+        // Four f16 weights from k = 4 * kk of their row: one 8-byte load, nothing to convert.
         staged.w = w_quads[min(col0 + rr, p.n - 1u) * k4 + kk];
     }
     return staged;
 }
 
-// Writes staged item i into the copy of the tiles at `base` as f16 (x saturated to f16's
-// finite range).
+// Writes staged item i into the copy of the tiles at `base` (in f16s) as f16 (x saturated
+// to f16's finite range): one quad of each tile.
 fn stash(staged: Staged, i: u32, base: u32) {
-    let xh = x_half(staged.x);
-    let o = base + (i / (TILE_K / 4u)) * LDA + (i % (TILE_K / 4u)) * 4u;
-    x_tile[o] = xh.x;
-    x_tile[o + 1u] = xh.y;
-    x_tile[o + 2u] = xh.z;
-    x_tile[o + 3u] = xh.w;
-    let w01 = vec2<f16>(unpack2x16float(staged.w.x));
-    let w23 = vec2<f16>(unpack2x16float(staged.w.y));
-    w_tile[o] = w01.x;
-    w_tile[o + 1u] = w01.y;
-    w_tile[o + 2u] = w23.x;
-    w_tile[o + 3u] = w23.y;
+    let o = base / 4u + (i / (TILE_K / 4u)) * LDQ + i % (TILE_K / 4u);
+    x_tile[o] = x_half(staged.x);
+    w_tile[o] = staged.w;
 }
 
 // The K step starting at vec4 k0: this invocation's STAGED items (li, li + INVOCATIONS, ...),

@@ -48,13 +48,15 @@ fn block_step(
     c12: ptr<function, coop_mat16x16<f32, C>>,
     c13: ptr<function, coop_mat16x16<f32, C>>,
 ) {
-    let stride = LDA;
-    let ia0 = base + r * LDA + kk;
-    let ia1 = base + (r + FRAG) * LDA + kk;
-    let ib0 = base + c * LDA + kk;
-    let ib1 = base + (c + FRAG) * LDA + kk;
-    let ib2 = base + (c + 2u * FRAG) * LDA + kk;
-    let ib3 = base + (c + 3u * FRAG) * LDA + kk;
+    // In quads of the staged tiles (`base` and `kk` in f16s, multiples of 4).
+    let stride = LDQ;
+    let q = base / 4u + kk / 4u;
+    let ia0 = q + r * LDQ;
+    let ia1 = q + (r + FRAG) * LDQ;
+    let ib0 = q + c * LDQ;
+    let ib1 = q + (c + FRAG) * LDQ;
+    let ib2 = q + (c + 2u * FRAG) * LDQ;
+    let ib3 = q + (c + 3u * FRAG) * LDQ;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
     let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
     let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
