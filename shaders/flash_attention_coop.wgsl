@@ -53,6 +53,10 @@ override FRAGS: u32 = HEAD_DIM / FRAG;
 override HD4: u32 = HEAD_DIM / 4u;
 // f16 row stride of the q, K and V tiles, padded; rows start 16-byte aligned.
 override LDQ: u32 = HEAD_DIM + 8u;
+// The same in quads (vec4<f16>): the q, K and V tiles hold quads, one 8-byte store per staged
+// vec4 where single f16s took four; cooperative loads read them with offsets and strides in
+// quads.
+override LDQ4: u32 = LDQ / 4u;
 // Whether stage_kv issues all of an invocation's K/V loads before it converts any (the
 // matmuls' staging measured 1.6-2.4x over converting each load as it arrives). Unmeasured
 // here, so on request only: STEERLM_FLASH_LOADS_FIRST=1. (Declared before any function:
@@ -76,9 +80,9 @@ const PART: u32 = KEYS / SPLIT;
 const_assert SPLIT * QUERIES == INVOCATIONS;
 const_assert PART * SPLIT == KEYS;
 
-var<workgroup> q_tile: array<f16, QUERIES * LDQ>;
-var<workgroup> k_tile: array<f16, KEYS * LDQ>;
-var<workgroup> v_tile: array<f16, KEYS * LDQ>;
+var<workgroup> q_tile: array<vec4<f16>, QUERIES * LDQ4>;
+var<workgroup> k_tile: array<vec4<f16>, KEYS * LDQ4>;
+var<workgroup> v_tile: array<vec4<f16>, KEYS * LDQ4>;
 // Scores of the tile [slot][key]; at the end, each subgroup's output staging.
 var<workgroup> s_tile: array<f32, QUERIES * LDS>;
 var<workgroup> p_tile: array<f16, QUERIES * LDP>;
@@ -101,17 +105,11 @@ fn to_f16(x: vec4<f32>) -> vec4<f16> {
 // head size (8 fragments) over the workgroup.
 const KV_STAGED: u32 = KEYS * (8u * FRAG / 4u) / INVOCATIONS;
 
-// Writes one vec4 of K, and of V when `with_v`, at element o of the tiles.
+// Writes one vec4 of K, and of V when `with_v`, at quad o of the tiles.
 fn store_kv(o: u32, kh: vec4<f16>, vh: vec4<f16>, with_v: bool) {
-    k_tile[o] = kh.x;
-    k_tile[o + 1u] = kh.y;
-    k_tile[o + 2u] = kh.z;
-    k_tile[o + 3u] = kh.w;
+    k_tile[o] = kh;
     if (with_v) {
-        v_tile[o] = vh.x;
-        v_tile[o + 1u] = vh.y;
-        v_tile[o + 2u] = vh.z;
-        v_tile[o + 3u] = vh.w;
+        v_tile[o] = vh;
     }
 }
 
@@ -134,7 +132,7 @@ fn stage_kv(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) {
                 vh = to_f16(v[src]);
             }
         }
-        store_kv(key * LDQ + c * 4u, kh, vh, with_v);
+        store_kv(key * LDQ4 + c, kh, vh, with_v);
     }
 }
 
@@ -161,7 +159,7 @@ fn stage_kv_loads_first(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) 
     for (var j = 0u; j < KV_STAGED; j = j + 1u) {
         let i = li + j * INVOCATIONS;
         if (i < items) {
-            store_kv((i / HD4) * LDQ + (i % HD4) * 4u, to_f16(ks[j]), to_f16(vs[j]), with_v);
+            store_kv((i / HD4) * LDQ4 + i % HD4, to_f16(ks[j]), to_f16(vs[j]), with_v);
         }
     }
 }
@@ -169,10 +167,11 @@ fn stage_kv_loads_first(li: u32, tile: u32, n: u32, kv_head: u32, with_v: bool) 
 // One FRAG-deep step of the scores of slots r..r+FRAG-1 against the tile's two fragments
 // of keys.
 fn scores_step(r: u32, d: u32, s0: ptr<function, coop_mat16x16<f32, C>>, s1: ptr<function, coop_mat16x16<f32, C>>) {
-    let stride = LDQ;
-    let ia = r * LDQ + d;
-    let ib0 = d;
-    let ib1 = FRAG * LDQ + d;
+    // In quads (`d` in f16s, a multiple of FRAG).
+    let stride = LDQ4;
+    let ia = r * LDQ4 + d / 4u;
+    let ib0 = d / 4u;
+    let ib1 = FRAG * LDQ4 + d / 4u;
     // q_tile [slot][d] is A row-major; k_tile [key][d] is B (d x key) column-major.
     let a = coopLoadT<coop_mat16x16<f16, A>>(&q_tile[ia], stride);
     let b0 = coopLoad<coop_mat16x16<f16, B>>(&k_tile[ib0], stride);
@@ -198,9 +197,10 @@ fn tile_scores(r: u32) {
 // O[slots r.., columns FRAG j..] += P[slots r.., keys kk..kk+FRAG-1] V[keys kk.., columns FRAG j..].
 fn pv_step(r: u32, kk: u32, j: u32, o: ptr<function, coop_mat16x16<f32, C>>) {
     let p_stride = LDP;
-    let v_stride = LDQ;
+    let v_stride = LDQ4;
     let ia = r * LDP + kk;
-    let ib = kk * LDQ + j * FRAG;
+    // In quads of v_tile.
+    let ib = kk * LDQ4 + j * FRAG / 4u;
     // p_tile [slot][key] is A row-major; v_tile [key][d] is B (key x d) row-major.
     let a = coopLoadT<coop_mat16x16<f16, A>>(&p_tile[ia], p_stride);
     let b = coopLoadT<coop_mat16x16<f16, B>>(&v_tile[ib], v_stride);
@@ -263,11 +263,7 @@ fn main(
         let c = i % HD4;
         let t = slot_row(s, first, count, group);
         let qh = to_f16(q[(t * p.heads + kv_head * group + s % group) * HD4 + c]);
-        let o = s * LDQ + c * 4u;
-        q_tile[o] = qh.x;
-        q_tile[o + 1u] = qh.y;
-        q_tile[o + 2u] = qh.z;
-        q_tile[o + 3u] = qh.w;
+        q_tile[s * LDQ4 + c] = qh;
     }
 
     // Pass 1: each slot's maximum over its keys.
