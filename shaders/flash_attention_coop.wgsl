@@ -13,7 +13,9 @@
 // takes each slot's maximum score over all its keys (QK^T only); pass 2 recomputes the scores,
 // P = exp(S - max) (each at most 1, staged as f16) and accumulates O += P V in the
 // accumulators, with the row sums in f32. QK^T runs twice: 1.5x the products of one pass,
-// all on tensor cores. Tiles above the block's causal diagonal are never loaded.
+// all on tensor cores. Tiles above the block's causal diagonal are never loaded. ONE_PASS
+// (below) is the alternative: a lazily moved reference maximum, and rows rescaled through
+// workgroup memory when it moves.
 //
 // The per-element work between the products (the maximum, exp and the row sums) is spread
 // over every invocation: SPLIT invocations per slot, each over PART keys of every tile,
@@ -62,6 +64,13 @@ override LDQ4: u32 = LDQ / 4u;
 // here, so on request only: STEERLM_FLASH_LOADS_FIRST=1. (Declared before any function:
 // after them, naga 30's pipeline-constant pass panics.)
 override LOADS_FIRST: bool = false;
+// One pass instead of two (STEERLM_FLASH_ONE_PASS=1, on request until measured): each slot
+// keeps a reference maximum that only moves when a tile's scores pass it by more than
+// RESCALE_MARGIN, so P = exp(S - reference) stays below e^RESCALE_MARGIN (f16 holds it);
+// when it moves, the accumulators' rows are rescaled through workgroup memory. QK^T runs
+// once instead of twice. (0 rescales whenever a maximum grows: the tests use it.)
+override ONE_PASS: bool = false;
+override RESCALE_MARGIN: f32 = 8.0;
 
 const QUERIES: u32 = 4u * FRAG;
 const KEYS: u32 = 2u * FRAG;
@@ -88,7 +97,10 @@ var<workgroup> s_tile: array<f32, QUERIES * LDS>;
 var<workgroup> p_tile: array<f16, QUERIES * LDP>;
 // Each invocation's running maximum, then its sum, to combine per slot.
 var<workgroup> partial: array<f32, INVOCATIONS>;
+// Each slot's row sum at the end; its reference maximum during the one-pass loop.
 var<workgroup> row_sum: array<f32, QUERIES>;
+// Whether any slot's reference maximum moved in this tile (one pass).
+var<workgroup> rescale_flag: u32;
 
 fn cap_score(s: f32) -> f32 {
     if (p.softcap > 0.0) {
@@ -212,6 +224,100 @@ fn slot_row(s: u32, first: u32, count: u32, group: u32) -> u32 {
     return first + min(s / group, count - 1u);
 }
 
+// Multiplies rows r..r+FRAG-1 of the accumulator by their slots' factors (in
+// partial[slot * SPLIT]), through the subgroup's rows of s_tile. Called by every invocation
+// (it has barriers).
+fn rescale(o: ptr<function, coop_mat16x16<f32, C>>, r: u32, lane: u32) {
+    let stride = LDS;
+    let i0 = r * LDS;
+    coopStoreT(*o, &s_tile[i0], stride);
+    workgroupBarrier();
+    for (var e = lane; e < FRAG * FRAG; e = e + SUBGROUP) {
+        let s = r + e / FRAG;
+        let i = s * LDS + e % FRAG;
+        s_tile[i] = s_tile[i] * partial[s * SPLIT];
+    }
+    workgroupBarrier();
+    *o = coopLoadT<coop_mat16x16<f32, C>>(&s_tile[i0], stride);
+    // The load is done before the next fragment is stored over the same rows.
+    workgroupBarrier();
+}
+
+// O[slots r..] += P V over the staged tile: every output fragment of the subgroup.
+fn pv_tile(
+    r: u32,
+    o0: ptr<function, coop_mat16x16<f32, C>>,
+    o1: ptr<function, coop_mat16x16<f32, C>>,
+    o2: ptr<function, coop_mat16x16<f32, C>>,
+    o3: ptr<function, coop_mat16x16<f32, C>>,
+    o4: ptr<function, coop_mat16x16<f32, C>>,
+    o5: ptr<function, coop_mat16x16<f32, C>>,
+    o6: ptr<function, coop_mat16x16<f32, C>>,
+    o7: ptr<function, coop_mat16x16<f32, C>>,
+) {
+    for (var kk = 0u; kk < KEYS; kk = kk + FRAG) {
+        pv_step(r, kk, 0u, o0);
+        if (FRAGS > 1u) {
+            pv_step(r, kk, 1u, o1);
+        }
+        if (FRAGS > 2u) {
+            pv_step(r, kk, 2u, o2);
+        }
+        if (FRAGS > 3u) {
+            pv_step(r, kk, 3u, o3);
+        }
+        if (FRAGS > 4u) {
+            pv_step(r, kk, 4u, o4);
+        }
+        if (FRAGS > 5u) {
+            pv_step(r, kk, 5u, o5);
+        }
+        if (FRAGS > 6u) {
+            pv_step(r, kk, 6u, o6);
+        }
+        if (FRAGS > 7u) {
+            pv_step(r, kk, 7u, o7);
+        }
+    }
+}
+
+// `rescale` for every output fragment of the subgroup (the same number for every subgroup).
+fn rescale_rows(
+    r: u32,
+    lane: u32,
+    o0: ptr<function, coop_mat16x16<f32, C>>,
+    o1: ptr<function, coop_mat16x16<f32, C>>,
+    o2: ptr<function, coop_mat16x16<f32, C>>,
+    o3: ptr<function, coop_mat16x16<f32, C>>,
+    o4: ptr<function, coop_mat16x16<f32, C>>,
+    o5: ptr<function, coop_mat16x16<f32, C>>,
+    o6: ptr<function, coop_mat16x16<f32, C>>,
+    o7: ptr<function, coop_mat16x16<f32, C>>,
+) {
+    rescale(o0, r, lane);
+    if (FRAGS > 1u) {
+        rescale(o1, r, lane);
+    }
+    if (FRAGS > 2u) {
+        rescale(o2, r, lane);
+    }
+    if (FRAGS > 3u) {
+        rescale(o3, r, lane);
+    }
+    if (FRAGS > 4u) {
+        rescale(o4, r, lane);
+    }
+    if (FRAGS > 5u) {
+        rescale(o5, r, lane);
+    }
+    if (FRAGS > 6u) {
+        rescale(o6, r, lane);
+    }
+    if (FRAGS > 7u) {
+        rescale(o7, r, lane);
+    }
+}
+
 // Writes output fragment j of slots r..r+FRAG-1, divided by the row sums, through the
 // subgroup's rows of s_tile. Called by every invocation (it has barriers).
 fn emit(o: coop_mat16x16<f32, C>, r: u32, j: u32, lane: u32, first: u32, count: u32, group: u32, kv_head: u32) {
@@ -266,32 +372,6 @@ fn main(
         q_tile[s * LDQ4 + c] = qh;
     }
 
-    // Pass 1: each slot's maximum over its keys.
-    var my_max = LOWEST;
-    for (var tile = start; tile < end; tile = tile + KEYS) {
-        let n = min(KEYS, end - tile);
-        stage_kv(li, tile, n, kv_head, false);
-        workgroupBarrier();
-        tile_scores(r);
-        workgroupBarrier();
-        for (var j = 0u; j < PART; j = j + 1u) {
-            let key = part * PART + (j + slot) % PART;
-            if (key < n && tile + key <= slot_t) {
-                my_max = max(my_max, cap_score(s_tile[slot * LDS + key] * p.scale));
-            }
-        }
-        workgroupBarrier();
-    }
-    partial[li] = my_max;
-    workgroupBarrier();
-    var m = LOWEST;
-    for (var q = 0u; q < SPLIT; q = q + 1u) {
-        m = max(m, partial[slot * SPLIT + q]);
-    }
-    // Every read of the maxima happens before any sum is written over them.
-    workgroupBarrier();
-
-    // Pass 2: P = exp(S - max), O += P V.
     var o0 = coop_mat16x16<f32, C>();
     var o1 = coop_mat16x16<f32, C>();
     var o2 = coop_mat16x16<f32, C>();
@@ -301,49 +381,111 @@ fn main(
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
     var my_sum = 0.0;
-    for (var tile = start; tile < end; tile = tile + KEYS) {
-        let n = min(KEYS, end - tile);
-        stage_kv(li, tile, n, kv_head, true);
-        workgroupBarrier();
-        tile_scores(r);
-        workgroupBarrier();
-        for (var j = 0u; j < PART; j = j + 1u) {
-            let key = part * PART + (j + slot) % PART;
-            var e = 0.0;
-            if (key < n && tile + key <= slot_t) {
-                e = exp(cap_score(s_tile[slot * LDS + key] * p.scale) - m);
-            }
-            // The sum adds what P V multiplies: the f16 probabilities.
-            let eh = f16(e);
-            p_tile[slot * LDP + key] = eh;
-            my_sum = my_sum + f32(eh);
+    if (ONE_PASS) {
+        if (part == 0u) {
+            row_sum[slot] = LOWEST;
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < KEYS; kk = kk + FRAG) {
-            pv_step(r, kk, 0u, &o0);
-            if (FRAGS > 1u) {
-                pv_step(r, kk, 1u, &o1);
+        for (var tile = start; tile < end; tile = tile + KEYS) {
+            let n = min(KEYS, end - tile);
+            if (li == 0u) {
+                rescale_flag = 0u;
             }
-            if (FRAGS > 2u) {
-                pv_step(r, kk, 2u, &o2);
+            stage_kv(li, tile, n, kv_head, true);
+            workgroupBarrier();
+            tile_scores(r);
+            workgroupBarrier();
+            var tile_max = LOWEST;
+            for (var j = 0u; j < PART; j = j + 1u) {
+                let key = part * PART + (j + slot) % PART;
+                if (key < n && tile + key <= slot_t) {
+                    tile_max = max(tile_max, cap_score(s_tile[slot * LDS + key] * p.scale));
+                }
             }
-            if (FRAGS > 3u) {
-                pv_step(r, kk, 3u, &o3);
+            partial[li] = tile_max;
+            workgroupBarrier();
+            for (var q = 0u; q < SPLIT; q = q + 1u) {
+                tile_max = max(tile_max, partial[slot * SPLIT + q]);
             }
-            if (FRAGS > 4u) {
-                pv_step(r, kk, 4u, &o4);
+            // The reference moves only past the margin (from LOWEST at a slot's first key).
+            let old = row_sum[slot];
+            var reference = old;
+            if (tile_max > old + RESCALE_MARGIN) {
+                reference = tile_max;
+                rescale_flag = 1u;
             }
-            if (FRAGS > 5u) {
-                pv_step(r, kk, 5u, &o5);
+            let factor = exp(old - reference);
+            my_sum = my_sum * factor;
+            // Every read of the maxima and references happens before they are replaced.
+            workgroupBarrier();
+            if (part == 0u) {
+                row_sum[slot] = reference;
+                partial[slot * SPLIT] = factor;
             }
-            if (FRAGS > 6u) {
-                pv_step(r, kk, 6u, &o6);
+            for (var j = 0u; j < PART; j = j + 1u) {
+                let key = part * PART + (j + slot) % PART;
+                var e = 0.0;
+                if (key < n && tile + key <= slot_t) {
+                    e = exp(cap_score(s_tile[slot * LDS + key] * p.scale) - reference);
+                }
+                let eh = f16(e);
+                p_tile[slot * LDP + key] = eh;
+                my_sum = my_sum + f32(eh);
             }
-            if (FRAGS > 7u) {
-                pv_step(r, kk, 7u, &o7);
+            // (A barrier: the probabilities and factors are visible to every subgroup.)
+            if (workgroupUniformLoad(&rescale_flag) != 0u) {
+                rescale_rows(r, lane, &o0, &o1, &o2, &o3, &o4, &o5, &o6, &o7);
             }
+            pv_tile(r, &o0, &o1, &o2, &o3, &o4, &o5, &o6, &o7);
+            workgroupBarrier();
         }
+    } else {
+        // Pass 1: each slot's maximum over its keys.
+        var my_max = LOWEST;
+        for (var tile = start; tile < end; tile = tile + KEYS) {
+            let n = min(KEYS, end - tile);
+            stage_kv(li, tile, n, kv_head, false);
+            workgroupBarrier();
+            tile_scores(r);
+            workgroupBarrier();
+            for (var j = 0u; j < PART; j = j + 1u) {
+                let key = part * PART + (j + slot) % PART;
+                if (key < n && tile + key <= slot_t) {
+                    my_max = max(my_max, cap_score(s_tile[slot * LDS + key] * p.scale));
+                }
+            }
+            workgroupBarrier();
+        }
+        partial[li] = my_max;
         workgroupBarrier();
+        var m = LOWEST;
+        for (var q = 0u; q < SPLIT; q = q + 1u) {
+            m = max(m, partial[slot * SPLIT + q]);
+        }
+        // Every read of the maxima happens before any sum is written over them.
+        workgroupBarrier();
+
+        // Pass 2: P = exp(S - max), O += P V.
+        for (var tile = start; tile < end; tile = tile + KEYS) {
+            let n = min(KEYS, end - tile);
+            stage_kv(li, tile, n, kv_head, true);
+            workgroupBarrier();
+            tile_scores(r);
+            workgroupBarrier();
+            for (var j = 0u; j < PART; j = j + 1u) {
+                let key = part * PART + (j + slot) % PART;
+                var e = 0.0;
+                if (key < n && tile + key <= slot_t) {
+                    e = exp(cap_score(s_tile[slot * LDS + key] * p.scale) - m);
+                }
+                // The sum adds what P V multiplies: the f16 probabilities.
+                let eh = f16(e);
+                p_tile[slot * LDP + key] = eh;
+                my_sum = my_sum + f32(eh);
+            }
+            workgroupBarrier();
+            pv_tile(r, &o0, &o1, &o2, &o3, &o4, &o5, &o6, &o7);
+            workgroupBarrier();
+        }
     }
     partial[li] = my_sum;
     workgroupBarrier();

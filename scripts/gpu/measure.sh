@@ -10,7 +10,8 @@
 #             loading and shader compilation cancel in the steady figure
 #   VARIANTS  comma-separated; each is `base` or knobs joined by `+`:
 #             f16act (STEERLM_F16_ACTIVATIONS=1), tile=NAME (STEERLM_COOP_TILE),
-#             loadsfirst (STEERLM_FLASH_LOADS_FIRST=1), checks (STEERLM_SHADER_CHECKS=full),
+#             loadsfirst (STEERLM_FLASH_LOADS_FIRST=1), onepass (STEERLM_FLASH_ONE_PASS=1),
+#             checks (STEERLM_SHADER_CHECKS=full),
 #             bt=N (--batch-tokens N), f32 (--precision f32), old (.gpu/steerlm-old)
 #   MxNxK     gpu-info --bench shapes, for both binaries (default: three Llama MLP shapes;
 #             "" skips the bench)
@@ -72,6 +73,7 @@ run_variant() { # run_variant MODEL VARIANT -> $W/VARIANT.{a,b}.out, $OUT/SHAPE-
             f16act) envs+=(STEERLM_F16_ACTIVATIONS=1) ;;
             tile=*) envs+=(STEERLM_COOP_TILE=${knob#tile=}) ;;
             loadsfirst) envs+=(STEERLM_FLASH_LOADS_FIRST=1) ;;
+            onepass) envs+=(STEERLM_FLASH_ONE_PASS=1) ;;
             checks) envs+=(STEERLM_SHADER_CHECKS=full) ;;
             bt=*) args+=(--batch-tokens "${knob#bt=}") ;;
             f32) args+=(--precision f32) ;;

@@ -225,6 +225,12 @@ impl KernelPlan {
     /// tensor-core matmul (its wide tile, which means subgroups of a fixed width).
     pub fn with_matmul(matmul: MatmulVariant, matmul_reason: String) -> Self {
         let f16_weights = matches!(matmul, MatmulVariant::Cooperative { .. });
+        // What an on/off variable asks of the tensor-core flash kernel, for its reason.
+        let asked = |name: &str, what: &str| match super::kernels::switch(name, std::env::var(name).ok().as_deref()) {
+            Ok(true) => format!("; {what} as {name} asks"),
+            Ok(false) => String::new(),
+            Err(why) => format!("; {why}, ignored"),
+        };
         let (attention, attention_reason) = if let MatmulVariant::Cooperative { tile, cores, .. } = matmul
             && tile.is_wide()
         {
@@ -232,16 +238,11 @@ impl KernelPlan {
                 AttentionVariant::FlashTensorCores(cores),
                 format!(
                     "flash attention with QK^T and PV on tensor cores ({cores}; models whose head size is not a \
-                     multiple of {} up to {} use the f32 flash kernel){}",
+                     multiple of {} up to {} use the f32 flash kernel){}{}",
                     cores.fragment.side(),
                     super::kernels::attention::flash_coop_max_head_dim(cores.fragment),
-                    match super::kernels::attention::flash_loads_first(
-                        std::env::var("STEERLM_FLASH_LOADS_FIRST").ok().as_deref()
-                    ) {
-                        Ok(true) => "; K/V loads first as STEERLM_FLASH_LOADS_FIRST asks".to_owned(),
-                        Ok(false) => String::new(),
-                        Err(why) => format!("; {why}, ignored"),
-                    }
+                    asked("STEERLM_FLASH_LOADS_FIRST", "K/V loads first"),
+                    asked("STEERLM_FLASH_ONE_PASS", "one pass"),
                 ),
             )
         } else {

@@ -234,16 +234,36 @@ pub fn flash_coop_max_head_dim(fragment: Fragment) -> usize {
     FLASH_COOP_MAX_FRAGMENTS * fragment.side()
 }
 
-/// Whether `STEERLM_FLASH_LOADS_FIRST=1` asks the tensor-core flash kernel to issue its K/V
-/// loads before converting any (`LOADS_FIRST` in the shader; unmeasured on hardware).
-pub fn flash_loads_first_requested() -> bool {
-    flash_loads_first(std::env::var("STEERLM_FLASH_LOADS_FIRST").ok().as_deref()).unwrap_or(false)
+/// How the tensor-core flash kernel is built, beyond its head size: the shader's
+/// `LOADS_FIRST`, `ONE_PASS` and `RESCALE_MARGIN`, and how the output is stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlashCoopOptions {
+    /// Issue all of a tile's K/V loads before converting any (`STEERLM_FLASH_LOADS_FIRST=1`).
+    pub loads_first: bool,
+    /// One pass with lazily rescaled accumulators instead of two (`STEERLM_FLASH_ONE_PASS=1`).
+    pub one_pass: bool,
+    /// How far a tile's maximum may pass a slot's reference before the one-pass kernel
+    /// rescales (8: probabilities stay below e^8; 0 rescales at every new maximum).
+    pub rescale_margin: f32,
+    pub output: Activations,
 }
 
-/// The meaning of a `STEERLM_FLASH_LOADS_FIRST` value: unset, empty or `0` is off, `1` on;
-/// anything else is an error saying so (shown in the plan's reason, and then off).
-pub fn flash_loads_first(value: Option<&str>) -> Result<bool, String> {
-    super::switch("STEERLM_FLASH_LOADS_FIRST", value)
+impl FlashCoopOptions {
+    /// The default kernel, writing `output`.
+    pub fn new(output: Activations) -> Self {
+        FlashCoopOptions { loads_first: false, one_pass: false, rescale_margin: 8.0, output }
+    }
+
+    /// [`FlashCoopOptions::new`] with what `STEERLM_FLASH_LOADS_FIRST` and
+    /// `STEERLM_FLASH_ONE_PASS` ask (unmeasured on hardware, so on request).
+    pub fn from_env(output: Activations) -> Self {
+        let asks = |name: &str| super::switch(name, std::env::var(name).ok().as_deref()).unwrap_or(false);
+        FlashCoopOptions {
+            loads_first: asks("STEERLM_FLASH_LOADS_FIRST"),
+            one_pass: asks("STEERLM_FLASH_ONE_PASS"),
+            ..Self::new(output)
+        }
+    }
 }
 
 /// Whether the tensor-core flash kernel handles this head size: a multiple of the fragment
@@ -270,6 +290,8 @@ pub fn flash_coop_workgroup_bytes(head_dim: usize, fragment: Fragment) -> usize 
         + 4 * queries * keys
         + 2 * queries * (keys + 8)
         + 4 * (invocations + queries)
+        // The one-pass kernel's rescale flag.
+        + 4
 }
 
 impl FlashAttention {
@@ -315,8 +337,9 @@ impl FlashAttention {
     /// [`FlashAttention::new`]'s), 32 with 8x8.
     ///
     /// `STEERLM_FLASH_LOADS_FIRST=1` stages K and V with every load issued before any is
-    /// converted ([`FlashAttention::tensor_cores_staged`]), for measuring it against the
-    /// default on hardware.
+    /// converted, and `STEERLM_FLASH_ONE_PASS=1` runs one pass with lazily rescaled
+    /// accumulators ([`FlashCoopOptions`]), for measuring them against the default on
+    /// hardware.
     ///
     /// The output is stored as `output` says (f16: saturated, for an output projection that
     /// reads f16 x).
@@ -326,17 +349,17 @@ impl FlashAttention {
         head_dim: usize,
         output: Activations,
     ) -> Result<Self> {
-        Self::tensor_cores_staged(device, cores, head_dim, flash_loads_first_requested(), output)
+        Self::tensor_cores_with(device, cores, head_dim, FlashCoopOptions::from_env(output))
     }
 
-    /// [`FlashAttention::tensor_cores`] with the shader's `LOADS_FIRST` given.
-    pub fn tensor_cores_staged(
+    /// [`FlashAttention::tensor_cores`] with its options given.
+    pub fn tensor_cores_with(
         device: &wgpu::Device,
         cores: TensorCores,
         head_dim: usize,
-        loads_first: bool,
-        output: Activations,
+        options: FlashCoopOptions,
     ) -> Result<Self> {
+        let FlashCoopOptions { loads_first, one_pass, rescale_margin, output } = options;
         let fragment = cores.fragment;
         if !flash_coop_supports_head_dim(head_dim, fragment) {
             bail!(
@@ -372,7 +395,12 @@ impl FlashAttention {
             device,
             if output == Activations::F16 { "flash_coop_f16" } else { "flash_attention_coop" },
             &source,
-            &[("HEAD_DIM", head_dim as f64), ("LOADS_FIRST", if loads_first { 1.0 } else { 0.0 })],
+            &[
+                ("HEAD_DIM", head_dim as f64),
+                ("LOADS_FIRST", if loads_first { 1.0 } else { 0.0 }),
+                ("ONE_PASS", if one_pass { 1.0 } else { 0.0 }),
+                ("RESCALE_MARGIN", rescale_margin as f64),
+            ],
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
         )?;

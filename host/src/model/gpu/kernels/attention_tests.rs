@@ -279,6 +279,8 @@ fn tensor_core_flash_attention_validates_with_naga() {
             let loads_first =
                 validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64), ("LOADS_FIRST", 1.0)]);
             assert_ne!(default, loads_first, "LOADS_FIRST reaches {name}");
+            let one_pass = validate_wgsl(&name, &source, granted, &[("HEAD_DIM", head_dim as f64), ("ONE_PASS", 1.0)]);
+            assert_ne!(default, one_pass, "ONE_PASS reaches {name}");
             let half_out = validate_wgsl(&name, &half, granted, &[("HEAD_DIM", head_dim as f64)]);
             assert_ne!(default, half_out, "the f16 output reaches {name}");
             let bytes = flash_coop_workgroup_bytes(head_dim, fragment);
@@ -288,7 +290,7 @@ fn tensor_core_flash_attention_validates_with_naga() {
     // The 16x16 kernel's memory, as the shader declares it: 64 slots, 32 keys.
     assert_eq!(
         flash_coop_workgroup_bytes(64, Fragment::Sixteen),
-        2 * 128 * 72 + 4 * 64 * 32 + 2 * 64 * 40 + 4 * (128 + 64)
+        2 * 128 * 72 + 4 * 64 * 32 + 2 * 64 * 40 + 4 * (128 + 64) + 4
     );
     let refused = [(72, Fragment::Sixteen), (256, Fragment::Sixteen), (80, Fragment::Eight), (12, Fragment::Eight)];
     for (head_dim, fragment) in refused {
@@ -328,17 +330,22 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
         let mut batch = Batch::new(lengths, heads, kv_heads, head_dim);
         batch.softcap = softcap;
         let want = batch.reference();
-        // Both ways of staging K and V give the same bytes.
+        // The default, both ways of staging K and V (the same bytes), and one pass, with the
+        // usual margin and rescaling at every new maximum.
+        let default = FlashCoopOptions::new(Activations::F32);
+        let variants = [
+            ("", default),
+            (", loads first", FlashCoopOptions { loads_first: true, ..default }),
+            (", one pass", FlashCoopOptions { one_pass: true, ..default }),
+            (", one pass, margin 0", FlashCoopOptions { one_pass: true, rescale_margin: 0.0, ..default }),
+        ];
         let mut outputs = Vec::new();
-        for loads_first in [false, true] {
-            let flash =
-                FlashAttention::tensor_cores_staged(&gpu.device, cores, head_dim, loads_first, Activations::F32)
-                    .unwrap();
+        for (name, options) in variants {
+            let flash = FlashAttention::tensor_cores_with(&gpu.device, cores, head_dim, options).unwrap();
             let got = run_flash(&gpu, &flash, &batch);
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
             let what = format!(
-                "tensor-core flash ({cores}{}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}",
-                if loads_first { ", loads first" } else { "" }
+                "tensor-core flash ({cores}{name}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}"
             );
             assert!(worst <= 1e-2, "{what}: max |error| {worst:e}");
             eprintln!("{what}: max |error| {worst:e}");
@@ -346,7 +353,8 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
         }
         assert_eq!(outputs[0], outputs[1], "loads-first staging changed the output");
         // Stored as f16 for an output projection reading f16 x: the f32 output rounded.
-        let flash = FlashAttention::tensor_cores_staged(&gpu.device, cores, head_dim, false, Activations::F16).unwrap();
+        let options = FlashCoopOptions::new(Activations::F16);
+        let flash = FlashAttention::tensor_cores_with(&gpu.device, cores, head_dim, options).unwrap();
         let bytes: Vec<u8> = bytemuck::cast_slice(&run_flash(&gpu, &flash, &batch)).to_vec();
         let got = bytes[..outputs[0].len() * 2].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
         let want = outputs[0].iter().map(|&v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits());
@@ -425,12 +433,15 @@ fn time_flash_against_row_attention() {
     }
 }
 
+/// The on/off variables (`STEERLM_FLASH_LOADS_FIRST`, `STEERLM_FLASH_ONE_PASS`,
+/// `STEERLM_F16_ACTIVATIONS`) take 0 or 1; anything else is named.
 #[test]
-fn loads_first_takes_only_0_or_1() {
-    assert_eq!(flash_loads_first(None), Ok(false));
-    assert_eq!(flash_loads_first(Some("")), Ok(false));
-    assert_eq!(flash_loads_first(Some(" 0 ")), Ok(false));
-    assert_eq!(flash_loads_first(Some("1")), Ok(true));
-    let why = flash_loads_first(Some("yes")).unwrap_err();
-    assert_eq!(why, "STEERLM_FLASH_LOADS_FIRST=\"yes\" is not 0 or 1");
+fn switches_take_only_0_or_1() {
+    use crate::model::gpu::kernels::switch;
+    let name = "STEERLM_FLASH_ONE_PASS";
+    assert_eq!(switch(name, None), Ok(false));
+    assert_eq!(switch(name, Some("")), Ok(false));
+    assert_eq!(switch(name, Some(" 0 ")), Ok(false));
+    assert_eq!(switch(name, Some("1")), Ok(true));
+    assert_eq!(switch(name, Some("yes")).unwrap_err(), "STEERLM_FLASH_ONE_PASS=\"yes\" is not 0 or 1");
 }
