@@ -258,7 +258,7 @@ impl KernelPlan {
 }
 
 /// `matmul` with the tensor-core tile `request` names (`STEERLM_COOP_TILE`: narrow, wide,
-/// wide-prefetch, wide-deep, wide-double, square or square-prefetch), for measuring one tile against another in
+/// wide-prefetch, wide-deep, wide-double, square, square-prefetch or square-deep), for measuring one tile against another in
 /// whole models. A request that names no tile, or one that does not run here, changes
 /// nothing and says so in the reason.
 fn with_requested_coop_tile(
@@ -390,7 +390,8 @@ mod tests {
         assert_eq!(same, auto.matmul);
         assert!(
             reason.contains(
-                "\"huge\" is not one of narrow, wide, wide-prefetch, wide-deep, wide-double, square, square-prefetch, ignored"
+                "\"huge\" is not one of narrow, wide, wide-prefetch, wide-deep, wide-double, square, square-prefetch, \
+                 square-deep, ignored"
             ),
             "{reason}"
         );

@@ -217,6 +217,11 @@ pub enum CoopTile {
     /// [`CoopTile::Square`] with `PREFETCH` (`square-prefetch`; measured on an H100:
     /// 0.82-0.85x [`CoopTile::WidePrefetch`]).
     SquarePrefetch,
+    /// [`CoopTile::SquarePrefetch`] with a 64-deep K step, as [`CoopTile::WideDeep`] is to
+    /// [`CoopTile::WidePrefetch`] (`square-deep`, 42 KiB). Its staging per invocation is
+    /// twice the wide tile's, which the cheaper staging (quads of f16) may now afford. Not
+    /// yet measured on hardware, so on request only.
+    SquareDeep,
 }
 
 impl CoopTile {
@@ -230,14 +235,14 @@ impl CoopTile {
         (side, side)
     }
 
-    /// K step: two fragments deep, four for [`CoopTile::WideDeep`].
+    /// K step: two fragments deep, four for [`CoopTile::WideDeep`] and [`CoopTile::SquareDeep`].
     pub fn depth(self, fragment: Fragment) -> usize {
         self.depth_fragments() as usize * fragment.side()
     }
 
     /// The staging shader's `K_FRAGS`.
     fn depth_fragments(self) -> u32 {
-        if self == CoopTile::WideDeep { 4 } else { 2 }
+        if matches!(self, CoopTile::WideDeep | CoopTile::SquareDeep) { 4 } else { 2 }
     }
 
     /// The staging shader's `STAGES`: copies of the staged tiles.
@@ -258,14 +263,21 @@ impl CoopTile {
     fn subgroups(self) -> u32 {
         match self {
             CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => 8,
-            CoopTile::Narrow | CoopTile::Square | CoopTile::SquarePrefetch => 4,
+            CoopTile::Narrow | CoopTile::Square | CoopTile::SquarePrefetch | CoopTile::SquareDeep => 4,
         }
     }
 
     /// Whether the next K step's operands load during this step's products (the shaders'
     /// `PREFETCH` override).
     fn prefetch(self) -> bool {
-        matches!(self, CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble | CoopTile::SquarePrefetch)
+        matches!(
+            self,
+            CoopTile::WidePrefetch
+                | CoopTile::WideDeep
+                | CoopTile::WideDouble
+                | CoopTile::SquarePrefetch
+                | CoopTile::SquareDeep
+        )
     }
 
     /// Whether this is a 128x128 tile (64x64 with 8x8 fragments) of fixed-width subgroups:
@@ -322,7 +334,7 @@ impl CoopTile {
         tiles
     }
 
-    pub const ALL: [CoopTile; 7] = [
+    pub const ALL: [CoopTile; 8] = [
         CoopTile::Narrow,
         CoopTile::Wide,
         CoopTile::WidePrefetch,
@@ -330,6 +342,7 @@ impl CoopTile {
         CoopTile::WideDouble,
         CoopTile::Square,
         CoopTile::SquarePrefetch,
+        CoopTile::SquareDeep,
     ];
 
     /// The name `STEERLM_COOP_TILE` takes.
@@ -342,6 +355,7 @@ impl CoopTile {
             CoopTile::WideDouble => "wide-double",
             CoopTile::Square => "square",
             CoopTile::SquarePrefetch => "square-prefetch",
+            CoopTile::SquareDeep => "square-deep",
         }
     }
 
@@ -356,9 +370,9 @@ impl CoopTile {
                 if half { "matmul_coop_x16" } else { "matmul_coop_wide" },
                 with_staging(COOPERATIVE_WIDE, self.depth_fragments(), self.stages(), x),
             ),
-            CoopTile::Square | CoopTile::SquarePrefetch => (
+            CoopTile::Square | CoopTile::SquarePrefetch | CoopTile::SquareDeep => (
                 if half { "matmul_square_x16" } else { "matmul_coop_square" },
-                with_staging(COOPERATIVE_SQUARE, 2, 1, x),
+                with_staging(COOPERATIVE_SQUARE, self.depth_fragments(), 1, x),
             ),
         })
     }

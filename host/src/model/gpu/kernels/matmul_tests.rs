@@ -341,7 +341,8 @@ fn cooperative_shader_validates_with_naga() {
             // NVIDIA's limit is 48 KiB; only the deep and double tiles need more than 32.
             let bytes = tile.workgroup_bytes(cores.fragment);
             assert!(bytes <= 48 << 10, "{tile:?} on {cores}: {bytes} bytes must fit 48 KiB");
-            let big = matches!(tile, CoopTile::WideDeep | CoopTile::WideDouble) && cores == TensorCores::NVIDIA;
+            let big = matches!(tile, CoopTile::WideDeep | CoopTile::WideDouble | CoopTile::SquareDeep)
+                && cores == TensorCores::NVIDIA;
             assert_eq!(bytes > 32 << 10, big, "{tile:?}");
             assert!(tile.runs_on(cores), "{tile:?} on {cores}");
         }
@@ -363,6 +364,7 @@ fn cooperative_shader_validates_with_naga() {
         assert_ne!(of(CoopTile::WidePrefetch), of(CoopTile::WideDeep), "WidePrefetch and WideDeep on {cores}");
         assert_ne!(of(CoopTile::WidePrefetch), of(CoopTile::WideDouble), "WidePrefetch and WideDouble on {cores}");
         assert_ne!(of(CoopTile::Square), of(CoopTile::SquarePrefetch), "Square and SquarePrefetch on {cores}");
+        assert_ne!(of(CoopTile::SquarePrefetch), of(CoopTile::SquareDeep), "SquarePrefetch and SquareDeep on {cores}");
     }
     // The wide shader stages four vec4s per invocation: subgroups of side^2 / 8 only.
     for fixed_subgroup in [Some(8), Some(16), Some(64), None] {
@@ -394,7 +396,9 @@ fn cooperative_shader_validates_with_naga() {
     assert!(!CoopTile::WideDeep.fits(TensorCores::NVIDIA, &small));
     assert_eq!(CoopTile::for_adapter(TensorCores::NVIDIA, &small), CoopTile::WidePrefetch);
     // Every tile but the deep and double ones (over 32 KiB) runs there.
-    assert_eq!(CoopTile::all_for(TensorCores::NVIDIA, &small).len(), CoopTile::ALL.len() - 2);
+    assert_eq!(CoopTile::all_for(TensorCores::NVIDIA, &small).len(), CoopTile::ALL.len() - 3);
+    // Two 128 x 72 f16 tiles and four subgroups' padded 16x16 f32 output staging.
+    assert_eq!(CoopTile::SquareDeep.workgroup_bytes(Fragment::Sixteen), 2 * 128 * 72 * 2 + 4 * 16 * 20 * 4);
     // Without the cooperative-matrix capability naga refuses it.
     let module = naga::front::wgsl::parse_str(&with_common(COOPERATIVE)).unwrap();
     assert!(
