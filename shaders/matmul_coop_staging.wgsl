@@ -1,7 +1,8 @@
 // Shared by matmul_coop_wide.wgsl and matmul_coop_square.wgsl (kernels/matmul.rs inserts
 // it after matmul_common.wgsl): the 128x128 tile and its K step (K_FRAGS fragments deep),
-// staging the operands of one K step through registers into f16 tiles in workgroup memory,
-// and writing one accumulator out. Each shader declares INVOCATIONS (a number of subgroups).
+// staging the operands of one K step through registers into f16 tiles in workgroup memory
+// (quads of f16), and writing one accumulator out (straight to y, or through a staging area
+// and the epilogue). Each shader declares INVOCATIONS (a number of subgroups).
 // kernels/matmul.rs rewrites K_FRAGS from 2 to 4 for the deep tile (half the barriers per
 // product, 46 KiB of workgroup memory), and STAGES from 1 to 2 for the double-buffered tile
 // (the wide shader stashes the next K step into the other copy while this step's products
@@ -60,7 +61,7 @@ alias XVec = vec4<f32>;
 // used).
 @group(0) @binding(2) var<storage, read> w_quads: array<vec4<f16>>;
 
-// One vec4 of x and the matching four f16 weights (two u32s), as loaded from global memory.
+// One vec4 of x and the matching four f16 weights, as loaded from global memory.
 // x stays as stored until stash: converting it here, right after its load, measured
 // 0.41-0.62x on an H100 (the conversion waits for the load, so the loads no longer overlap
 // anything).
