@@ -213,7 +213,7 @@ impl KernelPlan {
             Ok(true) => match self.matmul {
                 MatmulVariant::Cooperative { tile, .. } if tile.is_wide() => {
                     self.f16_activations = true;
-                    self.matmul_reason += "; the norms write f16 x for it as STEERLM_F16_ACTIVATIONS asks";
+                    self.matmul_reason += "; its inputs stored as f16 (by the norms, the gate and attention) as STEERLM_F16_ACTIVATIONS asks";
                 }
                 _ => self.matmul_reason += &format!("; {NAME}=1 needs a wide tensor-core tile, ignored"),
             },
