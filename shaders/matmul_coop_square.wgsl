@@ -77,12 +77,14 @@ fn square_step(
 @compute @workgroup_size(INVOCATIONS)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
     @builtin(subgroup_id) sg: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let row0 = group.y * TILE_M;
-    let col0 = group.x * TILE_N;
+    let origin = tile_origin(group, groups);
+    let row0 = origin.x;
+    let col0 = origin.y;
     let k4 = p.k / 4u;
     // The subgroup's square: 2 x 2 squares of 4x4 fragments.
     let r = (sg / 2u) * (4u * FRAG);

@@ -46,6 +46,24 @@ var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
 // set of staged registers per invocation), or at the top of each step.
 override PREFETCH: bool = false;
 
+// Rows of output tiles per group of consecutive workgroups (8 unless STEERLM_TILE_GROUP
+// says otherwise; 1 is plain row order). Workgroups start roughly in index order, so going
+// through the tiles GROUP_M rows at a time, column by column, keeps GROUP_M row blocks of x
+// and one column block of w in use together (and in L2), where row order streams every w
+// tile past each row block in turn.
+override GROUP_M: u32 = 8u;
+
+// The first row and column of workgroup `group`'s output tile, in a grid of `groups`.
+fn tile_origin(group: vec3<u32>, groups: vec3<u32>) -> vec2<u32> {
+    let index = group.y * groups.x + group.x;
+    let per_group = GROUP_M * groups.x;
+    let first_row = (index / per_group) * GROUP_M;
+    // The last group may hold fewer rows.
+    let height = min(groups.y - first_row, GROUP_M);
+    let within = index % per_group;
+    return vec2<u32>((first_row + within % height) * TILE_M, (within / height) * TILE_N);
+}
+
 // How x is stored: f32, or f16 written by the norm before the matmul (kernels/matmul.rs
 // rewrites this line to `vec4<f16>`; the binding of x is `array<XVec>`). The same values
 // reach the tiles either way: the norm converts exactly as `x_half` does.

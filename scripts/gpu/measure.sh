@@ -11,7 +11,7 @@
 #   VARIANTS  comma-separated; each is `base` or knobs joined by `+`:
 #             f16act (STEERLM_F16_ACTIVATIONS=1), tile=NAME (STEERLM_COOP_TILE),
 #             loadsfirst (STEERLM_FLASH_LOADS_FIRST=1), onepass (STEERLM_FLASH_ONE_PASS=1),
-#             checks (STEERLM_SHADER_CHECKS=full),
+#             group=N (STEERLM_TILE_GROUP=N), checks (STEERLM_SHADER_CHECKS=full),
 #             bt=N (--batch-tokens N), f32 (--precision f32), old (.gpu/steerlm-old)
 #   MxNxK     gpu-info --bench shapes, for both binaries (default: three Llama MLP shapes;
 #             "" skips the bench)
@@ -74,6 +74,7 @@ run_variant() { # run_variant MODEL VARIANT -> $W/VARIANT.{a,b}.out, $OUT/SHAPE-
             tile=*) envs+=(STEERLM_COOP_TILE=${knob#tile=}) ;;
             loadsfirst) envs+=(STEERLM_FLASH_LOADS_FIRST=1) ;;
             onepass) envs+=(STEERLM_FLASH_ONE_PASS=1) ;;
+            group=*) envs+=(STEERLM_TILE_GROUP=${knob#group=}) ;;
             checks) envs+=(STEERLM_SHADER_CHECKS=full) ;;
             bt=*) args+=(--batch-tokens "${knob#bt=}") ;;
             f32) args+=(--precision f32) ;;

@@ -201,6 +201,18 @@ impl KernelPlan {
         let (matmul, matmul_reason) = with_requested_coop_tile(matmul, matmul_reason, request.as_deref(), &caps.limits);
         let mut plan = Self::with_matmul(matmul, matmul_reason);
         plan.request_f16_activations(std::env::var("STEERLM_F16_ACTIVATIONS").ok().as_deref());
+        if let MatmulVariant::Cooperative { tile, .. } = plan.matmul
+            && tile.is_wide()
+        {
+            let value = std::env::var("STEERLM_TILE_GROUP").ok();
+            match super::kernels::matmul::tile_group(value.as_deref()) {
+                Ok(rows) if value.is_some_and(|v| !v.trim().is_empty()) => {
+                    plan.matmul_reason += &format!("; tiles walked {rows} rows at a time as STEERLM_TILE_GROUP asks")
+                }
+                Ok(_) => {}
+                Err(why) => plan.matmul_reason += &format!("; {why}, ignored"),
+            }
+        }
         plan
     }
 
@@ -364,6 +376,20 @@ mod tests {
         let mut narrow = KernelPlan::choose(&info, &caps, Precision::Auto);
         narrow.request_f16_activations(Some("1"));
         assert!(!narrow.f16_activations, "{narrow:?}");
+    }
+
+    /// `STEERLM_TILE_GROUP`: 1 to 64 rows of tiles, 8 when unset; anything else is named.
+    #[test]
+    fn tile_groups_take_1_to_64() {
+        use crate::model::gpu::kernels::matmul::tile_group;
+        assert_eq!(tile_group(None), Ok(8));
+        assert_eq!(tile_group(Some(" ")), Ok(8));
+        assert_eq!(tile_group(Some("1")), Ok(1));
+        assert_eq!(tile_group(Some(" 64 ")), Ok(64));
+        for bad in ["0", "65", "-1", "eight", "4.5"] {
+            let why = tile_group(Some(bad)).unwrap_err();
+            assert!(why.contains("is not a whole number from 1 to 64"), "{bad}: {why}");
+        }
     }
 
     #[test]

@@ -381,7 +381,10 @@ impl CoopTile {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             CoopTile::Narrow => Vec::new(),
-            _ => vec![("PREFETCH", if self.prefetch() { 1.0 } else { 0.0 })],
+            _ => vec![
+                ("PREFETCH", if self.prefetch() { 1.0 } else { 0.0 }),
+                ("GROUP_M", tile_group(std::env::var("STEERLM_TILE_GROUP").ok().as_deref()).unwrap_or(8) as f64),
+            ],
         }
     }
 }
@@ -590,6 +593,19 @@ impl Matmul {
         } else {
             rec.dispatch(&pipeline.kernel, &params, &[x, w, bias, y], groups, flops);
         }
+    }
+}
+
+/// Rows of output tiles the staged tensor-core tiles walk through together (`GROUP_M`), from a
+/// `STEERLM_TILE_GROUP` value: unset or empty is the default 8, 1 is plain row order, at
+/// most 64; anything else is an error saying so (shown in the plan's reason, and then 8).
+pub fn tile_group(value: Option<&str>) -> Result<u32, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(8),
+        Some(text) => match text.parse::<u32>() {
+            Ok(rows @ 1..=64) => Ok(rows),
+            _ => Err(format!("STEERLM_TILE_GROUP={text:?} is not a whole number from 1 to 64")),
+        },
     }
 }
 

@@ -11,7 +11,9 @@ use wgpu::util::DeviceExt;
 
 /// (m, n, k): m and n not multiples of any tile, k a multiple of 4 but (136) not of 16/32;
 /// the last spans two 128-wide tiles each way.
-const SHAPES: [(usize, usize, usize); 4] = [(37, 52, 96), (1, 9, 64), (130, 70, 136), (150, 260, 64)];
+// The last: more rows of tiles than the staged tiles walk through together (GROUP_M, 8; 17
+// rows of 64 on lavapipe), so a full group and a short one.
+const SHAPES: [(usize, usize, usize); 5] = [(37, 52, 96), (1, 9, 64), (130, 70, 136), (150, 260, 64), (1100, 70, 32)];
 const EPILOGUES: [Epilogue; 5] =
     [Epilogue::Store, Epilogue::Accumulate, Epilogue::SiluGate, Epilogue::SquaredRelu, Epilogue::GeluTanhGate];
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
