@@ -105,9 +105,9 @@ for spec in $SPECS; do
     torch=
     if [[ " ${NOTORCH:-} " != *" $shape "* ]]; then
         for run in "f32 8" "bf16 8" "bf16 32"; do
-            set -- $run
-            python3 $SHARED/torch_score.py "$M" $W/b.jsonl "$W/torch-$1-$2.out" "$1" "$2" 2>&1 | tail -1 |
-                tee -a "$SUMMARY"
+            read -r dtype batch <<< "$run"
+            python3 $SHARED/torch_score.py "$M" $W/b.jsonl "$W/torch-$dtype-$batch.out" "$dtype" "$batch" 2>&1 |
+                tail -1 | tee -a "$SUMMARY"
         done
         torch=$W/torch-f32-8.out
         say "transformers bf16 vs f32: $(python3 $SHARED/compare.py $W/torch-bf16-8.out "$torch")"
@@ -125,7 +125,9 @@ exits = dict(re.findall(r"^(a|b) exit (\d+)$", text, re.M))
 if exits.get("a") != "0" or exits.get("b") != "0" or "a" not in walls or "b" not in walls:
     print(f"{variant:<24} failed: {text.strip().splitlines()[-3:] if text.strip() else 'no output'}")
     sys.exit()
-steady = n * L / (float(walls["b"]) - float(walls["a"]))
+# Twice the texts should take longer; when noise says otherwise there is no steady figure.
+extra = float(walls["b"]) - float(walls["a"])
+steady = n * L / extra if extra > 0 else float("nan")
 # The 2N run's profile is the last table in the log.
 last = re.split(r"^kernel\s+dispatches.*$", text, flags=re.M)[-1]
 total = re.search(r"^total\s+([\d.]+)", last, re.M)
