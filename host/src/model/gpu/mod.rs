@@ -28,7 +28,7 @@ use kernels::KernelTimes;
 use kernels::attention::{FlashAttention, RowAttention};
 use kernels::embedding::Embedding;
 use kernels::last_token::GatherRows;
-use kernels::matmul::{Activations, Matmul, MatmulVariant};
+use kernels::matmul::{Activations, Matmul, MatmulVariant, SELF_CHECK_TOLERANCE, self_check_failure};
 use kernels::norm::Norm;
 use kernels::rotary::Rotary;
 use std::sync::Mutex;
@@ -167,13 +167,13 @@ impl GpuModel {
             }
         }
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
-        let mut matmul = Self::matmul(device, &mut plan)?;
+        let mut matmul = Self::matmul(&gpu, &mut plan)?;
         let mut norm = Norm::new(device, config.architecture.norm())?;
         let mut load_notes = Vec::new();
         if plan.f16_activations {
             // The norm's f16 output and the matmul's f16 input (a pipeline each, unused if
             // the other fails).
-            if let Err(why) = norm.add_f16_output(device).and_then(|()| matmul.add_f16_input(device)) {
+            if let Err(why) = norm.add_f16_output(device).and_then(|()| matmul.add_f16_input(device, &gpu.queue)) {
                 plan.f16_activations = false;
                 load_notes.push(format!("f16 activations off: {why:#}"));
             }
@@ -278,10 +278,16 @@ impl GpuModel {
         })
     }
 
-    /// The plan's matmul; if the tensor-core kernel does not compile on this adapter
-    /// (it is experimental in wgpu), the tiled f32 kernel, with the reason in the plan.
-    fn matmul(device: &wgpu::Device, plan: &mut KernelPlan) -> Result<Matmul> {
-        match (Matmul::new(device, plan.matmul), plan.matmul) {
+    /// The plan's matmul; if the tensor-core kernel does not compile on this adapter, or
+    /// gets its check problem wrong ([`Matmul::self_check`]; cooperative matrices are
+    /// experimental in wgpu and drivers), the tiled f32 kernel, with the reason in the plan.
+    fn matmul(gpu: &Gpu, plan: &mut KernelPlan) -> Result<Matmul> {
+        let device = &gpu.device;
+        let checked = Matmul::new(device, plan.matmul).and_then(|matmul| match matmul.self_check(device, &gpu.queue) {
+            Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(matmul),
+            checked => bail!("it {}", self_check_failure(checked)),
+        });
+        match (checked, plan.matmul) {
             (Ok(matmul), _) => Ok(matmul),
             (Err(why), MatmulVariant::Cooperative { fallback, .. }) => {
                 plan.matmul = MatmulVariant::Tiled(fallback);

@@ -545,15 +545,99 @@ impl Matmul {
     }
 
     /// Makes this matmul able to read f16 x ([`Activations::F16`]) with f16 weights: for the
-    /// wide tensor-core tiles only, an error otherwise.
-    pub fn add_f16_input(&mut self, device: &wgpu::Device) -> Result<()> {
+    /// wide tensor-core tiles only, and only if the kernel passes [`Matmul::self_check`];
+    /// an error otherwise, and the matmul as it was.
+    pub fn add_f16_input(&mut self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<()> {
         match self.variant {
             MatmulVariant::Cooperative { tile, cores, .. } if tile.is_wide() => {
                 self.f16_x = Some(coop_kernel(device, tile, cores, Activations::F16)?);
-                Ok(())
+                match self.self_check(device, queue) {
+                    Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(()),
+                    checked => {
+                        self.f16_x = None;
+                        bail!("the f16-x kernel {}", self_check_failure(checked))
+                    }
+                }
             }
             variant => bail!("f16 activations need a wide tensor-core tile, not {}", variant.describe()),
         }
+    }
+
+    /// Runs the tensor-core kernels (f16 weights; f32 x, and f16 x where added) once on a small
+    /// problem and returns the largest error against an f64 reference of the same f16
+    /// inputs, relative to `1 + |y|`. The problem has whole output tiles and ragged edges,
+    /// a K tail, a plain store (the direct accumulator store) and an accumulating one (the
+    /// staged epilogue). Cooperative matrices are experimental in wgpu and drivers; the
+    /// model checks this at load and falls back to the f32 kernel when it is over
+    /// [`SELF_CHECK_TOLERANCE`]. `Ok(0.0)` for other variants.
+    pub fn self_check(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<f64> {
+        use super::{BindCache, read_buffer};
+        use wgpu::util::DeviceExt;
+        if !matches!(self.variant, MatmulVariant::Cooperative { .. }) {
+            return Ok(0.0);
+        }
+        // Two whole 128x128 tiles and an edge each way, rows 16-byte aligned (so whole tiles
+        // of the plain store take the direct path), and K with a tail past 64.
+        let (m, n, k) = (300, 292, 100);
+        let values = |count: usize, seed: usize| -> Vec<f32> {
+            (0..count).map(|i| (((i * 7919 + seed * 104_729) % 211) as f32 - 105.0) / 105.0).collect()
+        };
+        let to_f16 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect() };
+        let rounded = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| half::f16::from_f32(v).to_f64()).collect() };
+        let (x, w, y0) = (values(m * k, 1), values(n * k, 2), values(m * n, 3));
+        let (xr, wr) = (rounded(&x), rounded(&w));
+        let storage = |label: &str, bytes: &[u8]| {
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            })
+        };
+        let w_buffer = storage("self-check w", &to_f16(&w));
+        let bias = storage("self-check bias", &[0u8; 4]);
+        let mut inputs = vec![(Activations::F32, storage("self-check x", bytemuck::cast_slice(&x)))];
+        if self.f16_x.is_some() {
+            inputs.push((Activations::F16, storage("self-check x f16", &to_f16(&x))));
+        }
+        let mut worst = 0f64;
+        for (x_stored, x_buffer) in &inputs {
+            for epilogue in [Epilogue::Store, Epilogue::Accumulate] {
+                let y = storage("self-check y", bytemuck::cast_slice(&y0));
+                let readback = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("self-check readback"),
+                    size: (m * n * 4) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let params = MatmulParams {
+                    m: m as u32,
+                    n: n as u32,
+                    k: k as u32,
+                    out_stride: n as u32,
+                    out_offset: 0,
+                    has_bias: 0,
+                    epilogue: epilogue as u32,
+                    _pad: 0,
+                };
+                let mut rec = Recorder::new(device);
+                self.record(&mut rec, params, DType::F16, *x_stored, x_buffer, &w_buffer, &bias, &y, None);
+                let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                rec.encode(device, queue, &mut BindCache::default(), &mut encoder, false)?;
+                encoder.copy_buffer_to_buffer(&y, 0, &readback, 0, readback.size());
+                queue.submit([encoder.finish()]);
+                let got: Vec<f32> = bytemuck::cast_slice(&read_buffer(device, &readback)?).to_vec();
+                for r in 0..m {
+                    for c in 0..n {
+                        let dot: f64 = (0..k).map(|i| xr[r * k + i] * wr[c * k + i]).sum();
+                        let want = if epilogue == Epilogue::Accumulate { y0[r * n + c] as f64 + dot } else { dot };
+                        let error = (got[r * n + c] as f64 - want).abs() / (1.0 + want.abs());
+                        // NaN (a tile never written, a garbage read) counts as failing.
+                        worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
+                    }
+                }
+            }
+        }
+        Ok(worst)
     }
 
     /// Records `y[.., out_offset..out_offset + n] (epilogue)= x @ w^T (+ bias)`, with x stored
@@ -606,6 +690,19 @@ pub fn tile_group(value: Option<&str>) -> Result<u32, String> {
             Ok(rows @ 1..=64) => Ok(rows),
             _ => Err(format!("STEERLM_TILE_GROUP={text:?} is not a whole number from 1 to 64")),
         },
+    }
+}
+
+/// The largest error [`Matmul::self_check`] accepts, relative to `1 + |y|`: far above what
+/// f32 sums of f16 products make on its small problem (about 1e-6), far below what a wrong
+/// tile, layout or store makes (order 1).
+pub const SELF_CHECK_TOLERANCE: f64 = 1e-3;
+
+/// Why a [`Matmul::self_check`] result is a failure: an error, or the error it measured.
+pub fn self_check_failure(checked: Result<f64>) -> String {
+    match checked {
+        Ok(worst) => format!("gave wrong results on a check problem (error {worst:.2e} > {SELF_CHECK_TOLERANCE:e})"),
+        Err(why) => format!("failed its check problem ({why:#})"),
     }
 }
 
@@ -682,7 +779,7 @@ pub fn time_variant(
     let device = &gpu.device;
     let mut matmul = Matmul::new(device, variant)?;
     if x_stored == Activations::F16 {
-        matmul.add_f16_input(device)?;
+        matmul.add_f16_input(device, &gpu.queue)?;
     }
     let values = |count: usize| -> Vec<f32> { (0..count).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect() };
     let buffer = |label: &str, bytes: &[u8]| {

@@ -436,6 +436,9 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
     for tile in tiles {
         let variant = MatmulVariant::Cooperative { tile, cores, fallback: TileConfig::MEDIUM };
         let matmul = Matmul::new(&gpu.device, variant).unwrap();
+        // The load-time check passes here, by a wide margin.
+        let worst = matmul.self_check(&gpu.device, &gpu.queue).unwrap();
+        assert!(worst <= SELF_CHECK_TOLERANCE / 100.0, "{tile:?}: self-check error {worst:e}");
         let cases = cases(&DTYPES);
         let results = run(&gpu, &matmul, &cases, Activations::F32, |_| DType::F16);
         let (mut worst_rounded, mut worst_exact) = (0f64, 0f64);
@@ -457,7 +460,7 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
         // since the tiles convert f32 x to f16 the same way before any product.
         if tile.is_wide() {
             let mut half_x = Matmul::new(&gpu.device, variant).unwrap();
-            half_x.add_f16_input(&gpu.device).unwrap();
+            half_x.add_f16_input(&gpu.device, &gpu.queue).unwrap();
             let from_half = run(&gpu, &half_x, &cases, Activations::F16, |_| DType::F16);
             for (case, ((_, got), (_, want))) in cases.iter().zip(from_half.iter().zip(&results)) {
                 assert!(
@@ -488,7 +491,7 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
                 gated.len()
             );
         } else {
-            assert!(Matmul::new(&gpu.device, variant).unwrap().add_f16_input(&gpu.device).is_err());
+            assert!(Matmul::new(&gpu.device, variant).unwrap().add_f16_input(&gpu.device, &gpu.queue).is_err());
         }
         // The fallback for weights left in bf16/f32 (f16 weights are the tensor-core
         // kernel's, checked above).
