@@ -58,6 +58,22 @@ pub struct MatmulParams {
     pub _pad: u32,
 }
 
+impl MatmulParams {
+    /// `y (epilogue)= x @ w^T` over a whole `[m, n]` output, without bias.
+    pub fn whole(m: usize, n: usize, k: usize, epilogue: Epilogue) -> Self {
+        MatmulParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            out_stride: n as u32,
+            out_offset: 0,
+            has_bias: 0,
+            epilogue: epilogue as u32,
+            _pad: 0,
+        }
+    }
+}
+
 /// Tile sizes of `matmul_tiled.wgsl` (its `override` constants). A workgroup computes a
 /// `tile_m x tile_n` block of the output with `(tile_m / thread_m) * (tile_n / thread_n)`
 /// invocations, each a `thread_m x thread_n` register block; K advances `tile_k` at a time
@@ -582,10 +598,12 @@ impl Matmul {
         let values = |count: usize, seed: usize| -> Vec<f32> {
             (0..count).map(|i| (((i * 7919 + seed * 104_729) % 211) as f32 - 105.0) / 105.0).collect()
         };
-        let to_f16 = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect() };
+        let to_f16 = |v: &[f32]| f16_weights("self-check", DType::F32, bytemuck::cast_slice(v));
         let rounded = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| half::f16::from_f32(v).to_f64()).collect() };
         let (x, w, y0) = (values(m * k, 1), values(n * k, 2), values(m * n, 3));
         let (xr, wr) = (rounded(&x), rounded(&w));
+        // The reference products, once for every kernel and epilogue checked.
+        let dots: Vec<f64> = (0..m * n).map(|e| (0..k).map(|i| xr[e / n * k + i] * wr[e % n * k + i]).sum()).collect();
         let storage = |label: &str, bytes: &[u8]| {
             device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -593,11 +611,11 @@ impl Matmul {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             })
         };
-        let w_buffer = storage("self-check w", &to_f16(&w));
+        let w_buffer = storage("self-check w", &to_f16(&w)?);
         let bias = storage("self-check bias", &[0u8; 4]);
         let mut inputs = vec![(Activations::F32, storage("self-check x", bytemuck::cast_slice(&x)))];
         if self.f16_x.is_some() {
-            inputs.push((Activations::F16, storage("self-check x f16", &to_f16(&x))));
+            inputs.push((Activations::F16, storage("self-check x f16", &to_f16(&x)?)));
         }
         let mut worst = 0f64;
         for (x_stored, x_buffer) in &inputs {
@@ -609,16 +627,7 @@ impl Matmul {
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                let params = MatmulParams {
-                    m: m as u32,
-                    n: n as u32,
-                    k: k as u32,
-                    out_stride: n as u32,
-                    out_offset: 0,
-                    has_bias: 0,
-                    epilogue: epilogue as u32,
-                    _pad: 0,
-                };
+                let params = MatmulParams::whole(m, n, k, epilogue);
                 let mut rec = Recorder::new(device);
                 self.record(&mut rec, params, DType::F16, *x_stored, x_buffer, &w_buffer, &bias, &y, None);
                 let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -626,14 +635,11 @@ impl Matmul {
                 encoder.copy_buffer_to_buffer(&y, 0, &readback, 0, readback.size());
                 queue.submit([encoder.finish()]);
                 let got: Vec<f32> = bytemuck::cast_slice(&read_buffer(device, &readback)?).to_vec();
-                for r in 0..m {
-                    for c in 0..n {
-                        let dot: f64 = (0..k).map(|i| xr[r * k + i] * wr[c * k + i]).sum();
-                        let want = if epilogue == Epilogue::Accumulate { y0[r * n + c] as f64 + dot } else { dot };
-                        let error = (got[r * n + c] as f64 - want).abs() / (1.0 + want.abs());
-                        // NaN (a tile never written, a garbage read) counts as failing.
-                        worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
-                    }
+                for (e, &dot) in dots.iter().enumerate() {
+                    let want = if epilogue == Epilogue::Accumulate { y0[e] as f64 + dot } else { dot };
+                    let error = (got[e] as f64 - want).abs() / (1.0 + want.abs());
+                    // NaN (a tile never written, a garbage read) counts as failing.
+                    worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
                 }
             }
         }
@@ -808,16 +814,7 @@ pub fn time_variant(
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let params = MatmulParams {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        out_stride: n as u32,
-        out_offset: 0,
-        has_bias: 0,
-        epilogue: Epilogue::Store as u32,
-        _pad: 0,
-    };
+    let params = MatmulParams::whole(m, n, k, Epilogue::Store);
     let mut cache = BindCache::default();
     let mut run = |count: usize, params: MatmulParams| -> Result<f64> {
         let mut rec = Recorder::new(device);
