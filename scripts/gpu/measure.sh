@@ -12,8 +12,10 @@
 #             f16act (STEERLM_F16_ACTIVATIONS=1), tile=NAME (STEERLM_COOP_TILE),
 #             loadsfirst (STEERLM_FLASH_LOADS_FIRST=1), onepass (STEERLM_FLASH_ONE_PASS=1),
 #             group=N (STEERLM_TILE_GROUP=N), checks (STEERLM_SHADER_CHECKS=full),
+#             nochecks (STEERLM_SHADER_CHECKS=none),
 #             bt=N (--batch-tokens N), f32 (--precision f32), old (.gpu/steerlm-old)
-#   MxNxK     gpu-info --bench shapes, for both binaries (default: three Llama MLP shapes;
+#   MxNxK     gpu-info --bench shapes, for both binaries, and the new one again with
+#             STEERLM_SHADER_CHECKS=none (default: three Llama MLP shapes;
 #             "" skips the bench)
 # Environment: NOTORCH="SHAPE ..." skips transformers for those shapes.
 # Per variant: steady tokens/s, GPU-bound tokens/s (tokens over the summed kernel time of
@@ -48,11 +50,16 @@ command -v nvidia-smi >/dev/null && say "== $(nvidia-smi --query-gpu=name,driver
 $NEW gpu-info > "$OUT/gpu-info.txt" 2>&1
 grep -E "adapter|matmul|attention" "$OUT/gpu-info.txt" | head -12 | tee -a "$SUMMARY"
 
-# The kernels alone.
+# The kernels alone: the new build with and without naga's index clamps, and the old one.
 for shape in $BENCH; do
-    for bin in $NEW $OLD; do
-        name=$(basename "$bin")
-        $bin gpu-info --json --bench --bench-shape "$shape" > "$OUT/bench-$name-$shape.json" 2>&1
+    for run in new new-nochecks old; do
+        bin=$NEW checks=
+        case $run in
+            new-nochecks) checks=none ;;
+            old) bin=$OLD; [ -n "$bin" ] || continue ;;
+        esac
+        name=$(basename "$bin")${checks:+-nochecks}
+        STEERLM_SHADER_CHECKS=$checks $bin gpu-info --json --bench --bench-shape "$shape" > "$OUT/bench-$name-$shape.json" 2>&1
         python3 - "$OUT/bench-$name-$shape.json" "$name" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 try:
@@ -76,6 +83,7 @@ run_variant() { # run_variant MODEL VARIANT -> $W/VARIANT.{a,b}.out, $OUT/SHAPE-
             onepass) envs+=(STEERLM_FLASH_ONE_PASS=1) ;;
             group=*) envs+=(STEERLM_TILE_GROUP=${knob#group=}) ;;
             checks) envs+=(STEERLM_SHADER_CHECKS=full) ;;
+            nochecks) envs+=(STEERLM_SHADER_CHECKS=none) ;;
             bt=*) args+=(--batch-tokens "${knob#bt=}") ;;
             f32) args+=(--precision f32) ;;
             old) bin=${OLD:-missing-old-binary} ;;

@@ -1,6 +1,7 @@
 //! The wgpu adapter: which one we take, the features and limits we ask for, and which
 //! kernel variants it allows (what `steerlm gpu-info` prints).
 
+use super::kernels::checks::ShaderChecks;
 use super::kernels::coop::TensorCores;
 use super::kernels::matmul::{CoopTile, MatmulVariant, TileConfig};
 use crate::model::Precision;
@@ -211,6 +212,16 @@ impl KernelPlan {
                 }
                 Ok(_) => {}
                 Err(why) => plan.matmul_reason += &format!("; {why}, ignored"),
+            }
+        }
+        match super::kernels::checks::checks() {
+            ShaderChecks::Trusted => {}
+            ShaderChecks::Full => {
+                plan.matmul_reason += "; every kernel keeps wgpu's loop counter (STEERLM_SHADER_CHECKS=full)"
+            }
+            ShaderChecks::None => {
+                plan.matmul_reason +=
+                    "; every kernel without index clamps or division guards (STEERLM_SHADER_CHECKS=none)"
             }
         }
         plan

@@ -17,39 +17,77 @@
 //! no difference beyond noise).
 //!
 //! `STEERLM_SHADER_CHECKS=full` puts the counter back, to compare or to rule it out when
-//! debugging a hang; benches compare both in one run with [`set_full_checks`].
+//! debugging a hang; benches compare both in one run with [`set_checks`].
+//! `STEERLM_SHADER_CHECKS=none` also leaves out naga's index clamps and division guards,
+//! for measuring what they cost on a GPU. It is not a default: the clamps are what keeps
+//! a wrong index inside workgroup memory. Storage buffers stay guarded where the driver
+//! does it itself (Vulkan's robustBufferAccess2).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// 0: not yet decided (read the environment), 1: trusted, 2: full.
-static MODE: AtomicU8 = AtomicU8::new(0);
-
-/// Whether kernels compiled from now on keep every wgpu check (`true`), or leave out the
-/// loop counter (`false`, the default). For benches and tests comparing the two.
-pub fn set_full_checks(full: bool) {
-    MODE.store(if full { 2 } else { 1 }, Ordering::Relaxed);
+/// Which of wgpu's runtime checks the kernels are compiled with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaderChecks {
+    /// Every check but the loop counter (the default).
+    Trusted,
+    /// Every check wgpu has (`STEERLM_SHADER_CHECKS=full`).
+    Full,
+    /// None at all (`STEERLM_SHADER_CHECKS=none`).
+    None,
 }
 
-/// Whether the loop counter is in (`STEERLM_SHADER_CHECKS=full`, or [`set_full_checks`]).
-pub fn full_checks() -> bool {
-    match MODE.load(Ordering::Relaxed) {
-        0 => {
-            let full = std::env::var("STEERLM_SHADER_CHECKS").is_ok_and(|v| v.trim().eq_ignore_ascii_case("full"));
-            // A racing set_full_checks wins: only replace "undecided".
-            let _ = MODE.compare_exchange(0, if full { 2 } else { 1 }, Ordering::Relaxed, Ordering::Relaxed);
-            MODE.load(Ordering::Relaxed) == 2
+impl ShaderChecks {
+    /// What `STEERLM_SHADER_CHECKS` asks for; anything but `full` and `none` is the default.
+    pub fn from_setting(value: Option<&str>) -> ShaderChecks {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Some("full") => ShaderChecks::Full,
+            Some("none") => ShaderChecks::None,
+            _ => ShaderChecks::Trusted,
         }
-        mode => mode == 2,
     }
+
+    fn code(self) -> u8 {
+        match self {
+            ShaderChecks::Trusted => 1,
+            ShaderChecks::Full => 2,
+            ShaderChecks::None => 3,
+        }
+    }
+}
+
+/// 0: not yet decided (read the environment), else [`ShaderChecks::code`].
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// The checks kernels compiled from now on get. For benches and tests comparing them.
+pub fn set_checks(checks: ShaderChecks) {
+    MODE.store(checks.code(), Ordering::Relaxed);
+}
+
+/// The checks kernels are compiled with: `STEERLM_SHADER_CHECKS`, or [`set_checks`].
+pub fn checks() -> ShaderChecks {
+    let mut mode = MODE.load(Ordering::Relaxed);
+    if mode == 0 {
+        let asked = ShaderChecks::from_setting(std::env::var("STEERLM_SHADER_CHECKS").ok().as_deref());
+        // A racing set_checks wins: only replace "undecided".
+        let _ = MODE.compare_exchange(0, asked.code(), Ordering::Relaxed, Ordering::Relaxed);
+        mode = MODE.load(Ordering::Relaxed);
+    }
+    [ShaderChecks::Trusted, ShaderChecks::Full, ShaderChecks::None]
+        .into_iter()
+        .find(|c| c.code() == mode)
+        .unwrap_or(ShaderChecks::Trusted)
 }
 
 /// The checks a kernel is compiled with.
 pub fn runtime_checks() -> wgpu::ShaderRuntimeChecks {
-    let mut checks = wgpu::ShaderRuntimeChecks::checked();
-    if !full_checks() {
-        checks.force_loop_bounding = false;
+    match checks() {
+        ShaderChecks::Full => wgpu::ShaderRuntimeChecks::checked(),
+        ShaderChecks::Trusted => {
+            wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() }
+        }
+        // What this gives up: see the module comment. On request only.
+        ShaderChecks::None => wgpu::ShaderRuntimeChecks::unchecked(),
     }
-    checks
 }
 
 #[cfg(test)]
@@ -192,12 +230,20 @@ mod tests {
 
     #[test]
     fn the_loop_counter_is_left_out_unless_asked_for() {
-        super::set_full_checks(false);
+        use super::ShaderChecks;
+        assert_eq!(ShaderChecks::from_setting(None), ShaderChecks::Trusted);
+        assert_eq!(ShaderChecks::from_setting(Some(" FULL ")), ShaderChecks::Full);
+        assert_eq!(ShaderChecks::from_setting(Some("none")), ShaderChecks::None);
+        assert_eq!(ShaderChecks::from_setting(Some("off")), ShaderChecks::Trusted);
+        super::set_checks(ShaderChecks::Trusted);
         let trusted = super::runtime_checks();
         assert!(!trusted.force_loop_bounding);
         assert!(trusted.bounds_checks && trusted.int_div_checks);
-        super::set_full_checks(true);
+        super::set_checks(ShaderChecks::Full);
         assert!(super::runtime_checks().force_loop_bounding);
-        super::set_full_checks(false);
+        super::set_checks(ShaderChecks::None);
+        let none = super::runtime_checks();
+        assert!(!none.force_loop_bounding && !none.bounds_checks && !none.int_div_checks);
+        super::set_checks(ShaderChecks::Trusted);
     }
 }
