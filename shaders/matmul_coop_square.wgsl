@@ -7,19 +7,31 @@
 // Why: per 16-deep step a subgroup loads 4 A and 4 B fragments from workgroup memory for
 // 16 tensor-core products, where the wide tile loads 6 for 8: a third less workgroup-memory
 // traffic per product (the layout of llama.cpp's Vulkan cooperative-matrix matmul), at the
-// price of twice the accumulator registers per invocation. Not yet measured on hardware;
-// chosen only with STEERLM_COOP_TILE=square (or square-prefetch).
+// price of twice the accumulator registers per invocation (measured on an H100 with the
+// older staging: 0.85-0.88x the wide tile; STEERLM_COOP_TILE=square, square-prefetch,
+// square-deep).
+//
+// The big tile (STEERLM_COOP_TILE=big, big-prefetch; kernels/matmul.rs sets N_FRAGS to 16)
+// is this shader on a 128x256 tile: 8 subgroups of 64x64, the warp tile of CUTLASS's
+// Ampere GEMMs. It has the square's workgroup-memory traffic per product and the wide
+// tile's 8 subgroups, and stages a quarter less per product than either (12 quads per
+// invocation per K step for 16 products per 16-deep step, where the wide tile stages 8 for
+// 8). Not yet measured on hardware.
 //
 // Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32);
-// kernels/coop.rs rewrites both to 8 for lavapipe: a 64x64 tile, 32 invocations.
+// kernels/coop.rs rewrites both to 8 for lavapipe: a 64x64 tile, 32 invocations (64x128
+// and 64 for the big tile).
 
 enable f16;
 enable wgpu_cooperative_matrix;
 diagnostic(off, derivative_uniformity);
 
 // FRAG, SUBGROUP, the tile sizes and the staged tiles: matmul_coop_staging.wgsl.
-// Four subgroups, one 4x4-fragment square each.
-const INVOCATIONS: u32 = 4u * SUBGROUP;
+// One subgroup per 4x4-fragment square of the tile: 2x2 squares (4 subgroups), 2x4 for
+// the big tile (8).
+const SQUARE: u32 = 4u * FRAG;
+const SQUARE_COLUMNS: u32 = TILE_N / SQUARE;
+const INVOCATIONS: u32 = (TILE_M / SQUARE) * SQUARE_COLUMNS * SUBGROUP;
 
 // One FRAG-deep step of the subgroup's 4x4-fragment square (rows r.., columns c.. of the
 // tile) from the staged tiles at k offset kk.
@@ -44,7 +56,7 @@ fn square_step(
     c32: ptr<function, coop_mat16x16<f32, C>>,
     c33: ptr<function, coop_mat16x16<f32, C>>,
 ) {
-    // In quads of the staged tiles (`kk` in f16s, a multiple of 4).
+    // In quads of the staged tiles (`kk` in f16s, a multiple of 4; one copy of each).
     let stride = LDQ;
     let q = kk / 4u;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
@@ -86,9 +98,9 @@ fn main(
     let row0 = origin.x;
     let col0 = origin.y;
     let k4 = p.k / 4u;
-    // The subgroup's square: 2 x 2 squares of 4x4 fragments.
-    let r = (sg / 2u) * (4u * FRAG);
-    let c = (sg % 2u) * (4u * FRAG);
+    // The subgroup's square, in row order.
+    let r = (sg / SQUARE_COLUMNS) * SQUARE;
+    let c = (sg % SQUARE_COLUMNS) * SQUARE;
 
     var c00 = coop_mat16x16<f32, C>();
     var c01 = coop_mat16x16<f32, C>();
@@ -107,7 +119,7 @@ fn main(
     var c32 = coop_mat16x16<f32, C>();
     var c33 = coop_mat16x16<f32, C>();
 
-    var staged: array<Staged, STAGED>;
+    var staged: Staged;
     if (PREFETCH) {
         staged = fetch_step(li, row0, col0, 0u);
     }

@@ -1,34 +1,39 @@
 // Shared by matmul_coop_wide.wgsl and matmul_coop_square.wgsl (kernels/matmul.rs inserts
-// it after matmul_common.wgsl): the 128x128 tile and its K step (K_FRAGS fragments deep),
-// staging the operands of one K step through registers into f16 tiles in workgroup memory
-// (quads of f16), and writing one accumulator out (straight to y, or through a staging area
-// and the epilogue). Each shader declares INVOCATIONS (a number of subgroups).
+// it after matmul_common.wgsl): the output tile (128 rows x 128 columns, or 256 columns for
+// the big tile) and its K step (K_FRAGS fragments deep), staging the operands of one K step
+// through registers into f16 tiles in workgroup memory (quads of f16), and writing one
+// accumulator out (straight to y, or through a staging area and the epilogue). Each shader
+// declares INVOCATIONS (a number of subgroups).
 // kernels/matmul.rs rewrites K_FRAGS from 2 to 4 for the deep tile (half the barriers per
-// product, 46 KiB of workgroup memory), and STAGES from 1 to 2 for the double-buffered tile
+// product, 46 KiB of workgroup memory), STAGES from 1 to 2 for the double-buffered tile
 // (the wide shader stashes the next K step into the other copy while this step's products
-// run, one barrier per step; 48 KiB).
+// run, one barrier per step; 48 KiB), and N_FRAGS from 8 to 16 for the big tile (40 KiB).
 //
 // Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32).
 // kernels/coop.rs rewrites both to 8 for lavapipe (8x8x8 matrices, subgroups of 8): a
-// 64x64 tile and a K step of 16, same code.
+// 64x64 tile (64x128 for the big one) and a K step of 16, same code.
 
 // Side of one cooperative-matrix fragment.
 const FRAG: u32 = 16u;
 const TILE_M: u32 = 8u * FRAG;
-const TILE_N: u32 = 8u * FRAG;
+// Output columns of the tile, in fragments.
+const N_FRAGS: u32 = 8u;
+const TILE_N: u32 = N_FRAGS * FRAG;
 const K_FRAGS: u32 = 2u;
 const TILE_K: u32 = K_FRAGS * FRAG;
 // Copies of the staged tiles.
 const STAGES: u32 = 1u;
 const SUBGROUP: u32 = 32u;
-// The vec4s of each operand an invocation stages per K step.
-const STAGED: u32 = TILE_M * TILE_K / 4u / INVOCATIONS;
-const_assert TILE_M * TILE_K / 4u == STAGED * INVOCATIONS;
+// The vec4s of x and of w an invocation stages per K step.
+const STAGED_X: u32 = TILE_M * TILE_K / 4u / INVOCATIONS;
+const STAGED_W: u32 = TILE_N * TILE_K / 4u / INVOCATIONS;
+const_assert TILE_M * TILE_K / 4u == STAGED_X * INVOCATIONS;
+const_assert TILE_N * TILE_K / 4u == STAGED_W * INVOCATIONS;
 // Row stride of the staged tiles, padded; rows start 16-byte aligned.
 const LDA: u32 = TILE_K + 8u;
-// Elements of one copy of a staged tile.
-const STAGE_SIZE: u32 = TILE_M * LDA;
-const_assert TILE_M == TILE_N;
+// Quads of one copy of each staged tile.
+const X_STAGE_QUADS: u32 = TILE_M * LDA / 4u;
+const W_STAGE_QUADS: u32 = TILE_N * LDA / 4u;
 // Row stride of one subgroup's FRAG x FRAG output staging area: padded by 4, except with
 // two copies of the tiles, where the padding would take the workgroup past 48 KiB.
 const LDC: u32 = FRAG + 4u * (2u - STAGES);
@@ -38,8 +43,8 @@ const LDQ: u32 = LDA / 4u;
 // The staged tiles hold quads (four f16s): one 8-byte store per staged item, where single
 // f16s took four. Cooperative loads read them as f16 matrices, with offsets and strides in
 // quads (SPIR-V allows a vector element type there).
-var<workgroup> x_tile: array<vec4<f16>, STAGES * STAGE_SIZE / 4u>;
-var<workgroup> w_tile: array<vec4<f16>, STAGES * STAGE_SIZE / 4u>;
+var<workgroup> x_tile: array<vec4<f16>, STAGES * X_STAGE_QUADS>;
+var<workgroup> w_tile: array<vec4<f16>, STAGES * W_STAGE_QUADS>;
 var<workgroup> y_stage: array<f32, (INVOCATIONS / SUBGROUP) * FRAG * LDC>;
 
 // Whether the next K step's operands are loaded while this step's products run (one more
@@ -79,13 +84,14 @@ alias XVec = vec4<f32>;
 // used).
 @group(0) @binding(2) var<storage, read> w_quads: array<vec4<f16>>;
 
-// One vec4 of x and the matching four f16 weights, as loaded from global memory.
+// One K step of this invocation's operands, as loaded from global memory: vec4s of x and
+// quads of f16 weights.
 // x stays as stored until stash: converting it here, right after its load, measured
 // 0.41-0.62x on an H100 (the conversion waits for the load, so the loads no longer overlap
 // anything).
 struct Staged {
-    x: XVec,
-    w: vec4<f16>,
+    x: array<XVec, STAGED_X>,
+    w: array<vec4<f16>, STAGED_W>,
 }
 
 // Four values of x as f16, saturated to f16's finite range (a no-op on f16 x).
@@ -93,43 +99,60 @@ fn x_half(v: XVec) -> vec4<f16> {
     return vec4<f16>(clamp(v, XVec(-65504.0), XVec(65504.0)));
 }
 
-// Staged item i of the K step starting at vec4 k0: row i / (TILE_K / 4) of the tile (of x,
-// and of w), vec4 i % (TILE_K / 4) of the step. Rows past m or n repeat the last row (their
-// outputs are never stored); k past its end reads as zeros.
-fn fetch(i: u32, row0: u32, col0: u32, k0: u32) -> Staged {
-    let k4 = p.k / 4u;
-    let rr = i / (TILE_K / 4u);
-    let kk = k0 + i % (TILE_K / 4u);
-    var staged = Staged(XVec(), vec4<f16>());
-    if (kk < k4) {
-        staged.x = x[min(row0 + rr, p.m - 1u) * k4 + kk];
-        // Four f16 weights from k = 4 * kk of their row: one 8-byte load, nothing to convert.
-        staged.w = w_quads[min(col0 + rr, p.n - 1u) * k4 + kk];
+// Staged item i of an operand's K step starting at vec4 k0: row i / (TILE_K / 4) of its tile,
+// vec4 i % (TILE_K / 4) of the step (`staged_row` and `staged_k`). Rows past m or n repeat
+// the last row (their outputs are never stored); k past its end reads as zeros.
+fn staged_row(i: u32) -> u32 {
+    return i / (TILE_K / 4u);
+}
+
+fn staged_k(i: u32, k0: u32) -> u32 {
+    return k0 + i % (TILE_K / 4u);
+}
+
+fn fetch_x(i: u32, row0: u32, k0: u32) -> XVec {
+    let kk = staged_k(i, k0);
+    if (kk >= p.k / 4u) {
+        return XVec();
+    }
+    return x[min(row0 + staged_row(i), p.m - 1u) * (p.k / 4u) + kk];
+}
+
+// Four f16 weights from k = 4 * kk of their row: one 8-byte load, nothing to convert.
+fn fetch_w(i: u32, col0: u32, k0: u32) -> vec4<f16> {
+    let kk = staged_k(i, k0);
+    if (kk >= p.k / 4u) {
+        return vec4<f16>();
+    }
+    return w_quads[min(col0 + staged_row(i), p.n - 1u) * (p.k / 4u) + kk];
+}
+
+// The quad of a staged tile's copy `copy` (of `copy_quads` each) that item i goes to.
+fn staged_quad(i: u32, copy: u32, copy_quads: u32) -> u32 {
+    return copy * copy_quads + staged_row(i) * LDQ + i % (TILE_K / 4u);
+}
+
+// The K step starting at vec4 k0: this invocation's items of x and of w (li, li +
+// INVOCATIONS, ...), loads only, so they are all in flight at once.
+fn fetch_step(li: u32, row0: u32, col0: u32, k0: u32) -> Staged {
+    var staged: Staged;
+    for (var j = 0u; j < STAGED_X; j = j + 1u) {
+        staged.x[j] = fetch_x(li + j * INVOCATIONS, row0, k0);
+    }
+    for (var j = 0u; j < STAGED_W; j = j + 1u) {
+        staged.w[j] = fetch_w(li + j * INVOCATIONS, col0, k0);
     }
     return staged;
 }
 
-// Writes staged item i into the copy of the tiles at `base` (in f16s) as f16 (x saturated
-// to f16's finite range): one quad of each tile.
-fn stash(staged: Staged, i: u32, base: u32) {
-    let o = base / 4u + (i / (TILE_K / 4u)) * LDQ + i % (TILE_K / 4u);
-    x_tile[o] = x_half(staged.x);
-    w_tile[o] = staged.w;
-}
-
-// The K step starting at vec4 k0: this invocation's STAGED items (li, li + INVOCATIONS, ...),
-// loads only, so they are all in flight at once.
-fn fetch_step(li: u32, row0: u32, col0: u32, k0: u32) -> array<Staged, STAGED> {
-    var staged: array<Staged, STAGED>;
-    for (var j = 0u; j < STAGED; j = j + 1u) {
-        staged[j] = fetch(li + j * INVOCATIONS, row0, col0, k0);
+// Writes a K step into copy `copy` of the tiles as f16 (x saturated to f16's finite range):
+// one quad per item.
+fn stash_step(staged: Staged, li: u32, copy: u32) {
+    for (var j = 0u; j < STAGED_X; j = j + 1u) {
+        x_tile[staged_quad(li + j * INVOCATIONS, copy, X_STAGE_QUADS)] = x_half(staged.x[j]);
     }
-    return staged;
-}
-
-fn stash_step(staged: array<Staged, STAGED>, li: u32, base: u32) {
-    for (var j = 0u; j < STAGED; j = j + 1u) {
-        stash(staged[j], li + j * INVOCATIONS, base);
+    for (var j = 0u; j < STAGED_W; j = j + 1u) {
+        w_tile[staged_quad(li + j * INVOCATIONS, copy, W_STAGE_QUADS)] = staged.w[j];
     }
 }
 

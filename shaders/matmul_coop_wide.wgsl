@@ -32,12 +32,12 @@ diagnostic(off, derivative_uniformity);
 const INVOCATIONS: u32 = 8u * SUBGROUP;
 
 // One FRAG-deep step of the subgroup's 2x4-fragment block (rows r.., columns c.. of the tile) from
-// the copy of the staged tiles at `base`, at k offset kk. Every index and stride is a `let` of
-// its own.
+// copy `copy` of the staged tiles, at k offset kk. Every index and stride is a `let` of its
+// own.
 fn block_step(
     r: u32,
     c: u32,
-    base: u32,
+    copy: u32,
     kk: u32,
     c00: ptr<function, coop_mat16x16<f32, C>>,
     c01: ptr<function, coop_mat16x16<f32, C>>,
@@ -48,15 +48,16 @@ fn block_step(
     c12: ptr<function, coop_mat16x16<f32, C>>,
     c13: ptr<function, coop_mat16x16<f32, C>>,
 ) {
-    // In quads of the staged tiles (`base` and `kk` in f16s, multiples of 4).
+    // In quads of the staged tiles (`kk` in f16s, a multiple of 4).
     let stride = LDQ;
-    let q = base / 4u + kk / 4u;
-    let ia0 = q + r * LDQ;
-    let ia1 = q + (r + FRAG) * LDQ;
-    let ib0 = q + c * LDQ;
-    let ib1 = q + (c + FRAG) * LDQ;
-    let ib2 = q + (c + 2u * FRAG) * LDQ;
-    let ib3 = q + (c + 3u * FRAG) * LDQ;
+    let qa = copy * X_STAGE_QUADS + kk / 4u;
+    let qb = copy * W_STAGE_QUADS + kk / 4u;
+    let ia0 = qa + r * LDQ;
+    let ia1 = qa + (r + FRAG) * LDQ;
+    let ib0 = qb + c * LDQ;
+    let ib1 = qb + (c + FRAG) * LDQ;
+    let ib2 = qb + (c + 2u * FRAG) * LDQ;
+    let ib3 = qb + (c + 3u * FRAG) * LDQ;
     // x_tile is A [m][k] row-major; w_tile [n][k] is B (k x n) column-major.
     let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
     let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
@@ -99,7 +100,7 @@ fn main(
     var c12 = coop_mat16x16<f32, C>();
     var c13 = coop_mat16x16<f32, C>();
 
-    var staged: array<Staged, STAGED>;
+    var staged: Staged;
     if (STAGES == 2u) {
         // Double-buffered: step i's products read one copy while step i + 1 is loaded and
         // stashed into the other. The barrier that ends step i - 1 is what keeps step i's
@@ -110,10 +111,10 @@ fn main(
         for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
             staged = fetch_step(li, row0, col0, k0 + TILE_K / 4u);
             for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
-                block_step(r, c, current * STAGE_SIZE, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
+                block_step(r, c, current, kk, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
             }
             // Past the end of k the stash is zeros no product reads.
-            stash_step(staged, li, (1u - current) * STAGE_SIZE);
+            stash_step(staged, li, 1u - current);
             workgroupBarrier();
             current = 1u - current;
         }

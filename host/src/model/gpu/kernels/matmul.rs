@@ -238,17 +238,30 @@ pub enum CoopTile {
     /// twice the wide tile's, which the cheaper staging (quads of f16) may now afford. Not
     /// yet measured on hardware, so on request only.
     SquareDeep,
+    /// `matmul_coop_square.wgsl` on a 128x256 tile: 8 subgroups of 64x64, the warp tile of
+    /// CUTLASS's Ampere GEMMs (`big`, 40 KiB). The square's workgroup-memory traffic per
+    /// product with the wide tile's 8 subgroups, and a quarter less staging per product than
+    /// either. Not yet measured on hardware, so on request only.
+    Big,
+    /// [`CoopTile::Big`] with `PREFETCH` (`big-prefetch`): the next step's 12 vec4s per
+    /// invocation held in registers next to 16 accumulators.
+    BigPrefetch,
 }
 
 impl CoopTile {
-    /// Output rows and columns of one workgroup: 4x4 fragments (narrow) or 8x8 (wide).
+    /// Output rows and columns of one workgroup: 4x4 fragments (narrow), 8x16 (big) or 8x8
+    /// (the others).
     pub fn output(self, fragment: Fragment) -> (usize, usize) {
-        let side = fragment.side()
-            * match self {
-                CoopTile::Narrow => 4,
-                _ => 8,
-            };
-        (side, side)
+        let side = fragment.side();
+        match self {
+            CoopTile::Narrow => (4 * side, 4 * side),
+            _ => (8 * side, self.column_fragments() as usize * side),
+        }
+    }
+
+    /// The staging shader's `N_FRAGS`: output columns in fragments.
+    fn column_fragments(self) -> u32 {
+        if matches!(self, CoopTile::Big | CoopTile::BigPrefetch) { 16 } else { 8 }
     }
 
     /// K step: two fragments deep, four for [`CoopTile::WideDeep`] and [`CoopTile::SquareDeep`].
@@ -274,11 +287,16 @@ impl CoopTile {
         }
     }
 
-    /// Subgroups per workgroup of the 128x128 tiles: 8 blocks of 32x64 (wide) or 4 squares
-    /// of 64x64 (square). The narrow tile's 128 invocations are 4 subgroups of 32.
+    /// Subgroups per workgroup of the staged tiles: 8 blocks of 32x64 (wide), 4 squares of
+    /// 64x64 (square) or 8 (big). The narrow tile's 128 invocations are 4 subgroups of 32.
     fn subgroups(self) -> u32 {
         match self {
-            CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => 8,
+            CoopTile::Wide
+            | CoopTile::WidePrefetch
+            | CoopTile::WideDeep
+            | CoopTile::WideDouble
+            | CoopTile::Big
+            | CoopTile::BigPrefetch => 8,
             CoopTile::Narrow | CoopTile::Square | CoopTile::SquarePrefetch | CoopTile::SquareDeep => 4,
         }
     }
@@ -293,17 +311,18 @@ impl CoopTile {
                 | CoopTile::WideDouble
                 | CoopTile::SquarePrefetch
                 | CoopTile::SquareDeep
+                | CoopTile::BigPrefetch
         )
     }
 
-    /// Whether this is a 128x128 tile (64x64 with 8x8 fragments) of fixed-width subgroups:
-    /// every tile but [`CoopTile::Narrow`].
+    /// Whether this is a tile of fixed-width subgroups staged through registers (128 rows;
+    /// 64 with 8x8 fragments): every tile but [`CoopTile::Narrow`].
     pub fn is_wide(self) -> bool {
         self != CoopTile::Narrow
     }
 
-    /// Whether the tile runs on these tensor cores: the wide shaders stage a fixed number
-    /// of vec4s of each operand per invocation (4 with 8 subgroups, 8 with 4), which holds
+    /// Whether the tile runs on these tensor cores: the staged shaders stage a whole number
+    /// of vec4s of each operand per invocation (4 of x with 8 subgroups, 8 with 4), which holds
     /// for 16x16 fragments with subgroups of 32 (NVIDIA) and 8x8 ones with subgroups of 8
     /// (lavapipe): a subgroup of side^2 / 8.
     pub fn runs_on(self, cores: TensorCores) -> bool {
@@ -316,7 +335,7 @@ impl CoopTile {
     /// rows padded by 4, not padded with two copies).
     pub fn workgroup_bytes(self, fragment: Fragment) -> u32 {
         let (rows, columns) = self.output(fragment);
-        let staged = self.stages() as usize * 2 * rows * (self.depth(fragment) + 8) * 2;
+        let staged = self.stages() as usize * (rows + columns) * (self.depth(fragment) + 8) * 2;
         let padding = if self.stages() == 2 { 0 } else { 4 };
         let output = match self {
             CoopTile::Narrow => rows * (columns + 4) * 4,
@@ -350,7 +369,7 @@ impl CoopTile {
         tiles
     }
 
-    pub const ALL: [CoopTile; 8] = [
+    pub const ALL: [CoopTile; 10] = [
         CoopTile::Narrow,
         CoopTile::Wide,
         CoopTile::WidePrefetch,
@@ -359,6 +378,8 @@ impl CoopTile {
         CoopTile::Square,
         CoopTile::SquarePrefetch,
         CoopTile::SquareDeep,
+        CoopTile::Big,
+        CoopTile::BigPrefetch,
     ];
 
     /// The name `STEERLM_COOP_TILE` takes.
@@ -372,6 +393,8 @@ impl CoopTile {
             CoopTile::Square => "square",
             CoopTile::SquarePrefetch => "square-prefetch",
             CoopTile::SquareDeep => "square-deep",
+            CoopTile::Big => "big",
+            CoopTile::BigPrefetch => "big-prefetch",
         }
     }
 
@@ -384,11 +407,15 @@ impl CoopTile {
             CoopTile::Narrow => ("matmul_coop", with_common(COOPERATIVE)),
             CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble => (
                 if half { "matmul_coop_x16" } else { "matmul_coop_wide" },
-                with_staging(COOPERATIVE_WIDE, self.depth_fragments(), self.stages(), x),
+                with_staging(COOPERATIVE_WIDE, self.staging(), x),
             ),
             CoopTile::Square | CoopTile::SquarePrefetch | CoopTile::SquareDeep => (
                 if half { "matmul_square_x16" } else { "matmul_coop_square" },
-                with_staging(COOPERATIVE_SQUARE, self.depth_fragments(), 1, x),
+                with_staging(COOPERATIVE_SQUARE, self.staging(), x),
+            ),
+            CoopTile::Big | CoopTile::BigPrefetch => (
+                if half { "matmul_big_x16" } else { "matmul_coop_big" },
+                with_staging(COOPERATIVE_SQUARE, self.staging(), x),
             ),
         })
     }
@@ -466,42 +493,78 @@ fn with_common(body: &str) -> String {
     super::with_prelude(COMMON, body)
 }
 
-/// A wide tensor-core shader with the common part and the staging part inserted, its K step
-/// `depth_fragments` fragments deep, `stages` copies of its staged tiles, and x stored as
-/// `x` says (the staging part's `K_FRAGS`, `STAGES` and `XVec`, each declared exactly once;
-/// the common part's binding of x becomes an `array<XVec>`).
-fn with_staging(body: &str, depth_fragments: u32, stages: u32, x: Activations) -> String {
+/// The shape of a staged tensor-core tile, as the staging part's constants say it: its K
+/// step in fragments (`K_FRAGS`), copies of its staged tiles (`STAGES`) and output columns
+/// in fragments (`N_FRAGS`).
+#[derive(Clone, Copy, Debug)]
+struct Staging {
+    depth_fragments: u32,
+    stages: u32,
+    column_fragments: u32,
+}
+
+impl Staging {
+    /// The 128x128 tile, K step 32, one copy.
+    const PLAIN: Staging = Staging { depth_fragments: 2, stages: 1, column_fragments: 8 };
+}
+
+impl CoopTile {
+    fn staging(self) -> Staging {
+        Staging {
+            depth_fragments: self.depth_fragments(),
+            stages: self.stages(),
+            column_fragments: self.column_fragments(),
+        }
+    }
+}
+
+/// A staged tensor-core shader with the common part and the staging part inserted, of the
+/// shape `staging` gives, and x stored as `x` says (the staging part's `K_FRAGS`, `STAGES`,
+/// `N_FRAGS` and `XVec`, each declared exactly once; the common part's binding of x becomes
+/// an `array<XVec>`).
+fn with_staging(body: &str, staging: Staging, x: Activations) -> String {
     const DEPTH: &str = "const K_FRAGS: u32 = 2u;";
     const STAGES: &str = "const STAGES: u32 = 1u;";
+    const COLUMNS: &str = "const N_FRAGS: u32 = 8u;";
     const X_VEC: &str = "alias XVec = vec4<f32>;";
     const X_BINDING: &str = "var<storage, read> x: array<vec4<f32>>;";
-    debug_assert_eq!(STAGING.matches(DEPTH).count(), 1);
-    debug_assert_eq!(STAGING.matches(STAGES).count(), 1);
-    debug_assert_eq!(STAGING.matches(X_VEC).count(), 1);
+    for line in [DEPTH, STAGES, COLUMNS, X_VEC] {
+        debug_assert_eq!(STAGING.matches(line).count(), 1, "{line}");
+    }
     debug_assert_eq!(COMMON.matches(X_BINDING).count(), 1);
     let x_vec = match x {
         Activations::F32 => X_VEC,
         Activations::F16 => "alias XVec = vec4<f16>;",
     };
-    let staging = STAGING
+    let Staging { depth_fragments, stages, column_fragments } = staging;
+    let source = STAGING
         .replace(DEPTH, &format!("const K_FRAGS: u32 = {depth_fragments}u;"))
         .replace(STAGES, &format!("const STAGES: u32 = {stages}u;"))
+        .replace(COLUMNS, &format!("const N_FRAGS: u32 = {column_fragments}u;"))
         .replace(X_VEC, x_vec);
     let common = COMMON.replace(X_BINDING, "var<storage, read> x: array<XVec>;");
-    super::with_prelude(&common, &super::with_prelude(&staging, body))
+    super::with_prelude(&common, &super::with_prelude(&source, body))
 }
 
 /// The complete WGSL source of each matmul shader, for validation without a device.
-pub fn sources() -> [(&'static str, String); 8] {
+pub fn sources() -> [(&'static str, String); 9] {
+    let deep = Staging { depth_fragments: 4, ..Staging::PLAIN };
     [
         ("matmul.wgsl", with_common(REGISTER_BLOCKED)),
         ("matmul_tiled.wgsl", with_common(TILED)),
         ("matmul_coop.wgsl", with_common(COOPERATIVE)),
-        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, 2, 1, Activations::F32)),
-        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, 4, 1, Activations::F32)),
-        ("matmul_coop_wide.wgsl (double)", with_staging(COOPERATIVE_WIDE, 2, 2, Activations::F32)),
-        ("matmul_coop_wide.wgsl (deep, f16 x)", with_staging(COOPERATIVE_WIDE, 4, 1, Activations::F16)),
-        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, 2, 1, Activations::F32)),
+        ("matmul_coop_wide.wgsl", with_staging(COOPERATIVE_WIDE, Staging::PLAIN, Activations::F32)),
+        ("matmul_coop_wide.wgsl (deep)", with_staging(COOPERATIVE_WIDE, deep, Activations::F32)),
+        (
+            "matmul_coop_wide.wgsl (double)",
+            with_staging(COOPERATIVE_WIDE, Staging { stages: 2, ..Staging::PLAIN }, Activations::F32),
+        ),
+        ("matmul_coop_wide.wgsl (deep, f16 x)", with_staging(COOPERATIVE_WIDE, deep, Activations::F16)),
+        ("matmul_coop_square.wgsl", with_staging(COOPERATIVE_SQUARE, Staging::PLAIN, Activations::F32)),
+        (
+            "matmul_coop_square.wgsl (big)",
+            with_staging(COOPERATIVE_SQUARE, Staging { column_fragments: 16, ..Staging::PLAIN }, Activations::F32),
+        ),
     ]
 }
 

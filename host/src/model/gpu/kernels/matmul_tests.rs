@@ -340,12 +340,18 @@ fn cooperative_shader_validates_with_naga() {
             let mut constants = vec![("DTYPE", 2.0)];
             constants.extend(tile.constants());
             spirv.push(validate(&format!("{tile:?} for {cores}"), &source, granted, &constants));
-            // NVIDIA's limit is 48 KiB; only the deep and double tiles need more than 32.
+            // NVIDIA's limit is 48 KiB; only the deep, double and big tiles need more than 32.
             let bytes = tile.workgroup_bytes(cores.fragment);
             assert!(bytes <= 48 << 10, "{tile:?} on {cores}: {bytes} bytes must fit 48 KiB");
-            let big = matches!(tile, CoopTile::WideDeep | CoopTile::WideDouble | CoopTile::SquareDeep)
-                && cores == TensorCores::NVIDIA;
-            assert_eq!(bytes > 32 << 10, big, "{tile:?}");
+            let over_32k = matches!(
+                tile,
+                CoopTile::WideDeep
+                    | CoopTile::WideDouble
+                    | CoopTile::SquareDeep
+                    | CoopTile::Big
+                    | CoopTile::BigPrefetch
+            ) && cores == TensorCores::NVIDIA;
+            assert_eq!(bytes > 32 << 10, over_32k, "{tile:?}");
             assert!(tile.runs_on(cores), "{tile:?} on {cores}");
         }
         // Every wide tile also reads f16 x (other code: no conversion); the narrow one does not.
@@ -367,6 +373,9 @@ fn cooperative_shader_validates_with_naga() {
         assert_ne!(of(CoopTile::WidePrefetch), of(CoopTile::WideDouble), "WidePrefetch and WideDouble on {cores}");
         assert_ne!(of(CoopTile::Square), of(CoopTile::SquarePrefetch), "Square and SquarePrefetch on {cores}");
         assert_ne!(of(CoopTile::SquarePrefetch), of(CoopTile::SquareDeep), "SquarePrefetch and SquareDeep on {cores}");
+        // N_FRAGS reaches the shader too.
+        assert_ne!(of(CoopTile::Square), of(CoopTile::Big), "Square and Big on {cores}");
+        assert_ne!(of(CoopTile::Big), of(CoopTile::BigPrefetch), "Big and BigPrefetch on {cores}");
     }
     // The wide shader stages four vec4s per invocation: subgroups of side^2 / 8 only.
     for fixed_subgroup in [Some(8), Some(16), Some(64), None] {
@@ -379,8 +388,8 @@ fn cooperative_shader_validates_with_naga() {
     assert_eq!(CoopTile::Wide.invocations(lavapipe), 64);
     // The wide kernel needs a fixed subgroup width; the narrow one does not.
     let varying = TensorCores { fixed_subgroup: None, ..TensorCores::NVIDIA };
-    assert!(varying.specialize("wide", &with_staging(COOPERATIVE_WIDE, 2, 1, Activations::F32)).is_err());
-    assert!(varying.specialize("square", &with_staging(COOPERATIVE_SQUARE, 2, 1, Activations::F32)).is_err());
+    assert!(varying.specialize("wide", &with_staging(COOPERATIVE_WIDE, Staging::PLAIN, Activations::F32)).is_err());
+    assert!(varying.specialize("square", &with_staging(COOPERATIVE_SQUARE, Staging::PLAIN, Activations::F32)).is_err());
     assert!(varying.specialize("narrow", &with_common(COOPERATIVE)).is_ok());
     assert_eq!(CoopTile::for_adapter(varying, &wgpu::Limits::default()), CoopTile::Narrow);
     assert_eq!(CoopTile::Wide.output(Fragment::Sixteen), (128, 128));
@@ -397,8 +406,15 @@ fn cooperative_shader_validates_with_naga() {
     let small = wgpu::Limits { max_compute_workgroup_storage_size: 32 << 10, ..h100.clone() };
     assert!(!CoopTile::WideDeep.fits(TensorCores::NVIDIA, &small));
     assert_eq!(CoopTile::for_adapter(TensorCores::NVIDIA, &small), CoopTile::WidePrefetch);
-    // Every tile but the deep and double ones (over 32 KiB) runs there.
-    assert_eq!(CoopTile::all_for(TensorCores::NVIDIA, &small).len(), CoopTile::ALL.len() - 3);
+    // Every tile but the deep, double and big ones (over 32 KiB) runs there.
+    assert_eq!(CoopTile::all_for(TensorCores::NVIDIA, &small).len(), CoopTile::ALL.len() - 5);
+    // The big tile: 128x256 outputs, 8 subgroups; 128 + 256 staged rows of 40 f16 and eight
+    // subgroups' padded output staging: 40 KiB. Lavapipe halves every side.
+    assert_eq!(CoopTile::Big.output(Fragment::Sixteen), (128, 256));
+    assert_eq!(CoopTile::Big.output(Fragment::Eight), (64, 128));
+    assert_eq!(CoopTile::Big.invocations(TensorCores::NVIDIA), 256);
+    assert_eq!(CoopTile::BigPrefetch.workgroup_bytes(Fragment::Sixteen), (128 + 256) * 40 * 2 + 8 * 16 * 20 * 4);
+    assert!(CoopTile::Big.fits(TensorCores::NVIDIA, &h100));
     // Two 128 x 72 f16 tiles and four subgroups' padded 16x16 f32 output staging.
     assert_eq!(CoopTile::SquareDeep.workgroup_bytes(Fragment::Sixteen), 2 * 128 * 72 * 2 + 4 * 16 * 20 * 4);
     // Without the cooperative-matrix capability naga refuses it.
