@@ -102,22 +102,25 @@ fn main(
     let r = (sg / SQUARE_COLUMNS) * SQUARE;
     let c = (sg % SQUARE_COLUMNS) * SQUARE;
 
-    var c00 = coop_mat16x16<f32, C>();
-    var c01 = coop_mat16x16<f32, C>();
-    var c02 = coop_mat16x16<f32, C>();
-    var c03 = coop_mat16x16<f32, C>();
-    var c10 = coop_mat16x16<f32, C>();
-    var c11 = coop_mat16x16<f32, C>();
-    var c12 = coop_mat16x16<f32, C>();
-    var c13 = coop_mat16x16<f32, C>();
-    var c20 = coop_mat16x16<f32, C>();
-    var c21 = coop_mat16x16<f32, C>();
-    var c22 = coop_mat16x16<f32, C>();
-    var c23 = coop_mat16x16<f32, C>();
-    var c30 = coop_mat16x16<f32, C>();
-    var c31 = coop_mat16x16<f32, C>();
-    var c32 = coop_mat16x16<f32, C>();
-    var c33 = coop_mat16x16<f32, C>();
+    let top = row0 + r;
+    let left = col0 + c;
+    let direct = stores_directly(row0, col0);
+    var c00 = accumulator(direct, top, left);
+    var c01 = accumulator(direct, top, left + FRAG);
+    var c02 = accumulator(direct, top, left + 2u * FRAG);
+    var c03 = accumulator(direct, top, left + 3u * FRAG);
+    var c10 = accumulator(direct, top + FRAG, left);
+    var c11 = accumulator(direct, top + FRAG, left + FRAG);
+    var c12 = accumulator(direct, top + FRAG, left + 2u * FRAG);
+    var c13 = accumulator(direct, top + FRAG, left + 3u * FRAG);
+    var c20 = accumulator(direct, top + 2u * FRAG, left);
+    var c21 = accumulator(direct, top + 2u * FRAG, left + FRAG);
+    var c22 = accumulator(direct, top + 2u * FRAG, left + 2u * FRAG);
+    var c23 = accumulator(direct, top + 2u * FRAG, left + 3u * FRAG);
+    var c30 = accumulator(direct, top + 3u * FRAG, left);
+    var c31 = accumulator(direct, top + 3u * FRAG, left + FRAG);
+    var c32 = accumulator(direct, top + 3u * FRAG, left + 2u * FRAG);
+    var c33 = accumulator(direct, top + 3u * FRAG, left + 3u * FRAG);
 
     var staged: Staged;
     if (PREFETCH) {
@@ -138,9 +141,6 @@ fn main(
         workgroupBarrier();
     }
 
-    let top = row0 + r;
-    let left = col0 + c;
-    let direct = stores_directly(row0, col0);
     emit(c00, direct, sg, lane, top + 0u * FRAG, left + 0u * FRAG);
     emit(c01, direct, sg, lane, top + 0u * FRAG, left + 1u * FRAG);
     emit(c02, direct, sg, lane, top + 0u * FRAG, left + 2u * FRAG);

@@ -156,12 +156,28 @@ fn stash_step(staged: Staged, li: u32, copy: u32) {
     }
 }
 
-// Whether this workgroup's accumulators go straight to y (`emit`'s `direct`): a plain store,
-// no bias, the whole tile inside the output, and rows and the first column 16-byte aligned
-// (what cooperative stores to memory need). The same for every invocation of a workgroup.
+// Whether this workgroup's accumulators go straight to y (`emit`'s `direct`): a plain store
+// or a residual add, no bias, the whole tile inside the output, and rows and the first
+// column 16-byte aligned (what cooperative loads and stores to memory need). The same for
+// every invocation of a workgroup.
 fn stores_directly(row0: u32, col0: u32) -> bool {
-    return p.epilogue == EPILOGUE_STORE && p.has_bias == 0u && p.out_stride % 4u == 0u && p.out_offset % 4u == 0u
+    let plain = p.epilogue == EPILOGUE_STORE || p.epilogue == EPILOGUE_ACCUMULATE;
+    return plain && p.has_bias == 0u && p.out_stride % 4u == 0u && p.out_offset % 4u == 0u
         && row0 + TILE_M <= p.m && col0 + TILE_N <= p.n;
+}
+
+// The starting value of the accumulator whose top-left output element is (row, col): zero,
+// or, for a residual add stored directly, that fragment of y itself, so the products
+// accumulate onto the residual and `emit` stores the sum (the o and down projections skip
+// the staging area too; y + sum becomes a sum started at y, a different rounding order).
+fn accumulator(direct: bool, row: u32, col: u32) -> coop_mat16x16<f32, C> {
+    if (direct && p.epilogue == EPILOGUE_ACCUMULATE) {
+        // naga 30 wants the index and the stride of a cooperative load as `let`s too.
+        let index = row * p.out_stride + p.out_offset + col;
+        let stride = p.out_stride;
+        return coopLoadT<coop_mat16x16<f32, C>>(&y[index], stride);
+    }
+    return coop_mat16x16<f32, C>();
 }
 
 // Writes one FRAG x FRAG accumulator whose top-left output element is (row, col): stored

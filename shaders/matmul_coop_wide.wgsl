@@ -11,9 +11,10 @@
 //
 // The accumulators leave through a small per-subgroup staging area, one 16x16 fragment at
 // a time, so the bias and the epilogue are applied per element in f32 with bounds checks
-// (m and n arbitrary; k a multiple of 4, its tail read as zeros). A plain store of a whole
-// tile without bias (the q/k/v and up projections) skips that: each fragment is stored
-// straight into y, with no barrier.
+// (m and n arbitrary; k a multiple of 4, its tail read as zeros). A plain store or a
+// residual add of a whole tile without bias (the q/k/v, up, o and down projections) skips
+// that: each fragment is stored straight into y, with no barrier (a residual add starts
+// its accumulators from y).
 //
 // Cooperative operations need subgroup-uniform control flow; everything below that
 // depends on the subgroup depends on subgroup_id only, and the loops are uniform over the
@@ -91,14 +92,17 @@ fn main(
     let r = (sg / 2u) * (2u * FRAG);
     let c = (sg % 2u) * (4u * FRAG);
 
-    var c00 = coop_mat16x16<f32, C>();
-    var c01 = coop_mat16x16<f32, C>();
-    var c02 = coop_mat16x16<f32, C>();
-    var c03 = coop_mat16x16<f32, C>();
-    var c10 = coop_mat16x16<f32, C>();
-    var c11 = coop_mat16x16<f32, C>();
-    var c12 = coop_mat16x16<f32, C>();
-    var c13 = coop_mat16x16<f32, C>();
+    let top = row0 + r;
+    let left = col0 + c;
+    let direct = stores_directly(row0, col0);
+    var c00 = accumulator(direct, top, left);
+    var c01 = accumulator(direct, top, left + FRAG);
+    var c02 = accumulator(direct, top, left + 2u * FRAG);
+    var c03 = accumulator(direct, top, left + 3u * FRAG);
+    var c10 = accumulator(direct, top + FRAG, left);
+    var c11 = accumulator(direct, top + FRAG, left + FRAG);
+    var c12 = accumulator(direct, top + FRAG, left + 2u * FRAG);
+    var c13 = accumulator(direct, top + FRAG, left + 3u * FRAG);
 
     var staged: Staged;
     if (STAGES == 2u) {
@@ -140,9 +144,6 @@ fn main(
         }
     }
 
-    let top = row0 + r;
-    let left = col0 + c;
-    let direct = stores_directly(row0, col0);
     emit(c00, direct, sg, lane, top, left);
     emit(c01, direct, sg, lane, top, left + FRAG);
     emit(c02, direct, sg, lane, top, left + 2u * FRAG);
