@@ -151,7 +151,7 @@ fn main() {
                 (MatmulVariant::Tiled(tile), true),
                 (MatmulVariant::Tiled(tile), false),
             ] {
-                gpu::kernels::checks::set_full_checks(full_checks);
+                set_full_checks(full_checks);
                 let (seconds, adapter) = time_variant(variant, Activations::F32, (m, n, k), iterations).unwrap();
                 gflops.push(flops / seconds / 1e9);
                 println!(
@@ -161,7 +161,7 @@ fn main() {
                     gflops.last().unwrap()
                 );
             }
-            gpu::kernels::checks::set_full_checks(false);
+            set_full_checks(false);
             println!(
                 "matmul {m}x{k}x{n} without / with wgpu's loop counter: register-blocked {:.2}x, tiled {:.2}x",
                 gflops[1] / gflops[0],
@@ -236,7 +236,7 @@ fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::Cpu
         ("this adapter's plan, wgpu loop counter", chosen.clone(), true),
         ("this adapter's plan", chosen, false),
     ] {
-        gpu::kernels::checks::set_full_checks(full_checks);
+        set_full_checks(full_checks);
         let adapter = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
         let model = gpu::GpuModel::with_options(config, tensors, adapter, plan, None).unwrap();
         model.forward(&batch(2, 16, 1)).unwrap(); // warm-up: first-use costs
@@ -255,4 +255,11 @@ fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::Cpu
     }
     println!("wgpu whole model, this adapter's plan / before: {:.2}x", rates[2] / rates[0]);
     println!("wgpu whole model, without / with wgpu's loop counter: {:.2}x", rates[2] / rates[1]);
+}
+
+/// Kernels compiled from now on keep wgpu's loop counter (`full`) or leave it out (the
+/// default), for comparing the two in one run.
+fn set_full_checks(full: bool) {
+    use gpu::kernels::checks::{ShaderChecks, set_checks};
+    set_checks(if full { ShaderChecks::Full } else { ShaderChecks::Trusted });
 }

@@ -423,12 +423,14 @@ mod tests {
         );
         let (narrow, _) = request(" narrow ", &caps.limits);
         assert!(matches!(narrow, MatmulVariant::Cooperative { tile: CoopTile::Narrow, .. }));
+        let (big, _) = request("big", &caps.limits);
+        assert!(matches!(big, MatmulVariant::Cooperative { tile: CoopTile::Big, .. }));
         let (same, reason) = request("huge", &caps.limits);
         assert_eq!(same, auto.matmul);
         assert!(
             reason.contains(
                 "\"huge\" is not one of narrow, wide, wide-prefetch, wide-deep, wide-double, square, square-prefetch, \
-                 square-deep, ignored"
+                 square-deep, big, big-prefetch, ignored"
             ),
             "{reason}"
         );
