@@ -33,6 +33,7 @@ cargo test --workspace --locked "$@"
 # 16x16.) STEERLM_SKIP_LAVAPIPE_26=1 leaves this out, saying so.
 tensor_core_tests=(cooperative_matches_cpu_or_says_it_was_skipped
     tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped
+    flash_kernels_pass_their_load_time_check
     wgpu_tensor_cores_match_transformers_within_the_f16_tolerance)
 if [ -n "${STEERLM_SKIP_LAVAPIPE_26:-}" ]; then
     echo "SKIPPED: the tensor-core kernels on Mesa 26's lavapipe (STEERLM_SKIP_LAVAPIPE_26 is set)"

@@ -25,7 +25,7 @@ use super::rope::RopeTable;
 use super::weights;
 use anyhow::{Result, bail};
 use kernels::KernelTimes;
-use kernels::attention::{FlashAttention, RowAttention};
+use kernels::attention::{FLASH_SELF_CHECK_TOLERANCE, FlashAttention, RowAttention};
 use kernels::embedding::Embedding;
 use kernels::last_token::GatherRows;
 use kernels::matmul::{Activations, Matmul, MatmulVariant, SELF_CHECK_TOLERANCE, self_check_failure};
@@ -36,6 +36,7 @@ use upload::{DeviceLinear, DeviceNorm, DeviceTensor, Uploader};
 use workspace::{Widths, Workspace};
 
 const TENSOR_CORES_FAILED: &str = "the tensor-core kernel failed on this adapter";
+const FLASH_TENSOR_CORES_FAILED: &str = "the tensor-core flash kernel failed on this adapter";
 
 struct DeviceLayer {
     input_norm: DeviceNorm,
@@ -146,10 +147,26 @@ impl GpuModel {
                 )
             }
         };
+        // The tensor-core flash kernel, if it passes its check problem shaped like this
+        // model's attention (cooperative matrices are experimental in wgpu and drivers).
+        let checked = |kernel: FlashAttention| -> Result<FlashAttention> {
+            let group = config.num_heads / config.num_kv_heads;
+            match kernel.self_check(device, &gpu.queue, group, config.attention_scale, config.attention_softcap) {
+                Ok(worst) if worst <= FLASH_SELF_CHECK_TOLERANCE => Ok(kernel),
+                Ok(worst) => bail!(
+                    "{FLASH_TENSOR_CORES_FAILED}: it gave wrong results on a check problem (error {worst:.2e} > \
+                     {FLASH_SELF_CHECK_TOLERANCE:e})"
+                ),
+                Err(why) => bail!("{FLASH_TENSOR_CORES_FAILED}: {why:#}"),
+            }
+        };
         // The plan's attention kernel, else the next one down: tensor cores, f32 flash, rows.
         let mut flash = None;
         if let device::AttentionVariant::FlashTensorCores(cores) = plan.attention {
-            match FlashAttention::tensor_cores(device, cores, config.head_dim, Activations::F32).and_then(supported) {
+            match FlashAttention::tensor_cores(device, cores, config.head_dim, Activations::F32)
+                .and_then(supported)
+                .and_then(checked)
+            {
                 Ok(kernel) => flash = Some(kernel),
                 Err(why) => {
                     plan.attention = device::AttentionVariant::Flash;
@@ -236,7 +253,9 @@ impl GpuModel {
                     && flash.uses_tensor_cores()
                     && layers.iter().all(|l| half_input(&l.o))
                 {
-                    match FlashAttention::tensor_cores(device, cores, config.head_dim, Activations::F16) {
+                    match FlashAttention::tensor_cores(device, cores, config.head_dim, Activations::F16)
+                        .and_then(checked)
+                    {
                         Ok(half) => kernels.flash = Some(half),
                         Err(why) => load_notes.push(format!("attention output kept f32: {why:#}")),
                     }
@@ -248,6 +267,9 @@ impl GpuModel {
         }
         if plan.matmul_reason.starts_with(TENSOR_CORES_FAILED) {
             load_notes.push(plan.matmul_reason.clone());
+        }
+        if plan.attention_reason.starts_with(FLASH_TENSOR_CORES_FAILED) {
+            load_notes.push(plan.attention_reason.clone());
         }
         if !kept_dtype.is_empty() {
             load_notes.push(format!("kept in their dtype (the f32 kernel): {}", kept_dtype.join("; ")));

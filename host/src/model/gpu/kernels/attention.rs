@@ -1,5 +1,6 @@
 //! Causal attention with grouped KV heads over packed sequences (`shaders/attention.wgsl`).
 
+use super::attention_check::{AttentionProblem, output_values};
 use super::coop::{Fragment, TensorCores};
 use super::matmul::Activations;
 use super::{Access, Kernel, Recorder, grid};
@@ -89,6 +90,10 @@ pub struct FlashParams {
     pub softcap: f32,
     pub _pad: [u32; 2],
 }
+
+/// The largest error [`FlashAttention::self_check`] accepts, absolute on outputs of size
+/// about 1: f16 inputs cost at most about 1e-3 there, a wrong tile or layout order 1e-1.
+pub const FLASH_SELF_CHECK_TOLERANCE: f64 = 1e-2;
 
 /// Largest head size [`FlashAttention`] handles (16 output dimensions per invocation, at
 /// most 16 invocations per group of query slots), as for [`RowAttention`].
@@ -413,6 +418,34 @@ impl FlashAttention {
             split_kv: true,
         };
         Ok(FlashAttention { kernel, head_dim, tiles, tensor_cores: true, output })
+    }
+
+    /// Runs this kernel once on a small problem shaped like a model's attention (its GQA
+    /// `group`, `scale` and soft cap; two KV heads; sequences of 1, 37 and 130 tokens, which
+    /// cover ragged query blocks and key tiles) and returns the largest absolute error
+    /// against an f64 reference, infinite where an output is NaN (a row never written).
+    /// Cooperative matrices are experimental in wgpu and drivers; the model checks the
+    /// tensor-core kernel with this at load and falls back to the f32 flash kernel when it
+    /// is over [`FLASH_SELF_CHECK_TOLERANCE`].
+    pub fn self_check(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        group: usize,
+        scale: f32,
+        softcap: Option<f32>,
+    ) -> Result<f64> {
+        let kv_heads = 2;
+        let mut problem = AttentionProblem::new(&[1, 37, 130], group * kv_heads, kv_heads, self.head_dim);
+        problem.scale = scale;
+        problem.softcap = softcap;
+        let want = problem.reference();
+        let bytes = problem.run_flash(device, queue, self)?;
+        let got = output_values(&bytes, self.output == Activations::F16, want.len());
+        Ok(got.iter().zip(&want).fold(0f64, |worst, (&g, &w)| {
+            let error = (g as f64 - w as f64).abs();
+            if error.is_nan() { f64::INFINITY } else { worst.max(error) }
+        }))
     }
 
     /// How the output is stored.

@@ -2,6 +2,7 @@
 //! is present (lavapipe in CI), over packed batches of uneven sequences.
 
 use super::*;
+use crate::model::gpu::kernels::attention_check::AttentionProblem;
 use crate::model::gpu::kernels::{BindCache, Recorder, read_buffer, validate_wgsl};
 use crate::model::gpu::{AdapterChoice, Gpu, open_device};
 use wgpu::util::DeviceExt;
@@ -10,85 +11,8 @@ fn gpu() -> Gpu {
     open_device(AdapterChoice::Any).expect("opening a wgpu device").expect("Any gives an adapter")
 }
 
-/// A packed batch: q `[tokens, heads * head_dim]`, k and v `[tokens, kv_heads * head_dim]`.
-struct Batch {
-    lengths: Vec<u32>,
-    starts: Vec<u32>,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    /// Gemma2's attention soft cap.
-    softcap: Option<f32>,
-}
-
-/// Deterministic values in [-1, 1).
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect()
-}
-
-impl Batch {
-    fn new(lengths: &[u32], heads: usize, kv_heads: usize, head_dim: usize) -> Self {
-        let starts: Vec<u32> = lengths.iter().scan(0, |s, &l| Some(std::mem::replace(s, *s + l))).collect();
-        let tokens = lengths.iter().sum::<u32>() as usize;
-        // q spans [-3, 3) so that some rows have peaked softmaxes, not near-uniform ones.
-        let q = values(tokens * heads * head_dim, 1).into_iter().map(|x| 3.0 * x).collect();
-        let k = values(tokens * kv_heads * head_dim, 2);
-        let v = values(tokens * kv_heads * head_dim, 3);
-        Batch { lengths: lengths.to_vec(), starts, heads, kv_heads, head_dim, q, k, v, softcap: None }
-    }
-
-    fn tokens(&self) -> usize {
-        self.lengths.iter().sum::<u32>() as usize
-    }
-
-    fn scale(&self) -> f32 {
-        1.0 / (self.head_dim as f32).sqrt()
-    }
-
-    /// Causal attention in f64 loops.
-    fn reference(&self) -> Vec<f32> {
-        let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
-        let group = heads / kv_heads;
-        let scale = self.scale() as f64;
-        let mut out = vec![0.0f32; self.tokens() * heads * hd];
-        for (&start, &length) in self.starts.iter().zip(&self.lengths) {
-            let (start, length) = (start as usize, length as usize);
-            for t in start..start + length {
-                for h in 0..heads {
-                    let kvh = h / group;
-                    let q = &self.q[(t * heads + h) * hd..][..hd];
-                    let scores: Vec<f64> = (start..=t)
-                        .map(|s| {
-                            let k = &self.k[(s * kv_heads + kvh) * hd..][..hd];
-                            let s = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
-                            self.softcap.map_or(s, |cap| (s / cap as f64).tanh() * cap as f64)
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let sum: f64 = weights.iter().sum();
-                    for d in 0..hd {
-                        let value: f64 = (start..=t)
-                            .zip(&weights)
-                            .map(|(s, w)| w * self.v[(s * kv_heads + kvh) * hd + d] as f64)
-                            .sum();
-                        out[(t * heads + h) * hd + d] = (value / sum) as f32;
-                    }
-                }
-            }
-        }
-        out
-    }
-}
+/// The tests' packed batches: the self-check's problem.
+type Batch = AttentionProblem;
 
 fn storage(gpu: &Gpu, data: &[u8]) -> wgpu::Buffer {
     let contents = if data.is_empty() { &[0u8; 16][..] } else { data };
@@ -127,24 +51,8 @@ fn run_flash(gpu: &Gpu, flash: &FlashAttention, batch: &Batch) -> Vec<f32> {
     assert!(
         blocks.len() <= max_blocks(batch.tokens(), batch.lengths.len(), flash.block_rows(batch.heads, batch.kv_heads))
     );
-    let (q, k, v) = (
-        storage(gpu, bytemuck::cast_slice(&batch.q)),
-        storage(gpu, bytemuck::cast_slice(&batch.k)),
-        storage(gpu, bytemuck::cast_slice(&batch.v)),
-    );
-    let blocks_buffer = storage(gpu, bytemuck::cast_slice(&blocks));
-    let out = output(gpu, batch);
-    let params = FlashParams {
-        heads: batch.heads as u32,
-        kv_heads: batch.kv_heads as u32,
-        head_dim: batch.head_dim as u32,
-        blocks: blocks.len() as u32,
-        scale: batch.scale(),
-        softcap: batch.softcap.unwrap_or(0.0),
-        _pad: [0; 2],
-    };
-    let flops = causal_attention_flops(&batch.lengths, batch.heads, batch.head_dim);
-    run(gpu, &out, |rec| flash.record(rec, params, &q, &k, &v, &blocks_buffer, &out, blocks.len(), flops))
+    let bytes = batch.run_flash(&gpu.device, &gpu.queue, flash).expect("running flash attention");
+    bytemuck::cast_slice(&bytes).to_vec()
 }
 
 fn run_rows(gpu: &Gpu, rows: &RowAttention, batch: &Batch) -> Vec<f32> {
@@ -162,7 +70,7 @@ fn run_rows(gpu: &Gpu, rows: &RowAttention, batch: &Batch) -> Vec<f32> {
         heads: batch.heads as u32,
         kv_heads: batch.kv_heads as u32,
         head_dim: batch.head_dim as u32,
-        scale: batch.scale(),
+        scale: batch.scale,
         softcap: batch.softcap.unwrap_or(0.0),
         _pad: [0; 2],
     };
@@ -444,4 +352,39 @@ fn switches_take_only_0_or_1() {
     assert_eq!(switch(name, Some(" 0 ")), Ok(false));
     assert_eq!(switch(name, Some("1")), Ok(true));
     assert_eq!(switch(name, Some("yes")).unwrap_err(), "STEERLM_FLASH_ONE_PASS=\"yes\" is not 0 or 1");
+}
+
+/// The load-time check problem passes on every flash kernel this adapter runs (the f32 one
+/// everywhere; the tensor-core one, with f32 and f16 output, where offered), with the
+/// model's GQA group, scale and soft cap, and errors of the size each kernel's own test
+/// allows. (A broken kernel fails it: checked by hand with a mis-scaled exponent in the
+/// tensor-core shader, which the model then replaced with the f32 kernel, saying why.)
+#[test]
+fn flash_kernels_pass_their_load_time_check() {
+    let gpu = gpu();
+    let cases = [(1, 0.125, None), (4, 0.1, Some(0.5))];
+    let head_dim = 64;
+    let f32_flash = FlashAttention::new(&gpu.device, head_dim).unwrap();
+    for (group, scale, softcap) in cases {
+        let worst = f32_flash.self_check(&gpu.device, &gpu.queue, group, scale, softcap).unwrap();
+        assert!(worst <= 1e-5, "f32 flash, group {group}: {worst:e}");
+    }
+    let Some(cores) = gpu.tensor_cores() else {
+        eprintln!("SKIPPED: the tensor-core flash check on {}: no f16 cooperative matrices", gpu.info.name);
+        return;
+    };
+    for output in [Activations::F32, Activations::F16] {
+        let Ok(flash) = FlashAttention::tensor_cores(&gpu.device, cores, head_dim, output) else {
+            eprintln!("SKIPPED: the tensor-core flash check on {}: it does not compile", gpu.info.name);
+            return;
+        };
+        for (group, scale, softcap) in cases {
+            let worst = flash.self_check(&gpu.device, &gpu.queue, group, scale, softcap).unwrap();
+            assert!(
+                worst <= FLASH_SELF_CHECK_TOLERANCE / 4.0,
+                "tensor-core flash ({output:?}), group {group}: {worst:e}"
+            );
+            eprintln!("tensor-core flash ({cores}, {output:?} output) self-check, group {group}: {worst:.2e}");
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! forward pass allocates nothing per dispatch.
 
 pub mod attention;
+pub mod attention_check;
 pub mod checks;
 pub mod coop;
 pub mod embedding;
