@@ -66,6 +66,26 @@ fn block_step(
     let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib1], stride);
     let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib2], stride);
     let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib3], stride);
+    block_products(a0, a1, b0, b1, b2, b3, c00, c01, c02, c03, c10, c11, c12, c13);
+}
+
+// The 8 products of one FRAG-deep step of the subgroup's block.
+fn block_products(
+    a0: coop_mat16x16<f16, A>,
+    a1: coop_mat16x16<f16, A>,
+    b0: coop_mat16x16<f16, B>,
+    b1: coop_mat16x16<f16, B>,
+    b2: coop_mat16x16<f16, B>,
+    b3: coop_mat16x16<f16, B>,
+    c00: ptr<function, coop_mat16x16<f32, C>>,
+    c01: ptr<function, coop_mat16x16<f32, C>>,
+    c02: ptr<function, coop_mat16x16<f32, C>>,
+    c03: ptr<function, coop_mat16x16<f32, C>>,
+    c10: ptr<function, coop_mat16x16<f32, C>>,
+    c11: ptr<function, coop_mat16x16<f32, C>>,
+    c12: ptr<function, coop_mat16x16<f32, C>>,
+    c13: ptr<function, coop_mat16x16<f32, C>>,
+) {
     *c00 = coopMultiplyAdd(a0, b0, *c00);
     *c01 = coopMultiplyAdd(a0, b1, *c01);
     *c02 = coopMultiplyAdd(a0, b2, *c02);
@@ -74,6 +94,66 @@ fn block_step(
     *c11 = coopMultiplyAdd(a1, b1, *c11);
     *c12 = coopMultiplyAdd(a1, b2, *c12);
     *c13 = coopMultiplyAdd(a1, b3, *c13);
+}
+
+// Bench only (`gpu-info --bench`'s loop parts; 0 in every model): the main loop with parts
+// left out, on the same grid and K steps, so that the full kernel's time splits into what
+// each part adds. 1: the products alone, on fragments loaded once; 2: with their loads from
+// workgroup memory every step; 3: with the two barriers of each K step; 4: with each K step
+// stashed into workgroup memory (registers of zeros), all but the global loads. The tiles
+// are never filled (workgroup memory starts zeroed), so y gets zeros.
+override PROBE: u32 = 0u;
+
+fn probe_loop(
+    r: u32,
+    c: u32,
+    li: u32,
+    k4: u32,
+    c00: ptr<function, coop_mat16x16<f32, C>>,
+    c01: ptr<function, coop_mat16x16<f32, C>>,
+    c02: ptr<function, coop_mat16x16<f32, C>>,
+    c03: ptr<function, coop_mat16x16<f32, C>>,
+    c10: ptr<function, coop_mat16x16<f32, C>>,
+    c11: ptr<function, coop_mat16x16<f32, C>>,
+    c12: ptr<function, coop_mat16x16<f32, C>>,
+    c13: ptr<function, coop_mat16x16<f32, C>>,
+) {
+    if (PROBE == 1u) {
+        let stride = LDQ;
+        let ia0 = r * LDQ;
+        let ia1 = (r + FRAG) * LDQ;
+        let ib0 = c * LDQ;
+        let ib1 = (c + FRAG) * LDQ;
+        let ib2 = (c + 2u * FRAG) * LDQ;
+        let ib3 = (c + 3u * FRAG) * LDQ;
+        let a0 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia0], stride);
+        let a1 = coopLoadT<coop_mat16x16<f16, A>>(&x_tile[ia1], stride);
+        let b0 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib0], stride);
+        let b1 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib1], stride);
+        let b2 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib2], stride);
+        let b3 = coopLoad<coop_mat16x16<f16, B>>(&w_tile[ib3], stride);
+        for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
+            for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
+                block_products(a0, a1, b0, b1, b2, b3, c00, c01, c02, c03, c10, c11, c12, c13);
+            }
+        }
+        return;
+    }
+    let zeros = Staged();
+    for (var k0 = 0u; k0 < k4; k0 = k0 + TILE_K / 4u) {
+        if (PROBE >= 4u) {
+            stash_step(zeros, li, 0u);
+        }
+        if (PROBE >= 3u) {
+            workgroupBarrier();
+        }
+        for (var kk = 0u; kk < TILE_K; kk = kk + FRAG) {
+            block_step(r, c, 0u, kk, c00, c01, c02, c03, c10, c11, c12, c13);
+        }
+        if (PROBE >= 3u) {
+            workgroupBarrier();
+        }
+    }
 }
 
 @compute @workgroup_size(INVOCATIONS)
@@ -105,7 +185,9 @@ fn main(
     var c13 = accumulator(direct, top + FRAG, left + 3u * FRAG);
 
     var staged: Staged;
-    if (STAGES == 2u) {
+    if (PROBE != 0u) {
+        probe_loop(r, c, li, k4, &c00, &c01, &c02, &c03, &c10, &c11, &c12, &c13);
+    } else if (STAGES == 2u) {
         // Double-buffered: step i's products read one copy while step i + 1 is loaded and
         // stashed into the other. The barrier that ends step i - 1 is what keeps step i's
         // stash off the copy step i - 1 read.

@@ -3,7 +3,9 @@
 use super::Context;
 use crate::model::Precision;
 use crate::model::gpu::kernels::coop::TensorCores;
-use crate::model::gpu::kernels::matmul::{Activations, CoopTile, MatmulVariant, TileConfig, time_variant};
+use crate::model::gpu::kernels::matmul::{
+    Activations, CoopTile, LoopPart, MatmulVariant, TileConfig, time_loop_part, time_variant,
+};
 use crate::model::gpu::{AdapterChoice, Capabilities, KernelPlan, open_device};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -61,12 +63,7 @@ fn bench(info: &wgpu::AdapterInfo, caps: &Capabilities, (m, n, k): (usize, usize
     // Enough dispatches for timer noise to vanish on a GPU; one on a software adapter.
     let iterations = if info.device_type == wgpu::DeviceType::Cpu { 1 } else { 20 };
     let mut rows = Vec::new();
-    for (variant, x_stored) in variants(info, caps) {
-        let (seconds, _) = time_variant(variant, x_stored, (m, n, k), iterations)?;
-        let name = match x_stored {
-            Activations::F32 => variant.describe(),
-            Activations::F16 => format!("{}, x stored as f16", variant.describe()),
-        };
+    let mut row = |name: String, seconds: f64| -> Result<()> {
         if !seconds.is_finite() || seconds <= 0.0 {
             bail!("timing {name} gave {seconds} s");
         }
@@ -76,6 +73,27 @@ fn bench(info: &wgpu::AdapterInfo, caps: &Capabilities, (m, n, k): (usize, usize
             "ms": (seconds * 1e5).round() / 100.0,
             "gflops": (flops / seconds / 1e8).round() / 10.0,
         }));
+        Ok(())
+    };
+    let variants = variants(info, caps);
+    for &(variant, x_stored) in &variants {
+        let (seconds, _) = time_variant(variant, x_stored, (m, n, k), iterations)?;
+        let name = match x_stored {
+            Activations::F32 => variant.describe(),
+            Activations::F16 => format!("{}, x stored as f16", variant.describe()),
+        };
+        row(name, seconds)?;
+    }
+    // Where the default tensor-core tile's time goes: its main loop in parts, each adding
+    // one to the last (the full kernel adds the global loads), at the same FLOP count.
+    if let Some(&(variant @ MatmulVariant::Cooperative { tile, .. }, _)) =
+        variants.iter().find(|(v, _)| matches!(v, MatmulVariant::Cooperative { .. }))
+        && tile.has_loop_parts()
+    {
+        for part in LoopPart::ALL {
+            let seconds = time_loop_part(variant, part, (m, n, k), iterations)?;
+            row(format!("cooperative ({}) {}", tile.key(), part.describe()), seconds)?;
+        }
     }
     Ok(rows)
 }

@@ -185,6 +185,35 @@ pub enum Activations {
     F16,
 }
 
+/// Parts of the wide tensor-core tiles' main loop (`matmul_coop_wide.wgsl`'s `PROBE`),
+/// each timed alone on the full kernel's grid and K steps by `gpu-info --bench`, each adding
+/// one part to the one before: the full kernel's time is the last part's plus the global
+/// loads. Where the time goes on a GPU, in one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopPart {
+    /// The tensor-core products alone, on fragments loaded once: the ceiling.
+    Products = 1,
+    /// With their fragments loaded from workgroup memory every step.
+    FragmentLoads = 2,
+    /// With the two workgroup barriers of each K step.
+    Barriers = 3,
+    /// With each K step stashed into workgroup memory: everything but the global loads.
+    Stashes = 4,
+}
+
+impl LoopPart {
+    pub const ALL: [LoopPart; 4] = [LoopPart::Products, LoopPart::FragmentLoads, LoopPart::Barriers, LoopPart::Stashes];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            LoopPart::Products => "loop part: tensor-core products only",
+            LoopPart::FragmentLoads => "loop part: + fragment loads from workgroup memory",
+            LoopPart::Barriers => "loop part: + barriers",
+            LoopPart::Stashes => "loop part: + stashing K steps (all but global loads)",
+        }
+    }
+}
+
 /// Which matmul shader runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulVariant {
@@ -313,6 +342,12 @@ impl CoopTile {
                 | CoopTile::SquareDeep
                 | CoopTile::BigPrefetch
         )
+    }
+
+    /// Whether `matmul_coop_wide.wgsl` computes this tile, whose main loop can be timed in
+    /// parts ([`LoopPart`]).
+    pub fn has_loop_parts(self) -> bool {
+        matches!(self, CoopTile::Wide | CoopTile::WidePrefetch | CoopTile::WideDeep | CoopTile::WideDouble)
     }
 
     /// Whether this is a tile of fixed-width subgroups staged through registers (128 rows;
@@ -570,6 +605,22 @@ pub fn sources() -> [(&'static str, String); 9] {
 
 impl Matmul {
     pub fn new(device: &wgpu::Device, variant: MatmulVariant) -> Result<Self> {
+        Self::build(device, variant, None)
+    }
+
+    /// [`Matmul::new`] with its tensor-core kernel reduced to one [`LoopPart`] of its main
+    /// loop, for timing (`gpu-info --bench`); its results are not a matmul's. For the tiles
+    /// of the wide shader only.
+    pub fn loop_part(device: &wgpu::Device, variant: MatmulVariant, part: LoopPart) -> Result<Self> {
+        match variant {
+            MatmulVariant::Cooperative { tile, .. } if tile.has_loop_parts() => {
+                Self::build(device, variant, Some(part))
+            }
+            _ => bail!("loop parts are timed on the wide tensor-core tiles only, not {}", variant.describe()),
+        }
+    }
+
+    fn build(device: &wgpu::Device, variant: MatmulVariant, part: Option<LoopPart>) -> Result<Self> {
         let size = std::mem::size_of::<MatmulParams>() as u64;
         let register_blocked = |dtype: f64| -> Result<Pipeline> {
             let source = with_common(REGISTER_BLOCKED);
@@ -610,7 +661,7 @@ impl Matmul {
                         limits.max_compute_invocations_per_workgroup
                     );
                 }
-                let coop = coop_kernel(device, tile, cores, Activations::F32)?;
+                let coop = coop_kernel(device, tile, cores, Activations::F32, part)?;
                 [tiled(fallback, 0.0)?, tiled(fallback, 1.0)?, coop]
             }
         };
@@ -629,7 +680,7 @@ impl Matmul {
     pub fn add_f16_input(&mut self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<()> {
         match self.variant {
             MatmulVariant::Cooperative { tile, cores, .. } if tile.is_wide() => {
-                self.f16_x = Some(coop_kernel(device, tile, cores, Activations::F16)?);
+                self.f16_x = Some(coop_kernel(device, tile, cores, Activations::F16, None)?);
                 match self.self_check(device, queue) {
                     Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(()),
                     checked => {
@@ -776,13 +827,22 @@ pub fn self_check_failure(checked: Result<f64>) -> String {
 }
 
 /// The tensor-core kernel of `tile` for x stored as `x`.
-fn coop_kernel(device: &wgpu::Device, tile: CoopTile, cores: TensorCores, x: Activations) -> Result<Pipeline> {
+fn coop_kernel(
+    device: &wgpu::Device,
+    tile: CoopTile,
+    cores: TensorCores,
+    x: Activations,
+    part: Option<LoopPart>,
+) -> Result<Pipeline> {
     let Some((label, source)) = tile.source(x) else {
         bail!("the {} tile does not read {x:?} x", tile.key());
     };
     let source = cores.specialize(label, &source)?;
     let mut constants = vec![("DTYPE", 2.0)];
     constants.extend(tile.constants());
+    if let Some(part) = part {
+        constants.push(("PROBE", part as u32 as f64));
+    }
     let size = std::mem::size_of::<MatmulParams>() as u64;
     let buffers: &[Access] = if tile.is_wide() { &STAGED_BUFFERS } else { &BUFFERS };
     let kernel = Kernel::new(device, label, &source, &constants, size, buffers)?;
@@ -838,18 +898,44 @@ pub fn f16_weights(name: &str, dtype: DType, bytes: &[u8]) -> Result<Vec<u8>> {
 pub fn time_variant(
     variant: MatmulVariant,
     x_stored: Activations,
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     iterations: usize,
 ) -> Result<(f64, String)> {
-    use super::{BindCache, read_buffer};
     use crate::model::gpu::{AdapterChoice, open_device};
-    use wgpu::util::DeviceExt;
     let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
-    let device = &gpu.device;
-    let mut matmul = Matmul::new(device, variant)?;
+    let mut matmul = Matmul::new(&gpu.device, variant)?;
     if x_stored == Activations::F16 {
-        matmul.add_f16_input(device, &gpu.queue)?;
+        matmul.add_f16_input(&gpu.device, &gpu.queue)?;
     }
+    Ok((time_dispatches(&gpu, &matmul, x_stored, shape, iterations)?, gpu.info.name.clone()))
+}
+
+/// Times one [`LoopPart`] of a wide tensor-core tile as [`time_variant`] times the whole
+/// kernel (f32 x): seconds per dispatch.
+pub fn time_loop_part(
+    variant: MatmulVariant,
+    part: LoopPart,
+    shape: (usize, usize, usize),
+    iterations: usize,
+) -> Result<f64> {
+    use crate::model::gpu::{AdapterChoice, open_device};
+    let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
+    let matmul = Matmul::loop_part(&gpu.device, variant, part)?;
+    time_dispatches(&gpu, &matmul, Activations::F32, shape, iterations)
+}
+
+/// Seconds per dispatch of `matmul` at `(m, n, k)`, over `iterations` dispatches in one
+/// submission after a one-row warm-up.
+fn time_dispatches(
+    gpu: &crate::model::gpu::Gpu,
+    matmul: &Matmul,
+    x_stored: Activations,
+    (m, n, k): (usize, usize, usize),
+    iterations: usize,
+) -> Result<f64> {
+    use super::{BindCache, read_buffer};
+    use wgpu::util::DeviceExt;
+    let device = &gpu.device;
     let values = |count: usize| -> Vec<f32> { (0..count).map(|i| ((i % 97) as f32 - 48.0) / 97.0).collect() };
     let buffer = |label: &str, bytes: &[u8]| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -858,7 +944,7 @@ pub fn time_variant(
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         })
     };
-    let (dtype, weight) = match variant {
+    let (dtype, weight) = match matmul.variant {
         MatmulVariant::Cooperative { .. } => {
             (DType::F16, f16_weights("timing", DType::F32, bytemuck::cast_slice(&values(n * k)))?)
         }
@@ -894,7 +980,7 @@ pub fn time_variant(
     };
     // Warm-up: first-use costs, on one row so big shapes do not pay a whole extra dispatch.
     run(1, MatmulParams { m: 1, ..params })?;
-    Ok((run(iterations, params)? / iterations as f64, gpu.info.name.clone()))
+    Ok(run(iterations, params)? / iterations as f64)
 }
 
 #[cfg(test)]

@@ -373,6 +373,17 @@ fn cooperative_shader_validates_with_naga() {
         assert_ne!(of(CoopTile::WidePrefetch), of(CoopTile::WideDouble), "WidePrefetch and WideDouble on {cores}");
         assert_ne!(of(CoopTile::Square), of(CoopTile::SquarePrefetch), "Square and SquarePrefetch on {cores}");
         assert_ne!(of(CoopTile::SquarePrefetch), of(CoopTile::SquareDeep), "SquarePrefetch and SquareDeep on {cores}");
+        // Every loop part (PROBE) compiles, each to other code than the matmul.
+        for tile in CoopTile::ALL.into_iter().filter(|t| t.has_loop_parts()) {
+            let (name, source) = tile.source(Activations::F32).unwrap();
+            let source = cores.specialize(name, &source).unwrap();
+            for part in LoopPart::ALL {
+                let mut constants = vec![("DTYPE", 2.0), ("PROBE", part as u32 as f64)];
+                constants.extend(tile.constants());
+                let probe = validate(&format!("{tile:?} {part:?} for {cores}"), &source, granted, &constants);
+                assert_ne!(&probe, of(tile), "{tile:?} {part:?} on {cores}");
+            }
+        }
         // N_FRAGS reaches the shader too.
         assert_ne!(of(CoopTile::Square), of(CoopTile::Big), "Square and Big on {cores}");
         assert_ne!(of(CoopTile::Big), of(CoopTile::BigPrefetch), "Big and BigPrefetch on {cores}");
@@ -508,6 +519,22 @@ fn cooperative_matches_cpu_or_says_it_was_skipped() {
             );
         } else {
             assert!(Matmul::new(&gpu.device, variant).unwrap().add_f16_input(&gpu.device, &gpu.queue).is_err());
+        }
+        // The bench's loop parts run the same grid on tiles that stay zero: each gives what
+        // the matmul of x = 0 gives (the epilogue of bias and y alone), in every case.
+        if tile.has_loop_parts() {
+            let zeros = vec![0f32; cases.iter().map(|case| case.m * case.k).max().unwrap_or(0)];
+            for part in LoopPart::ALL {
+                let probe = Matmul::loop_part(&gpu.device, variant, part).unwrap();
+                for (case, (p, got)) in cases.iter().zip(run(&gpu, &probe, &cases, Activations::F32, |_| DType::F16)) {
+                    let want = reference(case, &zeros[..case.m * case.k], &p.w, &p.bias, &p.y0);
+                    let error = max_error(&got, &want);
+                    assert!(error <= 1e-6, "{tile:?} {part:?}: {case}: error {error:e} against x = 0");
+                }
+            }
+            eprintln!("cooperative {tile:?} ({cores}), loop parts: the matmul of x = 0 in all {} cases", cases.len());
+        } else {
+            assert!(Matmul::loop_part(&gpu.device, variant, LoopPart::Products).is_err(), "{tile:?}");
         }
         // The fallback for weights left in bf16/f32 (f16 weights are the tensor-core
         // kernel's, checked above).
