@@ -15,7 +15,7 @@
 #             nochecks (STEERLM_SHADER_CHECKS=none),
 #             bt=N (--batch-tokens N), f32 (--precision f32), old (.gpu/steerlm-old)
 #   MxNxK     gpu-info --bench shapes, for both binaries, and the new one again with
-#             STEERLM_SHADER_CHECKS=none (default: three Llama MLP shapes;
+#             STEERLM_SHADER_CHECKS=none on the first (default: three Llama MLP shapes;
 #             "" skips the bench)
 # Environment: NOTORCH="SHAPE ..." skips transformers for those shapes.
 # Per variant: steady tokens/s, GPU-bound tokens/s (tokens over the summed kernel time of
@@ -50,9 +50,13 @@ command -v nvidia-smi >/dev/null && say "== $(nvidia-smi --query-gpu=name,driver
 $NEW gpu-info > "$OUT/gpu-info.txt" 2>&1
 grep -E "adapter|matmul|attention" "$OUT/gpu-info.txt" | head -12 | tee -a "$SUMMARY"
 
-# The kernels alone: the new build with and without naga's index clamps, and the old one.
+# The kernels alone: the new build, the old one, and (first shape only) the new build without
+# naga's index clamps.
+first_shape=${BENCH%% *}
 for shape in $BENCH; do
-    for run in new new-nochecks old; do
+    runs="new old"
+    [ "$shape" = "$first_shape" ] && runs="new new-nochecks old"
+    for run in $runs; do
         bin=$NEW checks=
         case $run in
             new-nochecks) checks=none ;;
