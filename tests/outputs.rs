@@ -66,6 +66,97 @@ fn an_error_report_or_manifest_naming_the_input_is_refused_and_the_input_kept() 
     }
 }
 
+/// `score` and `annotate --model` read a whole folder: no output may replace its weights,
+/// config or tokenizer, by any name, nor a shard its index names outside the folder.
+#[test]
+fn an_output_that_is_a_model_file_is_refused_and_the_model_kept() {
+    let dir = tempdir();
+    let model = dir.path().join("model");
+    fs::create_dir(&model).unwrap();
+    for entry in fs::read_dir(model_dir("llama9")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let texts = dir.path().join("texts.jsonl");
+    fs::write(&texts, "{\"text\": \"hello\"}\n").unwrap();
+    let sft = dir.path().join("sft.jsonl");
+    fs::copy(fixture("regression/input.jsonl"), &sft).unwrap();
+    let link = dir.path().join("weights-link");
+    std::os::unix::fs::symlink(model.join("model.safetensors"), &link).unwrap();
+    let before = |name: &str| fs::read(model.join(name)).unwrap();
+    let kept: Vec<(&str, Vec<u8>)> =
+        ["model.safetensors", "config.json", "tokenizer.json"].into_iter().map(|n| (n, before(n))).collect();
+    for output in [model.join("model.safetensors"), model.join("config.json"), model.join("tokenizer.json"), link] {
+        let result = steerlm(&[
+            "score",
+            "--device",
+            "cpu",
+            "--model",
+            p(&model),
+            "--input-file",
+            p(&texts),
+            "--output-file",
+            p(&output),
+        ]);
+        assert_refused(&result, &["--output-file", "--model", "refusing to overwrite an input"]);
+        let result = steerlm(&[
+            "annotate",
+            "--device",
+            "cpu",
+            "--model",
+            p(&model),
+            "--input-file",
+            p(&sft),
+            "--output-file",
+            p(&output),
+        ]);
+        assert_refused(&result, &["--output-file", "--model", "refusing to overwrite an input"]);
+    }
+    for (name, bytes) in &kept {
+        assert_eq!(&fs::read(model.join(name)).unwrap(), bytes, "{name} changed");
+    }
+    // A new file in the folder is fine.
+    let fresh = model.join("scores.jsonl");
+    let result = steerlm(&[
+        "score",
+        "--device",
+        "cpu",
+        "--model",
+        p(&model),
+        "--input-file",
+        p(&texts),
+        "--output-file",
+        p(&fresh),
+    ]);
+    assert_success(&result);
+    // A shard the index names outside the folder is an input too.
+    let sharded = dir.path().join("sharded");
+    fs::create_dir(&sharded).unwrap();
+    for name in ["config.json", "tokenizer.json"] {
+        fs::copy(model.join(name), sharded.join(name)).unwrap();
+    }
+    let outside = dir.path().join("outside.safetensors");
+    fs::copy(model.join("model.safetensors"), &outside).unwrap();
+    fs::write(
+        sharded.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"score.weight": "../outside.safetensors"}}"#,
+    )
+    .unwrap();
+    let result = steerlm(&[
+        "score",
+        "--device",
+        "cpu",
+        "--model",
+        p(&sharded),
+        "--input-file",
+        p(&texts),
+        "--output-file",
+        p(&outside),
+    ]);
+    assert_refused(&result, &["--output-file", "outside.safetensors", "refusing to overwrite an input"]);
+    assert_eq!(fs::read(&outside).unwrap(), kept[0].1);
+}
+
 #[test]
 fn an_output_file_that_is_the_input_through_a_link_is_refused() {
     let dir = tempdir();

@@ -66,6 +66,31 @@ pub fn refuse_overlaps(inputs: &[NamedFile], outputs: &[NamedFile]) -> Result<()
     Ok(())
 }
 
+/// A model folder named by `flag` and the files a load may read from it, each an input
+/// no output may overwrite: the folder, every file directly in it (config, tokenizer,
+/// weights) and every shard its `model.safetensors.index.json` names, wherever that is.
+/// A folder that cannot be listed is named alone (loading it reports why).
+pub fn model_folder(flag: &'static str, dir: &Path) -> Vec<NamedFile> {
+    let mut files = vec![NamedFile::new(flag, dir)];
+    let Ok(entries) = std::fs::read_dir(dir) else { return files };
+    for entry in entries.flatten() {
+        files.push(NamedFile::new(flag, entry.path()));
+    }
+    let index = dir.join("model.safetensors.index.json");
+    // An index is a few hundred KiB; a bigger one is not read here (loading reports it).
+    let small = std::fs::metadata(&index).is_ok_and(|meta| meta.is_file() && meta.len() <= 64 << 20);
+    if let Some(text) = small.then(|| std::fs::read_to_string(&index).ok()).flatten()
+        && let Ok(index) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(map) = index.get("weight_map").and_then(|m| m.as_object())
+    {
+        let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        files.extend(shards.into_iter().map(|shard| NamedFile::new(flag, dir.join(shard))));
+    }
+    files
+}
+
 fn is_dash(path: &Path) -> bool {
     path.as_os_str() == "-"
 }

@@ -62,7 +62,7 @@ impl AnnotateArgs {
     /// The files `annotate` reads and writes, named by their flags.
     pub fn files(&self) -> Files {
         let inputs = [NamedFile::new("--input-file", &self.input_file)];
-        let model = self.model.iter().map(|dir| NamedFile::new("--model", dir));
+        let model = self.model.iter().flat_map(|dir| crate::same_file::model_folder("--model", dir));
         Files {
             inputs: inputs.into_iter().chain(model).collect(),
             outputs: vec![NamedFile::new("--output-file", &self.output_file)],

@@ -48,7 +48,9 @@ pub struct ScoreArgs {
 impl ScoreArgs {
     pub fn files(&self) -> super::Files {
         super::Files {
-            inputs: vec![NamedFile::new("--input-file", &self.input_file)],
+            inputs: std::iter::once(NamedFile::new("--input-file", &self.input_file))
+                .chain(crate::same_file::model_folder("--model", &self.model))
+                .collect(),
             outputs: vec![NamedFile::new("--output-file", &self.output_file)],
         }
     }
