@@ -438,3 +438,27 @@ fn threads_keep_order_and_report_the_first_bad_line() {
     assert_eq!(bytes, fs::read(&four).unwrap());
     assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 3498);
 }
+
+/// Commands that print to stdout fail with a message, not a panic, when stdout is a full
+/// disk or a closed pipe.
+#[test]
+fn printing_to_a_full_disk_or_a_closed_pipe_is_an_error_not_a_panic() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let sft = fixture("regression/input.jsonl");
+    let commands: [&[&str]; 3] = [
+        &["label", "parse", "helpfulness:3"],
+        &["label", "encode", "1", "2", "3", "4", "0", "1", "2", "3", "4"],
+        &["stats", "--input-file", p(&sft)],
+    ];
+    for args in commands {
+        let out = steerlm_command(args).stdout(full()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("cannot write <stdout>"), "{args:?}: {}", stderr(&out));
+        // A reader that is gone: stdout is a pipe whose reading end is closed.
+        let mut child = steerlm_command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{args:?}: {}", stderr(&out));
+    }
+}

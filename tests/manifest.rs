@@ -142,6 +142,17 @@ fn verify_manifest_only_reruns_conversions_and_checks_its_input() {
     assert!(stderr(&out).contains("is not a sha256"), "{}", stderr(&out));
     let out = rewrite(&|j| j["outputs"] = serde_json::json!([]));
     assert!(stderr(&out).contains("no outputs"), "{}", stderr(&out));
+    // An input that became a device or a FIFO is refused at once, not read forever (or
+    // waited on).
+    let fifo = dir.path().join("fifo");
+    crate::common::mkfifo(&fifo);
+    for endless in [Path::new("/dev/zero"), fifo.as_path()] {
+        let started = std::time::Instant::now();
+        let out = rewrite(&|j| j["inputs"][0]["path"] = serde_json::json!(p(endless)));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("is not a regular file"), "{}", stderr(&out));
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{endless:?}");
+    }
 }
 
 #[test]

@@ -66,9 +66,9 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let bound = listener.local_addr()?;
     if !options.quiet {
-        println!("serving the steerlm HTTP component on http://{bound} (a fresh instance per request)");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        crate::output::print_banner(&format!(
+            "serving the steerlm HTTP component on http://{bound} (a fresh instance per request)\n"
+        ));
     }
     loop {
         let (stream, _) = match listener.accept().await {

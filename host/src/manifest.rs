@@ -103,6 +103,12 @@ pub struct FileRecord {
 
 /// Hashes a file, counting its bytes and its content's lines.
 pub fn describe(path: &Path, role: Option<Role>) -> Result<FileRecord> {
+    // A device or pipe would never end (/dev/zero) or never open (a FIFO without a writer);
+    // a manifest records regular files only.
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file (a device, pipe or folder): a manifest records regular files", path.display());
+    }
     let read = || std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()));
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; 1 << 20];

@@ -170,6 +170,18 @@ pub struct Output {
     sink: Sink,
 }
 
+/// Writes `text` to stdout and flushes it: a closed pipe or a full disk is an error
+/// ("cannot write <stdout>: ..."), as for `--output-file -`, not a panic.
+pub fn print(text: &str) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write <stdout>")
+}
+
+/// [`print`] for a server's banner: a server whose stdout is closed keeps serving.
+pub fn print_banner(text: &str) {
+    let _ = print(text);
+}
+
 impl Output {
     /// Starts writing `path` (`-` for stdout); `.gz` paths are gzip-compressed.
     pub fn create(path: &Path) -> Result<Output> {

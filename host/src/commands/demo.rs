@@ -47,8 +47,10 @@ pub fn run(context: &Context, args: &DemoArgs) -> Result<()> {
             s(&regression.join(format!("{split}.jsonl"))),
         ])?;
     }
-    println!("sample rows:      {}", raw.display());
-    println!("SFT records:      {}", sft.display());
-    println!("regression lines: {}", regression.display());
-    Ok(())
+    crate::output::print(&format!(
+        "sample rows:      {}\nSFT records:      {}\nregression lines: {}\n",
+        raw.display(),
+        sft.display(),
+        regression.display()
+    ))
 }

@@ -164,9 +164,9 @@ pub fn run(_context: &Context, args: &GpuInfoArgs) -> Result<()> {
         report["matmul_bench"] = Value::Array(bench(info, caps, args.bench_shape)?);
     }
     if args.json {
-        println!("{report:#}");
+        crate::output::print(&format!("{report:#}\n"))?;
     } else {
-        print!("{}", text(&report));
+        crate::output::print(&text(&report))?;
     }
     Ok(())
 }

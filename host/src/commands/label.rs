@@ -33,13 +33,13 @@ pub fn run(context: &Context, command: &LabelCommand) -> Result<()> {
             let names = labels.call(|b, s| b.steerlm_pipeline_labels().call_attribute_names(s))?;
             let pairs: Vec<_> = pairs.iter().map(|p| serde_json::json!([p.key, p.value])).collect();
             let json = serde_json::json!({ "pairs": pairs, "attributes": names, "vector": vector });
-            println!("{json}");
+            crate::output::print(&format!("{json}\n"))?;
         }
         LabelCommand::Encode { scores, names } => {
             let label = labels
                 .call(|b, s| b.steerlm_pipeline_labels().call_encode_scores(s, scores, names.as_deref()))?
                 .map_err(|e| anyhow!(e))?;
-            println!("{label}");
+            crate::output::print(&format!("{label}\n"))?;
         }
     }
     Ok(())

@@ -52,8 +52,8 @@ pub fn run(context: &Context, args: &StatsArgs) -> Result<()> {
     let stats =
         stats::compute(&InputPath(args.input_file.clone()), tokenizer.as_ref(), context.max_line_bytes, &progress)?;
     match args.format {
-        Format::Table => print!("{}", stats::table(&stats)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
+        Format::Table => crate::output::print(&stats::table(&stats))?,
+        Format::Json => crate::output::print(&format!("{}\n", serde_json::to_string_pretty(&stats)?))?,
     }
     if let Some(path) = &args.plot {
         let title = format!("{} ({} labeled turns)", stats.file, stats.labeled_turns);

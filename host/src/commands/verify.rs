@@ -80,16 +80,21 @@ pub fn run(context: &Context, args: &VerifyArgs) -> Result<()> {
         let now = manifest::describe(rerun, None)?;
         if now.sha256 == recorded.sha256 {
             matched += 1;
-            println!("match    {}  sha256 {}  {} lines", recorded.path.display(), short(&now.sha256), now.lines);
+            crate::output::print(&format!(
+                "match    {}  sha256 {}  {} lines\n",
+                recorded.path.display(),
+                short(&now.sha256),
+                now.lines
+            ))?;
         } else {
-            println!(
-                "DIFFERS  {}  sha256 {} recorded, {} now ({} vs {} lines)",
+            crate::output::print(&format!(
+                "DIFFERS  {}  sha256 {} recorded, {} now ({} vs {} lines)\n",
                 recorded.path.display(),
                 short(&recorded.sha256),
                 short(&now.sha256),
                 recorded.lines,
                 now.lines
-            );
+            ))?;
             problems.push(format!("output {} differs", recorded.path.display()));
         }
     }

@@ -107,15 +107,13 @@ pub async fn serve(options: ServeOptions, model: RewardModel) -> Result<()> {
         tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let bound = listener.local_addr()?;
     if !options.quiet {
-        println!(
-            "serving `{}` ({} {}, on {}) on http://{bound}",
+        crate::output::print_banner(&format!(
+            "serving `{}` ({} {}, on {}) on http://{bound}\n",
             state.model_name,
             state.model.config.labels.len(),
             if state.model.config.labels.len() == 1 { "attribute" } else { "attributes" },
             state.model.device_name()
-        );
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        ));
     }
     connections::serve(listener, app, options.connections).await.context("the HTTP server stopped")
 }
