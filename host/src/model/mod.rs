@@ -23,7 +23,8 @@ use clap::ValueEnum;
 use config::ModelConfig;
 use layout::ModelTensors;
 use std::path::Path;
-use tokenize::{TextTokenizer, Tokens};
+pub use tokenize::End;
+use tokenize::{Source, TextTokenizer, Tokens};
 use weights::Weights;
 
 /// Where the forward pass runs.
@@ -226,26 +227,24 @@ impl RewardModel {
 
     /// [`RewardModel::tokenize_for_scoring`] for a text or a conversation.
     pub fn tokenize_prompt(&self, prompt: Prompt) -> Result<Tokens> {
-        Ok(self.tokenizer.cut(self.tokenize_prompt_uncut(prompt)?))
+        self.tokenize_prompt_end(prompt, self.tokenizer.max_tokens(), End::First)
     }
 
-    /// All of `text`'s token ids, not cut to the context (callers decide how to fit
-    /// it), never empty.
-    pub fn tokenize_uncut(&self, text: &str) -> Result<Vec<u32>> {
-        self.tokenize_prompt_uncut(Prompt::Text(text))
-    }
-
-    /// All token ids of a text (BOS added with `--add-bos`) or of a rendered
-    /// conversation (special tokens as its template writes them), never empty.
-    pub fn tokenize_prompt_uncut(&self, prompt: Prompt) -> Result<Vec<u32>> {
-        let ids = match prompt {
-            Prompt::Text(text) => self.tokenizer.encode_uncut(text)?,
-            Prompt::Chat(messages) => self.tokenizer.encode_rendered(&self.render_chat(messages)?)?,
+    /// The first or last `keep` token ids of a text (BOS added with `--add-bos`) or of a
+    /// rendered conversation (special tokens as its template writes them), never empty;
+    /// `exceeded` says it had more. Only about as much of a long text is tokenized as
+    /// `keep` tokens take ([`tokenize::TextTokenizer::encode_end`]).
+    pub fn tokenize_prompt_end(&self, prompt: Prompt, keep: usize, end: End) -> Result<Tokens> {
+        let tokens = match prompt {
+            Prompt::Text(text) => self.tokenizer.encode_end(text, Source::Text, keep, end)?,
+            Prompt::Chat(messages) => {
+                self.tokenizer.encode_end(&self.render_chat(messages)?, Source::Rendered, keep, end)?
+            }
         };
-        if ids.is_empty() {
+        if tokens.ids.is_empty() {
             bail!("the text has no tokens");
         }
-        Ok(ids)
+        Ok(tokens)
     }
 
     /// Every text tokenized for scoring; an error names the text by its index.

@@ -23,7 +23,7 @@ pub mod vllm;
 
 use crate::model::attribute_weights::{AttributeWeights, scalar_reward};
 use crate::model::chat_template::Messages;
-use crate::model::{Prompt, RewardModel};
+use crate::model::{End, Prompt, RewardModel};
 use anyhow::{Context, Result};
 use auth::ApiKey;
 use batcher::{BatchPolicy, Batcher};
@@ -161,25 +161,26 @@ impl AppState {
         let context = self.model.config.max_positions;
         let mut sequences = Vec::with_capacity(prompts.len());
         for (i, prompt) in prompts.iter().enumerate() {
-            let mut ids = self
+            let (keep, end) = match cut {
+                Cut::Refuse { .. } => (context, End::First),
+                Cut::KeepFirst(n) => (n.min(context), End::First),
+                Cut::KeepLast(n) => (n.min(context), End::Last),
+            };
+            let tokens = self
                 .model
-                .tokenize_prompt_uncut(*prompt)
+                .tokenize_prompt_end(*prompt, keep, end)
                 .map_err(|e| ApiError::bad_request(format!("text {i}: {e:#}")))?;
-            match cut {
-                Cut::Refuse { status, hint } if ids.len() > context => {
-                    return Err(ApiError::new(
-                        status,
-                        format!("text {i} has {} tokens; this model's context is {context} tokens ({hint})", ids.len()),
-                    ));
-                }
-                Cut::Refuse { .. } => {}
-                Cut::KeepFirst(n) => ids.truncate(n.min(context)),
-                Cut::KeepLast(n) => {
-                    let keep = n.min(context);
-                    ids.drain(..ids.len().saturating_sub(keep));
-                }
+            if let Cut::Refuse { status, hint } = cut
+                && tokens.exceeded
+            {
+                return Err(ApiError::new(
+                    status,
+                    format!(
+                        "text {i} has more than {context} tokens; this model's context is {context} tokens ({hint})"
+                    ),
+                ));
             }
-            sequences.push(ids);
+            sequences.push(tokens.ids);
         }
         Ok(sequences)
     }
