@@ -398,6 +398,43 @@ fn silent_connections_are_closed_and_health_checks_still_answer() {
     }
 }
 
+/// One client's connections past --max-connections-per-client are answered 503 and
+/// closed at once; its slots come back as its connections close.
+#[test]
+fn a_client_over_its_share_of_connections_gets_503_at_once() {
+    use std::io::Read;
+    let server = serve(&["--max-connections-per-client", "2"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    // The server counts a connection once it accepts it: wait until the third is turned
+    // away (a generous bound, so a server that never does fails instead of hanging).
+    let mut answer = String::new();
+    for _ in 0..100 {
+        let mut third = std::net::TcpStream::connect(&address).unwrap();
+        third.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        let mut bytes = Vec::new();
+        if third.read_to_end(&mut bytes).is_ok() {
+            answer = String::from_utf8_lossy(&bytes).into_owned();
+            break;
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("--max-connections-per-client"), "{answer}");
+    drop(held);
+    runtime().block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+        for _ in 0..100 {
+            if let Ok(response) = client.get(format!("{}/v2/health/ready", server.url)).send().await
+                && response.status().as_u16() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the client's slots did not come back");
+    });
+}
+
 #[test]
 fn a_body_that_trickles_gets_408_and_frees_its_connection() {
     use std::io::{Read, Write};

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Most connections served at once; more wait until one closes.
     #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Most connections from one client address at once; more are answered 503 and
+    /// closed, so one client cannot take every connection (raise it behind a proxy).
+    #[arg(long, default_value_t = 128, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_client: u64,
     /// Seconds a client has to send a request's headers (and an idle keep-alive
     /// connection stays open) before the connection is closed.
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -86,6 +90,7 @@ impl ServeArgs {
             },
             connections: ConnectionLimits {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                max_per_client: usize::try_from(self.max_connections_per_client).unwrap_or(usize::MAX),
                 header_read_timeout: Duration::from_secs(self.header_read_timeout),
             },
             attribute_weights: self.attribute_weights.clone(),

@@ -1,13 +1,17 @@
 //! Accepting connections for `steerlm serve`: at most `max_connections` are served at
-//! once (more wait in the listen backlog until one closes), and a client must finish
-//! sending each request's headers within `header_read_timeout` or its connection is
-//! closed, so silent or trickling sockets cannot pile up and starve health checks.
+//! once (more wait in the listen backlog until one closes), at most `max_per_client` of
+//! them from one client address (more are answered 503 and closed at once), and a client
+//! must finish sending each request's headers within `header_read_timeout` or its
+//! connection is closed. So silent or trickling sockets cannot pile up and starve health
+//! checks, and one client holding its share cannot starve the others.
 
 use anyhow::Result;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -15,22 +19,71 @@ use tokio::sync::Semaphore;
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// Most connections from one client address at once.
+    pub max_per_client: usize,
     /// Also how long an idle keep-alive connection stays open.
     pub header_read_timeout: Duration,
 }
 
+/// Open connections per client address.
+#[derive(Default)]
+struct Clients {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of a client; counted until dropped.
+struct ClientSlot {
+    clients: Arc<Clients>,
+    address: IpAddr,
+}
+
+impl Clients {
+    /// A slot for one more connection from `address`, unless it has `cap` open.
+    fn enter(self: &Arc<Self>, address: IpAddr, cap: usize) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { clients: Arc::clone(self), address })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// What a client over its share of connections gets before the connection closes.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n\
+    content-length: 69\r\n\r\ntoo many connections from this client (--max-connections-per-client)\n";
+
 /// Serves `app` on `listener` forever.
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits) -> Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let clients = Arc::new(Clients::default());
     loop {
         let slot = Arc::clone(&slots).acquire_owned().await?;
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             // Out of file descriptors and the like: wait and go on serving the rest.
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(client) = clients.enter(peer.ip().to_canonical(), limits.max_per_client.max(1)) else {
+            // Into the empty send buffer of a new socket, or not at all: never waited on.
+            let _ = stream.try_write(TOO_MANY);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
@@ -42,7 +95,33 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
                 .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(client);
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_503_answer_is_well_formed() {
+        let text = std::str::from_utf8(TOO_MANY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+    }
+
+    #[test]
+    fn a_client_gets_its_share_and_its_slots_come_back() {
+        let clients = Arc::new(Clients::default());
+        let (one, two): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = clients.enter(one, 2).unwrap();
+        let _second = clients.enter(one, 2).unwrap();
+        assert!(clients.enter(one, 2).is_none());
+        assert!(clients.enter(two, 2).is_some(), "another client is not held to the first one's share");
+        drop(first);
+        assert!(clients.enter(one, 2).is_some());
     }
 }
