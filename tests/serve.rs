@@ -145,6 +145,9 @@ fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
             (infer.clone(), b"{not json".to_vec(), vec![], 400, "invalid"),
             (infer.clone(), vec![b' '; 2 << 20], vec![], 413, ""),
             (format!("{base}/v2/nothing"), vec![], vec![], 404, "no route"),
+            // /v1/score: what to score must be unambiguous.
+            (format!("{base}/v1/score"), br#"{"texts": ["a"], "texts": ["b"]}"#.to_vec(), vec![], 400, "duplicate key"),
+            (format!("{base}/v1/score"), br#"{"texts": ["a"], "records": []}"#.to_vec(), vec![], 400, "one of"),
         ];
         for (url, body, headers, want, reason) in cases {
             let (status, body, _) = post(&url, body, &headers).await;

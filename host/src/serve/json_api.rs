@@ -24,6 +24,18 @@ async fn score_inner(state: &AppState, body: Result<Bytes, BytesRejection>) -> A
     let body = state.limits.body(body)?;
     let request: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    // What to score must be unambiguous: one field, sent once (JSON parsers keep the last
+    // of duplicate keys without a word; the command line refuses them too).
+    let sent: Vec<&str> =
+        ["texts", "conversations", "records"].into_iter().filter(|f| request.get(f).is_some()).collect();
+    if sent.len() > 1 {
+        return Err(ApiError::bad_request(format!(
+            "send one of `texts`, `conversations` and `records`, not {}",
+            sent.join(" and ")
+        )));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    steerlm_core::pyvalue::PyValue::parse(text).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
     if let Some(texts) = request.get("texts") {
         let texts = texts
             .as_array()
