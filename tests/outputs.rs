@@ -86,49 +86,31 @@ fn an_output_that_is_a_model_file_is_refused_and_the_model_kept() {
     let before = |name: &str| fs::read(model.join(name)).unwrap();
     let kept: Vec<(&str, Vec<u8>)> =
         ["model.safetensors", "config.json", "tokenizer.json"].into_iter().map(|n| (n, before(n))).collect();
+    // `command --device cpu --model MODEL --input-file INPUT --output-file OUTPUT`
+    let run = |command: &str, model: &Path, input: &Path, output: &Path| {
+        steerlm(&[
+            command,
+            "--device",
+            "cpu",
+            "--model",
+            p(model),
+            "--input-file",
+            p(input),
+            "--output-file",
+            p(output),
+        ])
+    };
     for output in [model.join("model.safetensors"), model.join("config.json"), model.join("tokenizer.json"), link] {
-        let result = steerlm(&[
-            "score",
-            "--device",
-            "cpu",
-            "--model",
-            p(&model),
-            "--input-file",
-            p(&texts),
-            "--output-file",
-            p(&output),
-        ]);
-        assert_refused(&result, &["--output-file", "--model", "refusing to overwrite an input"]);
-        let result = steerlm(&[
-            "annotate",
-            "--device",
-            "cpu",
-            "--model",
-            p(&model),
-            "--input-file",
-            p(&sft),
-            "--output-file",
-            p(&output),
-        ]);
-        assert_refused(&result, &["--output-file", "--model", "refusing to overwrite an input"]);
+        for (command, input) in [("score", &texts), ("annotate", &sft)] {
+            let result = run(command, &model, input, &output);
+            assert_refused(&result, &["--output-file", "--model", "refusing to overwrite an input"]);
+        }
     }
     for (name, bytes) in &kept {
         assert_eq!(&fs::read(model.join(name)).unwrap(), bytes, "{name} changed");
     }
     // A new file in the folder is fine.
-    let fresh = model.join("scores.jsonl");
-    let result = steerlm(&[
-        "score",
-        "--device",
-        "cpu",
-        "--model",
-        p(&model),
-        "--input-file",
-        p(&texts),
-        "--output-file",
-        p(&fresh),
-    ]);
-    assert_success(&result);
+    assert_success(&run("score", &model, &texts, &model.join("scores.jsonl")));
     // A shard the index names outside the folder is an input too.
     let sharded = dir.path().join("sharded");
     fs::create_dir(&sharded).unwrap();
@@ -142,17 +124,7 @@ fn an_output_that_is_a_model_file_is_refused_and_the_model_kept() {
         r#"{"weight_map": {"score.weight": "../outside.safetensors"}}"#,
     )
     .unwrap();
-    let result = steerlm(&[
-        "score",
-        "--device",
-        "cpu",
-        "--model",
-        p(&sharded),
-        "--input-file",
-        p(&texts),
-        "--output-file",
-        p(&outside),
-    ]);
+    let result = run("score", &sharded, &texts, &outside);
     assert_refused(&result, &["--output-file", "outside.safetensors", "refusing to overwrite an input"]);
     assert_eq!(fs::read(&outside).unwrap(), kept[0].1);
 }
