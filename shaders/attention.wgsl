@@ -1,6 +1,7 @@
 // Attention of single query rows over packed sequences with grouped KV heads. One
 // workgroup of 64 invocations per (query row, query head): the row's keys
-// (`key_range[r].x .. key_range[r].y`: its own sequence up to itself) are taken 64 at a
+// (`key_range[r].x .. key_range[r].y`: its own sequence up to itself, or the last
+// `p.window` of those in a sliding layer) are taken 64 at a
 // time, each invocation scoring one key, then every invocation folds the block into its
 // share of the output dimensions with an online softmax. Query head h reads KV head
 // h / (heads / kv_heads). The last layer uses it for each sequence's last token only;
@@ -14,8 +15,9 @@ struct Params {
     scale: f32,
     // 0: none.
     softcap: f32,
-    _pad1: u32,
-    _pad2: u32,
+    // A sliding layer's window (the last `window` keys of the range); 0xffffffff: none.
+    window: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,8 +56,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let hd = p.head_dim;
     let q_base = t * p.heads * hd + h * hd;
     let kv_stride = p.kv_heads * hd;
-    let start = key_range[t].x;
-    let count = key_range[t].y - start;
+    let end = key_range[t].y;
+    var start = key_range[t].x;
+    if (end > p.window) {
+        start = max(start, end - p.window);
+    }
+    let count = end - start;
 
     var acc: array<f32, DIMS>;
     var m = LOWEST;

@@ -5,8 +5,9 @@
 // (row, head) pairs, row-major, so the K/V tiles staged in workgroup memory are shared by
 // the block's rows and by the group's heads.
 //
-// Keys run from the sequence start to the block's last row, KEYS at a time (tiles above the
-// causal diagonal are never loaded). Per tile:
+// Keys run from the sequence start (or, in a sliding layer, the start of the first row's
+// window) to the block's last row, KEYS at a time (tiles above the causal diagonal are never
+// loaded). Per tile:
 // 1. stage K (and V) as vec4 rows;
 // 2. scores S = Q K^T * scale, masked at the diagonal: each invocation computes a register
 //    block of ROWS query slots x up to KEYS_PER_SLICE keys (q read as vec4 from global
@@ -23,7 +24,8 @@
 // memory, a second pass over global memory per tile).
 //
 // HEAD_DIM must be a multiple of 4 and at most 16 * SLICES (<= 256). Query head h reads KV
-// head h / (heads / kv_heads); token t of a sequence starting at s attends to keys s..=t,
+// head h / (heads / kv_heads); token t of a sequence starting at s attends to keys s..=t
+// (the last `p.window` of them in a sliding layer),
 // scaled by `p.scale` (1/sqrt(head_dim), or Gemma2's query_pre_attn_scalar^-0.5) and
 // soft-capped where `p.softcap` > 0.
 
@@ -116,7 +118,7 @@ fn main(
     let kv_base = kv_head * HD4;
 
     var acc: array<vec4<f32>, ROWS * COLUMNS>;
-    for (var tile = start; tile < end; tile = tile + KEYS) {
+    for (var tile = first_key(start, first); tile < end; tile = tile + KEYS) {
         let n = min(KEYS, end - tile);
         for (var i = lid; i < n * HD4; i = i + WORKGROUP) {
             let key = i / HD4;
@@ -130,7 +132,8 @@ fn main(
         workgroupBarrier();
 
         // Scores of slots x keys slice, slice + SLICES, .. . Keys past `n` read the
-        // previous tile's (finite) values and are masked with the diagonal.
+        // previous tile's (finite) values and are masked with the diagonal, as are keys
+        // outside a sliding window.
         var dots: array<f32, ROWS * KEYS_PER_SLICE>;
         for (var c = 0u; c < HD4; c = c + 1u) {
             var qv: array<vec4<f32>, ROWS>;
@@ -151,7 +154,7 @@ fn main(
             let key = slice + j * SLICES;
             if (key < KEYS) {
                 for (var i = 0u; i < ROWS; i = i + 1u) {
-                    let s = select(LOWEST, cap_score(dots[i * KEYS_PER_SLICE + j] * p.scale), tile + key <= rows[i]);
+                    let s = select(LOWEST, cap_score(dots[i * KEYS_PER_SLICE + j] * p.scale), visible(tile + key, rows[i]));
                     scores[slots[i] * SCORE_ROW + key] = s;
                 }
             }
@@ -175,7 +178,9 @@ fn main(
             }
             var sum = 0.0;
             for (var j = 0u; j < n; j = j + 1u) {
-                let e = exp(scores[base + j] - m);
+                // Masked keys weigh nothing, also in a slot's first tiles of a sliding
+                // layer, which may have no key it sees (and a maximum still at LOWEST).
+                let e = select(0.0, exp(scores[base + j] - m), scores[base + j] > LOWEST);
                 scores[base + j] = e;
                 sum = sum + e;
             }

@@ -13,7 +13,8 @@
 // takes each slot's maximum score over all its keys (QK^T only); pass 2 recomputes the scores,
 // P = exp(S - max) (each at most 1, staged as f16) and accumulates O += P V in the
 // accumulators, with the row sums in f32. QK^T runs twice: 1.5x the products of one pass,
-// all on tensor cores. Tiles above the block's causal diagonal are never loaded. ONE_PASS
+// all on tensor cores. Tiles above the block's causal diagonal are never loaded, nor, in a
+// sliding layer, tiles before the window of the block's first row. ONE_PASS
 // (below) is the alternative: a lazily moved reference maximum, and rows rescaled through
 // workgroup memory when it moves.
 //
@@ -24,7 +25,8 @@
 // subgroup's reads of the scores fall in distinct workgroup-memory banks.
 //
 // Scores are scaled by `p.scale` and soft-capped where `p.softcap` > 0, in f32, as in
-// flash_attention.wgsl. Inputs are rounded to f16 (saturated to its finite range).
+// flash_attention.wgsl, and keys outside a sliding layer's window are masked (`visible`).
+// Inputs are rounded to f16 (saturated to its finite range).
 //
 // Sizes are written in fragments of FRAG x FRAG (16 here) and subgroups of SUBGROUP (32).
 // kernels/coop.rs rewrites both to 8 for lavapipe (8x8x8 matrices, subgroups of 8), which
@@ -355,6 +357,7 @@ fn main(
     let count = block.y;
     let start = block.z;
     let end = first + count; // one past the last key any row of the block sees
+    let keys_from = first_key(start, first);
     let group = p.heads / p.kv_heads;
     // This subgroup's FRAG slots.
     let r = sg * FRAG;
@@ -385,7 +388,7 @@ fn main(
         if (part == 0u) {
             row_sum[slot] = LOWEST;
         }
-        for (var tile = start; tile < end; tile = tile + KEYS) {
+        for (var tile = keys_from; tile < end; tile = tile + KEYS) {
             let n = min(KEYS, end - tile);
             if (li == 0u) {
                 rescale_flag = 0u;
@@ -397,7 +400,7 @@ fn main(
             var tile_max = LOWEST;
             for (var j = 0u; j < PART; j = j + 1u) {
                 let key = part * PART + (j + slot) % PART;
-                if (key < n && tile + key <= slot_t) {
+                if (key < n && visible(tile + key, slot_t)) {
                     tile_max = max(tile_max, cap_score(s_tile[slot * LDS + key] * p.scale));
                 }
             }
@@ -424,7 +427,7 @@ fn main(
             for (var j = 0u; j < PART; j = j + 1u) {
                 let key = part * PART + (j + slot) % PART;
                 var e = 0.0;
-                if (key < n && tile + key <= slot_t) {
+                if (key < n && visible(tile + key, slot_t)) {
                     e = exp(cap_score(s_tile[slot * LDS + key] * p.scale) - reference);
                 }
                 let eh = f16(e);
@@ -441,7 +444,7 @@ fn main(
     } else {
         // Pass 1: each slot's maximum over its keys.
         var my_max = LOWEST;
-        for (var tile = start; tile < end; tile = tile + KEYS) {
+        for (var tile = keys_from; tile < end; tile = tile + KEYS) {
             let n = min(KEYS, end - tile);
             stage_kv(li, tile, n, kv_head, false);
             workgroupBarrier();
@@ -449,7 +452,7 @@ fn main(
             workgroupBarrier();
             for (var j = 0u; j < PART; j = j + 1u) {
                 let key = part * PART + (j + slot) % PART;
-                if (key < n && tile + key <= slot_t) {
+                if (key < n && visible(tile + key, slot_t)) {
                     my_max = max(my_max, cap_score(s_tile[slot * LDS + key] * p.scale));
                 }
             }
@@ -465,7 +468,7 @@ fn main(
         workgroupBarrier();
 
         // Pass 2: P = exp(S - max), O += P V.
-        for (var tile = start; tile < end; tile = tile + KEYS) {
+        for (var tile = keys_from; tile < end; tile = tile + KEYS) {
             let n = min(KEYS, end - tile);
             stage_kv(li, tile, n, kv_head, true);
             workgroupBarrier();
@@ -474,7 +477,7 @@ fn main(
             for (var j = 0u; j < PART; j = j + 1u) {
                 let key = part * PART + (j + slot) % PART;
                 var e = 0.0;
-                if (key < n && tile + key <= slot_t) {
+                if (key < n && visible(tile + key, slot_t)) {
                     e = exp(cap_score(s_tile[slot * LDS + key] * p.scale) - m);
                 }
                 // The sum adds what P V multiplies: the f16 probabilities.

@@ -11,8 +11,10 @@ struct Params {
     scale: f32,
     // 0: none.
     softcap: f32,
-    _pad1: u32,
-    _pad2: u32,
+    // A sliding layer's window: a query at position i sees keys i - window + 1 ..= i.
+    // 0xffffffff: none (every earlier key).
+    window: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,3 +25,19 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
 // (first query row, row count, sequence start, unused).
 @group(0) @binding(4) var<storage, read> blocks: array<vec4<u32>>;
+
+// Whether query row `row` sees key row `key` (rows of one sequence): at or before it, and
+// inside the window (the subtraction is only taken where key <= row).
+fn visible(key: u32, row: u32) -> bool {
+    return key <= row && row - key < p.window;
+}
+
+// The first key any row of a block from row `first` sees, in a sequence starting at row
+// `start`: the start, or where the first row's window begins. Earlier key tiles are
+// never loaded.
+fn first_key(start: u32, first: u32) -> u32 {
+    if (first + 1u > p.window) {
+        return max(start, first + 1u - p.window);
+    }
+    return start;
+}

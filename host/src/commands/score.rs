@@ -80,12 +80,13 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         weights.check(model.labels())?;
     }
     context.say(format!(
-        "{}: {}, {} layers, hidden {}, {} labels, on {}",
+        "{}: {}, {} layers, hidden {}, {} labels{}, on {}",
         args.model.display(),
         model.config.architecture,
         model.config.num_layers,
         model.config.hidden_size,
         model.labels().len(),
+        model.config.window_note(),
         model.device_name()
     ));
     let input = InputPath(args.input_file.clone());

@@ -58,6 +58,22 @@ pub enum Biases {
     Never,
 }
 
+/// Which layers attend only to the last `sliding_window` keys, by transformers' rules for
+/// each family (a query at position i sees keys i - window + 1 ..= i).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sliding {
+    /// No layer slides, whatever config.json says (Llama, Nemotron, Gemma).
+    Never,
+    /// Every layer, when `sliding_window` is a number (4096 when absent; null turns it
+    /// off); `layer_types` is ignored (Mistral).
+    EveryLayer,
+    /// Only with `use_sliding_window: true`: the sliding layers of `layer_types`, else
+    /// those from `max_window_layers` (28 when absent) on (Qwen2, Qwen3).
+    Opted,
+    /// The sliding layers of `layer_types`, else the even-numbered ones (Gemma2).
+    Alternating,
+}
+
 /// What turns the last token's hidden state into scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadKind {
@@ -90,6 +106,7 @@ pub struct Family {
     /// `hidden_act: "gelu"` also means the tanh approximation: Gemma's original configs say
     /// `gelu`, and transformers reads it as `gelu_pytorch_tanh`.
     pub legacy_gelu: bool,
+    pub sliding: Sliding,
 }
 
 impl Family {
@@ -103,9 +120,9 @@ impl Family {
 /// config.json, Nemotron uses 0.5) says how many leading dimensions of a head rotate.
 pub const FAMILIES: [Family; 7] = [
     Family { name: "Llama", ..LLAMA },
-    Family { name: "Mistral", biases: Biases::Never, ..LLAMA },
-    Family { name: "Qwen2", biases: Biases::QkvAlways, ..LLAMA },
-    Family { name: "Qwen3", qk_norm: true, ..LLAMA },
+    Family { name: "Mistral", biases: Biases::Never, sliding: Sliding::EveryLayer, ..LLAMA },
+    Family { name: "Qwen2", biases: Biases::QkvAlways, sliding: Sliding::Opted, ..LLAMA },
+    Family { name: "Qwen3", qk_norm: true, sliding: Sliding::Opted, ..LLAMA },
     Family { name: "Nemotron", norm: NormKind::LayerNorm1P, mlp: MlpKind::SquaredRelu, ..LLAMA },
     Family {
         name: "Gemma",
@@ -123,6 +140,7 @@ pub const FAMILIES: [Family; 7] = [
         mlp: MlpKind::GeluTanhGated,
         sandwich_norms: true,
         scaled_embedding: true,
+        sliding: Sliding::Alternating,
         ..LLAMA
     },
 ];
@@ -137,6 +155,7 @@ const LLAMA: Family = Family {
     sandwich_norms: false,
     scaled_embedding: false,
     legacy_gelu: false,
+    sliding: Sliding::Never,
 };
 
 /// The heads, by the suffix of an `architectures` value.

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::Path;
 
 pub use super::arch::Architecture;
-use super::arch::{Biases, HeadKind};
+use super::arch::{Biases, HeadKind, Sliding};
 
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -33,9 +33,11 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     /// Leading dimensions of each head that are rotated (`head_dim * partial_rotary_factor`).
     pub rotary_dim: usize,
-    /// Texts are cut to this many tokens: the context, or a sliding-attention window
-    /// when one is smaller (within the window, windowed attention is full attention).
+    /// The context: texts are cut to this many tokens.
     pub max_positions: usize,
+    /// The sliding-attention window and the layers that use it, where it is shorter than
+    /// the context (see [`ModelConfig::attention_window`]).
+    pub sliding_window: Option<(usize, SlidingLayers)>,
     /// Multiplies the embeddings: `sqrt(hidden_size)` for Gemma, else 1.
     pub embedding_scale: f32,
     /// Multiplies attention scores: `query_pre_attn_scalar^-0.5` where config.json has
@@ -81,6 +83,83 @@ fn positive(name: &str, value: usize) -> Result<usize> {
         bail!("`{name}` must be at least 1, got 0");
     }
     Ok(value)
+}
+
+/// Which layers of a checkpoint attend within its sliding window (rules, not a list, since
+/// `num_hidden_layers` is only checked against the checkpoint later).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlidingLayers {
+    None,
+    All,
+    /// Those from this one on (Qwen's `max_window_layers`).
+    From(usize),
+    /// The even-numbered ones (Gemma2 without `layer_types`).
+    Even,
+    /// As `layer_types` lists them.
+    Listed(Vec<bool>),
+}
+
+impl SlidingLayers {
+    fn slides(&self, layer: usize) -> bool {
+        match self {
+            SlidingLayers::None => false,
+            SlidingLayers::All => true,
+            SlidingLayers::From(first) => layer >= *first,
+            SlidingLayers::Even => layer.is_multiple_of(2),
+            SlidingLayers::Listed(listed) => listed.get(layer).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// The sliding window and the layers it applies to, by `sliding`'s rules (see [`Sliding`]):
+/// `None` when no layer slides, or when the window is at least the context (texts never
+/// reach it).
+fn sliding_window(
+    config: &Value,
+    sliding: Sliding,
+    use_sliding_window: bool,
+    layers: usize,
+    context: usize,
+) -> Result<Option<(usize, SlidingLayers)>> {
+    let listed = || -> Result<Option<SlidingLayers>> {
+        let Some(types) = config.get("layer_types").filter(|v| !v.is_null()) else { return Ok(None) };
+        let types = types.as_array().ok_or_else(|| anyhow!("`layer_types` must be a list, got {types}"))?;
+        if types.len() != layers {
+            bail!("`layer_types` lists {} layers, but num_hidden_layers is {layers}", types.len());
+        }
+        let sliding = types.iter().enumerate().map(|(i, t)| match t.as_str() {
+            Some("sliding_attention") => Ok(true),
+            Some("full_attention") => Ok(false),
+            _ => bail!("`layer_types` entry {i} is {t}; steerlm runs \"full_attention\" and \"sliding_attention\""),
+        });
+        Ok(Some(SlidingLayers::Listed(sliding.collect::<Result<_>>()?)))
+    };
+    let layers_sliding = match sliding {
+        Sliding::Never => SlidingLayers::None,
+        Sliding::EveryLayer => SlidingLayers::All,
+        Sliding::Opted if !use_sliding_window => SlidingLayers::None,
+        Sliding::Opted => match listed()? {
+            Some(listed) => listed,
+            None => SlidingLayers::From(count_field(config, &["max_window_layers"])?.unwrap_or(28)),
+        },
+        Sliding::Alternating => listed()?.unwrap_or(SlidingLayers::Even),
+    };
+    let any_slides = match &layers_sliding {
+        SlidingLayers::None => false,
+        SlidingLayers::All | SlidingLayers::Even => layers > 0,
+        SlidingLayers::From(first) => *first < layers,
+        SlidingLayers::Listed(listed) => listed.contains(&true),
+    };
+    if !any_slides {
+        return Ok(None);
+    }
+    // transformers' default when the field is absent; null turns the window off.
+    let window = match config.get("sliding_window") {
+        None => 4096,
+        Some(Value::Null) => return Ok(None),
+        Some(_) => positive("sliding_window", required_count(config, &["sliding_window"])?)?,
+    };
+    Ok((window < context).then_some((window, layers_sliding)))
 }
 
 fn f64_field(config: &Value, name: &str) -> Option<f64> {
@@ -167,21 +246,8 @@ impl ModelConfig {
             "max_position_embeddings",
             count_field(config, &["max_position_embeddings", "max_sequence_length", "seq_length"])?.unwrap_or(4096),
         )?;
-        // Mistral's `sliding_window` applies when set; Qwen's only with `use_sliding_window`;
-        // where `layer_types` lists each layer's attention (Gemma2), only when one slides.
-        let any_layer_slides = match config.get("layer_types").and_then(Value::as_array) {
-            Some(types) => types.iter().any(|t| t.as_str() == Some("sliding_attention")),
-            None => true,
-        };
-        let window = match config.get("use_sliding_window") {
-            Some(Value::Bool(false)) => None,
-            _ if !any_layer_slides => None,
-            _ => count_field(config, &["sliding_window"])?,
-        };
-        let max_positions = match window {
-            Some(window) => positive("sliding_window", window)?.min(context),
-            None => context,
-        };
+        let max_positions = context;
+        let sliding_window = sliding_window(config, family.sliding, flag("use_sliding_window")?, num_layers, context)?;
 
         // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps them at the
         // top level (and may have a `rope_scaling` block, which steerlm does not apply).
@@ -288,6 +354,7 @@ impl ModelConfig {
             rope_theta,
             rotary_dim,
             max_positions,
+            sliding_window,
             embedding_scale,
             attention_scale,
             attention_softcap,
@@ -305,6 +372,28 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
+    /// Layer `layer`'s sliding window: a query at position i sees keys i - window + 1 ..= i.
+    /// `None`: full causal attention.
+    pub fn attention_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.as_ref().filter(|(_, layers)| layers.slides(layer)).map(|&(window, _)| window)
+    }
+
+    /// ", a sliding window of W tokens on N of L layers" where layers slide, else "".
+    pub fn window_note(&self) -> String {
+        match &self.sliding_window {
+            Some((window, _)) => {
+                let sliding = (0..self.num_layers).filter(|&layer| self.attention_window(layer).is_some()).count();
+                format!(", a sliding window of {window} tokens on {sliding} of {} layers", self.num_layers)
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Every layer's [`Self::attention_window`].
+    pub fn attention_windows(&self) -> Vec<Option<usize>> {
+        (0..self.num_layers).map(|layer| self.attention_window(layer)).collect()
+    }
+
     /// A causal-LM reward read from the logits of `ids` instead of id 0.
     pub fn with_reward_token_ids(mut self, ids: &[u32]) -> Result<Self> {
         if self.architecture.head != HeadKind::TokenLogits {
@@ -388,16 +477,37 @@ mod tests {
             (q.max_positions, q.reward_token_ids.clone(), q.labels.clone()),
             (4096, vec![0], vec!["logit_0".into()])
         );
+        assert_eq!(q.attention_windows(), [None, None], "Qwen's window needs use_sliding_window");
         assert_eq!(q.with_reward_token_ids(&[3, 9]).unwrap().labels, ["logit_3", "logit_9"]);
+        c["use_sliding_window"] = json!(true);
+        c["max_window_layers"] = json!(1);
+        assert_eq!(
+            ModelConfig::from_json(&c).unwrap().attention_windows(),
+            [None, Some(64)],
+            "from max_window_layers on"
+        );
+        c["layer_types"] = json!(["sliding_attention", "full_attention"]);
+        assert_eq!(ModelConfig::from_json(&c).unwrap().attention_windows(), [Some(64), None], "layer_types decides");
+        c["sliding_window"] = json!(0);
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("`sliding_window` must be at least 1"), "{e}");
 
-        // Mistral v0.1's window applies: texts are cut to it.
+        // Mistral v0.1's window applies to every layer; texts still reach the context.
         let mut c = base();
         c["architectures"] = json!(["MistralForSequenceClassification"]);
         c["hidden_act"] = json!("silu");
         c["sliding_window"] = json!(64);
         c["attention_bias"] = json!(true);
         let m = ModelConfig::from_json(&c).unwrap();
-        assert_eq!((m.max_positions, m.qkv_bias), (64, false), "Mistral has no biases whatever the config says");
+        assert_eq!((m.max_positions, m.qkv_bias), (4096, false), "Mistral has no biases whatever the config says");
+        assert_eq!(m.attention_windows(), [Some(64), Some(64)]);
+        c["sliding_window"] = json!(null);
+        assert_eq!(ModelConfig::from_json(&c).unwrap().attention_windows(), [None, None], "null turns it off");
+        c.as_object_mut().unwrap().remove("sliding_window");
+        c["max_position_embeddings"] = json!(32768);
+        assert_eq!(ModelConfig::from_json(&c).unwrap().attention_windows(), [Some(4096); 2], "transformers' default");
+        c["max_position_embeddings"] = json!(4096);
+        assert_eq!(ModelConfig::from_json(&c).unwrap().attention_windows(), [None, None], "as long as the context");
 
         let mut c = base();
         c["attention_bias"] = json!("yes");
@@ -421,14 +531,31 @@ mod tests {
         assert_eq!((c.attention_scale, c.attention_softcap), (1.0 / 12.0, Some(50.0)));
         assert_eq!(c.embedding_scale, 8.0);
         assert_eq!(c.final_softcap, None, "a classification head is not capped");
-        assert_eq!(c.max_positions, 64, "a sliding layer cuts texts to its window");
+        assert_eq!(c.max_positions, 8192, "texts are cut to the context, not the window");
+        assert_eq!(c.attention_windows(), [Some(64), None], "the sliding layer of layer_types");
+        let mut v4 = gemma2();
+        v4.as_object_mut().unwrap().remove("layer_types");
+        v4["num_hidden_layers"] = json!(3);
+        let c = ModelConfig::from_json(&v4).unwrap();
+        assert_eq!(c.attention_windows(), [Some(64), None, Some(64)], "without layer_types, the even layers slide");
+        assert_eq!(c.window_note(), ", a sliding window of 64 tokens on 2 of 3 layers");
+        for (types, error) in [
+            (json!(["sliding_attention"]), "`layer_types` lists 1 layers, but num_hidden_layers is 2"),
+            (json!(["full_attention", "chunked_attention"]), "`layer_types` entry 1 is \"chunked_attention\""),
+            (json!("sliding_attention"), "`layer_types` must be a list"),
+        ] {
+            let mut c = gemma2();
+            c["layer_types"] = types;
+            let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+            assert!(e.contains(error), "{e}");
+        }
         let mut causal = gemma2();
         causal["architectures"] = json!(["Gemma2ForCausalLM"]);
         assert_eq!(ModelConfig::from_json(&causal).unwrap().final_softcap, Some(30.0));
 
         let mut full = gemma2();
         full["layer_types"] = json!(["full_attention", "full_attention"]);
-        assert_eq!(ModelConfig::from_json(&full).unwrap().max_positions, 8192, "no layer slides");
+        assert_eq!(ModelConfig::from_json(&full).unwrap().attention_windows(), [None, None], "no layer slides");
         let mut uncapped = gemma2();
         uncapped["attn_logit_softcapping"] = json!(null);
         assert_eq!(ModelConfig::from_json(&uncapped).unwrap().attention_softcap, None);

@@ -14,6 +14,8 @@ use gemm::Parallelism;
 
 /// Rows per linear-layer block (see `Linear::forward`).
 const ROW_BLOCK: usize = 64;
+/// Query rows per block of [`CpuModel::attention`]'s score matrix.
+const ATTENTION_ROWS: usize = 128;
 use rayon::prelude::*;
 
 struct Linear {
@@ -250,7 +252,8 @@ impl CpuModel {
                 row.iter_mut().for_each(|v| *v *= c.embedding_scale);
             }
         }
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let window = c.attention_window(i);
             let normed = self.norm(&layer.input_norm, &x);
             let mut q = layer.q.forward(&normed, tokens);
             let mut k = layer.k.forward(&normed, tokens);
@@ -266,7 +269,7 @@ impl CpuModel {
             k.par_chunks_exact_mut(kv_width)
                 .zip(&batch.positions)
                 .for_each(|(row, &pos)| self.rope.apply(row, hd, pos as usize));
-            let attended = self.attention(batch, &q, &k, &v);
+            let attended = self.attention(batch, &q, &k, &v, window);
             let out = layer.o.forward(&attended, tokens);
             self.add_residual(&mut x, out, layer.attention_out_norm.as_ref());
 
@@ -308,9 +311,9 @@ impl CpuModel {
         add(x, &out);
     }
 
-    /// Causal attention within each packed sequence; query head j reads KV head
-    /// `j / (heads / kv_heads)`.
-    fn attention(&self, batch: &Batch, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    /// Causal attention within each packed sequence, over the last `window` keys where
+    /// the layer slides; query head j reads KV head `j / (heads / kv_heads)`.
+    fn attention(&self, batch: &Batch, q: &[f32], k: &[f32], v: &[f32], window: Option<usize>) -> Vec<f32> {
         let c = &self.config;
         let hd = c.head_dim;
         let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
@@ -327,69 +330,86 @@ impl CpuModel {
                 let q0 = &q[start * q_width + head * hd..];
                 let k0 = &k[start * kv_width + kv_head * hd..];
                 let v0 = &v[start * kv_width + kv_head * hd..];
-                let mut scores = vec![0f32; n * n];
-                // SAFETY: strided views inside q, k, v and `scores`, alive for the calls.
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        n,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        q0.as_ptr(),
-                        1,
-                        q_width as isize,
-                        k0.as_ptr(),
-                        kv_width as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                    if let Some(cap) = softcap {
-                        soft_cap(&mut row[..=i], cap);
-                    }
-                    let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for value in &mut row[..=i] {
-                        *value = fast_math::exp(*value - max);
-                    }
-                    for value in &row[..=i] {
-                        sum += *value;
-                    }
-                    row[..=i].iter_mut().for_each(|value| *value /= sum);
-                    row[i + 1..].iter_mut().for_each(|value| *value = 0.0);
-                }
                 let mut out = vec![0f32; n * hd];
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        hd,
-                        n,
-                        out.as_mut_ptr(),
-                        1,
-                        hd as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        n as isize,
-                        v0.as_ptr(),
-                        1,
-                        kv_width as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
+                let mut scores = Vec::new();
+                // Blocks of query rows, each against the keys its rows see: the score
+                // matrix stays ATTENTION_ROWS x keys (a 128k-token text needs 64 MB, not
+                // 64 GB), and no block scores keys above its diagonal.
+                for first_row in (0..n).step_by(ATTENTION_ROWS) {
+                    let rows = ATTENTION_ROWS.min(n - first_row);
+                    let first_key = window.map_or(0, |w| (first_row + 1).saturating_sub(w));
+                    let keys = first_row + rows - first_key;
+                    scores.clear();
+                    scores.resize(rows * keys, 0f32);
+                    // SAFETY: strided views inside q, k, v, `scores` and `out`, alive for the
+                    // calls: rows first_row.. of q and out, keys first_key.. of k and v.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            keys,
+                            hd,
+                            scores.as_mut_ptr(),
+                            1,
+                            keys as isize,
+                            false,
+                            q0[first_row * q_width..].as_ptr(),
+                            1,
+                            q_width as isize,
+                            k0[first_key * kv_width..].as_ptr(),
+                            kv_width as isize,
+                            1,
+                            0.0,
+                            scale,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+                        // Row i sees keys seen_from..=i (here relative to first_key).
+                        let i = first_row + r;
+                        let seen_from = window.map_or(0, |w| (i + 1).saturating_sub(w)) - first_key;
+                        let (before, row) = row.split_at_mut(seen_from);
+                        let last = i - first_key - seen_from;
+                        before.iter_mut().for_each(|value| *value = 0.0);
+                        if let Some(cap) = softcap {
+                            soft_cap(&mut row[..=last], cap);
+                        }
+                        let max = row[..=last].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0;
+                        for value in &mut row[..=last] {
+                            *value = fast_math::exp(*value - max);
+                        }
+                        for value in &row[..=last] {
+                            sum += *value;
+                        }
+                        row[..=last].iter_mut().for_each(|value| *value /= sum);
+                        row[last + 1..].iter_mut().for_each(|value| *value = 0.0);
+                    }
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            hd,
+                            keys,
+                            out[first_row * hd..].as_mut_ptr(),
+                            1,
+                            hd as isize,
+                            false,
+                            scores.as_ptr(),
+                            1,
+                            keys as isize,
+                            v0[first_key * kv_width..].as_ptr(),
+                            1,
+                            kv_width as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
                 }
                 out
             })

@@ -5,7 +5,10 @@ use super::{Device, LoadOptions, Precision, RewardModel};
 use serde_json::Value;
 use std::path::PathBuf;
 
-pub const MODELS: [&str; 11] = [
+/// The fixtures. `windows/*` are three of them with sliding windows of a few tokens, on every
+/// layer (Mistral), from `max_window_layers` on (Qwen2) and on the even layers (Gemma2), so
+/// that most texts run past them (their weights and tokenizers are links to the models' own).
+pub const MODELS: [&str; 14] = [
     "llama9",
     "llama9-bf16",
     "nemotron5",
@@ -17,6 +20,9 @@ pub const MODELS: [&str; 11] = [
     "gemma-5",
     "gemma2-9",
     "gemma2-causal-tied",
+    "windows/mistral5",
+    "windows/qwen9",
+    "windows/gemma2-9",
 ];
 
 /// The fixtures with a chat template, and their `chat_cases`.

@@ -19,7 +19,9 @@
 //! for each sequence's last token.
 
 use super::GpuModel;
-use super::kernels::attention::{AttentionParams, FlashParams, attention_blocks, causal_attention_flops};
+use super::kernels::attention::{
+    AttentionParams, FlashParams, attention_blocks, causal_attention_flops, visible_pairs, window_param,
+};
 use super::kernels::embedding::EmbeddingParams;
 use super::kernels::last_token::GatherParams;
 use super::kernels::matmul::{Activations, Epilogue, MatmulParams};
@@ -133,14 +135,15 @@ impl GpuModel {
         };
         // How the layers' norms store `normed` for the projections that read it.
         let normed_as = self.normed;
-        let attention = |rows: usize| AttentionParams {
+        let attention = |rows: usize, window: Option<usize>| AttentionParams {
             rows: rows as u32,
             heads: c.num_heads as u32,
             kv_heads: c.num_kv_heads as u32,
             head_dim: hd as u32,
             scale: c.attention_scale,
             softcap: c.attention_softcap.unwrap_or(0.0),
-            _pad: [0; 2],
+            window: window_param(window),
+            _pad: 0,
         };
         let rotary = |rows: usize, heads: usize| RotaryParams {
             rows: rows as u32,
@@ -149,10 +152,8 @@ impl GpuModel {
             rotary_dim: c.rotary_dim as u32,
         };
         let (cos, sin) = (&self.rope_cos, &self.rope_sin);
-        // Causal attention sees n(n+1)/2 keys per sequence of n tokens.
-        let causal_keys: usize = batch.lengths.iter().map(|&n| n as usize * (n as usize + 1) / 2).sum();
-
         for (i, layer) in self.layers.iter().enumerate() {
+            let window = c.attention_window(i);
             let last = i + 1 == self.layers.len();
             self.norm(rec, &layer.input_norm, &ws.x, &ws.normed, tokens, NormWrite::Store(normed_as));
             match &layer.k_norm {
@@ -174,10 +175,13 @@ impl GpuModel {
             } else {
                 (tokens, &ws.x, &ws.normed)
             };
+            // The keys the queries see in all (for the FLOP count): each sequence's last
+            // token sees all of it, or its window.
             let (positions, key_ranges, keys) = if last {
-                (&ws.last_positions, &ws.last_key_ranges, tokens)
+                let seen = |&n: &u32| window.map_or(n as usize, |w| w.min(n as usize));
+                (&ws.last_positions, &ws.last_key_ranges, batch.lengths.iter().map(seen).sum())
             } else {
-                (&ws.positions, &ws.key_ranges, causal_keys)
+                (&ws.positions, &ws.key_ranges, visible_pairs(&batch.lengths, window))
             };
             match &layer.q_norm {
                 Some(q_norm) => {
@@ -196,15 +200,23 @@ impl GpuModel {
                         blocks: 0, // set by record
                         scale: c.attention_scale,
                         softcap: c.attention_softcap.unwrap_or(0.0),
-                        _pad: [0; 2],
+                        window: window_param(window),
+                        _pad: 0,
                     };
-                    let flops = causal_attention_flops(&batch.lengths, c.num_heads, hd);
+                    let flops = causal_attention_flops(&batch.lengths, c.num_heads, hd, window);
                     let (q, k, v, blocks) = (&ws.q, &ws.k, &ws.v, &ws.attention_blocks);
                     flash.record(rec, params, q, k, v, blocks, &ws.attended, flash_blocks, flops);
                 }
-                _ => {
-                    kernels.attention.record(rec, attention(rows), &ws.q, &ws.k, &ws.v, key_ranges, &ws.attended, keys)
-                }
+                _ => kernels.attention.record(
+                    rec,
+                    attention(rows, window),
+                    &ws.q,
+                    &ws.k,
+                    &ws.v,
+                    key_ranges,
+                    &ws.attended,
+                    keys,
+                ),
             }
             // The flash kernel may store f16 for the output projection; the row kernel of the
             // last layer stores f32.

@@ -18,8 +18,18 @@ pub struct AttentionParams {
     pub scale: f32,
     /// Gemma2's attention soft cap; 0 for none.
     pub softcap: f32,
-    pub _pad: [u32; 2],
+    /// A sliding layer's window ([`window_param`]): the last `window` keys of each range.
+    pub window: u32,
+    pub _pad: u32,
 }
+
+/// A layer's window as the kernels take it: [`NO_WINDOW`] for full causal attention.
+pub fn window_param(window: Option<usize>) -> u32 {
+    window.map_or(NO_WINDOW, |w| u32::try_from(w).unwrap_or(NO_WINDOW))
+}
+
+/// The window parameter of full causal attention: more keys than any batch has.
+pub const NO_WINDOW: u32 = u32::MAX;
 
 /// One workgroup per (query row, head); each row attends to its own key range.
 pub struct RowAttention {
@@ -88,7 +98,10 @@ pub struct FlashParams {
     pub scale: f32,
     /// Gemma2's attention soft cap; 0 for none.
     pub softcap: f32,
-    pub _pad: [u32; 2],
+    /// A sliding layer's window ([`window_param`]): a query at position i sees keys
+    /// i - window + 1 ..= i.
+    pub window: u32,
+    pub _pad: u32,
 }
 
 /// The largest error [`FlashAttention::self_check`] accepts, absolute on outputs of size
@@ -208,10 +221,24 @@ pub fn max_blocks(tokens: usize, sequences: usize, block_rows: usize) -> usize {
 }
 
 /// Floating-point operations of causal attention over sequences of `lengths` (QK^T and
-/// PV, two per multiply-add), for `--profile`.
-pub fn causal_attention_flops(lengths: &[u32], heads: usize, head_dim: usize) -> f64 {
-    let pairs: f64 = lengths.iter().map(|&l| l as f64 * (l as f64 + 1.0) / 2.0).sum();
-    4.0 * pairs * heads as f64 * head_dim as f64
+/// PV, two per multiply-add), within `window` keys of each query where one is given, for
+/// `--profile`.
+pub fn causal_attention_flops(lengths: &[u32], heads: usize, head_dim: usize, window: Option<usize>) -> f64 {
+    4.0 * visible_pairs(lengths, window) as f64 * heads as f64 * head_dim as f64
+}
+
+/// The (query, key) pairs causal attention scores over sequences of `lengths`, within
+/// `window` keys of each query where one is given.
+pub fn visible_pairs(lengths: &[u32], window: Option<usize>) -> usize {
+    let pairs = |n: usize| n * (n + 1) / 2;
+    lengths
+        .iter()
+        .map(|&n| match window {
+            // The first w queries see 1..=w keys, the rest w each.
+            Some(w) if (n as usize) > w => pairs(w) + (n as usize - w) * w,
+            _ => pairs(n as usize),
+        })
+        .sum()
 }
 
 /// Causal prefill attention, flash style: one workgroup per (block of query rows of one
@@ -568,7 +595,7 @@ pub fn time_attention(
     let block_list = attention_blocks(&starts, &lengths, flash.block_rows(heads, kv_heads));
     let blocks = buffer(bytemuck::cast_slice(&block_list));
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let flops = causal_attention_flops(&lengths, heads, head_dim);
+    let flops = causal_attention_flops(&lengths, heads, head_dim, None);
     let (h, kvh, hd) = (heads as u32, kv_heads as u32, head_dim as u32);
     fn time<'k>(gpu: &crate::model::gpu::Gpu, iterations: usize, record: &dyn Fn(&mut Recorder<'k>)) -> Result<f64> {
         let mut cache = super::BindCache::default();
@@ -588,8 +615,16 @@ pub fn time_attention(
         Ok(seconds[seconds.len() / 2])
     }
     let flash_s = time(gpu, iterations, &|rec| {
-        let params =
-            FlashParams { heads: h, kv_heads: kvh, head_dim: hd, blocks: 0, scale, softcap: 0.0, _pad: [0; 2] };
+        let params = FlashParams {
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+            blocks: 0,
+            scale,
+            softcap: 0.0,
+            window: NO_WINDOW,
+            _pad: 0,
+        };
         flash.record(rec, params, &q, &k, &v, &blocks, &out, block_list.len(), flops)
     })?;
     let row_s = time(gpu, iterations, &|rec| {
@@ -600,7 +635,8 @@ pub fn time_attention(
             head_dim: hd,
             scale,
             softcap: 0.0,
-            _pad: [0; 2],
+            window: NO_WINDOW,
+            _pad: 0,
         };
         rows.record(rec, params, &q, &k, &v, &ranges, &out, tokens * (length + 1) / 2)
     })?;

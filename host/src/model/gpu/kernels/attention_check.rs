@@ -2,7 +2,7 @@
 //! proves itself on at load ([`FlashAttention::self_check`]), and what the attention tests
 //! check every kernel against.
 
-use super::attention::{FlashAttention, FlashParams, attention_blocks, causal_attention_flops};
+use super::attention::{FlashAttention, FlashParams, attention_blocks, causal_attention_flops, window_param};
 use super::{BindCache, Recorder, read_buffer};
 use anyhow::Result;
 use wgpu::util::DeviceExt;
@@ -22,6 +22,8 @@ pub struct AttentionProblem {
     pub scale: f32,
     /// Gemma2's attention soft cap.
     pub softcap: Option<f32>,
+    /// A sliding layer's window: a query at position i sees keys i - window + 1 ..= i.
+    pub window: Option<usize>,
 }
 
 /// Deterministic values in [-1, 1).
@@ -45,7 +47,19 @@ impl AttentionProblem {
         let k = values(tokens * kv_heads * head_dim, 2);
         let v = values(tokens * kv_heads * head_dim, 3);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        AttentionProblem { lengths: lengths.to_vec(), starts, heads, kv_heads, head_dim, q, k, v, scale, softcap: None }
+        AttentionProblem {
+            lengths: lengths.to_vec(),
+            starts,
+            heads,
+            kv_heads,
+            head_dim,
+            q,
+            k,
+            v,
+            scale,
+            softcap: None,
+            window: None,
+        }
     }
 
     pub fn tokens(&self) -> usize {
@@ -61,11 +75,12 @@ impl AttentionProblem {
             blocks: 0,
             scale: self.scale,
             softcap: self.softcap.unwrap_or(0.0),
-            _pad: [0; 2],
+            window: window_param(self.window),
+            _pad: 0,
         }
     }
 
-    /// Causal attention in f64 loops.
+    /// Causal attention in f64 loops (within the window, where there is one).
     pub fn reference(&self) -> Vec<f32> {
         let (hd, heads, kv_heads) = (self.head_dim, self.heads, self.kv_heads);
         let group = heads / kv_heads;
@@ -74,10 +89,12 @@ impl AttentionProblem {
         for (&start, &length) in self.starts.iter().zip(&self.lengths) {
             let (start, length) = (start as usize, length as usize);
             for t in start..start + length {
+                let seen = self.window.map_or(start, |w| start.max((t + 1).saturating_sub(w)))..=t;
                 for h in 0..heads {
                     let kvh = h / group;
                     let q = &self.q[(t * heads + h) * hd..][..hd];
-                    let scores: Vec<f64> = (start..=t)
+                    let scores: Vec<f64> = seen
+                        .clone()
                         .map(|s| {
                             let k = &self.k[(s * kv_heads + kvh) * hd..][..hd];
                             let s = q.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale;
@@ -88,7 +105,8 @@ impl AttentionProblem {
                     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let sum: f64 = weights.iter().sum();
                     for d in 0..hd {
-                        let value: f64 = (start..=t)
+                        let value: f64 = seen
+                            .clone()
                             .zip(&weights)
                             .map(|(s, w)| w * self.v[(s * kv_heads + kvh) * hd + d] as f64)
                             .sum();
@@ -126,7 +144,7 @@ impl AttentionProblem {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let flops = causal_attention_flops(&self.lengths, self.heads, self.head_dim);
+        let flops = causal_attention_flops(&self.lengths, self.heads, self.head_dim, self.window);
         let mut rec = Recorder::new(device);
         flash.record(&mut rec, self.flash_params(), &q, &k, &v, &blocks_buffer, &out, blocks.len(), flops);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });

@@ -72,9 +72,10 @@ fn run_rows(gpu: &Gpu, rows: &RowAttention, batch: &Batch) -> Vec<f32> {
         head_dim: batch.head_dim as u32,
         scale: batch.scale,
         softcap: batch.softcap.unwrap_or(0.0),
-        _pad: [0; 2],
+        window: window_param(batch.window),
+        _pad: 0,
     };
-    let keys = ranges.iter().map(|r| (r[1] - r[0]) as usize).sum();
+    let keys = visible_pairs(&batch.lengths, batch.window);
     run(gpu, &out, |rec| rows.record(rec, params, &q, &k, &v, &ranges_buffer, &out, keys))
 }
 
@@ -102,6 +103,34 @@ fn flash_attention_matches_the_cpu_on_mixed_lengths() {
         let what = format!("flash {heads}/{kv_heads} heads x {head_dim}, tiles {:?}", flash.tiles());
         assert_close(&run_flash(&gpu, &flash, &batch), &batch.reference(), &what);
     }
+}
+
+/// Sliding layers: windows of one key, of fewer keys than a tile, and of more, over
+/// sequences shorter and longer than the window; on the default tiles and on small ones,
+/// where whole key tiles fall before a block's window and are skipped.
+#[test]
+fn both_kernels_keep_to_a_sliding_window() {
+    let gpu = gpu();
+    let rows = RowAttention::new(&gpu.device).expect("compiling row attention");
+    let small = FlashTiles { slices: 4, queries: 16, keys: 5, split_kv: true };
+    let flashes = [
+        FlashAttention::new(&gpu.device, 64).expect("compiling flash attention"),
+        FlashAttention::with_tiles(&gpu.device, 64, small).expect("compiling flash attention"),
+    ];
+    let full = Batch::new(MIXED, 9, 3, 64).reference();
+    for window in [1, 3, 7, 40, 99, 100] {
+        let batch = Batch { window: Some(window), ..Batch::new(MIXED, 9, 3, 64) };
+        let want = batch.reference();
+        let moved = want.iter().zip(&full).any(|(a, b)| a != b);
+        assert_eq!(moved, window < 100, "a window of {window} keys over sequences of up to 100");
+        assert_close(&run_rows(&gpu, &rows, &batch), &want, &format!("row attention, window {window}"));
+        for flash in &flashes {
+            let what = format!("flash, window {window}, tiles {:?}", flash.tiles());
+            assert_close(&run_flash(&gpu, flash, &batch), &want, &what);
+        }
+    }
+    assert_eq!(visible_pairs(&[1, 5, 17], Some(4)), 1 + (10 + 4) + (10 + 13 * 4));
+    assert_eq!(visible_pairs(&[1, 5, 17], None), 1 + 15 + 153);
 }
 
 #[test]
@@ -222,21 +251,26 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
         return;
     }
     // Groups 1, 3, 4 and 8; 1 to 8 output fragments per row (head sizes 16 to 128 with
-    // 16x16 fragments, 8 to 64 with 8x8); a long sequence; one soft-capped case.
-    // (heads, kv_heads, output fragments, lengths, soft cap)
-    type Case = (usize, usize, usize, &'static [u32], Option<f32>);
-    let cases: [Case; 6] = [
-        (4, 4, 4, MIXED, None),
-        (9, 3, 4, MIXED, None),
-        (8, 2, 8, MIXED, None),
-        (6, 2, 3, &[0, 1, 2, 33], None),
-        (8, 1, 1, &[700, 3], None),
-        (4, 2, 8, MIXED, Some(0.5)),
+    // 16x16 fragments, 8 to 64 with 8x8); a long sequence; one soft-capped case; sliding
+    // windows shorter than a key tile, and longer, where whole tiles are skipped.
+    // (heads, kv_heads, output fragments, lengths, soft cap, window)
+    type Case = (usize, usize, usize, &'static [u32], Option<f32>, Option<usize>);
+    let cases: [Case; 9] = [
+        (4, 4, 4, MIXED, None, None),
+        (9, 3, 4, MIXED, None, None),
+        (8, 2, 8, MIXED, None, None),
+        (6, 2, 3, &[0, 1, 2, 33], None, None),
+        (8, 1, 1, &[700, 3], None, None),
+        (4, 2, 8, MIXED, Some(0.5), None),
+        (9, 3, 4, MIXED, None, Some(1)),
+        (4, 2, 2, MIXED, Some(0.5), Some(7)),
+        (8, 1, 1, &[700, 3], None, Some(100)),
     ];
-    for (heads, kv_heads, fragments, lengths, softcap) in cases {
+    for (heads, kv_heads, fragments, lengths, softcap, window) in cases {
         let head_dim = fragments * side;
         let mut batch = Batch::new(lengths, heads, kv_heads, head_dim);
         batch.softcap = softcap;
+        batch.window = window;
         let want = batch.reference();
         // The default, both ways of staging K and V (the same bytes), and one pass, with the
         // usual margin and rescaling at every new maximum.
@@ -253,7 +287,7 @@ fn tensor_core_flash_attention_matches_the_cpu_or_says_it_was_skipped() {
             let got = run_flash(&gpu, &flash, &batch);
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
             let what = format!(
-                "tensor-core flash ({cores}{name}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}"
+                "tensor-core flash ({cores}{name}) {heads}/{kv_heads} heads x {head_dim}, {lengths:?}, cap {softcap:?}, window {window:?}"
             );
             assert!(worst <= 1e-2, "{what}: max |error| {worst:e}");
             eprintln!("{what}: max |error| {worst:e}");
