@@ -8,6 +8,7 @@ use std::path::Path;
 
 pub use super::arch::Architecture;
 use super::arch::{Biases, HeadKind, Sliding};
+pub use super::rope::RopeScaling;
 
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -31,6 +32,8 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     pub norm_eps: f32,
     pub rope_theta: f64,
+    /// How the rotary frequencies are scaled (Llama 3.1's `llama3`, `linear`), if at all.
+    pub rope_scaling: RopeScaling,
     /// Leading dimensions of each head that are rotated (`head_dim * partial_rotary_factor`).
     pub rotary_dim: usize,
     /// The context: texts are cut to this many tokens.
@@ -162,6 +165,62 @@ fn sliding_window(
     Ok((window < context).then_some((window, layers_sliding)))
 }
 
+/// The RoPE scaling named by `rope_parameters` (5.x) or `rope_scaling` (4.x), with its
+/// parameters checked; types steerlm does not apply are an error naming them.
+fn rope_scaling(config: &Value, rope_parameters: Option<&Value>, context: usize) -> Result<RopeScaling> {
+    fn type_of(block: &Value) -> Option<&str> {
+        block.get("rope_type").or_else(|| block.get("type")).and_then(Value::as_str)
+    }
+    let scaling_block = config.get("rope_scaling").filter(|v| v.is_object());
+    let (block, rope_type) = match (rope_parameters, scaling_block) {
+        (Some(block), _) if type_of(block).is_some_and(|t| t != "default") => (block, type_of(block)),
+        (_, Some(block)) => (block, type_of(block)),
+        (Some(block), None) => (block, type_of(block)),
+        (None, None) => return Ok(RopeScaling::None),
+    };
+    let block_name =
+        if scaling_block.is_some_and(|b| std::ptr::eq(b, block)) { "rope_scaling" } else { "rope_parameters" };
+    let number = |name: &str| -> Result<f64> {
+        match block.get(name).and_then(Value::as_f64) {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            _ => bail!(
+                "`{block_name}.{name}` must be a positive number, got {}",
+                block.get(name).unwrap_or(&Value::Null)
+            ),
+        }
+    };
+    match rope_type.unwrap_or("default") {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: number("factor")? }),
+        "llama3" => {
+            let (low_freq_factor, high_freq_factor) = (number("low_freq_factor")?, number("high_freq_factor")?);
+            if high_freq_factor <= low_freq_factor {
+                bail!(
+                    "`{block_name}.high_freq_factor` {high_freq_factor} must be more than `low_freq_factor` {low_freq_factor}"
+                );
+            }
+            // transformers' order: a top-level field, then the block's, then the context.
+            let original_context = match f64_field(config, "original_max_position_embeddings") {
+                Some(_) => positive_number(config, "original_max_position_embeddings")?,
+                None if block.get("original_max_position_embeddings").is_some() => {
+                    number("original_max_position_embeddings")?
+                }
+                None => context as f64,
+            };
+            Ok(RopeScaling::Llama3 { factor: number("factor")?, low_freq_factor, high_freq_factor, original_context })
+        }
+        other => bail!("RoPE type {other:?} is not supported (steerlm applies default, linear and llama3)"),
+    }
+}
+
+/// A positive finite number at `name`, or an error naming it.
+fn positive_number(config: &Value, name: &str) -> Result<f64> {
+    match f64_field(config, name) {
+        Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => bail!("`{name}` must be a positive number, got {}", config.get(name).unwrap_or(&Value::Null)),
+    }
+}
+
 fn f64_field(config: &Value, name: &str) -> Option<f64> {
     config.get(name).and_then(Value::as_f64)
 }
@@ -249,18 +308,11 @@ impl ModelConfig {
         let max_positions = context;
         let sliding_window = sliding_window(config, family.sliding, flag("use_sliding_window")?, num_layers, context)?;
 
-        // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps them at the
-        // top level (and may have a `rope_scaling` block, which steerlm does not apply).
+        // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps theta at the
+        // top level and a scaling in a `rope_scaling` block.
         let rope = config.get("rope_parameters").filter(|v| v.is_object());
         let rope_field = |name: &str| rope.and_then(|r| f64_field(r, name)).or_else(|| f64_field(config, name));
-        let rope_type = rope
-            .and_then(|r| r.get("rope_type"))
-            .or_else(|| config.get("rope_scaling").and_then(|s| s.get("rope_type").or_else(|| s.get("type"))))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if rope_type != "default" {
-            bail!("RoPE type {rope_type:?} is not supported (only the default rotary embedding)");
-        }
+        let rope_scaling = rope_scaling(config, rope, context)?;
         let rope_theta = rope_field("rope_theta").unwrap_or(10000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             bail!("`rope_theta` must be a positive number, got {rope_theta}");
@@ -352,6 +404,7 @@ impl ModelConfig {
             vocab_size,
             norm_eps,
             rope_theta,
+            rope_scaling,
             rotary_dim,
             max_positions,
             sliding_window,
@@ -454,8 +507,54 @@ mod tests {
         let e = ModelConfig::from_json(&c).unwrap_err().to_string();
         assert!(e.contains("GPT2ForSequenceClassification") && e.contains("LlamaForSequenceClassification"), "{e}");
         let mut c = base();
-        c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
-        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("llama3"));
+        c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("RoPE type \"yarn\" is not supported (steerlm applies default, linear and llama3)"), "{e}");
+    }
+
+    /// Llama 3.1's `llama3` scaling in both config generations, `linear`, and their checks.
+    #[test]
+    fn rope_scaling_is_read_from_either_generation() {
+        let llama3 = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192});
+        let want =
+            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8192.0 };
+        let mut v4 = base();
+        v4["rope_theta"] = json!(500000.0);
+        v4["rope_scaling"] = llama3.clone();
+        let mut v5 = base();
+        v5["rope_parameters"] = llama3.clone();
+        v5["rope_parameters"]["rope_theta"] = json!(500000.0);
+        for c in [v4, v5] {
+            let c = ModelConfig::from_json(&c).unwrap();
+            assert_eq!((c.rope_scaling, c.rope_theta), (want, 500000.0));
+        }
+        // Without its own original context, transformers takes max_position_embeddings.
+        let mut c = base();
+        c["rope_scaling"] = llama3.clone();
+        c["rope_scaling"].as_object_mut().unwrap().remove("original_max_position_embeddings");
+        c["max_position_embeddings"] = json!(2048);
+        let RopeScaling::Llama3 { original_context, .. } = ModelConfig::from_json(&c).unwrap().rope_scaling else {
+            panic!("llama3")
+        };
+        assert_eq!(original_context, 2048.0);
+        let mut c = base();
+        c["rope_scaling"] = json!({"type": "linear", "factor": 4.0});
+        assert_eq!(ModelConfig::from_json(&c).unwrap().rope_scaling, RopeScaling::Linear { factor: 4.0 });
+        c["rope_scaling"] = json!(null);
+        assert_eq!(ModelConfig::from_json(&c).unwrap().rope_scaling, RopeScaling::None);
+
+        for (field, value, error) in [
+            ("factor", json!(0.0), "`rope_scaling.factor` must be a positive number, got 0.0"),
+            ("low_freq_factor", json!("1"), "`rope_scaling.low_freq_factor` must be a positive number, got \"1\""),
+            ("high_freq_factor", json!(1.0), "`rope_scaling.high_freq_factor` 1 must be more than `low_freq_factor` 1"),
+        ] {
+            let mut c = base();
+            c["rope_scaling"] = llama3.clone();
+            c["rope_scaling"][field] = value;
+            let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+            assert!(e.contains(error), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -12,21 +12,57 @@ pub struct RopeTable {
     pub sin: Vec<f32>,
 }
 
-/// `1 / theta^(2i / rotary_dim)` as HF computes it: every step in f32 (the power
-/// rounded to f32, then the reciprocal).
-pub fn inv_freq(theta: f64, rotary_dim: usize) -> Vec<f32> {
-    (0..rotary_dim / 2)
-        .map(|i| {
-            let exponent = (2 * i) as f32 / rotary_dim as f32;
-            1.0 / (theta as f32).powf(exponent)
-        })
-        .collect()
+/// How a checkpoint scales its rotary frequencies: `rope_type` in `rope_parameters`
+/// (transformers 5.x) or in `rope_scaling` (4.x).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// `default`: none.
+    None,
+    /// `linear`: every frequency divided by `factor` (positions stretched by it).
+    Linear { factor: f64 },
+    /// `llama3` (Llama 3.1 and later): frequencies whose wavelength is past
+    /// `original_context / low_freq_factor` divided by `factor`, those under
+    /// `original_context / high_freq_factor` kept, and a smooth blend between.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_context: f64 },
+}
+
+/// `1 / theta^(2i / rotary_dim)`, then the scaling, as transformers computes them: every
+/// step in f32, in its order (a Python number meeting an f32 tensor is rounded to f32, and
+/// `a / tensor` is `a * (1 / tensor)`), so the table matches it bit for bit.
+pub fn inv_freq(theta: f64, rotary_dim: usize, scaling: RopeScaling) -> Vec<f32> {
+    let plain = (0..rotary_dim / 2).map(|i| {
+        let exponent = (2 * i) as f32 / rotary_dim as f32;
+        1.0 / (theta as f32).powf(exponent)
+    });
+    match scaling {
+        RopeScaling::None => plain.collect(),
+        RopeScaling::Linear { factor } => plain.map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+            let (factor, old) = (factor as f32, original_context as f32);
+            let low_wavelength = (original_context / low_freq_factor) as f32;
+            let high_wavelength = (original_context / high_freq_factor) as f32;
+            let (low, span) = (low_freq_factor as f32, (high_freq_factor - low_freq_factor) as f32);
+            plain
+                .map(|f| {
+                    let wavelength = (1.0 / f) * (2.0 * std::f64::consts::PI) as f32;
+                    if wavelength > low_wavelength {
+                        f / factor
+                    } else if wavelength < high_wavelength {
+                        f
+                    } else {
+                        let smooth = ((1.0 / wavelength) * old - low) / span;
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
 }
 
 impl RopeTable {
     pub fn new(config: &ModelConfig, positions: usize) -> Self {
         let rot = config.rotary_dim;
-        let inv = inv_freq(config.rope_theta, rot);
+        let inv = inv_freq(config.rope_theta, rot, config.rope_scaling);
         let mut cos = Vec::with_capacity(positions * rot);
         let mut sin = Vec::with_capacity(positions * rot);
         for pos in 0..positions {

@@ -5,10 +5,12 @@ use super::{Device, LoadOptions, Precision, RewardModel};
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// The fixtures. `windows/*` are three of them with sliding windows of a few tokens, on every
-/// layer (Mistral), from `max_window_layers` on (Qwen2) and on the even layers (Gemma2), so
-/// that most texts run past them (their weights and tokenizers are links to the models' own).
-pub const MODELS: [&str; 14] = [
+/// The fixtures. `windows/*` and `rope/*` are some of them with one config.json change
+/// (their weights and tokenizers are links to the models' own): sliding windows of a few
+/// tokens, on every layer (Mistral), from `max_window_layers` on (Qwen2) and on the even
+/// layers (Gemma2), so that most texts run past them; Llama 3.1's `llama3` RoPE scaling
+/// (transformers 4.x form) and `linear` (5.x form).
+pub const MODELS: [&str; 16] = [
     "llama9",
     "llama9-bf16",
     "nemotron5",
@@ -23,6 +25,8 @@ pub const MODELS: [&str; 14] = [
     "windows/mistral5",
     "windows/qwen9",
     "windows/gemma2-9",
+    "rope/llama9-llama3",
+    "rope/qwen9-linear",
 ];
 
 /// The fixtures with a chat template, and their `chat_cases`.
@@ -211,8 +215,29 @@ fn rope_frequencies_match_transformers_bit_for_bit() {
     for name in MODELS {
         let config = super::config::ModelConfig::load(&model_dir(name)).unwrap();
         let golden = floats(&goldens(name)["rope"]["inv_freq_f32"]);
-        assert_eq!(super::rope::inv_freq(config.rope_theta, config.rotary_dim), golden, "{name}");
+        assert_eq!(super::rope::inv_freq(config.rope_theta, config.rotary_dim, config.rope_scaling), golden, "{name}");
     }
+}
+
+/// Llama 3.1's real settings (theta 500000, 128-wide heads, factor 8 over an original 8,192
+/// tokens), where most of its 64 frequencies are blended or divided.
+#[test]
+fn llama31_rope_scaling_matches_transformers_bit_for_bit() {
+    use super::rope::{RopeScaling, inv_freq};
+    let real = &goldens("rope/llama9-llama3")["real_llama31"];
+    let scaling = &real["rope_scaling"];
+    let number = |name: &str| scaling[name].as_f64().unwrap();
+    let scaling = RopeScaling::Llama3 {
+        factor: number("factor"),
+        low_freq_factor: number("low_freq_factor"),
+        high_freq_factor: number("high_freq_factor"),
+        original_context: number("original_max_position_embeddings"),
+    };
+    let theta = real["rope_theta"].as_f64().unwrap();
+    let rotary_dim = real["rotary_dim"].as_u64().unwrap() as usize;
+    let ours = inv_freq(theta, rotary_dim, scaling);
+    assert_eq!(ours, floats(&real["inv_freq_f32"]));
+    assert_ne!(ours, inv_freq(theta, rotary_dim, RopeScaling::None), "the scaling must change something");
 }
 
 #[test]
