@@ -31,6 +31,10 @@ pub struct NemoConfig {
     pub norm_eps: f64,
     pub rotary_base: f64,
     pub rotary_percentage: f64,
+    /// `scale_positional_embedding: true`: Megatron-core's Llama 3.1 RoPE scaling (factor
+    /// 8, frequency factors 1 and 4 over an original 8,192 tokens, its fixed values), which
+    /// transformers names `llama3`.
+    pub llama3_rope_scaling: bool,
     pub max_positions: usize,
     /// Linear layers have biases.
     pub bias: bool,
@@ -166,6 +170,11 @@ impl NemoConfig {
             norm_eps: number("layernorm_epsilon", 1e-5)?,
             rotary_base: number("rotary_base", 10000.0)?,
             rotary_percentage,
+            llama3_rope_scaling: match c.get("scale_positional_embedding") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => bail!("`scale_positional_embedding` must be true or false, got {other}"),
+            },
             max_positions: count("max_position_embeddings")?.or(count("encoder_seq_length")?).unwrap_or(4096),
             bias: c.get("bias").and_then(Value::as_bool).unwrap_or(true),
             // NeMo-Aligner's regression reward models; the importer checks it against
@@ -237,6 +246,10 @@ impl NemoConfig {
         if self.family == NemoFamily::Nemotron {
             config["partial_rotary_factor"] = json!(self.rotary_percentage);
         }
+        if self.llama3_rope_scaling {
+            config["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        }
         config
     }
 }
@@ -262,7 +275,22 @@ mod tests {
         assert_eq!(hf["architectures"][0], "LlamaForSequenceClassification");
         assert_eq!((hf["rope_theta"].as_f64(), hf["id2label"]["8"].as_str()), (Some(500000.0), Some("verbosity")));
         // The mapping is a config steerlm loads.
-        crate::model::config::ModelConfig::from_json(&hf).unwrap();
+        let loaded = crate::model::config::ModelConfig::from_json(&hf).unwrap();
+        assert_eq!(loaded.rope_scaling, crate::model::config::RopeScaling::None);
+
+        // Llama 3.1 NeMo checkpoints: Megatron-core's fixed scaling, as transformers' llama3.
+        let c = NemoConfig::parse(&format!("{LLAMA}scale_positional_embedding: true\n")).unwrap();
+        let hf = c.hf_config(32000, "bfloat16", Some(1), Some(2));
+        let loaded = crate::model::config::ModelConfig::from_json(&hf).unwrap();
+        let want = crate::model::config::RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192.0,
+        };
+        assert_eq!(loaded.rope_scaling, want);
+        let e = NemoConfig::parse(&format!("{LLAMA}scale_positional_embedding: 8\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("`scale_positional_embedding` must be true or false"), "{e:#}");
     }
 
     #[test]
