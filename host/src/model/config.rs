@@ -512,6 +512,28 @@ mod tests {
         assert!(e.contains("RoPE type \"yarn\" is not supported (steerlm applies default, linear and llama3)"), "{e}");
     }
 
+    /// A Llama 3.1 reward model's config.json as its checkpoint ships it (Skywork-Reward-
+    /// Llama-3.1-8B's fields, transformers 4.43), which steerlm refused before it applied
+    /// `llama3`.
+    #[test]
+    fn a_llama31_reward_model_config_loads() {
+        let config = json!({
+            "architectures": ["LlamaForSequenceClassification"], "attention_bias": false, "attention_dropout": 0.0,
+            "bos_token_id": 128000, "eos_token_id": 128009, "hidden_act": "silu", "hidden_size": 4096,
+            "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 131072,
+            "mlp_bias": false, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
+            "num_key_value_heads": 8, "pad_token_id": 128256, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+            "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                             "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+            "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+            "transformers_version": "4.43.4", "use_cache": true, "vocab_size": 128257
+        });
+        let c = ModelConfig::from_json(&config).unwrap();
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_context: 8192.0, .. }));
+        assert_eq!((c.max_positions, c.head_dim, c.rotary_dim, c.labels.len()), (131072, 128, 128, 1));
+        assert_eq!(c.attention_windows(), [None; 32]);
+    }
+
     /// Llama 3.1's `llama3` scaling in both config generations, `linear`, and their checks.
     #[test]
     fn rope_scaling_is_read_from_either_generation() {
