@@ -277,6 +277,29 @@ fn sigterm_removes_the_temporary_output() {
     assert!(listing(dir.path()).is_empty(), "left {:?}", listing(dir.path()));
 }
 
+/// SIGKILL cannot be caught: the temporary output stays, with steerlm's name in it, and the
+/// next run writing that output names it in a warning (and leaves it: another run may be
+/// writing it).
+#[test]
+fn a_temporary_output_left_by_sigkill_is_named_by_the_next_run() {
+    let dir = tempdir();
+    let out = dir.path().join("out.jsonl");
+    let (mut child, stdin) = start_endless_conversion(dir.path(), &out);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let left = listing(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(".out.jsonl.steerlm-") && left[0].ends_with(".tmp"), "{left:?}");
+    let run = steerlm(&["to-regression", "--input-file", p(&regression_input()), "--output-file", p(&out)]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stale = dir.path().join(&left[0]);
+    let warning = format!("warning: {} is left from an unfinished run writing {}", stale.display(), out.display());
+    assert!(String::from_utf8_lossy(&run.stderr).contains(&warning), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(fs::read(&out).unwrap(), regression_expected());
+    assert!(stale.is_file(), "the leftover is named, not deleted");
+}
+
 #[test]
 fn a_failed_final_rename_removes_the_temporary_output() {
     let dir = tempdir();

@@ -275,9 +275,11 @@ fn replace(target: &Path, permissions: std::fs::Permissions) -> Result<(File, De
         _ => PathBuf::from("."),
     };
     let name = target.file_name().with_context(|| format!("{} is not a file name", target.display()))?;
+    let prefix = format!(".{}.steerlm-", name.to_string_lossy());
+    warn_of_leftovers(&dir, &prefix, &target.display().to_string());
     let mut pending = pending();
     let temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .prefix(&prefix)
         .suffix(".tmp")
         .permissions(permissions)
         .tempfile_in(&dir)
@@ -285,6 +287,22 @@ fn replace(target: &Path, permissions: std::fs::Permissions) -> Result<(File, De
     let (file, temp) = NamedTempFile::into_parts(temp);
     pending.push(temp.to_path_buf());
     Ok((file, Destination::Replace { target: target.to_path_buf(), temp }))
+}
+
+/// A run killed with SIGKILL (or a power cut) cannot remove its temporary file or folder
+/// (`prefix` + random characters, in `dir`), which for a folder may hold most of a model.
+/// Say so rather than delete it: another steerlm may be writing it right now, from this
+/// machine or another sharing the disk.
+fn warn_of_leftovers(dir: &Path, prefix: &str, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            eprintln!(
+                "warning: {} is left from an unfinished run writing {name} (killed?): remove it once no other steerlm is writing there",
+                entry.path().display()
+            );
+        }
+    }
 }
 
 /// Opens a FIFO, device or descriptor for writing without replacing or truncating it
@@ -510,19 +528,7 @@ impl OutputDir {
         std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let file_name = destination.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let prefix = format!(".{file_name}.steerlm-");
-        // A run killed with SIGKILL (or a power cut) cannot remove its temporary folder,
-        // which may hold most of a model. Say so rather than delete it: another steerlm may
-        // be writing it right now, from this machine or another sharing the disk.
-        if let Ok(entries) = std::fs::read_dir(&parent) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    eprintln!(
-                        "warning: {} is left from an unfinished run writing {name} (killed?): remove it once no other steerlm is writing there",
-                        entry.path().display()
-                    );
-                }
-            }
-        }
+        warn_of_leftovers(&parent, &prefix, &name.to_string());
         let mut pending = pending();
         let temp = tempfile::Builder::new()
             .prefix(&prefix)
