@@ -558,8 +558,10 @@ impl std::fmt::Display for AttentionTimes {
     }
 }
 
-/// Times causal attention over `sequences` sequences of `length` tokens with both
-/// kernels: the median of `iterations` submissions each, after one warm-up.
+/// Times causal attention over `sequences` sequences of `length` tokens (within `window`
+/// keys where given) with both kernels: the median of `iterations` submissions each, after
+/// one warm-up.
+#[allow(clippy::too_many_arguments)]
 pub fn time_attention(
     gpu: &crate::model::gpu::Gpu,
     sequences: usize,
@@ -567,6 +569,7 @@ pub fn time_attention(
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
     iterations: usize,
 ) -> Result<AttentionTimes> {
     use wgpu::util::DeviceExt;
@@ -595,7 +598,7 @@ pub fn time_attention(
     let block_list = attention_blocks(&starts, &lengths, flash.block_rows(heads, kv_heads));
     let blocks = buffer(bytemuck::cast_slice(&block_list));
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let flops = causal_attention_flops(&lengths, heads, head_dim, None);
+    let flops = causal_attention_flops(&lengths, heads, head_dim, window);
     let (h, kvh, hd) = (heads as u32, kv_heads as u32, head_dim as u32);
     fn time<'k>(gpu: &crate::model::gpu::Gpu, iterations: usize, record: &dyn Fn(&mut Recorder<'k>)) -> Result<f64> {
         let mut cache = super::BindCache::default();
@@ -622,7 +625,7 @@ pub fn time_attention(
             blocks: 0,
             scale,
             softcap: 0.0,
-            window: NO_WINDOW,
+            window: window_param(window),
             _pad: 0,
         };
         flash.record(rec, params, &q, &k, &v, &blocks, &out, block_list.len(), flops)
@@ -635,13 +638,16 @@ pub fn time_attention(
             head_dim: hd,
             scale,
             softcap: 0.0,
-            window: NO_WINDOW,
+            window: window_param(window),
             _pad: 0,
         };
-        rows.record(rec, params, &q, &k, &v, &ranges, &out, tokens * (length + 1) / 2)
+        rows.record(rec, params, &q, &k, &v, &ranges, &out, visible_pairs(&lengths, window))
     })?;
     Ok(AttentionTimes {
-        shape: format!("{sequences} x {length} tokens, {heads}/{kv_heads} heads x {head_dim}"),
+        shape: match window {
+            Some(w) => format!("{sequences} x {length} tokens, {heads}/{kv_heads} heads x {head_dim}, window {w}"),
+            None => format!("{sequences} x {length} tokens, {heads}/{kv_heads} heads x {head_dim}"),
+        },
         tiles: flash.tiles(),
         flash_s,
         row_s,

@@ -369,8 +369,9 @@ fn flash_attention_refuses_what_it_cannot_do() {
 #[ignore]
 fn time_flash_against_row_attention() {
     let gpu = gpu();
-    for (sequences, length, heads, kv_heads, head_dim) in [(8, 512, 9, 3, 64), (64, 128, 9, 3, 64)] {
-        let times = time_attention(&gpu, sequences, length, heads, kv_heads, head_dim, 1).expect("timing");
+    let cases = [(8, 512, None), (64, 128, None), (2, 4096, None), (2, 4096, Some(512))];
+    for (sequences, length, window) in cases {
+        let times = time_attention(&gpu, sequences, length, 9, 3, 64, window, 1).expect("timing");
         eprintln!("{times}");
     }
 }
