@@ -310,6 +310,12 @@ impl ModelConfig {
 
         // transformers 5.x nests RoPE settings in `rope_parameters`; 4.x keeps theta at the
         // top level and a scaling in a `rope_scaling` block.
+        // A RoPE block that is not an object would silently mean "no scaling".
+        for block in ["rope_parameters", "rope_scaling"] {
+            if let Some(value) = config.get(block).filter(|v| !v.is_null() && !v.is_object()) {
+                bail!("`{block}` must be an object or null, got {value}");
+            }
+        }
         let rope = config.get("rope_parameters").filter(|v| v.is_object());
         let rope_field = |name: &str| rope.and_then(|r| f64_field(r, name)).or_else(|| f64_field(config, name));
         let rope_scaling = rope_scaling(config, rope, context)?;
@@ -565,6 +571,9 @@ mod tests {
         assert_eq!(ModelConfig::from_json(&c).unwrap().rope_scaling, RopeScaling::Linear { factor: 4.0 });
         c["rope_scaling"] = json!(null);
         assert_eq!(ModelConfig::from_json(&c).unwrap().rope_scaling, RopeScaling::None);
+        c["rope_scaling"] = json!("llama3");
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("`rope_scaling` must be an object or null, got \"llama3\""), "{e}");
 
         for (field, value, error) in [
             ("factor", json!(0.0), "`rope_scaling.factor` must be a positive number, got 0.0"),
