@@ -3,6 +3,7 @@
 //! cos/sin. (WGSL's sin/cos are only good to about 2^-11, which moves scores by ~1e-2.)
 
 use super::config::ModelConfig;
+use rayon::prelude::*;
 
 pub struct RopeTable {
     /// Rotated dimensions per head; the rest pass through.
@@ -63,15 +64,16 @@ impl RopeTable {
     pub fn new(config: &ModelConfig, positions: usize) -> Self {
         let rot = config.rotary_dim;
         let inv = inv_freq(config.rope_theta, rot, config.rope_scaling);
-        let mut cos = Vec::with_capacity(positions * rot);
-        let mut sin = Vec::with_capacity(positions * rot);
-        for pos in 0..positions {
-            let angles: Vec<f64> = inv.iter().map(|f| (pos as f32 * f) as f64).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos() as f32));
-                sin.extend(angles.iter().map(|a| a.sin() as f32));
+        let (mut cos, mut sin) = (vec![0f32; positions * rot], vec![0f32; positions * rot]);
+        // Rows in parallel: a 131k-token context is 8.4M angles, each cos and sin in f64.
+        cos.par_chunks_mut(rot).zip(sin.par_chunks_mut(rot)).enumerate().for_each(|(pos, (cos, sin))| {
+            for (i, f) in inv.iter().enumerate() {
+                let angle = (pos as f32 * f) as f64;
+                let (s, c) = angle.sin_cos();
+                (cos[i], cos[i + rot / 2]) = (c as f32, c as f32);
+                (sin[i], sin[i + rot / 2]) = (s as f32, s as f32);
             }
-        }
+        });
         RopeTable { rotary_dim: rot, cos, sin }
     }
 
