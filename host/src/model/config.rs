@@ -199,17 +199,61 @@ fn rope_scaling(config: &Value, rope_parameters: Option<&Value>, context: usize)
                     "`{block_name}.high_freq_factor` {high_freq_factor} must be more than `low_freq_factor` {low_freq_factor}"
                 );
             }
-            // transformers' order: a top-level field, then the block's, then the context.
-            let original_context = match f64_field(config, "original_max_position_embeddings") {
-                Some(_) => positive_number(config, "original_max_position_embeddings")?,
-                None if block.get("original_max_position_embeddings").is_some() => {
-                    number("original_max_position_embeddings")?
-                }
-                None => context as f64,
-            };
+            let original_context = original_context(config, block, &number, context)?;
             Ok(RopeScaling::Llama3 { factor: number("factor")?, low_freq_factor, high_freq_factor, original_context })
         }
-        other => bail!("RoPE type {other:?} is not supported (steerlm applies default, linear and llama3)"),
+        "yarn" => {
+            let original_context = original_context(config, block, &number, context)?;
+            let present = |name: &str| block.get(name).is_some_and(|v| !v.is_null());
+            // Without a factor, transformers takes the context over the original one.
+            let factor = if present("factor") { number("factor")? } else { context as f64 / original_context };
+            // Python's `x or default`: absent, null or 0 take the default.
+            let or_default = |name: &str, default: f64| -> Result<f64> {
+                match block.get(name) {
+                    None | Some(Value::Null) => Ok(default),
+                    Some(v) if v.as_f64() == Some(0.0) => Ok(default),
+                    Some(_) => number(name),
+                }
+            };
+            let mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
+            let attention_factor = if present("attention_factor") {
+                number("attention_factor")?
+            } else {
+                match (or_default("mscale", 0.0)?, or_default("mscale_all_dim", 0.0)?) {
+                    (m, all) if m != 0.0 && all != 0.0 => mscale(factor, m) / mscale(factor, all),
+                    _ => mscale(factor, 1.0),
+                }
+            };
+            let truncate = match block.get("truncate") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => bail!("`{block_name}.truncate` must be true or false, got {other}"),
+            };
+            Ok(RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast: or_default("beta_fast", 32.0)?,
+                beta_slow: or_default("beta_slow", 1.0)?,
+                truncate,
+                attention_factor,
+            })
+        }
+        other => bail!("RoPE type {other:?} is not supported (steerlm applies default, linear, llama3 and yarn)"),
+    }
+}
+
+/// The context a scaled RoPE was trained on, in transformers' order: a top-level
+/// `original_max_position_embeddings`, then the block's, then the context itself.
+fn original_context(
+    config: &Value,
+    block: &Value,
+    number: &dyn Fn(&str) -> Result<f64>,
+    context: usize,
+) -> Result<f64> {
+    match f64_field(config, "original_max_position_embeddings") {
+        Some(_) => positive_number(config, "original_max_position_embeddings"),
+        None if block.get("original_max_position_embeddings").is_some() => number("original_max_position_embeddings"),
+        None => Ok(context as f64),
     }
 }
 
@@ -513,9 +557,12 @@ mod tests {
         let e = ModelConfig::from_json(&c).unwrap_err().to_string();
         assert!(e.contains("GPT2ForSequenceClassification") && e.contains("LlamaForSequenceClassification"), "{e}");
         let mut c = base();
-        c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 4.0});
+        c["rope_scaling"] = json!({"rope_type": "longrope", "factor": 4.0});
         let e = ModelConfig::from_json(&c).unwrap_err().to_string();
-        assert!(e.contains("RoPE type \"yarn\" is not supported (steerlm applies default, linear and llama3)"), "{e}");
+        assert!(
+            e.contains("RoPE type \"longrope\" is not supported (steerlm applies default, linear, llama3 and yarn)"),
+            "{e}"
+        );
     }
 
     /// A Llama 3.1 reward model's config.json as its checkpoint ships it (Skywork-Reward-
@@ -574,6 +621,33 @@ mod tests {
         c["rope_scaling"] = json!("llama3");
         let e = ModelConfig::from_json(&c).unwrap_err().to_string();
         assert!(e.contains("`rope_scaling` must be an object or null, got \"llama3\""), "{e}");
+
+        // YaRN: its defaults, the attention factor from the factor or from DeepSeek's mscales.
+        let mut c = base();
+        c["max_position_embeddings"] = json!(131072);
+        c["rope_scaling"] = json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768});
+        let RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow, truncate, attention_factor } =
+            ModelConfig::from_json(&c).unwrap().rope_scaling
+        else {
+            panic!("yarn")
+        };
+        assert_eq!((factor, original_context, beta_fast, beta_slow, truncate), (4.0, 32768.0, 32.0, 1.0, true));
+        assert_eq!(attention_factor, 0.1 * 4f64.ln() + 1.0);
+        c["rope_scaling"] = json!({"type": "yarn", "original_max_position_embeddings": 32768, "factor": null,
+                                   "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 0, "truncate": false});
+        let RopeScaling::Yarn { factor, beta_fast, truncate, attention_factor, .. } =
+            ModelConfig::from_json(&c).unwrap().rope_scaling
+        else {
+            panic!("yarn")
+        };
+        assert_eq!(
+            (factor, beta_fast, truncate, attention_factor),
+            (4.0, 32.0, false, 1.0),
+            "null factor: context ratio"
+        );
+        c["rope_scaling"]["truncate"] = json!("no");
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("`rope_scaling.truncate` must be true or false"), "{e}");
 
         for (field, value, error) in [
             ("factor", json!(0.0), "`rope_scaling.factor` must be a positive number, got 0.0"),

@@ -25,6 +25,21 @@ pub enum RopeScaling {
     /// `original_context / low_freq_factor` divided by `factor`, those under
     /// `original_context / high_freq_factor` kept, and a smooth blend between.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_context: f64 },
+    /// `yarn` (Qwen's long-context setting, DeepSeek): each frequency blends its plain and
+    /// `factor`-divided values along a ramp between the dimensions that turn `beta_fast` and
+    /// `beta_slow` times over `original_context` tokens, and cos and sin are multiplied by
+    /// `attention_factor`.
+    Yarn { factor: f64, original_context: f64, beta_fast: f64, beta_slow: f64, truncate: bool, attention_factor: f64 },
+}
+
+impl RopeScaling {
+    /// What cos and sin are multiplied by (YaRN's attention factor; 1 otherwise).
+    pub fn attention_factor(self) -> f32 {
+        match self {
+            RopeScaling::Yarn { attention_factor, .. } => attention_factor as f32,
+            _ => 1.0,
+        }
+    }
 }
 
 /// `1 / theta^(2i / rotary_dim)`, then the scaling, as transformers computes them: every
@@ -57,6 +72,33 @@ pub fn inv_freq(theta: f64, rotary_dim: usize, scaling: RopeScaling) -> Vec<f32>
                 })
                 .collect()
         }
+        RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow, truncate, .. } => {
+            // The dimension (of rotary_dim) that turns `rotations` times over the original
+            // context, in f64 as Python computes it.
+            let dim = rotary_dim as f64;
+            let correction = |rotations: f64| {
+                dim * (original_context / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+            };
+            let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+            if truncate {
+                (low, high) = (low.floor(), high.ceil());
+            }
+            let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+            if low == high {
+                high += 0.001; // as transformers does, against a zero-width ramp
+            }
+            let (low32, span) = (low as f32, (high - low) as f32);
+            (0..rotary_dim / 2)
+                .map(|i| {
+                    let exponent = (2 * i) as f32 / rotary_dim as f32;
+                    let power = (theta as f32).powf(exponent);
+                    let (extrapolated, interpolated) = (1.0 / power, 1.0 / (factor as f32 * power));
+                    let ramp = ((i as f32 - low32) / span).clamp(0.0, 1.0);
+                    let keep = 1.0 - ramp;
+                    interpolated * (1.0 - keep) + extrapolated * keep
+                })
+                .collect()
+        }
     }
 }
 
@@ -65,13 +107,16 @@ impl RopeTable {
         let rot = config.rotary_dim;
         let inv = inv_freq(config.rope_theta, rot, config.rope_scaling);
         let (mut cos, mut sin) = (vec![0f32; positions * rot], vec![0f32; positions * rot]);
+        let scale = config.rope_scaling.attention_factor();
         // Rows in parallel: a 131k-token context is 8.4M angles, each cos and sin in f64.
         cos.par_chunks_mut(rot).zip(sin.par_chunks_mut(rot)).enumerate().for_each(|(pos, (cos, sin))| {
             for (i, f) in inv.iter().enumerate() {
                 let angle = (pos as f32 * f) as f64;
                 let (s, c) = angle.sin_cos();
-                (cos[i], cos[i + rot / 2]) = (c as f32, c as f32);
-                (sin[i], sin[i + rot / 2]) = (s as f32, s as f32);
+                // As transformers: cos and sin in f32, then times the attention factor.
+                let (c, s) = (c as f32 * scale, s as f32 * scale);
+                (cos[i], cos[i + rot / 2]) = (c, c);
+                (sin[i], sin[i + rot / 2]) = (s, s);
             }
         });
         RopeTable { rotary_dim: rot, cos, sin }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 /// (their weights and tokenizers are links to the models' own): sliding windows of a few
 /// tokens, on every layer (Mistral), from `max_window_layers` on (Qwen2) and on the even
 /// layers (Gemma2), so that most texts run past them; Llama 3.1's `llama3` RoPE scaling
-/// (transformers 4.x form) and `linear` (5.x form).
-pub const MODELS: [&str; 16] = [
+/// (transformers 4.x form), `linear` and `yarn` (5.x form).
+pub const MODELS: [&str; 17] = [
     "llama9",
     "llama9-bf16",
     "nemotron5",
@@ -27,6 +27,7 @@ pub const MODELS: [&str; 16] = [
     "windows/gemma2-9",
     "rope/llama9-llama3",
     "rope/qwen9-linear",
+    "rope/qwen9-yarn",
 ];
 
 /// The fixtures with a chat template, and their `chat_cases`.
@@ -214,8 +215,12 @@ fn wgpu_splits_tensors_larger_than_a_binding() {
 fn rope_frequencies_match_transformers_bit_for_bit() {
     for name in MODELS {
         let config = super::config::ModelConfig::load(&model_dir(name)).unwrap();
-        let golden = floats(&goldens(name)["rope"]["inv_freq_f32"]);
+        let rope = &goldens(name)["rope"];
+        let golden = floats(&rope["inv_freq_f32"]);
         assert_eq!(super::rope::inv_freq(config.rope_theta, config.rotary_dim, config.rope_scaling), golden, "{name}");
+        // YaRN's factor on cos and sin (1 elsewhere), as transformers rounds it to f32.
+        let attention = rope["attention_scaling"].as_f64().unwrap_or(1.0) as f32;
+        assert_eq!(config.rope_scaling.attention_factor(), attention, "{name}");
     }
 }
 
