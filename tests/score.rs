@@ -1,8 +1,9 @@
 //! `steerlm score` end to end: the binary on the fixture models' golden texts.
 //!
-//! - gzip input, on the CPU (qwen9) and wgpu (nemotron5, and Gemma2 with a sliding window
-//!   most texts run past): one line per text, token counts equal and scores within
-//!   `1e-4 + 1e-4*|golden|` of transformers';
+//! - gzip input, on the CPU (qwen9, and Llama with Llama 3.1's RoPE scaling) and wgpu
+//!   (nemotron5, and Gemma2 with a sliding window most texts run past): one line per
+//!   text, token counts equal and scores within `1e-4 + 1e-4*|golden|` of transformers';
+//!   the load line names the scaling and the window;
 //! - `--attribute-weights` adds each line's weighted `reward`, and weights that do not
 //!   match the model's attributes are refused;
 //! - a line without `text` fails naming its line, leaving no output; a folder without
@@ -21,7 +22,8 @@ use crate::common::{goldens, model_dir, stderr, steerlm, tempdir};
 
 #[test]
 fn score_writes_one_line_per_text_matching_transformers() {
-    for (name, device) in [("qwen9", "cpu"), ("nemotron5", "wgpu"), ("windows/gemma2-9", "wgpu")] {
+    let models = [("qwen9", "cpu"), ("nemotron5", "wgpu"), ("windows/gemma2-9", "wgpu"), ("rope/llama9-llama3", "cpu")];
+    for (name, device) in models {
         let dir = tempdir();
         let input = dir.path().join("texts.jsonl.gz");
         let goldens = goldens(name);
@@ -49,6 +51,8 @@ fn score_writes_one_line_per_text_matching_transformers() {
         assert!(result.status.success(), "{name}: {}", stderr(&result));
         let windowed = stderr(&result).contains("a sliding window of 6 tokens on 1 of 2 layers");
         assert_eq!(windowed, name.starts_with("windows/"), "{name}: {}", stderr(&result));
+        let scaled = stderr(&result).contains(", llama3 RoPE scaling (factor 8)");
+        assert_eq!(scaled, name.starts_with("rope/"), "{name}: {}", stderr(&result));
         let lines: Vec<serde_json::Value> =
             fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), cases.len());

@@ -86,7 +86,7 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         model.config.num_layers,
         model.config.hidden_size,
         model.labels().len(),
-        model.config.window_note(),
+        model.config.attention_note(),
         model.device_name()
     ));
     let input = InputPath(args.input_file.clone());

@@ -481,15 +481,21 @@ impl ModelConfig {
         self.sliding_window.as_ref().filter(|(_, layers)| layers.slides(layer)).map(|&(window, _)| window)
     }
 
-    /// ", a sliding window of W tokens on N of L layers" where layers slide, else "".
-    pub fn window_note(&self) -> String {
-        match &self.sliding_window {
-            Some((window, _)) => {
-                let sliding = (0..self.num_layers).filter(|&layer| self.attention_window(layer).is_some()).count();
-                format!(", a sliding window of {window} tokens on {sliding} of {} layers", self.num_layers)
-            }
-            None => String::new(),
+    /// What the load line adds about attention: ", llama3 RoPE scaling (factor 8)" where
+    /// the frequencies are scaled, ", a sliding window of W tokens on N of L layers" where
+    /// layers slide; else "".
+    pub fn attention_note(&self) -> String {
+        let mut note = match self.rope_scaling {
+            RopeScaling::None => String::new(),
+            RopeScaling::Linear { factor } => format!(", linear RoPE scaling (factor {factor})"),
+            RopeScaling::Llama3 { factor, .. } => format!(", llama3 RoPE scaling (factor {factor})"),
+            RopeScaling::Yarn { factor, .. } => format!(", yarn RoPE scaling (factor {factor})"),
+        };
+        if let Some((window, _)) = &self.sliding_window {
+            let sliding = (0..self.num_layers).filter(|&layer| self.attention_window(layer).is_some()).count();
+            note += &format!(", a sliding window of {window} tokens on {sliding} of {} layers", self.num_layers);
         }
+        note
     }
 
     /// Every layer's [`Self::attention_window`].
@@ -583,6 +589,7 @@ mod tests {
         });
         let c = ModelConfig::from_json(&config).unwrap();
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { original_context: 8192.0, .. }));
+        assert_eq!(c.attention_note(), ", llama3 RoPE scaling (factor 8)");
         assert_eq!((c.max_positions, c.head_dim, c.rotary_dim, c.labels.len()), (131072, 128, 128, 1));
         assert_eq!(c.attention_windows(), [None; 32]);
     }
@@ -742,7 +749,7 @@ mod tests {
         v4["num_hidden_layers"] = json!(3);
         let c = ModelConfig::from_json(&v4).unwrap();
         assert_eq!(c.attention_windows(), [Some(64), None, Some(64)], "without layer_types, the even layers slide");
-        assert_eq!(c.window_note(), ", a sliding window of 64 tokens on 2 of 3 layers");
+        assert_eq!(c.attention_note(), ", a sliding window of 64 tokens on 2 of 3 layers");
         for (types, error) in [
             (json!(["sliding_attention"]), "`layer_types` lists 1 layers, but num_hidden_layers is 2"),
             (json!(["full_attention", "chunked_attention"]), "`layer_types` entry 1 is \"chunked_attention\""),
