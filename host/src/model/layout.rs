@@ -185,6 +185,16 @@ fn check_config_against(config: &ModelConfig, w: &Weights) -> Result<()> {
     Ok(())
 }
 
+impl ModelTensors<'_> {
+    /// Bytes of the weight matrices as stored (norms and biases, a rounding error, left
+    /// out), for messages about memory.
+    pub fn matrix_bytes(&self) -> usize {
+        let layers =
+            self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.up, &l.down].into_iter().chain(&l.gate));
+        self.embed.bytes.len() + layers.chain([&self.score]).map(|linear| linear.weight.bytes.len()).sum::<usize>()
+    }
+}
+
 impl<'a> ModelTensors<'a> {
     pub fn locate(config: &ModelConfig, w: &'a Weights) -> Result<Self> {
         check_config_against(config, w)?;

@@ -1,6 +1,7 @@
 //! The wgpu adapter: which one we take, the features and limits we ask for, and which
 //! kernel variants it allows (what `steerlm gpu-info` prints).
 
+use super::errors::UncapturedErrors;
 use super::kernels::checks::ShaderChecks;
 use super::kernels::coop::TensorCores;
 use super::kernels::matmul::{CoopTile, MatmulVariant, TileConfig};
@@ -25,6 +26,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub caps: Capabilities,
+    /// wgpu errors that reached no error scope (see [`super::errors`]).
+    pub errors: UncapturedErrors,
 }
 
 /// What the kernels may use, as granted when the device was opened.
@@ -101,7 +104,8 @@ pub fn open_device(choice: AdapterChoice) -> Result<Option<Gpu>> {
         timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         cooperative_matrices: if cooperative { adapter.cooperative_matrix_properties() } else { Vec::new() },
     };
-    Ok(Some(Gpu { device, queue, info, caps }))
+    let errors = UncapturedErrors::install(&device);
+    Ok(Some(Gpu { device, queue, info, caps, errors }))
 }
 
 /// Which attention kernel runs over whole sequences (the last layer's single rows

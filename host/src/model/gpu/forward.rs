@@ -19,6 +19,7 @@
 //! for each sequence's last token.
 
 use super::GpuModel;
+use super::errors::capture;
 use super::kernels::attention::{
     AttentionParams, FlashParams, attention_blocks, causal_attention_flops, visible_pairs, window_param,
 };
@@ -48,25 +49,36 @@ impl GpuModel {
         let tokens = batch.ids.len();
         let sequences = batch.lengths.len();
         let mut slot = self.workspace.lock().map_err(|_| anyhow!("an earlier forward pass panicked"))?;
+        let device = &self.gpu.device;
         if !slot.as_ref().is_some_and(|w| w.fits(tokens, sequences)) {
             // Free the old buffers before making larger ones.
             *slot = None;
-            *slot = Some(Workspace::new(&self.gpu.device, self.widths(), tokens, sequences, self.max_tokens_per_pass));
+            let making = || format!("making scratch buffers for a pass of {tokens} tokens");
+            let workspace = capture(device, making, || {
+                Workspace::new(device, self.widths(), tokens, sequences, self.max_tokens_per_pass)
+            })?;
+            *slot = Some(workspace);
         }
         let ws = slot.as_mut().expect("workspace just made");
-        let flash_blocks = self.write_inputs(ws, batch);
-
-        let mut rec = Recorder::new(&self.gpu.device);
-        self.record(&mut rec, ws, batch, flash_blocks);
-        let mut encoder =
-            self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-        let timestamps = rec.encode(&self.gpu.device, &self.gpu.queue, &mut ws.binds, &mut encoder, profile)?;
         let labels = self.score.out_features;
         let score_bytes = (sequences * labels * 4) as u64;
-        encoder.copy_buffer_to_buffer(&ws.scores, 0, &ws.readback, 0, score_bytes);
-        self.gpu.queue.submit([encoder.finish()]);
+        let running = || format!("running a pass of {sequences} sequences, {tokens} tokens");
+        let timestamps = capture(device, running, || -> Result<_> {
+            let flash_blocks = self.write_inputs(ws, batch);
+            let mut rec = Recorder::new(device);
+            self.record(&mut rec, ws, batch, flash_blocks);
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            let timestamps = rec.encode(device, &self.gpu.queue, &mut ws.binds, &mut encoder, profile)?;
+            encoder.copy_buffer_to_buffer(&ws.scores, 0, &ws.readback, 0, score_bytes);
+            self.gpu.queue.submit([encoder.finish()]);
+            Ok(timestamps)
+        });
+        // A pass that failed may have left the cached buffers or bind groups invalid.
+        let timestamps = timestamps.and_then(|t| t).inspect_err(|_| *slot = None)?;
+        let ws = slot.as_mut().expect("workspace kept");
 
-        let bytes = read_buffer(&self.gpu.device, &ws.readback)?;
+        let bytes = read_buffer(device, &ws.readback)?;
+        self.gpu.errors.check(running).inspect_err(|_| *slot = None)?;
         let mut values: Vec<f32> = bytemuck::cast_slice(&bytes[..score_bytes as usize]).to_vec();
         if let Some(cap) = self.config.final_softcap {
             // A handful of values per sequence: capped here rather than in a kernel.

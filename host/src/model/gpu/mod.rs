@@ -1,6 +1,7 @@
 //! The reward model's forward pass as wgpu compute shaders (`shaders/*.wgsl`).
 //!
 //! - [`device`]: the adapter, its features and limits, and which kernel variants it gets;
+//! - [`errors`]: wgpu's errors (a driver refusing a shader, memory running out) as `Result`s;
 //! - [`kernels`]: one wrapper per shader, and the recorder that batches dispatches;
 //! - [`upload`]: weights on the device; [`workspace`]: scratch buffers kept between batches;
 //! - [`forward`]: the layer sequence.
@@ -10,6 +11,7 @@
 //! into one command buffer and one submission.
 
 pub mod device;
+pub mod errors;
 pub mod forward;
 pub mod kernels;
 pub mod upload;
@@ -24,6 +26,7 @@ use super::layout::ModelTensors;
 use super::rope::RopeTable;
 use super::weights;
 use anyhow::{Result, bail};
+use errors::capture;
 use kernels::KernelTimes;
 use kernels::attention::{FLASH_SELF_CHECK_TOLERANCE, FlashAttention, RowAttention};
 use kernels::embedding::Embedding;
@@ -35,6 +38,8 @@ use std::sync::Mutex;
 use upload::{DeviceLinear, DeviceNorm, DeviceTensor, Uploader};
 use workspace::{Widths, Workspace};
 
+/// The largest storage binding used, whatever the adapter allows (see `with_options`).
+const MAX_BINDING_BYTES: u64 = 1 << 31;
 const TENSOR_CORES_FAILED: &str = "the tensor-core kernel failed on this adapter";
 const FLASH_TENSOR_CORES_FAILED: &str = "the tensor-core flash kernel failed on this adapter";
 
@@ -126,7 +131,12 @@ impl GpuModel {
         plan: KernelPlan,
         part_bytes: Option<usize>,
     ) -> Result<Self> {
-        for (what, k) in [("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size)] {
+        let widths = [
+            ("hidden_size", config.hidden_size),
+            ("intermediate_size", config.intermediate_size),
+            ("num_attention_heads x head_dim", config.num_heads * config.head_dim),
+        ];
+        for (what, k) in widths {
             if k % 4 != 0 {
                 bail!("the wgpu path needs {what} ({k}) to be a multiple of 4; use --device cpu");
             }
@@ -151,7 +161,9 @@ impl GpuModel {
         // model's attention (cooperative matrices are experimental in wgpu and drivers).
         let checked = |kernel: FlashAttention| -> Result<FlashAttention> {
             let group = config.num_heads / config.num_kv_heads;
-            match kernel.self_check(device, &gpu.queue, group, config.attention_scale, config.attention_softcap) {
+            let check =
+                || kernel.self_check(device, &gpu.queue, group, config.attention_scale, config.attention_softcap);
+            match capture(device, || "running it".to_owned(), check).and_then(|worst| worst) {
                 Ok(worst) if worst <= FLASH_SELF_CHECK_TOLERANCE => Ok(kernel),
                 Ok(worst) => bail!(
                     "{FLASH_TENSOR_CORES_FAILED}: it gave wrong results on a check problem (error {worst:.2e} > \
@@ -183,7 +195,12 @@ impl GpuModel {
                 }
             }
         }
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize;
+        // At most 2 GiB: element indices (of 4-byte words at least) then fit the shaders' u32
+        // arithmetic. Vulkan and DX12 cap bindings there anyway; Metal allows far more.
+        let max_binding =
+            limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(MAX_BINDING_BYTES) as usize;
+        let widest = widths.into_iter().map(|(_, width)| width).max().expect("three widths");
+        let max_tokens_per_pass = (max_binding / (4 * widest)).max(1);
         let mut matmul = Self::matmul(&gpu, &mut plan)?;
         let mut norm = Norm::new(device, config.architecture.norm())?;
         let mut load_notes = Vec::new();
@@ -211,28 +228,44 @@ impl GpuModel {
             f16_linear: plan.f16_weights,
             kept_dtype: Default::default(),
         };
-        let layers = tensors
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(DeviceLayer {
-                    input_norm: upload.norm(&l.input_norm),
-                    q: upload.linear(&l.q)?,
-                    k: upload.linear(&l.k)?,
-                    v: upload.linear(&l.v)?,
-                    o: upload.linear(&l.o)?,
-                    q_norm: l.q_norm.as_ref().map(|t| upload.f32_buffer("q norm", &t.to_f32())),
-                    k_norm: l.k_norm.as_ref().map(|t| upload.f32_buffer("k norm", &t.to_f32())),
-                    post_norm: upload.norm(&l.post_norm),
-                    attention_out_norm: l.attention_out_norm.as_ref().map(|n| upload.norm(n)),
-                    mlp_out_norm: l.mlp_out_norm.as_ref().map(|n| upload.norm(n)),
-                    gate: l.gate.as_ref().map(|g| upload.linear(g)).transpose()?,
-                    up: upload.linear(&l.up)?,
-                    down: upload.linear(&l.down)?,
+        let weight_bytes = tensors.matrix_bytes();
+        let uploading = || format!("uploading {:.1} GB of weights to the GPU", weight_bytes as f64 / 1e9);
+        let layers = capture(device, uploading, || {
+            tensors
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(DeviceLayer {
+                        input_norm: upload.norm(&l.input_norm),
+                        q: upload.linear(&l.q)?,
+                        k: upload.linear(&l.k)?,
+                        v: upload.linear(&l.v)?,
+                        o: upload.linear(&l.o)?,
+                        q_norm: l.q_norm.as_ref().map(|t| upload.f32_buffer("q norm", &t.to_f32())),
+                        k_norm: l.k_norm.as_ref().map(|t| upload.f32_buffer("k norm", &t.to_f32())),
+                        post_norm: upload.norm(&l.post_norm),
+                        attention_out_norm: l.attention_out_norm.as_ref().map(|n| upload.norm(n)),
+                        mlp_out_norm: l.mlp_out_norm.as_ref().map(|n| upload.norm(n)),
+                        gate: l.gate.as_ref().map(|g| upload.linear(g)).transpose()?,
+                        up: upload.linear(&l.up)?,
+                        down: upload.linear(&l.down)?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let score = upload.linear(&tensors.score)?;
+                .collect::<Result<Vec<_>>>()
+        })??;
+        // The rotary table needs no more positions than one pass holds tokens: a 1M-token
+        // context's table would be 1 GB, and more than one binding on some adapters.
+        let rope = RopeTable::new(config, config.max_positions.min(max_tokens_per_pass));
+        let (score, embed, final_norm, rope_cos, rope_sin, dummy) = capture(device, uploading, || -> Result<_> {
+            Ok((
+                upload.linear(&tensors.score)?,
+                upload.tensor(&tensors.embed)?,
+                upload.norm(&tensors.final_norm),
+                upload.f32_buffer("rope cos", &rope.cos),
+                upload.f32_buffer("rope sin", &rope.sin),
+                upload.f32_buffer("dummy", &[0.0]),
+            ))
+        })??;
         let kept_dtype = upload.kept_dtype.take();
         let half_input = |linear: &DeviceLinear| linear.weight.dtype == weights::DType::F16;
         let (mut normed, mut final_normed, mut mlp_input) = (Activations::F32, Activations::F32, Activations::F32);
@@ -274,20 +307,16 @@ impl GpuModel {
         if !kept_dtype.is_empty() {
             load_notes.push(format!("kept in their dtype (the f32 kernel): {}", kept_dtype.join("; ")));
         }
-        let rope = RopeTable::new(config, config.max_positions);
-        let widest = [config.hidden_size, config.intermediate_size, config.num_heads * config.head_dim]
-            .into_iter()
-            .max()
-            .expect("three widths");
+        gpu.errors.check(|| "loading the model onto the GPU".to_owned())?;
         Ok(GpuModel {
-            embed: upload.tensor(&tensors.embed)?,
-            final_norm: upload.norm(&tensors.final_norm),
+            embed,
+            final_norm,
             score,
-            rope_cos: upload.f32_buffer("rope cos", &rope.cos),
-            rope_sin: upload.f32_buffer("rope sin", &rope.sin),
-            dummy: upload.f32_buffer("dummy", &[0.0]),
+            rope_cos,
+            rope_sin,
+            dummy,
             layers,
-            max_tokens_per_pass: (max_binding / (4 * widest)).max(1),
+            max_tokens_per_pass,
             config: config.clone(),
             kernels,
             plan,
@@ -305,10 +334,13 @@ impl GpuModel {
     /// experimental in wgpu and drivers), the tiled f32 kernel, with the reason in the plan.
     fn matmul(gpu: &Gpu, plan: &mut KernelPlan) -> Result<Matmul> {
         let device = &gpu.device;
-        let checked = Matmul::new(device, plan.matmul).and_then(|matmul| match matmul.self_check(device, &gpu.queue) {
-            Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(matmul),
-            checked => bail!("it {}", self_check_failure(checked)),
-        });
+        let check =
+            |matmul: &Matmul| capture(device, || "running it".to_owned(), || matmul.self_check(device, &gpu.queue));
+        let checked =
+            Matmul::new(device, plan.matmul).and_then(|matmul| match check(&matmul).and_then(|worst| worst) {
+                Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(matmul),
+                checked => bail!("it {}", self_check_failure(checked)),
+            });
         match (checked, plan.matmul) {
             (Ok(matmul), _) => Ok(matmul),
             (Err(why), MatmulVariant::Cooperative { fallback, .. }) => {

@@ -17,7 +17,8 @@ pub mod matmul;
 pub mod norm;
 pub mod rotary;
 
-use anyhow::{Result, anyhow, bail};
+use super::errors::capture;
+use anyhow::{Result, anyhow};
 use bytemuck::Pod;
 use std::collections::HashMap;
 
@@ -38,8 +39,8 @@ pub struct Kernel {
 
 impl Kernel {
     /// Compiles `source`'s `main` with the given `override` constants. Binding 0 is a
-    /// uniform of `params_size` bytes; `buffers[i]` describes binding `i + 1`. Shader or
-    /// pipeline validation errors are returned, not panicked on.
+    /// uniform of `params_size` bytes; `buffers[i]` describes binding `i + 1`. A shader the
+    /// validator or the driver refuses is an error, not a panic.
     pub fn new(
         device: &wgpu::Device,
         name: &'static str,
@@ -48,7 +49,22 @@ impl Kernel {
         params_size: u64,
         buffers: &[Access],
     ) -> Result<Self> {
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        capture(
+            device,
+            || format!("compiling the {name} kernel"),
+            || Self::compile(device, name, source, constants, params_size, buffers),
+        )
+    }
+
+    /// [`Kernel::new`]'s work, which reports its errors through wgpu's error scopes.
+    fn compile(
+        device: &wgpu::Device,
+        name: &'static str,
+        source: &str,
+        constants: &[(&str, f64)],
+        params_size: u64,
+        buffers: &[Access],
+    ) -> Self {
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -94,10 +110,7 @@ impl Kernel {
             compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         });
-        if let Some(error) = pollster::block_on(scope.pop()) {
-            bail!("compiling the {name} kernel: {error}");
-        }
-        Ok(Kernel { name, pipeline, layout, params_size })
+        Kernel { name, pipeline, layout, params_size }
     }
 }
 
