@@ -240,6 +240,48 @@ fn dev_null_as_every_output_stays_a_char_device() {
     assert!(fs::symlink_metadata("/dev/null").unwrap().file_type().is_char_device());
 }
 
+// ---- all outputs or none ----
+
+/// The old bytes of every output survive a failure that comes late: while writing
+/// preprocess's second output, the error report, or the manifest. Outputs are placed
+/// together, only once the last of them is written (`/dev/full` fails every write).
+#[test]
+fn a_late_write_failure_keeps_every_old_output() {
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("train.jsonl"), b"old train\n").unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("val.jsonl")).unwrap();
+    let raw = fixture("helpsteer/raw");
+    let result = steerlm(&["preprocess", "helpsteer", "--input-dir", p(&raw), "--output-dir", p(&out)]);
+    assert_refused(&result, &["val.jsonl", "No space left on device"]);
+    assert_eq!(fs::read(out.join("train.jsonl")).unwrap(), b"old train\n");
+    assert_eq!(listing(&out), ["train.jsonl", "val.jsonl"]);
+
+    let output = dir.path().join("regression.jsonl");
+    fs::write(&output, b"old regression\n").unwrap();
+    let full = dir.path().join("full.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    let convert = |extra: &[&str], input: &Path| {
+        let mut args = vec!["to-regression", "--input-file", p(input), "--output-file", p(&output)];
+        args.extend(extra);
+        steerlm(&args)
+    };
+    let result = convert(&["--manifest", p(&full)], &regression_input());
+    assert_refused(&result, &["writing the manifest", "No space left on device"]);
+    let bad = fixture("regression/errors/no_colon.jsonl");
+    let result = convert(&["--on-error", "skip", "--error-report", p(&full)], &bad);
+    assert_refused(&result, &["full.jsonl", "No space left on device"]);
+    assert_eq!(fs::read(&output).unwrap(), b"old regression\n");
+    assert_eq!(listing(dir.path()), ["full.jsonl", "out", "regression.jsonl"]);
+
+    // The same commands with writable files place everything.
+    let (manifest, report) = (dir.path().join("m.json"), dir.path().join("bad.jsonl"));
+    assert_success(&convert(&["--on-error", "skip", "--error-report", p(&report), "--manifest", p(&manifest)], &bad));
+    assert_success(&steerlm(&["verify-manifest", p(&manifest)]));
+    assert!(fs::read_to_string(&report).unwrap().contains("no_colon.jsonl"));
+}
+
 // ---- temporary files ----
 
 /// `to-regression` reading from a pipe this test holds open, so it never finishes on

@@ -169,11 +169,13 @@ pub fn write(
 ) -> Result<()> {
     let mut outputs = Vec::new();
     for (role, path) in &provenance.outputs {
+        // Outputs are still under their temporary names (see `output::Staging`).
+        let content = crate::output::staged_path(path).unwrap_or_else(|| path.clone());
         // An error report exists only when some record was bad.
-        if *role == Role::ErrorReport && !path.exists() {
+        if *role == Role::ErrorReport && !content.exists() {
             continue;
         }
-        outputs.push(describe(path, Some(*role))?);
+        outputs.push(FileRecord { path: path.clone(), ..describe(&content, Some(*role))? });
     }
     let manifest = Manifest {
         steerlm_manifest: FORMAT,

@@ -166,6 +166,8 @@ enum Sink {
 pub struct Output {
     /// The path as the user named it, for messages.
     name: String,
+    /// The path as the user named it, to find a staged output by (see [`Staging`]).
+    requested: PathBuf,
     destination: Destination,
     sink: Sink,
 }
@@ -188,6 +190,7 @@ impl Output {
         if path.as_os_str() == "-" {
             return Ok(Output {
                 name: "<stdout>".to_owned(),
+                requested: path.to_path_buf(),
                 destination: Destination::Stdout,
                 sink: Sink::Stdout(BufWriter::with_capacity(1 << 20, io::stdout())),
             });
@@ -207,7 +210,7 @@ impl Output {
         let gzip = path.extension().is_some_and(|e| e == "gz");
         let sink =
             if gzip { Sink::Gzip(GzEncoder::new(writer, flate2::Compression::default())) } else { Sink::Plain(writer) };
-        Ok(Output { name, destination, sink })
+        Ok(Output { name, requested: path.to_path_buf(), destination, sink })
     }
 
     pub fn name(&self) -> String {
@@ -223,7 +226,8 @@ impl Output {
         result.with_context(|| format!("cannot write {}", self.name))
     }
 
-    /// Flushes everything; a regular file is synced and renamed into place.
+    /// Flushes everything; a regular file is synced and renamed into place, or, while a
+    /// [`Staging`] is open, when it places every output together.
     pub fn commit(mut self) -> Result<()> {
         let name = self.name.clone();
         let file = match std::mem::replace(&mut self.sink, Sink::Stdout(BufWriter::new(io::stdout()))) {
@@ -234,18 +238,99 @@ impl Output {
         let file = file.with_context(|| format!("cannot write {name}"))?;
         match std::mem::replace(&mut self.destination, Destination::Through) {
             Destination::Replace { target, temp } => {
-                file.sync_all().with_context(|| format!("cannot sync {name}"))?;
-                let temp_path = temp.to_path_buf();
-                let mut pending = pending();
-                // On failure the error hands the temporary path back; dropping it deletes
-                // the file.
-                let renamed = temp.persist(&target).map_err(|e| e.error);
-                pending.retain(|p| p != &temp_path);
-                renamed.with_context(|| format!("cannot move the output into place at {name}"))
+                let finished = Finished { name, requested: self.requested.clone(), target, temp: Some(temp) };
+                file.sync_all().with_context(|| format!("cannot sync {}", finished.name))?;
+                let mut staged = staged();
+                match staged.as_mut() {
+                    Some(list) => {
+                        list.push(finished);
+                        Ok(())
+                    }
+                    None => {
+                        drop(staged);
+                        finished.place()
+                    }
+                }
             }
             Destination::Through | Destination::Stdout => Ok(()),
         }
     }
+}
+
+/// A written and synced temporary file, waiting to be renamed over its target. Dropped
+/// unplaced, the temporary file is deleted.
+struct Finished {
+    name: String,
+    requested: PathBuf,
+    target: PathBuf,
+    temp: Option<TempPath>,
+}
+
+impl Finished {
+    fn place(mut self) -> Result<()> {
+        let temp = self.temp.take().expect("placed once");
+        let temp_path = temp.to_path_buf();
+        let mut pending = pending();
+        // On failure the error hands the temporary path back; dropping it deletes the file.
+        let renamed = temp.persist(&self.target).map_err(|e| e.error);
+        pending.retain(|p| p != &temp_path);
+        renamed.with_context(|| format!("cannot move the output into place at {}", self.name))
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let mut pending = pending();
+            let path = temp.to_path_buf();
+            drop(temp);
+            pending.retain(|p| p != &path);
+        }
+    }
+}
+
+/// Outputs committed while a [`Staging`] is open, in the order committed; `None` when
+/// none is open (a commit then places its output at once).
+static STAGED: Mutex<Option<Vec<Finished>>> = Mutex::new(None);
+
+fn staged() -> MutexGuard<'static, Option<Vec<Finished>>> {
+    STAGED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Makes a command's outputs appear together or not at all. While it is open, a commit
+/// only finishes its output (written, synced, still under its temporary name);
+/// [`Staging::place_all`] renames them all once the command, its error report and its
+/// manifest have succeeded, and dropping it (any error) deletes them, so a failure late
+/// in a command (a full disk under its second output, a manifest that cannot be written)
+/// leaves every old output as it was.
+pub struct Staging(());
+
+impl Staging {
+    pub fn begin() -> Staging {
+        *staged() = Some(Vec::new());
+        Staging(())
+    }
+
+    /// Renames every staged output into place.
+    pub fn place_all(self) -> Result<()> {
+        let list = staged().take().unwrap_or_default();
+        list.into_iter().try_for_each(Finished::place)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // After `place_all` the list is already gone.
+        drop(staged().take());
+    }
+}
+
+/// Where an output committed under the open [`Staging`] is now: its temporary file (for
+/// a manifest, which hashes outputs before they are placed).
+pub fn staged_path(requested: &Path) -> Option<PathBuf> {
+    let staged = staged();
+    let finished = staged.as_ref()?.iter().find(|f| f.requested == requested)?;
+    Some(finished.temp.as_ref()?.to_path_buf())
 }
 
 impl Drop for Output {
@@ -368,12 +453,14 @@ impl Drop for BackgroundWriter {
 }
 
 /// Commits several outputs together: all of them appear, or (on an error before the
-/// first rename) none.
+/// first rename) none. Under an open [`Staging`] they wait for it.
 pub fn commit_all(outputs: Vec<Output>) -> Result<()> {
+    let outer = staged().is_some();
+    let staging = (!outer).then(Staging::begin);
     for output in outputs {
         output.commit()?;
     }
-    Ok(())
+    staging.map_or(Ok(()), Staging::place_all)
 }
 
 #[cfg(all(test, unix))]

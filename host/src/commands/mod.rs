@@ -18,7 +18,7 @@ mod verify;
 
 use crate::input::{DEFAULT_MAX_LINE_MB, InputPath, spawn_chunks};
 use crate::manifest::Provenance;
-use crate::output::Output;
+use crate::output::{Output, Staging};
 use crate::same_file::NamedFile;
 use crate::sandbox::{Kind, Limits, Sandbox};
 use anyhow::{Context as _, Result};
@@ -197,6 +197,29 @@ impl Command {
         })
     }
 
+    /// Whether every output of this command is a whole file that may wait to be placed
+    /// until the command is done ([`Staging`]). Not the servers (a port file must appear
+    /// while they run), `demo` (it reads what it wrote), `annotate` (it appends, to
+    /// resume) or `import-nemo` (a folder, placed as one).
+    fn writes_whole_files(&self) -> bool {
+        match self {
+            Command::ToRegression(_)
+            | Command::Format(_)
+            | Command::Preprocess(_)
+            | Command::Label(_)
+            | Command::Score(_)
+            | Command::Stats(_)
+            | Command::ExportComponents(_) => true,
+            Command::GpuInfo(_)
+            | Command::Serve(_)
+            | Command::ServeComponent(_)
+            | Command::Annotate(_)
+            | Command::Demo(_)
+            | Command::VerifyManifest(_)
+            | Command::ImportNemo(_) => false,
+        }
+    }
+
     /// For a converting command run with `--manifest FILE`: FILE and what to record.
     fn manifest_request(&self) -> Result<Option<(PathBuf, Provenance)>> {
         let request = match self {
@@ -248,6 +271,9 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
         Some((path, provenance)) => Some((Output::create(&path)?, path, provenance)),
         None => None,
     };
+    // A conversion's outputs, error report and manifest appear together once all are
+    // written; any error leaves every old one as it was.
+    let staging = cli.command.writes_whole_files().then(Staging::begin);
     run_command(&context, cli.command)?;
     if let Some((output, path, provenance)) = manifest {
         let (command, options) = command_and_options(argv);
@@ -255,7 +281,7 @@ pub fn run(cli: Cli, argv: &[String]) -> Result<()> {
             .with_context(|| format!("writing the manifest {}", path.display()))?;
         context.say(format!("manifest: {}", path.display()));
     }
-    Ok(())
+    staging.map_or(Ok(()), Staging::place_all)
 }
 
 fn run_command(context: &Context, command: Command) -> Result<()> {
