@@ -142,6 +142,28 @@ fn an_output_file_that_is_the_input_through_a_link_is_refused() {
 }
 
 #[test]
+fn standard_streams_that_are_the_input_are_refused() {
+    let dir = tempdir();
+    let (input, bytes) = input_copy(dir.path());
+    let run = |args: &[&str], stdout: fs::File| {
+        let mut command = steerlm_command(args);
+        command.stdin(fs::File::open(&input).unwrap()).stdout(stdout).stderr(Stdio::piped());
+        command.output().unwrap()
+    };
+    // `steerlm ... --input-file - --output-file data.jsonl < data.jsonl`
+    let result = run(
+        &["to-regression", "--input-file", "-", "--output-file", p(&input)],
+        fs::File::create(dir.path().join("log")).unwrap(),
+    );
+    assert_refused(&result, &["--output-file", "--input-file - (a standard stream)", "refusing to overwrite an input"]);
+    // `steerlm ... --input-file data.jsonl --output-file - >> data.jsonl`
+    let append = fs::OpenOptions::new().append(true).open(&input).unwrap();
+    let result = run(&["to-regression", "--input-file", p(&input), "--output-file", "-"], append);
+    assert_refused(&result, &["--output-file - (a standard stream)", "refusing to overwrite an input"]);
+    assert_eq!(fs::read(&input).unwrap(), bytes);
+}
+
+#[test]
 fn two_outputs_naming_one_file_are_refused() {
     let dir = tempdir();
     let out = dir.path().join("out.jsonl");

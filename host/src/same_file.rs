@@ -5,9 +5,11 @@
 //! "The same file" means the same device and inode once symbolic links are followed,
 //! so `./data.jsonl`, `data.jsonl` and a link to it all match. An output that does not
 //! exist yet is compared by where it would be created (its existing parent folders
-//! canonicalised, plus the rest of its name). `-` (stdin or stdout) is never compared,
-//! nor are FIFOs and devices: they are written through and never replaced, so
-//! `--output-file /dev/null --error-report /dev/null` is fine.
+//! canonicalised, plus the rest of its name). `-` is standard input or output, compared
+//! as the file it is when that is a regular file (`--input-file - < data.jsonl`,
+//! `--output-file - >> data.jsonl`). FIFOs and devices are not compared: they are
+//! written through and never replaced, so `--output-file /dev/null --error-report
+//! /dev/null` is fine.
 
 use crate::output::{Resolved, resolve_links};
 use anyhow::{Result, bail};
@@ -26,7 +28,8 @@ impl NamedFile {
     }
 
     fn describe(&self) -> String {
-        format!("{} {}", self.flag, self.path.display())
+        let stream = if is_dash(&self.path) { " (a standard stream)" } else { "" };
+        format!("{} {}{stream}", self.flag, self.path.display())
     }
 }
 
@@ -99,10 +102,23 @@ fn is_dash(path: &Path) -> bool {
 /// and names that cannot be read (opening them reports why).
 fn existing_identity(path: &Path) -> Option<Identity> {
     if is_dash(path) {
-        return None;
+        return stream_identity(std::io::stdin());
     }
     let meta = std::fs::metadata(path).ok()?;
     (meta.is_file() || meta.is_dir()).then(|| inode(path, &meta))?
+}
+
+/// The identity of the regular file a standard stream reads or writes, if it is one.
+#[cfg(unix)]
+fn stream_identity(stream: impl std::os::fd::AsFd) -> Option<Identity> {
+    let file = std::fs::File::from(stream.as_fd().try_clone_to_owned().ok()?);
+    let meta = file.metadata().ok()?;
+    meta.is_file().then(|| inode(Path::new("-"), &meta))?
+}
+
+#[cfg(not(unix))]
+fn stream_identity<T>(_: T) -> Option<Identity> {
+    None
 }
 
 #[cfg(unix)]
@@ -119,7 +135,7 @@ fn inode(path: &Path, _: &std::fs::Metadata) -> Option<Identity> {
 /// An output's identity: an existing file's, or where a new one would be created.
 fn output_identity(path: &Path) -> Option<Identity> {
     if is_dash(path) {
-        return None;
+        return stream_identity(std::io::stdout());
     }
     match std::fs::metadata(path) {
         Ok(_) => existing_identity(path),
