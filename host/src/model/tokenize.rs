@@ -21,8 +21,13 @@ impl TextTokenizer {
     /// `add_bos`: prepend the config's BOS id (the reference server adds none).
     pub fn load(dir: &Path, bos: Option<u32>, add_bos: bool, max_tokens: usize) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner =
+        let mut inner =
             tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("cannot load {}: {e}", path.display()))?;
+        // A `truncation` or `padding` block saved in tokenizer.json would cut texts (not
+        // flagged as exceeded) or pad them with scored pad tokens; transformers switches
+        // both off unless a call asks for them, and so do we.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| anyhow!("cannot load {}: {e}", path.display()))?;
         let bos = match (add_bos, bos) {
             (true, None) => anyhow::bail!("--add-bos: config.json names no bos_token_id"),
             (true, Some(id)) => Some(id),
@@ -188,6 +193,25 @@ mod tests {
         let first = tokenizer.encode_end(&huge, Source::Text, 10, End::First).unwrap();
         assert_eq!(first.ids, tokenizer.encode_rendered(&huge[..100]).unwrap()[..10], "the first ids");
         assert!(first.exceeded);
+    }
+
+    /// The `truncation` and `padding` a tokenizer.json may carry are not applied, as
+    /// transformers does not apply them to a plain call.
+    #[test]
+    fn saved_truncation_and_padding_are_ignored() {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/qwen9/tokenizer.json");
+        let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(source).unwrap()).unwrap();
+        json["truncation"] =
+            serde_json::json!({"direction": "Left", "max_length": 2, "strategy": "LongestFirst", "stride": 0});
+        json["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": null,
+            "pad_id": 0, "pad_type_id": 0, "pad_token": "<pad>"});
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        let saved = TextTokenizer::load(dir.path(), None, false, 4096).unwrap();
+        let text = "A text of more than two tokens, and fewer than sixty-four.";
+        let ids = tokenizer("qwen9", false).encode(text).unwrap();
+        assert!(ids.ids.len() > 2 && ids.ids.len() < 64, "{ids:?}");
+        assert_eq!(saved.encode(text).unwrap(), ids);
     }
 
     /// A text within the limit is tokenized whole, BOS included at either end.
