@@ -447,3 +447,20 @@ fn records_without_labels_are_written_back_and_bad_scores_are_errors() {
     // The good first record is kept; a rerun resumes after it.
     assert_eq!(fs::read_to_string(&output).unwrap().lines().count(), 1);
 }
+
+/// A record whose labeled turns would make gigabytes of prefixes (each repeats the
+/// conversation before it) is an error naming its line, before any prefix is made.
+#[test]
+fn a_record_of_endless_labeled_turns_is_refused_naming_its_line() {
+    let server = nemo_server();
+    let dir = tempdir();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let turn = json!({"value": "a short answer", "from": "Assistant", "label": "helpfulness:1"});
+    let user = json!({"value": "a short question", "from": "User"});
+    let turns: Vec<&Value> = std::iter::repeat([&user, &turn]).take(20_000).flatten().collect();
+    let record = json!({"mask": "User", "conversations": turns});
+    fs::write(&input, format!("{}\n{record}\n", json!({"mask": "User", "conversations": [user]}))).unwrap();
+    let stderr = assert_failure(&run(&mut annotate(&server, &input, &output, &[])));
+    assert!(stderr.contains("in.jsonl:2") && stderr.contains("20000 labeled turns make"), "{stderr}");
+    assert!(stderr.contains("MiB of prefixes to score"), "{stderr}");
+}

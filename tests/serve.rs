@@ -344,6 +344,25 @@ fn requests_over_the_limits_get_413_naming_the_flag() {
         let (status, body, _) = post(&format!("{base}/v2/models/reward_model/infer"), request.to_string().into_bytes(), &[]).await;
         assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     });
+
+    // 3,000 short labeled turns: 300 KB of body, about 300 MB of prefixes (each repeats
+    // the conversation before it), refused before any is made.
+    let server = serve(&["--max-request-texts", "10000", "--max-body-mb", "1"]);
+    runtime().block_on(async {
+        let turn = json!({"value": "a short answer", "from": "Assistant", "label": "helpfulness:1"});
+        let user = json!({"value": "a short question", "from": "User"});
+        let turns: Vec<&Value> = std::iter::repeat([&user, &turn]).take(3000).flatten().collect();
+        let record = json!({"mask": "User", "conversations": turns});
+        let body = json!({"records": [record]}).to_string().into_bytes();
+        assert!(body.len() < 1 << 20);
+        let (status, body, _) = post(&format!("{}/v1/score", server.url), body, &[]).await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 413, "{text}");
+        assert!(
+            text.contains("MiB of prefixes to score") && text.contains("limit is 4 MiB (4 x --max-body-mb)"),
+            "{text}"
+        );
+    });
 }
 
 /// A client that hangs up mid-request: its unscored sequences are skipped, and the

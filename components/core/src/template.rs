@@ -114,6 +114,23 @@ pub fn labeled_prefixes(record: &SftRecord, options: TemplateOptions) -> Result<
     Ok(prefixes)
 }
 
+/// About how many bytes [`labeled_prefixes`] would make for `record` (each value counted
+/// as its JSON literal, the fixed system prompt assumed), without making them. Every
+/// labeled turn repeats the conversation before it, so a few hundred KiB of short turns,
+/// each labeled, make gigabytes: callers refuse that before building anything.
+pub fn labeled_prefix_bytes(record: &SftRecord) -> usize {
+    let mut running = SYSTEM_HEADER.len() + SYSTEM_PROMPT.len() + 1;
+    let mut total = 0usize;
+    for turn in &record.conversations {
+        let header = if turn.from == record.mask { USER_HEADER } else { ASSISTANT_HEADER };
+        running = running.saturating_add(header.len() + turn.value.get().len() + 1);
+        if turn.label.is_present() {
+            total = total.saturating_add(running + LABEL_MARK.len());
+        }
+    }
+    total
+}
+
 /// Indices of the turns [`labeled_prefixes`] makes a prefix for, in the same order.
 pub fn labeled_turns(record: &SftRecord) -> Vec<usize> {
     record.conversations.iter().enumerate().filter(|(_, turn)| turn.label.is_present()).map(|(i, _)| i).collect()
@@ -171,5 +188,22 @@ mod tests {
         );
         let own = labeled_prefixes(&record, TemplateOptions { use_record_system: true }).unwrap();
         assert!(own[0].starts_with("<extra_id_0>System\nown\n"));
+    }
+
+    /// The count is exact for plain values (a JSON literal is the text plus its quotes),
+    /// and grows with the square of the labeled turns.
+    #[test]
+    fn labeled_prefix_bytes_counts_without_building() {
+        for turns in [1, 2, 7, 40] {
+            let turn =
+                r#"{"value": "hello", "from": "User"}, {"value": "yes", "from": "Assistant", "label": "quality:4"}"#;
+            let line = format!(r#"{{"mask": "User", "conversations": [{}]}}"#, vec![turn; turns].join(","));
+            let record = SftRecord::parse(&line).unwrap();
+            let built: usize =
+                labeled_prefixes(&record, TemplateOptions::default()).unwrap().iter().map(String::len).sum();
+            // Two quote characters per value, counted but not rendered.
+            let quotes: usize = (1..=turns).map(|t| 4 * t).sum();
+            assert_eq!(labeled_prefix_bytes(&record), built + quotes, "{turns} turns");
+        }
     }
 }

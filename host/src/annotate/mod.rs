@@ -26,7 +26,11 @@ use std::time::{Duration, Instant};
 use steerlm_core::pyjson::Ascii;
 use steerlm_core::pyvalue::PyValue;
 use steerlm_core::record::SftRecord;
-use steerlm_core::template::{TemplateOptions, labeled_prefixes, labeled_turns};
+use steerlm_core::template::{TemplateOptions, labeled_prefix_bytes, labeled_prefixes, labeled_turns};
+
+/// Most bytes of labeled prefixes one record may make (each labeled turn repeats the
+/// conversation before it, so 50,000 short labeled turns would make tens of gigabytes).
+const MAX_RECORD_PREFIX_BYTES: usize = 1 << 30;
 
 /// Where the scores come from.
 pub enum ScoreSource {
@@ -254,6 +258,16 @@ fn parse_work(line: JsonLine) -> Result<Work, (JsonLine, String)> {
 /// The labeled prefixes of an SFT record and the indices of their turns.
 fn parse_prefixes(text: &str) -> Result<(Vec<String>, Vec<usize>), String> {
     let parsed = SftRecord::parse(text)?;
+    let bytes = labeled_prefix_bytes(&parsed);
+    if bytes > MAX_RECORD_PREFIX_BYTES {
+        return Err(format!(
+            "its {} labeled turns make {} MiB of prefixes to score (each repeats the conversation before it), more \
+             than the {} MiB one record may make",
+            labeled_turns(&parsed).len(),
+            bytes >> 20,
+            MAX_RECORD_PREFIX_BYTES >> 20
+        ));
+    }
     Ok((labeled_prefixes(&parsed, TemplateOptions::default())?, labeled_turns(&parsed)))
 }
 

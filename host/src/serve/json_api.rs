@@ -14,7 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use steerlm_core::record::SftRecord;
-use steerlm_core::template::{labeled_prefixes, labeled_turns};
+use steerlm_core::template::{labeled_prefix_bytes, labeled_prefixes, labeled_turns};
 
 pub async fn score(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
     counted(&state.metrics, Api::Score, score_inner(&state, body)).await
@@ -90,18 +90,25 @@ async fn score_prompts(state: &AppState, prompts: &[Prompt<'_>]) -> ApiResult {
 
 async fn score_records(state: &AppState, records: &[Value]) -> ApiResult {
     // Each record's labeled prefixes, scored together.
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    let parsed = lines
+        .iter()
+        .enumerate()
+        .map(|(r, line)| SftRecord::parse(line).map_err(|e| ApiError::bad_request(format!("record {r}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Counted before any prefix is made: each labeled turn repeats the conversation
+    // before it, so a small body can ask for gigabytes of text.
+    state.limits.check_texts(parsed.iter().map(|p| labeled_turns(p).len()).sum())?;
+    state.limits.check_prefix_bytes(parsed.iter().map(labeled_prefix_bytes).fold(0, usize::saturating_add))?;
     let mut texts = Vec::new();
     let mut owners = Vec::new();
-    for (r, record) in records.iter().enumerate() {
-        let line = record.to_string();
-        let parsed = SftRecord::parse(&line).map_err(|e| ApiError::bad_request(format!("record {r}: {e}")))?;
-        let prefixes = labeled_prefixes(&parsed, Default::default())
+    for (r, parsed) in parsed.iter().enumerate() {
+        let prefixes = labeled_prefixes(parsed, Default::default())
             .map_err(|e| ApiError::bad_request(format!("record {r}: {e}")))?;
-        for (prefix, turn) in prefixes.into_iter().zip(labeled_turns(&parsed)) {
+        for (prefix, turn) in prefixes.into_iter().zip(labeled_turns(parsed)) {
             texts.push(prefix);
             owners.push((r, turn));
         }
-        state.limits.check_texts(texts.len())?;
     }
     let (sequences, exceeded) = state.tokenize(&texts)?;
     let scores = if sequences.is_empty() { Vec::new() } else { state.score(sequences).await? };

@@ -32,10 +32,38 @@ impl RequestLimits {
         Ok(())
     }
 
+    /// Most bytes of labeled prefixes the records of one request may make: four times the
+    /// largest body, far more than ordinary records make (a prefix repeats its record up
+    /// to the labeled turn, and few turns are labeled).
+    pub fn max_prefix_bytes(&self) -> usize {
+        self.max_body_bytes.saturating_mul(4)
+    }
+
+    pub fn check_prefix_bytes(&self, bytes: usize) -> Result<(), ApiError> {
+        if bytes > self.max_prefix_bytes() {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the records' labeled turns make {} MiB of prefixes to score (each repeats the conversation \
+                     before it); the limit is {} MiB (4 x --max-body-mb): send fewer labeled turns per request",
+                    bytes >> 20,
+                    self.max_prefix_bytes() >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The request with its body read in full, or the error to answer: 408 when it does
     /// not arrive within `body_read_timeout`, 413 past `max_body_bytes`.
     pub async fn read_body(&self, request: Request) -> Result<Request, ApiError> {
         let (parts, body) = request.into_parts();
+        // Refused from the header alone, before hyper answers `Expect: 100-continue`.
+        let declared =
+            parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_body_bytes as u64) {
+            return Err(self.too_large());
+        }
         let collected = tokio::time::timeout(self.body_read_timeout, Limited::new(body, self.max_body_bytes).collect());
         match collected.await {
             Ok(Ok(body)) => Ok(Request::from_parts(parts, Body::from(body.to_bytes()))),
