@@ -238,6 +238,38 @@ fn many_texts(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("hello world number {i}")).collect()
 }
 
+/// SIGTERM while a request is being scored: the request still gets its whole answer,
+/// new connections are refused, and the server exits 0 once it is answered.
+#[test]
+fn sigterm_drains_the_requests_in_flight_then_exits_0() {
+    let mut command = serve_command();
+    command.args(["--max-batch-tokens", "16", "--max-queue-delay-ms", "0"]).stderr(std::process::Stdio::piped());
+    let server = server::spawn(command);
+    let base = server.url.clone();
+    let (status, body) = runtime().block_on(async {
+        let body = json!({ "texts": many_texts(2000) }).to_string().into_bytes();
+        let url = format!("{base}/v1/score");
+        let request = tokio::spawn(async move { post(&url, body, &[]).await });
+        wait_for_metrics(&base, "the request's first batch", |m| metric(m, "steerlm_batches_total") >= 1.0).await;
+        let terminated = tokio::task::spawn_blocking(move || server.terminate());
+        // The listener closes at once; the request in flight goes on.
+        let address = base.trim_start_matches("http://").to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&address).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the server kept accepting connections");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (status, body, _) = request.await.unwrap();
+        let (exit, stderr) = terminated.await.unwrap();
+        assert!(exit.success(), "{exit:?}: {stderr}");
+        assert!(stderr.contains("stopping: answering the requests in flight on"), "{stderr}");
+        (status, body)
+    });
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let response: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(response["results"].as_array().unwrap().len(), 2000);
+}
+
 #[test]
 fn overflowing_tensor_shapes_get_400_and_the_server_stays_up() {
     let server = serve(&[]);

@@ -36,6 +36,12 @@ fn pending() -> MutexGuard<'static, Vec<PathBuf>> {
 pub fn install_interrupt_cleanup() {
     let ignored = ignored_signals();
     let installed = ctrlc::set_handler(|| {
+        // A server stops accepting and answers what it has (once: a second signal exits).
+        let stop = STOP_SERVING.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(stop) = stop {
+            stop();
+            return;
+        }
         let pending = pending();
         for path in pending.iter() {
             // Pending folders are `OutputDir`s being written.
@@ -52,6 +58,16 @@ pub fn install_interrupt_cleanup() {
     if installed.is_ok() {
         restore_ignored(&ignored);
     }
+}
+
+/// What the first interrupt does instead of exiting, while a server runs.
+type Stop = Box<dyn FnOnce() + Send>;
+static STOP_SERVING: Mutex<Option<Stop>> = Mutex::new(None);
+
+/// Makes the next Ctrl-C, SIGTERM or SIGHUP call `stop` instead of exiting; the one
+/// after exits as usual.
+pub fn on_interrupt_stop(stop: impl FnOnce() + Send + 'static) {
+    *STOP_SERVING.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Box::new(stop));
 }
 
 #[cfg(unix)]

@@ -16,6 +16,21 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Sends SIGTERM and waits for the process to end: its exit status and what it
+    /// wrote to stderr (when that was piped).
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        // SAFETY: kill with a child's pid and a valid signal number.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).expect("read the server's stderr");
+        }
+        (self.child.wait().expect("wait for the server"), stderr)
+    }
+}
+
 /// Spawns `command` (a `steerlm serve...` listening on port 0) and waits for its
 /// "... on http://ADDR ..." line.
 pub fn spawn(mut command: Command) -> Server {

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// connection stays open) before the connection is closed.
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout: u64,
+    /// On SIGTERM or Ctrl-C: seconds to finish the requests in flight (no new ones are
+    /// accepted) before stopping anyway. A second signal stops at once.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub drain_timeout: u64,
     /// Seconds a client has, once its headers are in, to send the whole body (408 past
     /// it), so bodies that trickle cannot hold connections.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -92,6 +96,7 @@ impl ServeArgs {
                 max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
                 max_per_client: usize::try_from(self.max_connections_per_client).unwrap_or(usize::MAX),
                 header_read_timeout: Duration::from_secs(self.header_read_timeout),
+                drain_timeout: Duration::from_secs(self.drain_timeout),
             },
             attribute_weights: self.attribute_weights.clone(),
             quiet: context.quiet,

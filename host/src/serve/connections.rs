@@ -4,17 +4,22 @@
 //! must finish sending each request's headers within `header_read_timeout` or its
 //! connection is closed. So silent or trickling sockets cannot pile up and starve health
 //! checks, and one client holding its share cannot starve the others.
+//!
+//! On SIGTERM or Ctrl-C (a rolling restart, `docker stop`) it drains: the listener
+//! closes, every request in flight is answered, idle connections close, and the server
+//! returns once all are done or `drain_timeout` has passed.
 
 use anyhow::Result;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
@@ -23,6 +28,8 @@ pub struct ConnectionLimits {
     pub max_per_client: usize,
     /// Also how long an idle keep-alive connection stays open.
     pub header_read_timeout: Duration,
+    /// Longest wait, once stopped, for the requests in flight.
+    pub drain_timeout: Duration,
 }
 
 /// Open connections per client address.
@@ -66,13 +73,25 @@ impl Drop for ClientSlot {
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n\
     content-length: 69\r\n\r\ntoo many connections from this client (--max-connections-per-client)\n";
 
-/// Serves `app` on `listener` forever.
+/// Serves `app` on `listener` until SIGTERM, SIGINT or SIGHUP, then drains (see the
+/// module's notes).
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits) -> Result<()> {
+    let stop = Arc::new(Notify::new());
+    let signal = Arc::clone(&stop);
+    crate::output::on_interrupt_stop(move || signal.notify_one());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let clients = Arc::new(Clients::default());
+    let graceful = GracefulShutdown::new();
     loop {
-        let slot = Arc::clone(&slots).acquire_owned().await?;
-        let (stream, peer) = match listener.accept().await {
+        let next = async {
+            let slot = Arc::clone(&slots).acquire_owned().await?;
+            anyhow::Ok((slot, listener.accept().await))
+        };
+        let (slot, accepted) = tokio::select! {
+            () = stop.notified() => break,
+            next = next => next?,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             // Out of file descriptors and the like: wait and go on serving the rest.
             Err(_) => {
@@ -87,18 +106,35 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
         tokio::spawn(async move {
             // A client hanging up or timing out is its own business, not an error of ours.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = watched.await;
             drop(client);
             drop(slot);
         });
     }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        eprintln!(
+            "stopping: answering the requests in flight on {open} connection(s), for at most {} s \
+             (--drain-timeout; signal again to stop at once)",
+            limits.drain_timeout.as_secs()
+        );
+    }
+    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => eprintln!("stopped"),
+        Err(_) => {
+            eprintln!("stopped with requests unanswered after {} s (--drain-timeout)", limits.drain_timeout.as_secs())
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

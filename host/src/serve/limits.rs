@@ -58,10 +58,13 @@ impl RequestLimits {
     /// not arrive within `body_read_timeout`, 413 past `max_body_bytes`.
     pub async fn read_body(&self, request: Request) -> Result<Request, ApiError> {
         let (parts, body) = request.into_parts();
-        // Refused from the header alone, before hyper answers `Expect: 100-continue`.
-        let declared =
-            parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_body_bytes as u64) {
+        // A client waiting on `Expect: 100-continue` has sent no body yet: refused from its
+        // Content-Length alone, before hyper invites the upload. (One already sending
+        // reads the answer more reliably once its body is in, up to the limit.)
+        let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+        let waiting = header(axum::http::header::EXPECT).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let declared = header(axum::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+        if waiting && declared.is_some_and(|length| length > self.max_body_bytes as u64) {
             return Err(self.too_large());
         }
         let collected = tokio::time::timeout(self.body_read_timeout, Limited::new(body, self.max_body_bytes).collect());
