@@ -107,6 +107,13 @@ pub struct Family {
     /// `gelu`, and transformers reads it as `gelu_pytorch_tanh`.
     pub legacy_gelu: bool,
     pub sliding: Sliding,
+    /// Gemma2's attention: scores scaled by `query_pre_attn_scalar^-0.5` and soft-capped
+    /// by `attn_logit_softcapping`, a causal LM's logits by `final_logit_softcapping`.
+    /// Elsewhere transformers ignores these fields, and so do we.
+    pub soft_capping: bool,
+    /// Only the first `partial_rotary_factor` of each head rotates (Nemotron's 0.5).
+    /// Elsewhere transformers' default RoPE ignores the field, and so do we.
+    pub partial_rotary: bool,
 }
 
 impl Family {
@@ -116,14 +123,13 @@ impl Family {
     }
 }
 
-/// The table. Rotary embeddings are the same everywhere: `partial_rotary_factor` (from
-/// config.json, Nemotron uses 0.5) says how many leading dimensions of a head rotate.
+/// The table.
 pub const FAMILIES: [Family; 7] = [
     Family { name: "Llama", ..LLAMA },
     Family { name: "Mistral", biases: Biases::Never, sliding: Sliding::EveryLayer, ..LLAMA },
     Family { name: "Qwen2", biases: Biases::QkvAlways, sliding: Sliding::Opted, ..LLAMA },
     Family { name: "Qwen3", qk_norm: true, sliding: Sliding::Opted, ..LLAMA },
-    Family { name: "Nemotron", norm: NormKind::LayerNorm1P, mlp: MlpKind::SquaredRelu, ..LLAMA },
+    Family { name: "Nemotron", norm: NormKind::LayerNorm1P, mlp: MlpKind::SquaredRelu, partial_rotary: true, ..LLAMA },
     Family {
         name: "Gemma",
         norm: NormKind::RmsUnitOffset,
@@ -132,8 +138,7 @@ pub const FAMILIES: [Family; 7] = [
         legacy_gelu: true,
         ..LLAMA
     },
-    // Attention soft-capping and `query_pre_attn_scalar` come from config.json (see
-    // `ModelConfig`), as does the final logit soft cap of Gemma2ForCausalLM.
+    // Its soft caps and `query_pre_attn_scalar` are read from config.json (see `ModelConfig`).
     Family {
         name: "Gemma2",
         norm: NormKind::RmsUnitOffset,
@@ -141,6 +146,7 @@ pub const FAMILIES: [Family; 7] = [
         sandwich_norms: true,
         scaled_embedding: true,
         sliding: Sliding::Alternating,
+        soft_capping: true,
         ..LLAMA
     },
 ];
@@ -156,6 +162,8 @@ const LLAMA: Family = Family {
     scaled_embedding: false,
     legacy_gelu: false,
     sliding: Sliding::Never,
+    soft_capping: false,
+    partial_rotary: false,
 };
 
 /// The heads, by the suffix of an `architectures` value.

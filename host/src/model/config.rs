@@ -250,7 +250,7 @@ fn original_context(
     number: &dyn Fn(&str) -> Result<f64>,
     context: usize,
 ) -> Result<f64> {
-    match f64_field(config, "original_max_position_embeddings") {
+    match f64_field(config, "original_max_position_embeddings")? {
         Some(_) => positive_number(config, "original_max_position_embeddings"),
         None if block.get("original_max_position_embeddings").is_some() => number("original_max_position_embeddings"),
         None => Ok(context as f64),
@@ -259,14 +259,22 @@ fn original_context(
 
 /// A positive finite number at `name`, or an error naming it.
 fn positive_number(config: &Value, name: &str) -> Result<f64> {
-    match f64_field(config, name) {
+    match f64_field(config, name)? {
         Some(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => bail!("`{name}` must be a positive number, got {}", config.get(name).unwrap_or(&Value::Null)),
     }
 }
 
-fn f64_field(config: &Value, name: &str) -> Option<f64> {
-    config.get(name).and_then(Value::as_f64)
+/// A number at `name`; `None` when it is absent or null. Anything else (`"1e-5"`,
+/// `"NaN"`) is an error naming it, not a silent default.
+fn f64_field(config: &Value, name: &str) -> Result<Option<f64>> {
+    match config.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(v) => Ok(Some(v)),
+            None => bail!("`{name}` must be a number, got {value}"),
+        },
+    }
 }
 
 /// Most rotary-table entries (`max_position_embeddings` x rotary dimension) allocated at
@@ -361,13 +369,18 @@ impl ModelConfig {
             }
         }
         let rope = config.get("rope_parameters").filter(|v| v.is_object());
-        let rope_field = |name: &str| rope.and_then(|r| f64_field(r, name)).or_else(|| f64_field(config, name));
+        let rope_field = |name: &str| -> Result<Option<f64>> {
+            match rope.map(|r| f64_field(r, name)).transpose()?.flatten() {
+                Some(v) => Ok(Some(v)),
+                None => f64_field(config, name),
+            }
+        };
         let rope_scaling = rope_scaling(config, rope, context)?;
-        let rope_theta = rope_field("rope_theta").unwrap_or(10000.0);
-        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+        let rope_theta = rope_field("rope_theta")?.unwrap_or(10000.0);
+        if !((rope_theta as f32).is_finite() && rope_theta as f32 > 0.0) {
             bail!("`rope_theta` must be a positive number, got {rope_theta}");
         }
-        let partial = rope_field("partial_rotary_factor").unwrap_or(1.0);
+        let partial = if family.partial_rotary { rope_field("partial_rotary_factor")?.unwrap_or(1.0) } else { 1.0 };
         if !(partial > 0.0 && partial <= 1.0) {
             bail!("`partial_rotary_factor` must be in (0, 1], got {partial}");
         }
@@ -383,16 +396,23 @@ impl ModelConfig {
             );
         }
 
-        let (eps_name, norm_eps) = ["rms_norm_eps", "norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
-            .iter()
-            .find_map(|n| f64_field(config, n).map(|v| (*n, v)))
-            .unwrap_or(("rms_norm_eps", 1e-5));
-        if !(norm_eps.is_finite() && norm_eps > 0.0) {
-            bail!("`{eps_name}` must be a positive number, got {norm_eps}");
+        let mut eps = None;
+        for name in ["rms_norm_eps", "norm_eps", "layer_norm_eps", "layer_norm_epsilon"] {
+            if eps.is_none() {
+                eps = f64_field(config, name)?.map(|v| (name, v));
+            }
         }
+        let (eps_name, norm_eps) = eps.unwrap_or(("rms_norm_eps", 1e-5));
+        // In f32, as the kernels add it: 1e300 would be infinite, 1e-50 zero.
         let norm_eps = norm_eps as f32;
+        if !(norm_eps.is_finite() && norm_eps > 0.0) {
+            bail!("`{eps_name}` must be a positive number within f32's range, got {}", config[eps_name]);
+        }
 
         let positive_float = |name: &str| -> Result<Option<f64>> {
+            if !family.soft_capping {
+                return Ok(None);
+            }
             match config.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(value) => match value.as_f64() {
@@ -788,6 +808,16 @@ mod tests {
         llama["architectures"] = json!(["LlamaForSequenceClassification"]);
         let l = ModelConfig::from_json(&llama).unwrap();
         assert_eq!((l.attention_scale, l.attention_softcap, l.embedding_scale), (0.25, None, 1.0));
+        // ... also when its config carries Gemma2's fields or a partial rotary factor,
+        // which transformers' Llama ignores.
+        llama["attn_logit_softcapping"] = json!(0.5);
+        llama["query_pre_attn_scalar"] = json!(4);
+        llama["final_logit_softcapping"] = json!(0.01);
+        llama["partial_rotary_factor"] = json!(0.5);
+        llama["architectures"] = json!(["LlamaForCausalLM"]);
+        let l = ModelConfig::from_json(&llama).unwrap();
+        assert_eq!((l.attention_scale, l.attention_softcap, l.final_softcap), (0.25, None, None));
+        assert_eq!(l.rotary_dim, l.head_dim);
 
         for (field, value, says) in [
             ("attn_logit_softcapping", json!(0.0), "`attn_logit_softcapping` must be a positive number or null"),
@@ -807,7 +837,7 @@ mod tests {
     /// allocation.
     #[test]
     fn hostile_values_are_named() {
-        let cases: [(&str, Value, &str); 14] = [
+        let cases: [(&str, Value, &str); 19] = [
             ("num_attention_heads", json!(0), "`num_attention_heads` must be at least 1"),
             ("num_key_value_heads", json!(0), "`num_key_value_heads` must be at least 1"),
             ("num_key_value_heads", json!(3), "not a multiple of num_key_value_heads 3"),
@@ -822,6 +852,13 @@ mod tests {
             ("max_position_embeddings", json!(1_000_000_000_000u64), "rotary-table entries"),
             ("num_labels", json!(1_000_000_000_000u64), "`num_labels` 1000000000000 is more than"),
             ("norm_eps", json!(-1.0), "`norm_eps` must be a positive number"),
+            // Not numbers: errors, not the defaults.
+            ("norm_eps", json!("x"), "`norm_eps` must be a number, got \"x\""),
+            ("rope_theta", json!("NaN"), "`rope_theta` must be a number"),
+            // Out of f32's range, where the kernels use them.
+            ("norm_eps", json!(1e300), "`norm_eps` must be a positive number within f32's range, got 1e+300"),
+            ("norm_eps", json!(1e-50), "within f32's range"),
+            ("rope_theta", json!(1e-300), "`rope_theta` must be a positive"),
         ];
         for (field, value, says) in cases {
             let mut c = base();

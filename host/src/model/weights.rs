@@ -91,6 +91,11 @@ impl Weights {
         };
         let mut weights = Weights { files: Vec::new(), entries: HashMap::new() };
         for path in paths {
+            // A FIFO would block the open forever, a device would not map.
+            let meta = std::fs::metadata(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            if !meta.is_file() {
+                bail!("{} is not a regular file (a folder, device or pipe)", path.display());
+            }
             let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             // SAFETY: the checkpoint is read-only input; like every safetensors loader we
             // assume it is not truncated or rewritten while the model is loaded.
@@ -194,9 +199,53 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
-    let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut files = Vec::new();
+    for (tensor, file) in map {
+        // A shard is a file of the checkpoint's folder (or a folder inside it), as
+        // transformers writes them: never `../` or an absolute path to elsewhere.
+        let inside = file.as_str().map(Path::new).filter(|path| {
+            path.components().next().is_some()
+                && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+        });
+        match inside {
+            Some(path) => files.push(path),
+            None => bail!("{}: the shard of {tensor}, {file}, is not a file name inside the folder", index.display()),
+        }
+    }
     files.sort_unstable();
     files.dedup();
     let dir = index.parent().expect("an index file has a directory");
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// An index may name shards inside the checkpoint's folder only, as regular files: a
+    /// path out of it, a non-string, or a FIFO (which would block the open forever) is an
+    /// error naming it.
+    #[test]
+    fn an_index_names_regular_files_inside_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("model.safetensors.index.json");
+        let fifo = dir.path().join("pipe.safetensors");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        for (shard, says) in [
+            (
+                serde_json::json!("../outside.safetensors"),
+                "the shard of score.weight, \"../outside.safetensors\", is not a file name inside the folder",
+            ),
+            (serde_json::json!("/tmp/outside.safetensors"), "is not a file name inside the folder"),
+            (serde_json::json!(""), "is not a file name inside the folder"),
+            (serde_json::json!(3), "the shard of score.weight, 3, is not"),
+            (serde_json::json!("pipe.safetensors"), "pipe.safetensors is not a regular file"),
+        ] {
+            std::fs::write(&index, serde_json::json!({"weight_map": {"score.weight": shard}}).to_string()).unwrap();
+            let error = format!("{:#}", Weights::open(dir.path()).err().expect("refused"));
+            assert!(error.contains(says), "{shard}: {error}");
+        }
+    }
 }
