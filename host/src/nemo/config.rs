@@ -10,6 +10,54 @@ use yaml_rust2::{Yaml, YamlLoader};
 /// Largest size or count read from `model_config.yaml`.
 const MAX_SIZE: usize = 1 << 22;
 
+/// Most values `model_config.yaml` may hold once its aliases are expanded.
+const MAX_NODES: u64 = 1 << 20;
+
+/// How many values (scalars, lists, maps) `text` holds with every alias expanded, counted
+/// from the parser's events without building them: the loader copies an anchored value at
+/// each alias, so nine levels of nine aliases (a "billion laughs") in a few hundred bytes
+/// would take gigabytes.
+fn expanded_nodes(text: &str) -> Result<u64, yaml_rust2::ScanError> {
+    #[derive(Default)]
+    struct Counter {
+        /// Values under each anchor, by anchor id.
+        anchored: std::collections::HashMap<usize, u64>,
+        /// The lists and maps being read: their anchors and values so far.
+        open: Vec<(usize, u64)>,
+        total: u64,
+    }
+    impl Counter {
+        fn value(&mut self, count: u64, anchor: usize) {
+            if anchor != 0 {
+                self.anchored.insert(anchor, count);
+            }
+            match self.open.last_mut() {
+                Some((_, inner)) => *inner = inner.saturating_add(count),
+                None => self.total = self.total.saturating_add(count),
+            }
+        }
+    }
+    impl yaml_rust2::parser::EventReceiver for Counter {
+        fn on_event(&mut self, event: yaml_rust2::Event) {
+            use yaml_rust2::Event;
+            match event {
+                Event::Scalar(_, _, anchor, _) => self.value(1, anchor),
+                Event::Alias(id) => self.value(self.anchored.get(&id).copied().unwrap_or(1), 0),
+                Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => self.open.push((anchor, 1)),
+                Event::SequenceEnd | Event::MappingEnd => {
+                    if let Some((anchor, count)) = self.open.pop() {
+                        self.value(count, anchor);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut counter = Counter::default();
+    yaml_rust2::parser::Parser::new_from_str(text).load(&mut counter, true)?;
+    Ok(counter.total)
+}
+
 /// The decoder families NeMo reward models come in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NemoFamily {
@@ -78,6 +126,10 @@ fn to_json(yaml: &Yaml) -> Value {
 
 impl NemoConfig {
     pub fn parse(text: &str) -> Result<Self> {
+        let nodes = expanded_nodes(text).map_err(|e| anyhow!("not YAML: {e}"))?;
+        if nodes > MAX_NODES {
+            bail!("its aliases expand to more than {MAX_NODES} values (a NeMo config has a few hundred)");
+        }
         let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
         let root = docs.first().map(to_json).unwrap_or(Value::Null);
         // Some checkpoints nest the model section under `model:` (a full training config).
@@ -265,6 +317,24 @@ mod tests {
     use super::*;
 
     const LLAMA: &str = "mcore_gpt: true\nnum_layers: 2\nhidden_size: 32\nffn_hidden_size: 96\nnum_attention_heads: 4\nnum_query_groups: 2\nnormalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\nrotary_base: 500000.0\nlayernorm_epsilon: 1.0e-05\nregression:\n  num_attributes: 9\ntokenizer:\n  library: sentencepiece\n  model: nemo:abc_tokenizer.model\n";
+
+    /// Aliases are counted as the loader would expand them: a few in a real config pass,
+    /// nine levels of nine (387 million values from 300 bytes) are refused unbuilt.
+    #[test]
+    fn alias_bombs_are_refused_before_expanding() {
+        let shared = format!("defaults: &d [1, 2, 3]\n{LLAMA}extra: [*d, *d]\n");
+        // The map, key a, [1, 2] (3 values), key b, and its list of two copies (1 + 3 + 3).
+        assert_eq!(expanded_nodes("a: &x [1, 2]\nb: [*x, *x]\n").unwrap(), 1 + 1 + 3 + 1 + 7);
+        NemoConfig::parse(&shared).unwrap();
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (level, previous) in
+            ["b", "c", "d", "e", "f", "g", "h", "i"].iter().zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+        {
+            bomb += &format!("{level}: &{level} [{}]\n", vec![format!("*{previous}"); 9].join(", "));
+        }
+        let error = NemoConfig::parse(&bomb).unwrap_err().to_string();
+        assert!(error.contains("aliases expand to more than 1048576 values"), "{error}");
+    }
 
     #[test]
     fn maps_a_llama_reward_model() {
