@@ -464,3 +464,15 @@ fn a_record_of_endless_labeled_turns_is_refused_naming_its_line() {
     assert!(stderr.contains("in.jsonl:2") && stderr.contains("20000 labeled turns make"), "{stderr}");
     assert!(stderr.contains("MiB of prefixes to score"), "{stderr}");
 }
+
+/// annotate appends (to resume), so a .gz output name, compressed everywhere else, is
+/// refused before anything is written rather than written as plain text.
+#[test]
+fn a_gz_output_is_refused() {
+    let server = nemo_server();
+    let dir = tempdir();
+    let output = dir.path().join("out.jsonl.gz");
+    let stderr = assert_failure(&run(&mut annotate(&server, &fixture("annotate/input.jsonl"), &output, &[])));
+    assert!(stderr.contains("annotate writes plain JSONL"), "{stderr}");
+    assert!(!output.exists());
+}

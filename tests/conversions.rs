@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use crate::common::{
-    GOOD, assert_same, assert_success, fixture, listing, p, stderr, steerlm, steerlm_command, tempdir,
+    GOOD, assert_failure, assert_same, assert_success, fixture, listing, p, stderr, steerlm, steerlm_command, tempdir,
 };
 
 #[test]
@@ -370,6 +370,16 @@ fn export_components_writes_valid_components() {
         // "\0asm", then the component-model layer (0x0d 0x00 0x01 0x00), not a core module.
         assert_eq!(&bytes[..8], b"\0asm\x0d\x00\x01\x00", "{name}");
     }
+
+    // A link planted in the folder is refused, and what it points at kept.
+    let victim = dir.path().join("victim.txt");
+    fs::write(&victim, b"keep me\n").unwrap();
+    let planted = tempdir();
+    std::os::unix::fs::symlink(&victim, planted.path().join("steerlm-labels.wasm")).unwrap();
+    let result = steerlm(&["export-components", p(planted.path())]);
+    let stderr = assert_failure(&result);
+    assert!(stderr.contains("steerlm-labels.wasm is a symbolic link: refusing to write through it"), "{stderr}");
+    assert_eq!(fs::read(&victim).unwrap(), b"keep me\n");
 }
 
 #[test]

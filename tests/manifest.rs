@@ -98,6 +98,18 @@ fn verify_manifest_fails_when_inputs_outputs_or_hashes_changed() {
     assert!(stderr(&verified).contains("changed since"), "{}", stderr(&verified));
 }
 
+/// A "manifest" that never ends is refused at its size limit, not read into memory.
+#[test]
+fn verify_manifest_refuses_an_endless_file() {
+    let verified = steerlm(&["verify-manifest", "/dev/zero"]);
+    assert_eq!(verified.status.code(), Some(1));
+    assert!(
+        stderr(&verified).contains("/dev/zero is larger than 16 MiB: not a steerlm manifest"),
+        "{}",
+        stderr(&verified)
+    );
+}
+
 #[test]
 fn manifest_needs_files_not_stdin() {
     let dir = tempdir();

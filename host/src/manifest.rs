@@ -198,8 +198,19 @@ pub fn write(
     output.commit()
 }
 
+/// Largest manifest read (one lists a few files; `/dev/zero` would never end).
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
 pub fn read(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut text = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        bail!("{} is larger than {} MiB: not a steerlm manifest", path.display(), MAX_MANIFEST_BYTES >> 20);
+    }
     let manifest: Manifest =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a steerlm manifest", path.display()))?;
     let hashes = manifest.components.iter().map(|c| &c.sha256);

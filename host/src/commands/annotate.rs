@@ -16,8 +16,8 @@ pub struct AnnotateArgs {
     /// SFT records to annotate (.jsonl or .jsonl.gz, `-` for stdin).
     #[arg(long, value_name = "IN")]
     input_file: PathBuf,
-    /// Annotated records are appended here, in input order. An existing file is resumed:
-    /// see --resume-by.
+    /// Annotated records are appended here, in input order (plain JSONL: not a .gz name).
+    /// An existing file is resumed: see --resume-by.
     #[arg(long, value_name = "OUT")]
     output_file: PathBuf,
     /// Reward server host (with --port), as in the reference script.
@@ -86,6 +86,15 @@ impl AnnotateArgs {
 }
 
 pub fn run(context: &Context, args: &AnnotateArgs) -> Result<()> {
+    // Every other output named *.gz is compressed; this one is appended to as it goes
+    // (so that a rerun resumes it), which a gzip stream does not allow.
+    if args.output_file.extension().is_some_and(|e| e == "gz") {
+        anyhow::bail!(
+            "--output-file {}: annotate writes plain JSONL, appending as it goes so that a rerun resumes; name a \
+             .jsonl output and compress it once done",
+            args.output_file.display()
+        );
+    }
     let options = AnnotateOptions {
         input: InputPath(args.input_file.clone()),
         output: args.output_file.clone(),

@@ -3,7 +3,7 @@
 use super::Context;
 use crate::same_file::NamedFile;
 use crate::sandbox::Kind;
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -23,6 +23,14 @@ pub fn run(context: &Context, args: &ExportArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     for kind in Kind::ALL {
         let path = args.dir.join(kind.file_name());
+        // The user named a folder, not these files: a link planted in a shared folder
+        // must not get a component written through it over whatever it points at.
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            bail!(
+                "{} is a symbolic link: refusing to write through it (remove it, or export elsewhere)",
+                path.display()
+            );
+        }
         crate::output::write_file(&path, kind.wasm())?;
         context.say(format!("{}  {}  ({} bytes)", kind.sha256(), path.display(), kind.wasm().len()));
     }
