@@ -135,6 +135,9 @@ fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
         let truncated = [header.as_bytes(), &[5, 0, 0, 0, b'a']].concat();
         let mut bad_utf8 = header.clone().into_bytes();
         bad_utf8.extend_from_slice(&[5, 0, 0, 0, 0xff, 0xfe, b'a', b'b', b'c']);
+        let one = json!({"name": "sentences", "datatype": "BYTES", "shape": [1, 1], "data": ["hi"]});
+        let twice = json!({"inputs": [one, one]}).to_string().into_bytes();
+        let unknown_output = json!({"inputs": [one], "outputs": [{"name": "zzz"}]}).to_string().into_bytes();
         // URL, body, headers, expected status, a word of the expected error.
         type Case<'a> = (String, Vec<u8>, Vec<(&'a str, String)>, u16, &'a str);
         let cases: Vec<Case> = vec![
@@ -148,6 +151,10 @@ fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
             // /v1/score: what to score must be unambiguous.
             (format!("{base}/v1/score"), br#"{"texts": ["a"], "texts": ["b"]}"#.to_vec(), vec![], 400, "duplicate key"),
             (format!("{base}/v1/score"), br#"{"texts": ["a"], "records": []}"#.to_vec(), vec![], 400, "one of"),
+            // Triton's answers to what it does not have.
+            (format!("{base}/v2/models/reward_model/versions/2/infer"), sentences("BYTES"), vec![], 404, "unknown version `2`"),
+            (infer.clone(), twice, vec![], 400, "input `sentences` is sent twice"),
+            (infer.clone(), unknown_output, vec![], 400, "unknown output `zzz`"),
         ];
         for (url, body, headers, want, reason) in cases {
             let (status, body, _) = post(&url, body, &headers).await;
@@ -156,9 +163,15 @@ fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
             let error: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not a JSON error: {text}"));
             assert!(error["error"].as_str().unwrap().contains(reason), "{text}");
         }
-        // Still serving.
+        // A wrong method is a JSON error too.
+        let (status, text) = get(&format!("{base}/v1/score"), None).await;
+        assert_eq!(status, 405, "{text}");
+        assert!(text.contains("/v1/score does not take GET"), "{text}");
+        // Still serving, at the version the metadata names.
         let (status, _, _) = post(&infer, sentences("BYTES"), &[]).await;
         assert_eq!(status, 200);
+        let versioned = format!("{base}/v2/models/reward_model/versions/1/infer");
+        assert_eq!(post(&versioned, sentences("BYTES"), &[]).await.0, 200);
     });
 }
 

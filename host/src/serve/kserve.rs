@@ -56,12 +56,25 @@ pub enum Inputs {
     Tokens(Vec<Vec<u32>>),
 }
 
+/// The outputs a response can hold.
+const OUTPUTS: [&str; 2] = ["rewards", "exceeded"];
+
 /// Parses an inference request: the JSON header, each input's tensor (from JSON or
 /// the binary tail), and what they ask the model to score.
 pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(InferRequest, Inputs), BadRequest> {
     let (header, mut binary) = split_body(body, header_length)?;
     let request: InferRequest =
         serde_json::from_slice(header).map_err(|e| format!("invalid inference request JSON: {e}"))?;
+    for (i, input) in request.inputs.iter().enumerate() {
+        if request.inputs[..i].iter().any(|other| other.name == input.name) {
+            return Err(format!("input `{}` is sent twice", input.name).into());
+        }
+    }
+    for output in request.outputs.iter().flatten() {
+        if !OUTPUTS.contains(&output.name.as_str()) {
+            return Err(format!("unknown output `{}`; this model has `rewards` and `exceeded`", output.name).into());
+        }
+    }
     let mut tensors = Tensors::default();
     for input in &request.inputs {
         let raw = take_binary(input, &mut binary)?;

@@ -37,6 +37,12 @@ pub fn router(state: Shared, max_body: usize) -> Router {
         .fallback(|request: Request| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {}", request.method(), request.uri().path()))
         })
+        .method_not_allowed_fallback(|request: Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} does not take {} (see the Allow header)", request.uri().path(), request.method()),
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), read_body_in_time))
         .with_state(state)

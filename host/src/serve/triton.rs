@@ -20,6 +20,19 @@ fn model_name(path: &HashMap<String, String>) -> &str {
     path.get("name").map_or("", String::as_str)
 }
 
+/// The path's model and, where the route has one, its version: this server's model has
+/// version 1 only (as its metadata says).
+fn check_path(state: &AppState, path: &HashMap<String, String>) -> ApiResult<()> {
+    state.check_model(model_name(path))?;
+    match path.get("version") {
+        Some(version) if version != "1" => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown version `{version}` of model `{}`; it has version 1", state.model_name),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn server_metadata() -> Json<Value> {
     Json(
         json!({ "name": "steerlm", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data", "model_configuration"] }),
@@ -27,7 +40,7 @@ pub async fn server_metadata() -> Json<Value> {
 }
 
 pub async fn model_metadata(State(state): State<Shared>, Path(path): PathMap) -> ApiResult<Json<Value>> {
-    state.check_model(model_name(&path))?;
+    check_path(&state, &path)?;
     let labels = state.model.config.labels.len();
     Ok(Json(json!({
         "name": state.model_name,
@@ -43,14 +56,14 @@ pub async fn model_metadata(State(state): State<Shared>, Path(path): PathMap) ->
 }
 
 pub async fn model_ready(State(state): State<Shared>, Path(path): PathMap) -> ApiResult<StatusCode> {
-    state.check_model(model_name(&path))?;
+    check_path(&state, &path)?;
     Ok(StatusCode::OK)
 }
 
 /// Triton's model-configuration JSON, which PyTriton's client reads to learn the
 /// inputs, outputs and batching.
 pub async fn model_config(State(state): State<Shared>, Path(path): PathMap) -> ApiResult<Json<Value>> {
-    state.check_model(model_name(&path))?;
+    check_path(&state, &path)?;
     let labels = state.model.config.labels.len();
     let kind = match state.model.backend_kind() {
         crate::model::BackendKind::Cpu => "KIND_CPU",
@@ -80,16 +93,16 @@ pub async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    counted(&state.metrics, Api::Kserve, infer_inner(&state, model_name(&path), &headers, body)).await
+    counted(&state.metrics, Api::Kserve, infer_inner(&state, &path, &headers, body)).await
 }
 
 async fn infer_inner(
     state: &AppState,
-    name: &str,
+    path: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    state.check_model(name)?;
+    check_path(state, path)?;
     let body = state.limits.body(body)?;
     let header_length = match headers.get(kserve::HEADER_LENGTH) {
         None => None,
