@@ -357,6 +357,29 @@ fn start_endless_body(server: &Server) -> std::net::TcpStream {
     socket
 }
 
+/// One client's slow bodies hold at most its share of the request slots: its next
+/// request waits for one of its own, and the slots left serve another client at once.
+#[test]
+fn one_client_cannot_hold_every_request_slot() {
+    let server = serve(&["--max-concurrent-requests", "4", "--max-requests-per-client", "2"]);
+    let held: Vec<_> = (0..2).map(|_| start_endless_body(&server)).collect();
+    runtime().block_on(async {
+        // Time for the server to take both (nothing shows it from outside).
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let url = format!("{}/labels/parse", server.url);
+        let same = tokio::spawn(send(reqwest::Client::new().post(&url).body("quality:1")));
+        // Another client address (Linux routes all of 127/8 to loopback).
+        let other_client = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+        let reply = send(other_client.build().unwrap().post(&url).body("quality:1")).await;
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!same.is_finished(), "the client's third request waits for its share");
+        drop(held);
+        let reply = same.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    });
+}
+
 #[test]
 fn a_body_that_never_ends_gets_408() {
     use std::io::Read;

@@ -16,8 +16,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -43,6 +44,8 @@ pub struct ServeComponentOptions {
     pub max_response_bytes: usize,
     /// Requests handled at once; more wait their turn (`GET /health` never waits).
     pub max_concurrent_requests: usize,
+    /// Requests one client address may have handled at once (more wait their turn).
+    pub max_requests_per_client: usize,
     /// Time a client has to send a whole request body once its request is taken.
     pub body_read_timeout: Duration,
     /// Memory and time of each request's instance.
@@ -71,7 +74,7 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
         ));
     }
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of file descriptors and the like: wait and go on serving the rest.
             Err(_) => {
@@ -84,7 +87,7 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let server = Arc::clone(&server);
-                async move { Ok::<_, Infallible>(server.handle(request).await) }
+                async move { Ok::<_, Infallible>(server.handle(request, peer.ip().to_canonical()).await) }
             });
             // A client hanging up mid-request is its own business, not an error of ours.
             let _ = hyper::server::conn::http1::Builder::new()
@@ -94,6 +97,49 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Each client address's share of the request slots: its requests past the share wait
+/// for one of its own to finish, holding no slot meanwhile.
+struct ClientShares {
+    share: usize,
+    by_client: std::sync::Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// One request's place in its client's share, given back when dropped.
+struct ClientShare {
+    shares: Arc<ClientShares>,
+    client: IpAddr,
+    semaphore: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ClientShares {
+    fn new(share: usize) -> Self {
+        ClientShares { share: share.max(1), by_client: Default::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<Semaphore>>> {
+        self.by_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn acquire(shares: &Arc<Self>, client: IpAddr) -> ClientShare {
+        let semaphore =
+            Arc::clone(shares.lock().entry(client).or_insert_with(|| Arc::new(Semaphore::new(shares.share))));
+        let permit = Arc::clone(&semaphore).acquire_owned().await.expect("a client's semaphore is never closed");
+        ClientShare { shares: Arc::clone(shares), client, semaphore, permit: Some(permit) }
+    }
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut by_client = self.shares.lock();
+        self.permit.take();
+        // The map's and ours: no other request of this client holds or waits for a place.
+        if Arc::strong_count(&self.semaphore) == 2 {
+            by_client.remove(&self.client);
+        }
     }
 }
 
@@ -111,6 +157,7 @@ struct Server {
     health_permits: Arc<Semaphore>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
+    shares: Arc<ClientShares>,
 }
 
 impl Server {
@@ -142,18 +189,26 @@ impl Server {
             health_permits: Arc::new(Semaphore::new(HEALTH_CHECKS_AT_ONCE)),
             max_body_bytes,
             body_read_timeout: options.body_read_timeout,
+            shares: Arc::new(ClientShares::new(options.max_requests_per_client)),
         })
     }
 
-    async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<WasiBody> {
+    async fn handle(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+        client: IpAddr,
+    ) -> hyper::Response<WasiBody> {
         // Health checks have slots of their own: they must answer while every request
         // slot is busy, and a flood of them must not start unbounded instances either.
         let is_health_check = request.method() == hyper::Method::GET && request.uri().path() == "/health";
+        // A client's share of the request slots, taken before one: slow bodies from one
+        // client (each holds its slot up to --body-read-timeout) cannot hold them all.
+        let share = if is_health_check { None } else { Some(ClientShares::acquire(&self.shares, client).await) };
         let slots = if is_health_check { &self.health_permits } else { &self.permits };
         let Ok(permit) = Arc::clone(slots).acquire_owned().await else {
             return error_response(503, "the server is shutting down".into());
         };
-        let permit = Some(permit);
+        let permit = Some((permit, share));
         let declared = request
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -249,7 +304,7 @@ impl http_body::Body for DeadlineBody {
 /// (or the client hung up).
 struct PermitBody {
     body: WasiBody,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<(OwnedSemaphorePermit, Option<ClientShare>)>,
 }
 
 impl http_body::Body for PermitBody {

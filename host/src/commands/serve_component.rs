@@ -23,6 +23,10 @@ pub struct ServeComponentArgs {
     /// Requests handled at once; more wait their turn (`GET /health` never waits).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_concurrent_requests: usize,
+    /// Requests one client address may have handled at once; more wait for one of its own
+    /// to finish, so one client cannot hold every slot (raise it behind a proxy).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests_per_client: u64,
     /// Seconds a client has to send a whole request body once its request is taken
     /// (408 past it), so a body that never ends cannot hold a request slot.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -35,6 +39,7 @@ pub fn run(context: &Context, args: &ServeComponentArgs) -> Result<()> {
         max_body_bytes: (args.max_body_mb << 20) as usize,
         max_response_bytes: (args.max_response_mb << 20) as usize,
         max_concurrent_requests: args.max_concurrent_requests,
+        max_requests_per_client: usize::try_from(args.max_requests_per_client).unwrap_or(usize::MAX),
         body_read_timeout: Duration::from_secs(args.body_read_timeout),
         // The global sandbox flags: the same allowance as the conversion components.
         limits: RequestLimits {
