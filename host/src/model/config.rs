@@ -297,11 +297,11 @@ impl ModelConfig {
     /// dimensions even, and nothing that would size an allocation beyond reason. Shapes
     /// against the checkpoint are checked by [`super::layout::ModelTensors::locate`].
     pub fn from_json(config: &Value) -> Result<Self> {
-        let names: Vec<&str> = config
-            .get("architectures")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let names: Vec<&str> = match config.get("architectures") {
+            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
+            None | Some(Value::Null) => Vec::new(),
+            Some(other) => bail!("`architectures` must be a list of names, got {other}"),
+        };
         let architecture = names.iter().find_map(|n| Architecture::from_name(n)).ok_or_else(|| {
             anyhow!("unsupported architecture {:?}; steerlm runs {}", names, Architecture::supported().join(", "))
         })?;
@@ -432,6 +432,9 @@ impl ModelConfig {
             HeadKind::TokenLogits => vec![0],
             HeadKind::Regression => Vec::new(),
         };
+        if let Some(other) = config.get("id2label").filter(|v| !v.is_null() && !v.is_object()) {
+            bail!("`id2label` must be an object like {{\"0\": \"helpfulness\"}}, got {other}");
+        }
         let labels: Vec<String> = match config.get("id2label").and_then(Value::as_object) {
             _ if architecture.head == HeadKind::TokenLogits => token_labels(&reward_token_ids),
             Some(map) => {
@@ -878,5 +881,11 @@ mod tests {
         let mut c = base();
         c["id2label"] = json!({"0": "a", "2": "b"});
         assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("without gaps"));
+        c["id2label"] = json!(["a", "b"]);
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("`id2label` must be an object"));
+        let mut c = base();
+        c["architectures"] = json!("LlamaForSequenceClassification");
+        let e = ModelConfig::from_json(&c).unwrap_err().to_string();
+        assert!(e.contains("`architectures` must be a list of names, got \"LlamaForSequenceClassification\""), "{e}");
     }
 }

@@ -244,6 +244,14 @@ impl RewardModel {
         if tokens.ids.is_empty() {
             bail!("the text has no tokens");
         }
+        if let Some(&bad) = tokens.ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            let name = self.tokenizer.token_text(bad).map(|t| format!(" ({t:?})")).unwrap_or_default();
+            bail!(
+                "token id {bad}{name} is outside the model's vocabulary of {} ids: tokenizer.json and config.json's \
+                 vocab_size disagree",
+                self.config.vocab_size
+            );
+        }
         Ok(tokens)
     }
 

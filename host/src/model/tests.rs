@@ -593,6 +593,26 @@ fn reward_token_ids_are_checked() {
     assert!(load("llama-causal", vec![]).contains("names no ids"));
 }
 
+/// A token the tokenizer has and the embedding has not (tokenizer.json and config.json
+/// disagree) is an error naming the token, before anything is scored.
+#[test]
+fn a_token_outside_the_embedding_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = model_dir("llama9");
+    for file in ["model.safetensors", "config.json"] {
+        std::os::unix::fs::symlink(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.join("tokenizer.json")).unwrap()).unwrap();
+    tokenizer["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({"id": 40000, "content": "<zzz>",
+        "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let model = RewardModel::load(dir.path(), LoadOptions { device: Device::Cpu, ..Default::default() }).unwrap();
+    let error = format!("{:#}", model.tokenize_prompt(super::Prompt::Text("hello <zzz>")).unwrap_err());
+    // (The tokenizers crate numbers an added token past the vocabulary: 32000 here.)
+    assert!(error.contains("(\"<zzz>\") is outside the model's vocabulary of 32000 ids"), "{error}");
+}
+
 /// A bias the architecture table and config.json do not give the model is an error
 /// naming it, not silently dropped (Qwen2's weights relabeled as Llama).
 #[test]

@@ -107,6 +107,13 @@ impl TextTokenizer {
     }
 }
 
+impl TextTokenizer {
+    /// The token `id` names in tokenizer.json, for messages.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
 /// Ids a cut text must give past the kept ones before they are trusted to be the whole
 /// text's (see [`TextTokenizer::encode_end`]).
 const SLACK_TOKENS: usize = 256;

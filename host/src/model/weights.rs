@@ -212,6 +212,9 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
             None => bail!("{}: the shard of {tensor}, {file}, is not a file name inside the folder", index.display()),
         }
     }
+    if files.is_empty() {
+        bail!("{}: its weight_map names no tensors", index.display());
+    }
     files.sort_unstable();
     files.dedup();
     let dir = index.parent().expect("an index file has a directory");
@@ -247,5 +250,8 @@ mod tests {
             let error = format!("{:#}", Weights::open(dir.path()).err().expect("refused"));
             assert!(error.contains(says), "{shard}: {error}");
         }
+        std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();
+        let error = format!("{:#}", Weights::open(dir.path()).err().expect("refused"));
+        assert!(error.contains("its weight_map names no tensors"), "{error}");
     }
 }
