@@ -465,8 +465,9 @@ fn silent_connections_are_closed_and_health_checks_still_answer() {
     }
 }
 
-/// One client's connections past --max-connections-per-client are answered 503 and
-/// closed at once; its slots come back as its connections close.
+/// One client's connections past --max-connections-per-client are answered 503 (their
+/// request read, so the close is not a reset) and closed; its slots come back as its
+/// connections close.
 #[test]
 fn a_client_over_its_share_of_connections_gets_503_at_once() {
     use std::io::Read;
@@ -477,7 +478,11 @@ fn a_client_over_its_share_of_connections_gets_503_at_once() {
     // away (a generous bound, so a server that never does fails instead of hanging).
     let mut answer = String::new();
     for _ in 0..100 {
+        use std::io::Write;
         let mut third = std::net::TcpStream::connect(&address).unwrap();
+        // A whole request sent: the server must read it before closing, or the client
+        // would see a reset rather than the 503.
+        third.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         third.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
         let mut bytes = Vec::new();
         if third.read_to_end(&mut bytes).is_ok() {
@@ -487,6 +492,16 @@ fn a_client_over_its_share_of_connections_gets_503_at_once() {
     }
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     assert!(answer.contains("--max-connections-per-client"), "{answer}");
+    // From then on every one is answered, none reset.
+    for _ in 0..5 {
+        use std::io::Write;
+        let mut next = std::net::TcpStream::connect(&address).unwrap();
+        next.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        next.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut bytes = Vec::new();
+        next.read_to_end(&mut bytes).expect("a 503, not a reset");
+        assert!(bytes.starts_with(b"HTTP/1.1 503"), "{:?}", String::from_utf8_lossy(&bytes));
+    }
     drop(held);
     runtime().block_on(async {
         let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();

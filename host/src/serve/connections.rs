@@ -73,6 +73,27 @@ impl Drop for ClientSlot {
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n\
     content-length: 69\r\n\r\ntoo many connections from this client (--max-connections-per-client)\n";
 
+/// Answers 503 to a client over its share, then reads and drops what it sent for a
+/// moment before closing: a socket closed with unread data is reset, and the client would
+/// see the reset instead of the answer.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer_then_drain = async {
+        stream.write_all(TOO_MANY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < 1 << 20 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer_then_drain).await;
+}
+
 /// Serves `app` on `listener` until SIGTERM, SIGINT or SIGHUP, then drains (see the
 /// module's notes).
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits) -> Result<()> {
@@ -100,8 +121,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
             }
         };
         let Some(client) = clients.enter(peer.ip().to_canonical(), limits.max_per_client.max(1)) else {
-            // Into the empty send buffer of a new socket, or not at all: never waited on.
-            let _ = stream.try_write(TOO_MANY);
+            // Holds no slot: its own task, for at most a second.
+            tokio::spawn(refuse(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
