@@ -457,7 +457,7 @@ fn a_record_of_endless_labeled_turns_is_refused_naming_its_line() {
     let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
     let turn = json!({"value": "a short answer", "from": "Assistant", "label": "helpfulness:1"});
     let user = json!({"value": "a short question", "from": "User"});
-    let turns: Vec<&Value> = std::iter::repeat([&user, &turn]).take(20_000).flatten().collect();
+    let turns: Vec<&Value> = std::iter::repeat_n([&user, &turn], 20_000).flatten().collect();
     let record = json!({"mask": "User", "conversations": turns});
     fs::write(&input, format!("{}\n{record}\n", json!({"mask": "User", "conversations": [user]}))).unwrap();
     let stderr = assert_failure(&run(&mut annotate(&server, &input, &output, &[])));

@@ -396,7 +396,7 @@ fn requests_over_the_limits_get_413_naming_the_flag() {
     runtime().block_on(async {
         let turn = json!({"value": "a short answer", "from": "Assistant", "label": "helpfulness:1"});
         let user = json!({"value": "a short question", "from": "User"});
-        let turns: Vec<&Value> = std::iter::repeat([&user, &turn]).take(3000).flatten().collect();
+        let turns: Vec<&Value> = std::iter::repeat_n([&user, &turn], 3000).flatten().collect();
         let record = json!({"mask": "User", "conversations": turns});
         let body = json!({"records": [record]}).to_string().into_bytes();
         assert!(body.len() < 1 << 20);

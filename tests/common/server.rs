@@ -19,6 +19,7 @@ impl Drop for Server {
 impl Server {
     /// Sends SIGTERM and waits for the process to end: its exit status and what it
     /// wrote to stderr (when that was piped).
+    #[allow(dead_code)] // the tests use it, the benches sharing this file do not
     pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         use std::io::Read;
         // SAFETY: kill with a child's pid and a valid signal number.
