@@ -49,68 +49,61 @@ impl Kernel {
         params_size: u64,
         buffers: &[Access],
     ) -> Result<Self> {
+        // Every call below reports its errors through wgpu's error scopes.
         capture(
             device,
             || format!("compiling the {name} kernel"),
-            || Self::compile(device, name, source, constants, params_size, buffers),
-        )
-    }
-
-    /// [`Kernel::new`]'s work, which reports its errors through wgpu's error scopes.
-    fn compile(
-        device: &wgpu::Device,
-        name: &'static str,
-        source: &str,
-        constants: &[(&str, f64)],
-        params_size: u64,
-        buffers: &[Access],
-    ) -> Self {
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: wgpu::BufferSize::new(params_size),
+            || {
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: wgpu::BufferSize::new(params_size),
+                    },
+                    count: None,
+                }];
+                for (i, access) in buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupLayoutEntry {
+                        binding: i as u32 + 1,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    });
+                }
+                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(name),
+                    entries: &entries,
+                });
+                let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(name),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+                let descriptor =
+                    wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) };
+                // SAFETY: by default only wgpu's loop counter is left out (see `checks`): every loop
+                // in our shaders ends, which `checks::tests::every_shader_loop_ends` enforces.
+                // `STEERLM_SHADER_CHECKS=none` (measurement only) also drops the index clamps: our
+                // indices stay inside their arrays by construction, which the kernel tests check
+                // against the CPU on every variant.
+                let module = unsafe { device.create_shader_module_trusted(descriptor, checks::runtime_checks()) };
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(name),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+                    cache: None,
+                });
+                Kernel { name, pipeline, layout, params_size }
             },
-            count: None,
-        }];
-        for (i, access) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: i as u32 + 1,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *access == Access::Read },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            });
-        }
-        let layout =
-            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(name), entries: &entries });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(name),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let descriptor =
-            wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) };
-        // SAFETY: by default only wgpu's loop counter is left out (see `checks`): every loop
-        // in our shaders ends, which `checks::tests::every_shader_loop_ends` enforces.
-        // `STEERLM_SHADER_CHECKS=none` (measurement only) also drops the index clamps: our
-        // indices stay inside their arrays by construction, which the kernel tests check
-        // against the CPU on every variant.
-        let module = unsafe { device.create_shader_module_trusted(descriptor, checks::runtime_checks()) };
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
-            cache: None,
-        });
-        Kernel { name, pipeline, layout, params_size }
+        )
     }
 }
 
