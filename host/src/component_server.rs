@@ -104,14 +104,15 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
 /// for one of its own to finish, holding no slot meanwhile.
 struct ClientShares {
     share: usize,
-    by_client: std::sync::Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+    /// Per client: its share's semaphore, and how many of its requests hold or wait for
+    /// a place (the entry goes when that reaches 0).
+    by_client: std::sync::Mutex<HashMap<IpAddr, (Arc<Semaphore>, usize)>>,
 }
 
-/// One request's place in its client's share, given back when dropped.
+/// One request's place (or wait for one) in its client's share, given back when dropped.
 struct ClientShare {
     shares: Arc<ClientShares>,
     client: IpAddr,
-    semaphore: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -120,15 +121,23 @@ impl ClientShares {
         ClientShares { share: share.max(1), by_client: Default::default() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<Semaphore>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Arc<Semaphore>, usize)>> {
         self.by_client.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn acquire(shares: &Arc<Self>, client: IpAddr) -> ClientShare {
-        let semaphore =
-            Arc::clone(shares.lock().entry(client).or_insert_with(|| Arc::new(Semaphore::new(shares.share))));
-        let permit = Arc::clone(&semaphore).acquire_owned().await.expect("a client's semaphore is never closed");
-        ClientShare { shares: Arc::clone(shares), client, semaphore, permit: Some(permit) }
+        let semaphore = {
+            let mut by_client = shares.lock();
+            let (semaphore, users) =
+                by_client.entry(client).or_insert_with(|| (Arc::new(Semaphore::new(shares.share)), 0));
+            *users += 1;
+            Arc::clone(semaphore)
+        };
+        // Counted before waiting: a request dropped while it waits (its client hung up)
+        // is uncounted by the share's drop.
+        let mut share = ClientShare { shares: Arc::clone(shares), client, permit: None };
+        share.permit = Some(semaphore.acquire_owned().await.expect("a client's semaphore is never closed"));
+        share
     }
 }
 
@@ -136,9 +145,11 @@ impl Drop for ClientShare {
     fn drop(&mut self) {
         let mut by_client = self.shares.lock();
         self.permit.take();
-        // The map's and ours: no other request of this client holds or waits for a place.
-        if Arc::strong_count(&self.semaphore) == 2 {
-            by_client.remove(&self.client);
+        if let Some((_, users)) = by_client.get_mut(&self.client) {
+            *users -= 1;
+            if *users == 0 {
+                by_client.remove(&self.client);
+            }
         }
     }
 }
@@ -489,5 +500,32 @@ impl WorkerExpiration for Deadline {
             this.sleep.as_mut().reset(deadline);
         }
         this.sleep.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's entry goes once none of its requests holds or waits for a place,
+    /// also when the last one is dropped while waiting.
+    #[test]
+    fn a_clients_entry_goes_with_its_last_request() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let shares = Arc::new(ClientShares::new(1));
+            let client: IpAddr = "10.0.0.1".parse().unwrap();
+            let first = ClientShares::acquire(&shares, client).await;
+            let waiting = tokio::spawn({
+                let shares = Arc::clone(&shares);
+                async move { ClientShares::acquire(&shares, client).await }
+            });
+            tokio::task::yield_now().await;
+            assert_eq!(shares.lock()[&client].1, 2, "one holds, one waits");
+            waiting.abort();
+            let _ = waiting.await;
+            drop(first);
+            assert!(shares.lock().is_empty(), "the entry outlived its requests");
+        });
     }
 }

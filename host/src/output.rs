@@ -313,12 +313,13 @@ fn staged() -> MutexGuard<'static, Option<Vec<Finished>>> {
     STAGED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Makes a command's outputs appear together or not at all. While it is open, a commit
-/// only finishes its output (written, synced, still under its temporary name);
-/// [`Staging::place_all`] renames them all once the command, its error report and its
-/// manifest have succeeded, and dropping it (any error) deletes them, so a failure late
-/// in a command (a full disk under its second output, a manifest that cannot be written)
-/// leaves every old output as it was.
+/// Makes a command's outputs appear together. While it is open, a commit only finishes
+/// its output (written, synced, still under its temporary name); [`Staging::place_all`]
+/// renames them all once the command, its error report and its manifest have succeeded,
+/// and dropping it (any error) deletes them, so a failure late in a command (a full disk
+/// under its second output, a manifest that cannot be written) leaves every old output as
+/// it was. Only a rename failing midway can leave some placed and others not; the
+/// manifest, placed last, is then not placed.
 pub struct Staging(());
 
 impl Staging {

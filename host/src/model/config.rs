@@ -252,7 +252,10 @@ fn original_context(
 ) -> Result<f64> {
     match f64_field(config, "original_max_position_embeddings")? {
         Some(_) => positive_number(config, "original_max_position_embeddings"),
-        None if block.get("original_max_position_embeddings").is_some() => number("original_max_position_embeddings"),
+        // A null in the block means absent, as transformers reads it.
+        None if block.get("original_max_position_embeddings").is_some_and(|v| !v.is_null()) => {
+            number("original_max_position_embeddings")
+        }
         None => Ok(context as f64),
     }
 }

@@ -204,8 +204,9 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
         // A shard is a file of the checkpoint's folder (or a folder inside it), as
         // transformers writes them: never `../` or an absolute path to elsewhere.
         let inside = file.as_str().map(Path::new).filter(|path| {
-            path.components().next().is_some()
-                && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+            use std::path::Component::{CurDir, Normal};
+            path.components().any(|c| matches!(c, Normal(_)))
+                && path.components().all(|c| matches!(c, Normal(_) | CurDir))
         });
         match inside {
             Some(path) => files.push(path),

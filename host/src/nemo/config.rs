@@ -10,14 +10,16 @@ use yaml_rust2::{Yaml, YamlLoader};
 /// Largest size or count read from `model_config.yaml`.
 const MAX_SIZE: usize = 1 << 22;
 
-/// Most values `model_config.yaml` may hold once its aliases are expanded.
-const MAX_NODES: u64 = 1 << 20;
+/// Most a `model_config.yaml` may weigh once its aliases are expanded, in values plus the
+/// bytes of its strings (a NeMo config: a few hundred values, some KiB).
+const MAX_EXPANDED: u64 = 64 << 20;
 
-/// How many values (scalars, lists, maps) `text` holds with every alias expanded, counted
-/// from the parser's events without building them: the loader copies an anchored value at
-/// each alias, so nine levels of nine aliases (a "billion laughs") in a few hundred bytes
-/// would take gigabytes.
-fn expanded_nodes(text: &str) -> Result<u64, yaml_rust2::ScanError> {
+/// What `text` weighs with every alias expanded: one per value (scalar, list, map) plus
+/// each scalar's bytes, counted from the parser's events without building anything. The
+/// loader copies an anchored value at each alias, so nine levels of nine aliases (a
+/// "billion laughs"), or a thousand copies of a thousand copies of a long string, in a few
+/// KiB would take gigabytes.
+fn expanded_size(text: &str) -> Result<u64, yaml_rust2::ScanError> {
     #[derive(Default)]
     struct Counter {
         /// Values under each anchor, by anchor id.
@@ -41,7 +43,7 @@ fn expanded_nodes(text: &str) -> Result<u64, yaml_rust2::ScanError> {
         fn on_event(&mut self, event: yaml_rust2::Event) {
             use yaml_rust2::Event;
             match event {
-                Event::Scalar(_, _, anchor, _) => self.value(1, anchor),
+                Event::Scalar(text, _, anchor, _) => self.value(1 + text.len() as u64, anchor),
                 Event::Alias(id) => self.value(self.anchored.get(&id).copied().unwrap_or(1), 0),
                 Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => self.open.push((anchor, 1)),
                 Event::SequenceEnd | Event::MappingEnd => {
@@ -126,9 +128,9 @@ fn to_json(yaml: &Yaml) -> Value {
 
 impl NemoConfig {
     pub fn parse(text: &str) -> Result<Self> {
-        let nodes = expanded_nodes(text).map_err(|e| anyhow!("not YAML: {e}"))?;
-        if nodes > MAX_NODES {
-            bail!("its aliases expand to more than {MAX_NODES} values (a NeMo config has a few hundred)");
+        let expanded = expanded_size(text).map_err(|e| anyhow!("not YAML: {e}"))?;
+        if expanded > MAX_EXPANDED {
+            bail!("its aliases expand to more than {} MiB of values (a NeMo config is a few KiB)", MAX_EXPANDED >> 20);
         }
         let docs = YamlLoader::load_from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
         let root = docs.first().map(to_json).unwrap_or(Value::Null);
@@ -318,13 +320,15 @@ mod tests {
 
     const LLAMA: &str = "mcore_gpt: true\nnum_layers: 2\nhidden_size: 32\nffn_hidden_size: 96\nnum_attention_heads: 4\nnum_query_groups: 2\nnormalization: rmsnorm\nactivation: fast-swiglu\nbias: false\nposition_embedding_type: rope\nrotary_base: 500000.0\nlayernorm_epsilon: 1.0e-05\nregression:\n  num_attributes: 9\ntokenizer:\n  library: sentencepiece\n  model: nemo:abc_tokenizer.model\n";
 
-    /// Aliases are counted as the loader would expand them: a few in a real config pass,
-    /// nine levels of nine (387 million values from 300 bytes) are refused unbuilt.
+    /// Aliases are counted as the loader would expand them: a few in a real config pass;
+    /// nine levels of nine (387 million values from 300 bytes), or a million copies of a
+    /// 10 KB string, are refused unbuilt.
     #[test]
     fn alias_bombs_are_refused_before_expanding() {
         let shared = format!("defaults: &d [1, 2, 3]\n{LLAMA}extra: [*d, *d]\n");
-        // The map, key a, [1, 2] (3 values), key b, and its list of two copies (1 + 3 + 3).
-        assert_eq!(expanded_nodes("a: &x [1, 2]\nb: [*x, *x]\n").unwrap(), 1 + 1 + 3 + 1 + 7);
+        // The map, key a, [1, 2] (3 values, 2 bytes), key b, and its two copies (1 + 5 + 5);
+        // each value weighs one plus its bytes.
+        assert_eq!(expanded_size("a: &x [1, 2]\nb: [*x, *x]\n").unwrap(), 1 + 2 + 5 + 2 + 11);
         NemoConfig::parse(&shared).unwrap();
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
         for (level, previous) in
@@ -333,7 +337,14 @@ mod tests {
             bomb += &format!("{level}: &{level} [{}]\n", vec![format!("*{previous}"); 9].join(", "));
         }
         let error = NemoConfig::parse(&bomb).unwrap_err().to_string();
-        assert!(error.contains("aliases expand to more than 1048576 values"), "{error}");
+        assert!(error.contains("aliases expand to more than 64 MiB of values"), "{error}");
+        let long = format!(
+            "s: &s \"{}\"\nl: &l [{}]\nm: [{}]\n",
+            "x".repeat(10_000),
+            ["*s"; 1000].join(", "),
+            ["*l"; 1000].join(", ")
+        );
+        assert!(NemoConfig::parse(&long).unwrap_err().to_string().contains("aliases expand"));
     }
 
     #[test]

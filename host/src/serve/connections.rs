@@ -73,6 +73,9 @@ impl Drop for ClientSlot {
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n\
     content-length: 69\r\n\r\ntoo many connections from this client (--max-connections-per-client)\n";
 
+/// Refused connections kept open at once to read their request (see [`refuse`]).
+const LINGERING_REFUSALS: usize = 64;
+
 /// Answers 503 to a client over its share, then reads and drops what it sent for a
 /// moment before closing: a socket closed with unread data is reset, and the client would
 /// see the reset instead of the answer.
@@ -102,6 +105,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
     crate::output::on_interrupt_stop(move || signal.notify_one());
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let clients = Arc::new(Clients::default());
+    let refusals = Arc::new(Semaphore::new(LINGERING_REFUSALS));
     let graceful = GracefulShutdown::new();
     loop {
         let next = async {
@@ -121,8 +125,18 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
             }
         };
         let Some(client) = clients.enter(peer.ip().to_canonical(), limits.max_per_client.max(1)) else {
-            // Holds no slot: its own task, for at most a second.
-            tokio::spawn(refuse(stream));
+            // Holds no slot: its own task, for at most a second, and at most
+            // `LINGERING_REFUSALS` of them (a flood of refusals must not use up descriptors).
+            match Arc::clone(&refusals).try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(async move {
+                        refuse(stream).await;
+                        drop(permit);
+                    });
+                }
+                // Into the empty send buffer of a new socket, or not at all: never waited on.
+                Err(_) => drop(stream.try_write(TOO_MANY)),
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -65,8 +65,9 @@ pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(Infer
     let (header, mut binary) = split_body(body, header_length)?;
     let request: InferRequest =
         serde_json::from_slice(header).map_err(|e| format!("invalid inference request JSON: {e}"))?;
-    for (i, input) in request.inputs.iter().enumerate() {
-        if request.inputs[..i].iter().any(|other| other.name == input.name) {
+    let mut names = std::collections::HashSet::new();
+    for input in &request.inputs {
+        if !names.insert(input.name.as_str()) {
             return Err(format!("input `{}` is sent twice", input.name).into());
         }
     }

@@ -681,7 +681,11 @@ impl Matmul {
         match self.variant {
             MatmulVariant::Cooperative { tile, cores, .. } if tile.is_wide() => {
                 self.f16_x = Some(coop_kernel(device, tile, cores, Activations::F16, None)?);
-                match self.self_check(device, queue) {
+                // Captured, so that an error of the check run fails the check, not the load.
+                let check = || self.self_check(device, queue);
+                match crate::model::gpu::errors::capture(device, || "running it".to_owned(), check)
+                    .and_then(|worst| worst)
+                {
                     Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(()),
                     checked => {
                         self.f16_x = None;
