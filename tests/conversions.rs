@@ -174,6 +174,28 @@ fn preprocess_oasst_matches_reference() {
     preprocess_case(&["preprocess", "oasst", "--input", p(&trees)], "oasst/expected");
 }
 
+/// A split that exists but is not a file is named as such (not "missing"), and of a
+/// plain and a gzip file both present the plain one is read, with a warning.
+#[test]
+fn preprocess_names_a_split_that_is_not_a_file_and_warns_of_two() {
+    let dir = tempdir();
+    let raw = dir.path().join("raw");
+    fs::create_dir(&raw).unwrap();
+    fs::copy(fixture("helpsteer/raw/train.jsonl"), raw.join("train.jsonl")).unwrap();
+    fs::create_dir(raw.join("validation.jsonl")).unwrap();
+    let out = dir.path().join("out");
+    let result = steerlm(&["preprocess", "helpsteer", "--input-dir", p(&raw), "--output-dir", p(&out)]);
+    let message = assert_failure(&result);
+    assert!(message.contains("validation.jsonl is not a regular file"), "{message}");
+
+    fs::remove_dir(raw.join("validation.jsonl")).unwrap();
+    fs::copy(fixture("helpsteer/raw/validation.jsonl"), raw.join("validation.jsonl")).unwrap();
+    fs::write(raw.join("validation.jsonl.gz"), b"not even gzip").unwrap();
+    let result = steerlm(&["preprocess", "helpsteer", "--input-dir", p(&raw), "--output-dir", p(&out)]);
+    assert_success(&result);
+    assert!(stderr(&result).contains("ignoring"), "{}", stderr(&result));
+}
+
 #[test]
 fn preprocess_with_a_bad_row_writes_neither_file() {
     let dir = tempdir();

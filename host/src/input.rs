@@ -58,15 +58,23 @@ impl InputPath {
     }
 }
 
-/// Finds `name.jsonl` or `name.jsonl.gz` in `dir`.
+/// Finds `name.jsonl` or `name.jsonl.gz` in `dir` (the plain file when both exist, with a
+/// warning). One that exists but is not a regular file is an error saying so.
 pub fn find_split_file(dir: &Path, name: &str) -> Result<InputPath> {
-    for candidate in [format!("{name}.jsonl"), format!("{name}.jsonl.gz")] {
-        let path = dir.join(&candidate);
-        if path.is_file() {
-            return Ok(InputPath(path));
+    let candidates = [dir.join(format!("{name}.jsonl")), dir.join(format!("{name}.jsonl.gz"))];
+    let existing: Vec<&PathBuf> = candidates.iter().filter(|path| path.exists()).collect();
+    match existing.as_slice() {
+        [] => anyhow::bail!("{} has neither {name}.jsonl nor {name}.jsonl.gz", dir.display()),
+        [first, rest @ ..] => {
+            if !first.is_file() {
+                anyhow::bail!("{} is not a regular file (a folder, FIFO or device)", first.display());
+            }
+            for ignored in rest {
+                eprintln!("warning: reading {} and ignoring {}", first.display(), ignored.display());
+            }
+            Ok(InputPath(first.to_path_buf()))
         }
     }
-    anyhow::bail!("{} has neither {name}.jsonl nor {name}.jsonl.gz", dir.display())
 }
 
 /// Default longest line, in MiB: far above any real record, low enough that one
