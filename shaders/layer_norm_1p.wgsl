@@ -54,6 +54,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let inv = 1.0 / sqrt(reduce(lid, squares) / f32(p.hidden) + p.eps);
     for (var d = lid; d < p.hidden; d = d + 256u) {
-        out[base + d] = (x[base + d] - mean) * inv * (1.0 + weight[d]) + bias[d];
+        var value = (x[base + d] - mean) * inv * (1.0 + weight[d]);
+        // Without a bias a one-element stand-in is bound: never read past it.
+        if (p.has_bias != 0u) {
+            value = value + bias[d];
+        }
+        if (p.accumulate != 0u) {
+            value = value + out[base + d];
+        }
+        out[base + d] = value;
     }
 }
