@@ -155,6 +155,7 @@ fn bad_requests_get_4xx_with_a_reason_and_the_server_keeps_serving() {
             (format!("{base}/v2/models/reward_model/versions/2/infer"), sentences("BYTES"), vec![], 404, "unknown version `2`"),
             (infer.clone(), twice, vec![], 400, "input `sentences` is sent twice"),
             (infer.clone(), unknown_output, vec![], 400, "unknown output `zzz`"),
+            (format!("{base}/v1/score"), br#"{"texts": ["a"]}"#.to_vec(), vec![("content-encoding", "gzip".to_owned())], 415, "send the body uncompressed"),
         ];
         for (url, body, headers, want, reason) in cases {
             let (status, body, _) = post(&url, body, &headers).await;

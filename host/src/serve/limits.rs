@@ -62,6 +62,15 @@ impl RequestLimits {
         // Content-Length alone, before hyper invites the upload. (One already sending
         // reads the answer more reliably once its body is in, up to the limit.)
         let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+        // A compressed body would otherwise fail as "invalid JSON", or worse, parse.
+        if let Some(encoding) =
+            header(axum::http::header::CONTENT_ENCODING).filter(|e| !e.eq_ignore_ascii_case("identity"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {encoding:?} is not read here: send the body uncompressed"),
+            ));
+        }
         let waiting = header(axum::http::header::EXPECT).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
         let declared = header(axum::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         if waiting && declared.is_some_and(|length| length > self.max_body_bytes as u64) {
