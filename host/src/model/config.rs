@@ -646,6 +646,12 @@ mod tests {
             panic!("llama3")
         };
         assert_eq!(original_context, 2048.0);
+        // ... and so it does when the block's is null.
+        c["rope_scaling"]["original_max_position_embeddings"] = json!(null);
+        let RopeScaling::Llama3 { original_context, .. } = ModelConfig::from_json(&c).unwrap().rope_scaling else {
+            panic!("llama3")
+        };
+        assert_eq!(original_context, 2048.0);
         let mut c = base();
         c["rope_scaling"] = json!({"type": "linear", "factor": 4.0});
         assert_eq!(ModelConfig::from_json(&c).unwrap().rope_scaling, RopeScaling::Linear { factor: 4.0 });

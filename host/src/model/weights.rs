@@ -246,6 +246,9 @@ mod tests {
             (serde_json::json!(""), "is not a file name inside the folder"),
             (serde_json::json!(3), "the shard of score.weight, 3, is not"),
             (serde_json::json!("pipe.safetensors"), "pipe.safetensors is not a regular file"),
+            // `./` is inside: accepted as a name, then opened (a FIFO here, so refused as one).
+            (serde_json::json!("./pipe.safetensors"), "pipe.safetensors is not a regular file"),
+            (serde_json::json!("./"), "is not a file name inside the folder"),
         ] {
             std::fs::write(&index, serde_json::json!({"weight_map": {"score.weight": shard}}).to_string()).unwrap();
             let error = format!("{:#}", Weights::open(dir.path()).err().expect("refused"));
