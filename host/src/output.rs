@@ -297,10 +297,7 @@ impl Finished {
 impl Drop for Finished {
     fn drop(&mut self) {
         if let Some(temp) = self.temp.take() {
-            let mut pending = pending();
-            let path = temp.to_path_buf();
-            drop(temp);
-            pending.retain(|p| p != &path);
+            discard(temp);
         }
     }
 }
@@ -360,14 +357,18 @@ impl Drop for Output {
         {
             std::mem::forget(encoder);
         }
-        // An uncommitted temporary file is deleted, and forgotten under the same lock.
         if let Destination::Replace { temp, .. } = std::mem::replace(&mut self.destination, Destination::Through) {
-            let mut pending = pending();
-            let path = temp.to_path_buf();
-            drop(temp);
-            pending.retain(|p| p != &path);
+            discard(temp);
         }
     }
+}
+
+/// Deletes an uncommitted temporary file, and forgets it under the same lock.
+fn discard(temp: TempPath) {
+    let mut pending = pending();
+    let path = temp.to_path_buf();
+    drop(temp);
+    pending.retain(|p| p != &path);
 }
 
 /// A hidden temporary file beside `target`, registered for deletion on a signal.

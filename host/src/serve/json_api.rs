@@ -98,14 +98,15 @@ async fn score_records(state: &AppState, records: &[Value]) -> ApiResult {
         .collect::<Result<Vec<_>, _>>()?;
     // Counted before any prefix is made: each labeled turn repeats the conversation
     // before it, so a small body can ask for gigabytes of text.
-    state.limits.check_texts(parsed.iter().map(|p| labeled_turns(p).len()).sum())?;
+    let turns: Vec<Vec<usize>> = parsed.iter().map(labeled_turns).collect();
+    state.limits.check_texts(turns.iter().map(Vec::len).sum())?;
     state.limits.check_prefix_bytes(parsed.iter().map(labeled_prefix_bytes).fold(0, usize::saturating_add))?;
     let mut texts = Vec::new();
     let mut owners = Vec::new();
-    for (r, parsed) in parsed.iter().enumerate() {
+    for (r, (parsed, turns)) in parsed.iter().zip(turns).enumerate() {
         let prefixes = labeled_prefixes(parsed, Default::default())
             .map_err(|e| ApiError::bad_request(format!("record {r}: {e}")))?;
-        for (prefix, turn) in prefixes.into_iter().zip(labeled_turns(parsed)) {
+        for (prefix, turn) in prefixes.into_iter().zip(turns) {
             texts.push(prefix);
             owners.push((r, turn));
         }

@@ -58,9 +58,6 @@ impl RequestLimits {
     /// not arrive within `body_read_timeout`, 413 past `max_body_bytes`.
     pub async fn read_body(&self, request: Request) -> Result<Request, ApiError> {
         let (parts, body) = request.into_parts();
-        // A client waiting on `Expect: 100-continue` has sent no body yet: refused from its
-        // Content-Length alone, before hyper invites the upload. (One already sending
-        // reads the answer more reliably once its body is in, up to the limit.)
         let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
         // A compressed body would otherwise fail as "invalid JSON", or worse, parse.
         if let Some(encoding) =
@@ -71,6 +68,9 @@ impl RequestLimits {
                 format!("Content-Encoding {encoding:?} is not read here: send the body uncompressed"),
             ));
         }
+        // A client waiting on `Expect: 100-continue` has sent no body yet: refused from its
+        // Content-Length alone, before hyper invites the upload. (One already sending
+        // reads the answer more reliably once its body is in, up to the limit.)
         let waiting = header(axum::http::header::EXPECT).is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
         let declared = header(axum::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         if waiting && declared.is_some_and(|length| length > self.max_body_bytes as u64) {

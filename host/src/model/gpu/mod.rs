@@ -161,9 +161,7 @@ impl GpuModel {
         // model's attention (cooperative matrices are experimental in wgpu and drivers).
         let checked = |kernel: FlashAttention| -> Result<FlashAttention> {
             let group = config.num_heads / config.num_kv_heads;
-            let check =
-                || kernel.self_check(device, &gpu.queue, group, config.attention_scale, config.attention_softcap);
-            match capture(device, || "running it".to_owned(), check).and_then(|worst| worst) {
+            match kernel.self_check(device, &gpu.queue, group, config.attention_scale, config.attention_softcap) {
                 Ok(worst) if worst <= FLASH_SELF_CHECK_TOLERANCE => Ok(kernel),
                 Ok(worst) => bail!(
                     "{FLASH_TENSOR_CORES_FAILED}: it gave wrong results on a check problem (error {worst:.2e} > \
@@ -334,13 +332,10 @@ impl GpuModel {
     /// experimental in wgpu and drivers), the tiled f32 kernel, with the reason in the plan.
     fn matmul(gpu: &Gpu, plan: &mut KernelPlan) -> Result<Matmul> {
         let device = &gpu.device;
-        let check =
-            |matmul: &Matmul| capture(device, || "running it".to_owned(), || matmul.self_check(device, &gpu.queue));
-        let checked =
-            Matmul::new(device, plan.matmul).and_then(|matmul| match check(&matmul).and_then(|worst| worst) {
-                Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(matmul),
-                checked => bail!("it {}", self_check_failure(checked)),
-            });
+        let checked = Matmul::new(device, plan.matmul).and_then(|matmul| match matmul.self_check(device, &gpu.queue) {
+            Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(matmul),
+            checked => bail!("it {}", self_check_failure(checked)),
+        });
         match (checked, plan.matmul) {
             (Ok(matmul), _) => Ok(matmul),
             (Err(why), MatmulVariant::Cooperative { fallback, .. }) => {

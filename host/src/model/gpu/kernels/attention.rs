@@ -467,7 +467,9 @@ impl FlashAttention {
         problem.scale = scale;
         problem.softcap = softcap;
         let want = problem.reference();
-        let bytes = problem.run_flash(device, queue, self)?;
+        // A wgpu error while it runs fails the check, rather than being kept for the load.
+        let run = || problem.run_flash(device, queue, self);
+        let bytes = crate::model::gpu::errors::capture(device, || "running its check problem".to_owned(), run)??;
         let got = output_values(&bytes, self.output == Activations::F16, want.len());
         Ok(got.iter().zip(&want).fold(0f64, |worst, (&g, &w)| {
             let error = (g as f64 - w as f64).abs();

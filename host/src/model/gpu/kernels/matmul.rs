@@ -681,11 +681,7 @@ impl Matmul {
         match self.variant {
             MatmulVariant::Cooperative { tile, cores, .. } if tile.is_wide() => {
                 self.f16_x = Some(coop_kernel(device, tile, cores, Activations::F16, None)?);
-                // Captured, so that an error of the check run fails the check, not the load.
-                let check = || self.self_check(device, queue);
-                match crate::model::gpu::errors::capture(device, || "running it".to_owned(), check)
-                    .and_then(|worst| worst)
-                {
+                match self.self_check(device, queue) {
                     Ok(worst) if worst <= SELF_CHECK_TOLERANCE => Ok(()),
                     checked => {
                         self.f16_x = None;
@@ -703,8 +699,14 @@ impl Matmul {
     /// a K tail, a plain store (the direct accumulator store) and an accumulating one (the
     /// staged epilogue). Cooperative matrices are experimental in wgpu and drivers; the
     /// model checks this at load and falls back to the f32 kernel when it is over
-    /// [`SELF_CHECK_TOLERANCE`]. `Ok(0.0)` for other variants.
+    /// [`SELF_CHECK_TOLERANCE`]. `Ok(0.0)` for other variants. A wgpu error while it runs
+    /// is its error (it fails the check), not one kept for the load to report.
     pub fn self_check(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<f64> {
+        let check = || self.run_self_check(device, queue);
+        crate::model::gpu::errors::capture(device, || "running its check problem".to_owned(), check)?
+    }
+
+    fn run_self_check(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<f64> {
         use super::{BindCache, read_buffer};
         use wgpu::util::DeviceExt;
         if !matches!(self.variant, MatmulVariant::Cooperative { .. }) {
