@@ -11,7 +11,7 @@
 #
 # `run` serves as a cargo runner:
 #   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/lavapipe-26.sh run" \
-#       cargo test -p steerlm --lib -- tensor_core
+#       cargo test -p steerlm-model --lib -- tensor_core
 # The root is target/lavapipe-26, or $STEERLM_LAVAPIPE_ROOT.
 set -euo pipefail
 

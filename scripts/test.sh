@@ -41,7 +41,7 @@ else
     scripts/lavapipe-26.sh install
     log="target/lavapipe-26-tests.log"
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/lavapipe-26.sh run" \
-        cargo test --locked -p steerlm --lib -- --nocapture "${tensor_core_tests[@]}" 2>&1 | tee "$log" |
+        cargo test --locked -p steerlm-model --lib -- --nocapture "${tensor_core_tests[@]}" 2>&1 | tee "$log" |
         grep -E "SKIPPED|cooperative|tensor-core flash|tensor cores|test result"
     if grep -q SKIPPED "$log" || ! grep -q "test result: ok. ${#tensor_core_tests[@]} passed" "$log"; then
         echo "the tensor-core tests did not all run on Mesa 26's lavapipe (log: $log)" >&2

@@ -11,7 +11,7 @@ pub mod component_server;
 pub mod engine;
 pub mod input;
 pub mod manifest;
-pub mod model;
+pub use steerlm_model as model;
 pub mod nemo;
 pub mod output;
 pub mod pipeline;

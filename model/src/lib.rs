@@ -1,6 +1,10 @@
 //! SteerLM-style regression reward models: a decoder LLM plus a linear head read at
 //! the last token, loaded from Hugging Face checkpoint folders and run on the CPU or
 //! through wgpu compute shaders.
+//!
+//! Its own crate so that it builds without the host's wasmtime and HTTP stack: GPU work
+//! rebuilds only this, and other programs can embed the reward model alone. The `steerlm`
+//! host re-exports it as `steerlm::model`.
 
 pub mod arch;
 pub mod attribute_weights;
@@ -19,7 +23,6 @@ mod tests;
 
 use anyhow::{Context, Result, bail};
 use chat_template::{ChatTemplate, Messages};
-use clap::ValueEnum;
 use config::ModelConfig;
 use layout::ModelTensors;
 use std::path::Path;
@@ -28,7 +31,8 @@ use tokenize::{Source, TextTokenizer, Tokens};
 use weights::Weights;
 
 /// Where the forward pass runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Device {
     /// A real GPU through wgpu when there is one, else the CPU (a software adapter is
     /// slower than the CPU path).
@@ -46,7 +50,8 @@ pub enum Device {
 pub const F16_TOLERANCE: f32 = 2e-2;
 
 /// Arithmetic of the wgpu path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Precision {
     /// Tensor cores (f16 inputs, f32 accumulation) when the adapter has them, else f32.
     #[default]

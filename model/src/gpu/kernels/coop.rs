@@ -67,7 +67,7 @@ impl TensorCores {
     pub const NVIDIA: TensorCores = TensorCores { fragment: Fragment::Sixteen, fixed_subgroup: Some(32) };
 
     /// The adapter's, where it has an f16 cooperative matrix, f16 shaders and subgroups.
-    pub fn of(info: &wgpu::AdapterInfo, caps: &crate::model::gpu::Capabilities) -> Option<TensorCores> {
+    pub fn of(info: &wgpu::AdapterInfo, caps: &crate::gpu::Capabilities) -> Option<TensorCores> {
         let fragment = Fragment::best_of(&caps.cooperative_matrices).filter(|_| caps.shader_f16 && caps.subgroups)?;
         let fixed = info.subgroup_min_size == info.subgroup_max_size;
         Some(TensorCores { fragment, fixed_subgroup: fixed.then_some(info.subgroup_min_size) })

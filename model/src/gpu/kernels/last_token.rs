@@ -20,7 +20,7 @@ pub struct GatherRows {
 impl GatherRows {
     pub fn new(device: &wgpu::Device) -> Result<Self> {
         let buffers = [Access::Read, Access::Read, Access::ReadWrite];
-        let source = include_str!("../../../../../shaders/last_token.wgsl");
+        let source = include_str!("../../../../shaders/last_token.wgsl");
         let size = std::mem::size_of::<GatherParams>() as u64;
         Ok(GatherRows { kernel: Kernel::new(device, "last_token", source, &[], size, &buffers)? })
     }

@@ -9,7 +9,7 @@
 
 use super::coop::{Fragment, TensorCores};
 use super::{Access, Kernel, Recorder, dtype_index};
-use crate::model::weights::DType;
+use crate::weights::DType;
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
 
@@ -513,15 +513,15 @@ const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::
 /// The staged tensor-core tiles' bindings: [`BUFFERS`] and the f16 output.
 const STAGED_BUFFERS: [Access; 5] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
 
-const REGISTER_BLOCKED: &str = include_str!("../../../../../shaders/matmul.wgsl");
-const TILED: &str = include_str!("../../../../../shaders/matmul_tiled.wgsl");
-const COOPERATIVE: &str = include_str!("../../../../../shaders/matmul_coop.wgsl");
-const COOPERATIVE_WIDE: &str = include_str!("../../../../../shaders/matmul_coop_wide.wgsl");
-const COOPERATIVE_SQUARE: &str = include_str!("../../../../../shaders/matmul_coop_square.wgsl");
+const REGISTER_BLOCKED: &str = include_str!("../../../../shaders/matmul.wgsl");
+const TILED: &str = include_str!("../../../../shaders/matmul_tiled.wgsl");
+const COOPERATIVE: &str = include_str!("../../../../shaders/matmul_coop.wgsl");
+const COOPERATIVE_WIDE: &str = include_str!("../../../../shaders/matmul_coop_wide.wgsl");
+const COOPERATIVE_SQUARE: &str = include_str!("../../../../shaders/matmul_coop_square.wgsl");
 /// Operand staging and accumulator output shared by the wide and square shaders.
-const STAGING: &str = include_str!("../../../../../shaders/matmul_coop_staging.wgsl");
+const STAGING: &str = include_str!("../../../../shaders/matmul_coop_staging.wgsl");
 /// Parameters, bindings, epilogue and weight load shared by the three.
-const COMMON: &str = include_str!("../../../../../shaders/matmul_common.wgsl");
+const COMMON: &str = include_str!("../../../../shaders/matmul_common.wgsl");
 
 /// A matmul shader with the common part inserted.
 fn with_common(body: &str) -> String {
@@ -703,7 +703,7 @@ impl Matmul {
     /// is its error (it fails the check), not one kept for the load to report.
     pub fn self_check(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<f64> {
         let check = || self.run_self_check(device, queue);
-        crate::model::gpu::errors::capture(device, || "running its check problem".to_owned(), check)?
+        crate::gpu::errors::capture(device, || "running its check problem".to_owned(), check)?
     }
 
     fn run_self_check(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<f64> {
@@ -907,7 +907,7 @@ pub fn time_variant(
     shape: (usize, usize, usize),
     iterations: usize,
 ) -> Result<(f64, String)> {
-    use crate::model::gpu::{AdapterChoice, open_device};
+    use crate::gpu::{AdapterChoice, open_device};
     let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
     let mut matmul = Matmul::new(&gpu.device, variant)?;
     if x_stored == Activations::F16 {
@@ -924,7 +924,7 @@ pub fn time_loop_part(
     shape: (usize, usize, usize),
     iterations: usize,
 ) -> Result<f64> {
-    use crate::model::gpu::{AdapterChoice, open_device};
+    use crate::gpu::{AdapterChoice, open_device};
     let gpu = open_device(AdapterChoice::Any)?.expect("Any returns an adapter or an error");
     let matmul = Matmul::loop_part(&gpu.device, variant, part)?;
     time_dispatches(&gpu, &matmul, Activations::F32, shape, iterations)
@@ -933,7 +933,7 @@ pub fn time_loop_part(
 /// Seconds per dispatch of `matmul` at `(m, n, k)`, over `iterations` dispatches in one
 /// submission after a one-row warm-up.
 fn time_dispatches(
-    gpu: &crate::model::gpu::Gpu,
+    gpu: &crate::gpu::Gpu,
     matmul: &Matmul,
     x_stored: Activations,
     (m, n, k): (usize, usize, usize),

@@ -3,8 +3,8 @@
 //! than the adapter's storage-binding limit.
 
 use super::kernels::matmul::f16_weights;
-use crate::model::layout::{LinearTensors, NormTensors};
-use crate::model::weights::{DType, TensorView};
+use crate::layout::{LinearTensors, NormTensors};
+use crate::weights::{DType, TensorView};
 use anyhow::{Result, bail};
 use wgpu::util::DeviceExt;
 

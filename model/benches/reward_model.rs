@@ -1,4 +1,4 @@
-//! `cargo bench -p steerlm --bench reward_model`
+//! `cargo bench -p steerlm-model --bench reward_model`
 //!
 //! A SmolLM2-135M-shaped Llama reward model (hidden 576, 30 layers, 9 heads, 3 KV
 //! heads, MLP 1536, vocab 32000, 9 labels) with random bf16 weights, written by this
@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
-use steerlm::model::config::ModelConfig;
-use steerlm::model::layout::ModelTensors;
-use steerlm::model::weights::Weights;
-use steerlm::model::{Batch, cpu, gpu};
+use steerlm_model::config::ModelConfig;
+use steerlm_model::layout::ModelTensors;
+use steerlm_model::weights::Weights;
+use steerlm_model::{Batch, cpu, gpu};
 
 const CONFIG: &str = r#"{
   "architectures": ["LlamaForSequenceClassification"],
@@ -216,7 +216,7 @@ fn wgpu_plans(config: &ModelConfig, tensors: &ModelTensors, cpu_model: &cpu::Cpu
     use gpu::kernels::matmul::MatmulVariant;
     let probe = gpu::open_device(gpu::AdapterChoice::Any).unwrap().unwrap();
     let software = probe.info.device_type == wgpu::DeviceType::Cpu;
-    let chosen = gpu::KernelPlan::choose(&probe.info, &probe.caps, steerlm::model::Precision::Auto);
+    let chosen = gpu::KernelPlan::choose(&probe.info, &probe.caps, steerlm_model::Precision::Auto);
     drop(probe);
     let baseline = gpu::KernelPlan {
         matmul: MatmulVariant::RegisterBlocked,

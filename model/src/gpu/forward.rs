@@ -31,8 +31,8 @@ use super::kernels::rotary::RotaryParams;
 use super::kernels::{KernelTimes, Recorder, read_buffer};
 use super::upload::{DeviceLinear, DeviceNorm};
 use super::workspace::Workspace;
-use crate::model::Batch;
-use crate::model::arch::MlpKind;
+use crate::Batch;
+use crate::arch::MlpKind;
 use anyhow::{Result, anyhow};
 
 /// How a norm writes its output.
@@ -82,7 +82,7 @@ impl GpuModel {
         let mut values: Vec<f32> = bytemuck::cast_slice(&bytes[..score_bytes as usize]).to_vec();
         if let Some(cap) = self.config.final_softcap {
             // A handful of values per sequence: capped here rather than in a kernel.
-            crate::model::soft_cap(&mut values, cap);
+            crate::soft_cap(&mut values, cap);
         }
         let times = timestamps.map(|t| t.read(&self.gpu.device, &self.gpu.queue)).transpose()?;
         Ok((values.chunks_exact(labels).map(<[f32]>::to_vec).collect(), times))

@@ -41,7 +41,7 @@ impl RowAttention {
         let kernel = Kernel::new(
             device,
             "attention",
-            include_str!("../../../../../shaders/attention.wgsl"),
+            include_str!("../../../../shaders/attention.wgsl"),
             &[],
             std::mem::size_of::<AttentionParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
@@ -73,7 +73,7 @@ impl RowAttention {
 /// The tensor-core flash kernel's source (for validation without a device), its output stored
 /// as `out` says.
 pub fn flash_coop_source(out: Activations) -> String {
-    const SHADER: &str = include_str!("../../../../../shaders/flash_attention_coop.wgsl");
+    const SHADER: &str = include_str!("../../../../shaders/flash_attention_coop.wgsl");
     let shader = match out {
         Activations::F32 => SHADER.to_owned(),
         Activations::F16 => super::with_f16_output(SHADER),
@@ -82,7 +82,7 @@ pub fn flash_coop_source(out: Activations) -> String {
 }
 
 /// Parameters and input bindings shared by the two flash shaders.
-const FLASH_COMMON: &str = include_str!("../../../../../shaders/flash_common.wgsl");
+const FLASH_COMMON: &str = include_str!("../../../../shaders/flash_common.wgsl");
 
 /// Parameters of `shaders/flash_attention.wgsl` and `shaders/flash_attention_coop.wgsl`.
 #[repr(C)]
@@ -355,7 +355,7 @@ impl FlashAttention {
         let kernel = Kernel::new(
             device,
             "flash_attention",
-            &super::with_prelude(FLASH_COMMON, include_str!("../../../../../shaders/flash_attention.wgsl")),
+            &super::with_prelude(FLASH_COMMON, include_str!("../../../../shaders/flash_attention.wgsl")),
             &constants,
             std::mem::size_of::<FlashParams>() as u64,
             &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite],
@@ -469,7 +469,7 @@ impl FlashAttention {
         let want = problem.reference();
         // A wgpu error while it runs fails the check, rather than being kept for the load.
         let run = || problem.run_flash(device, queue, self);
-        let bytes = crate::model::gpu::errors::capture(device, || "running its check problem".to_owned(), run)??;
+        let bytes = crate::gpu::errors::capture(device, || "running its check problem".to_owned(), run)??;
         let got = output_values(&bytes, self.output == Activations::F16, want.len());
         Ok(got.iter().zip(&want).fold(0f64, |worst, (&g, &w)| {
             let error = (g as f64 - w as f64).abs();
@@ -565,7 +565,7 @@ impl std::fmt::Display for AttentionTimes {
 /// one warm-up.
 #[allow(clippy::too_many_arguments)]
 pub fn time_attention(
-    gpu: &crate::model::gpu::Gpu,
+    gpu: &crate::gpu::Gpu,
     sequences: usize,
     length: usize,
     heads: usize,
@@ -602,7 +602,7 @@ pub fn time_attention(
     let scale = 1.0 / (head_dim as f32).sqrt();
     let flops = causal_attention_flops(&lengths, heads, head_dim, window);
     let (h, kvh, hd) = (heads as u32, kv_heads as u32, head_dim as u32);
-    fn time<'k>(gpu: &crate::model::gpu::Gpu, iterations: usize, record: &dyn Fn(&mut Recorder<'k>)) -> Result<f64> {
+    fn time<'k>(gpu: &crate::gpu::Gpu, iterations: usize, record: &dyn Fn(&mut Recorder<'k>)) -> Result<f64> {
         let mut cache = super::BindCache::default();
         let mut seconds = Vec::new();
         for _ in 0..=iterations.max(1) {

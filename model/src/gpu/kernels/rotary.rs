@@ -21,7 +21,7 @@ pub struct Rotary {
 impl Rotary {
     pub fn new(device: &wgpu::Device) -> Result<Self> {
         let buffers = [Access::ReadWrite, Access::Read, Access::Read, Access::Read];
-        let source = include_str!("../../../../../shaders/rotary.wgsl");
+        let source = include_str!("../../../../shaders/rotary.wgsl");
         let kernel = Kernel::new(device, "rotary", source, &[], std::mem::size_of::<RotaryParams>() as u64, &buffers)?;
         Ok(Rotary { kernel })
     }

@@ -3,7 +3,7 @@
 
 use super::matmul::Activations;
 use super::{Access, Kernel, Recorder, grid};
-use crate::model::arch::NormKind;
+use crate::arch::NormKind;
 use anyhow::{Result, bail};
 use bytemuck::{Pod, Zeroable};
 
@@ -27,7 +27,7 @@ pub struct Norm {
     kind: NormKind,
 }
 
-const RMS_NORM: &str = include_str!("../../../../../shaders/rms_norm.wgsl");
+const RMS_NORM: &str = include_str!("../../../../shaders/rms_norm.wgsl");
 const BUFFERS: [Access; 4] = [Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
 /// `rms_norm.wgsl` writing f16.
@@ -38,7 +38,7 @@ pub fn rms_norm_f16_source() -> String {
 impl Norm {
     pub fn new(device: &wgpu::Device, kind: NormKind) -> Result<Self> {
         let (name, source) = match kind {
-            NormKind::LayerNorm1P => ("layer_norm_1p", include_str!("../../../../../shaders/layer_norm_1p.wgsl")),
+            NormKind::LayerNorm1P => ("layer_norm_1p", include_str!("../../../../shaders/layer_norm_1p.wgsl")),
             // Gemma's `1 + w` is folded into the weight at upload.
             NormKind::Rms | NormKind::RmsUnitOffset => ("rms_norm", RMS_NORM),
         };
@@ -90,7 +90,7 @@ impl Norm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gpu::kernels::validate_wgsl;
+    use crate::gpu::kernels::validate_wgsl;
     use wgpu::naga::valid::Capabilities;
 
     /// Both RMSNorm outputs compile, to different code (the f16 one stores halves).

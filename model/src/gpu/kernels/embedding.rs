@@ -2,7 +2,7 @@
 //! read in its stored dtype. A table split into row parts takes one dispatch per part.
 
 use super::{Access, Kernel, Recorder, dtype_index, grid};
-use crate::model::weights::DType;
+use crate::weights::DType;
 use anyhow::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -26,7 +26,7 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(device: &wgpu::Device) -> Result<Self> {
-        let source = include_str!("../../../../../shaders/embedding.wgsl");
+        let source = include_str!("../../../../shaders/embedding.wgsl");
         let size = std::mem::size_of::<EmbeddingParams>() as u64;
         let buffers = [Access::Read, Access::Read, Access::ReadWrite];
         let kernel = |dtype: f64| Kernel::new(device, "embedding", source, &[("DTYPE", dtype)], size, &buffers);

@@ -74,7 +74,7 @@ impl UncapturedErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gpu::{AdapterChoice, open_device};
+    use crate::gpu::{AdapterChoice, open_device};
 
     /// A buffer larger than the device allows is an error from `capture`, and outside any
     /// scope is kept for `check` rather than panicking.

@@ -141,8 +141,8 @@ pub fn with_f16_output(shader: &str) -> String {
 
 /// Pipelines compiled per weight dtype are kept in this order: the shaders' `DTYPE`
 /// constant (0 f32, 1 bf16, 2 f16).
-pub fn dtype_index(dtype: crate::model::weights::DType) -> usize {
-    use crate::model::weights::DType;
+pub fn dtype_index(dtype: crate::weights::DType) -> usize {
+    use crate::weights::DType;
     match dtype {
         DType::F32 => 0,
         DType::BF16 => 1,

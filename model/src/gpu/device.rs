@@ -5,7 +5,7 @@ use super::errors::UncapturedErrors;
 use super::kernels::checks::ShaderChecks;
 use super::kernels::coop::TensorCores;
 use super::kernels::matmul::{CoopTile, MatmulVariant, TileConfig};
-use crate::model::Precision;
+use crate::Precision;
 use anyhow::{Context, Result, bail};
 
 /// PCI vendor id of NVIDIA adapters.
@@ -396,7 +396,7 @@ mod tests {
     /// `STEERLM_TILE_GROUP`: 1 to 64 rows of tiles, 8 when unset; anything else is named.
     #[test]
     fn tile_groups_take_1_to_64() {
-        use crate::model::gpu::kernels::matmul::tile_group;
+        use crate::gpu::kernels::matmul::tile_group;
         assert_eq!(tile_group(None), Ok(8));
         assert_eq!(tile_group(Some(" ")), Ok(8));
         assert_eq!(tile_group(Some("1")), Ok(1));

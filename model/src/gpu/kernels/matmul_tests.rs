@@ -4,8 +4,8 @@
 //! run where the adapter offers it; elsewhere its test prints that it was skipped.
 
 use super::*;
-use crate::model::gpu::kernels::{BindCache, read_buffer, validate_wgsl as validate};
-use crate::model::gpu::{AdapterChoice, Gpu, open_device};
+use crate::gpu::kernels::{BindCache, read_buffer, validate_wgsl as validate};
+use crate::gpu::{AdapterChoice, Gpu, open_device};
 use wgpu::naga;
 use wgpu::util::DeviceExt;
 
@@ -575,7 +575,7 @@ fn f16_weights_converts_and_names_a_tensor_out_of_range() {
 }
 
 /// GFLOP/s of each variant and tile shape on this adapter (no assertion: numbers for the
-/// README). `cargo test --locked -p steerlm --lib time_matmul_variants -- --ignored
+/// README). `cargo test --locked -p steerlm-model --lib time_matmul_variants -- --ignored
 /// --nocapture`; `STEERLM_MATMUL_BIG=1` adds 2048x2048x8192 (one dispatch each, ~20 s
 /// apiece on lavapipe).
 #[test]

@@ -2,9 +2,9 @@
 //! is present (lavapipe in CI), over packed batches of uneven sequences.
 
 use super::*;
-use crate::model::gpu::kernels::attention_check::AttentionProblem;
-use crate::model::gpu::kernels::{BindCache, Recorder, read_buffer, validate_wgsl};
-use crate::model::gpu::{AdapterChoice, Gpu, open_device};
+use crate::gpu::kernels::attention_check::AttentionProblem;
+use crate::gpu::kernels::{BindCache, Recorder, read_buffer, validate_wgsl};
+use crate::gpu::{AdapterChoice, Gpu, open_device};
 use wgpu::util::DeviceExt;
 
 fn gpu() -> Gpu {
@@ -380,7 +380,7 @@ fn time_flash_against_row_attention() {
 /// `STEERLM_F16_ACTIVATIONS`) take 0 or 1; anything else is named.
 #[test]
 fn switches_take_only_0_or_1() {
-    use crate::model::gpu::kernels::switch;
+    use crate::gpu::kernels::switch;
     let name = "STEERLM_FLASH_ONE_PASS";
     assert_eq!(switch(name, None), Ok(false));
     assert_eq!(switch(name, Some("")), Ok(false));
