@@ -2,8 +2,8 @@
 //! the last token, loaded from Hugging Face checkpoint folders and run on the CPU or
 //! through wgpu compute shaders.
 //!
-//! Its own crate so that it builds without the host's wasmtime and HTTP stack: GPU work
-//! rebuilds only this, and other programs can embed the reward model alone. The `steerlm`
+//! Its own crate so that it builds without the host's wasmtime and HTTP stack: a kernel's
+//! tests build without the host, and other programs can embed the reward model alone. The `steerlm`
 //! host re-exports it as `steerlm::model`.
 
 pub mod arch;
