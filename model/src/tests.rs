@@ -658,3 +658,22 @@ fn f16_arithmetic_stays_within_the_stated_tolerance() {
         assert!(worst > 0.0, "{name}: f16 emulation changed nothing; is it on?");
     }
 }
+
+/// What a program embedding the crate may pass `score` directly, bypassing the tokenizer:
+/// no sequences is no scores, and an empty sequence, an id outside the vocabulary or a
+/// sequence past the context is an error naming it, on both backends, never a panic.
+#[test]
+fn score_refuses_what_the_model_cannot_run_on_both_backends() {
+    for device in [Device::Cpu, Device::Wgpu] {
+        let model = RewardModel::load(&model_dir("llama9"), LoadOptions { device, ..Default::default() }).unwrap();
+        assert!(model.score(&[]).unwrap().is_empty(), "{device:?}");
+        let (vocab, context) = (model.config.vocab_size as u32, model.config.max_positions);
+        let refused = |sequences: &[Vec<u32>]| format!("{:#}", model.score(sequences).unwrap_err());
+        assert_eq!(refused(&[vec![1], vec![]]), "sequence 1 has no tokens", "{device:?}");
+        assert_eq!(refused(&[vec![1, vocab]]), format!("token id {vocab} is outside the vocabulary ({vocab} ids)"));
+        let long = vec![1; context + 1];
+        assert_eq!(refused(&[long]), format!("sequence 0 has {} tokens, more than the context of {context}", context + 1));
+        // The same model still scores afterwards.
+        assert_eq!(model.score(&[vec![1, 2, 3]]).unwrap()[0].len(), model.labels().len());
+    }
+}
