@@ -189,13 +189,13 @@ pub struct Output {
 }
 
 /// Writes `text` to stdout and flushes it: a closed pipe or a full disk is an error
-/// ("cannot write <stdout>: ..."), as for `--output-file -`, not a panic.
+/// (`"cannot write <stdout>: ..."`), as for `--output-file -`, not a panic.
 pub fn print(text: &str) -> Result<()> {
     let mut stdout = io::stdout().lock();
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write <stdout>")
 }
 
-/// [`print`] for a server's banner: a server whose stdout is closed keeps serving.
+/// [`print()`] for a server's banner: a server whose stdout is closed keeps serving.
 pub fn print_banner(text: &str) {
     let _ = print(text);
 }

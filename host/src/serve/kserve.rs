@@ -52,7 +52,7 @@ pub struct RequestedOutput {
 pub enum Inputs {
     /// `sentences`: BYTES, one text per batch row.
     Sentences(Vec<String>),
-    /// NeMo's other form: `tokens` INT64 [n, max_len] with `sequence_lengths` INT64 [n].
+    /// NeMo's other form: `tokens` INT64 `[n, max_len]` with `sequence_lengths` INT64 `[n]`.
     Tokens(Vec<Vec<u32>>),
 }
 

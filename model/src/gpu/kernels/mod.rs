@@ -182,7 +182,7 @@ pub struct Recorder<'k> {
     dispatches: Vec<Dispatch<'k>>,
 }
 
-/// Per-kernel GPU time of one submission (see [`Recorder::submit`]).
+/// Per-kernel GPU time of one submission (see [`Recorder::encode`]).
 #[derive(Clone, Debug, Default)]
 pub struct KernelTimes {
     /// (kernel name, dispatches, seconds, floating-point operations), in first-use order.
@@ -251,7 +251,7 @@ impl<'k> Recorder<'k> {
 
     /// Writes the parameters and encodes every dispatch into `encoder`: in one compute
     /// pass, or with `timestamps`, one pass per dispatch bracketed by timestamp queries
-    /// (resolved into the returned buffer, read with [`read_kernel_times`]).
+    /// (resolved into the returned buffer, read with [`Timestamps::read`]).
     pub fn encode(
         self,
         device: &wgpu::Device,
