@@ -116,7 +116,7 @@ pub(crate) fn check_budget(bytes: usize, max_output: usize) -> Result<(), String
     if bytes > max_output { Err(OUTPUT_LIMIT.to_owned()) } else { Ok(()) }
 }
 
-/// [`convert_chunk`] for conversions that check a budget ([`check_budget`]): once a line
+/// [`convert_chunk`] for conversions that check a budget (`check_budget`): once a line
 /// fails with [`OUTPUT_LIMIT`], every later line fails the same way without being
 /// converted, so a chunk past the limit costs no more work.
 pub fn convert_chunk_bounded<F>(chunk: &[u8], first_line: u64, mut convert: F) -> ChunkOutput

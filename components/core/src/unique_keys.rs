@@ -6,7 +6,7 @@
 //! turns, dataset rows, OpenAssistant trees, pass-through fields alike).
 //!
 //! Readers that pick fields out of a line with serde ([`crate::record`]) hold the values
-//! they do not read ([`Unread`]) to the same rules as [`PyValue`] does for whole lines,
+//! they do not read (`Unread`) to the same rules as [`PyValue`] does for whole lines,
 //! so every command accepts and refuses the same lines.
 
 use crate::pyvalue::PyValue;
