@@ -672,7 +672,10 @@ fn score_refuses_what_the_model_cannot_run_on_both_backends() {
         assert_eq!(refused(&[vec![1], vec![]]), "sequence 1 has no tokens", "{device:?}");
         assert_eq!(refused(&[vec![1, vocab]]), format!("token id {vocab} is outside the vocabulary ({vocab} ids)"));
         let long = vec![1; context + 1];
-        assert_eq!(refused(&[long]), format!("sequence 0 has {} tokens, more than the context of {context}", context + 1));
+        assert_eq!(
+            refused(&[long]),
+            format!("sequence 0 has {} tokens, more than the context of {context}", context + 1)
+        );
         // The same model still scores afterwards.
         assert_eq!(model.score(&[vec![1, 2, 3]]).unwrap()[0].len(), model.labels().len());
     }
