@@ -3,8 +3,8 @@
 //! through wgpu compute shaders.
 //!
 //! Its own crate so that it builds without the host's wasmtime and HTTP stack: a kernel's
-//! tests build without the host, and other programs can embed the reward model alone. The `steerlm`
-//! host re-exports it as `steerlm::model`.
+//! tests build without the host, and other programs can embed the reward model alone. The
+//! `steerlm` host re-exports it as `steerlm::model`.
 
 pub mod arch;
 pub mod attribute_weights;
