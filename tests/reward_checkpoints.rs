@@ -130,6 +130,39 @@ fn messages_to_a_checkpoint_without_a_template_are_a_400() {
     });
 }
 
+/// A checkpoint whose chat template builds a string without bound (a terabyte in 40
+/// doublings): the request that renders it is refused within the render's memory budget,
+/// later ones at once, and the server goes on scoring texts, its memory bounded.
+#[test]
+fn a_hostile_chat_template_cannot_exhaust_the_servers_memory() {
+    let dir = tempdir();
+    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::os::unix::fs::symlink(model_dir("llama-causal").join(file), dir.path().join(file)).unwrap();
+    }
+    // chat_template.jinja takes precedence over tokenizer_config.json's template.
+    let doubling =
+        "{% set ns = namespace(t='x') %}{% for i in range(40) %}{% set ns.t = ns.t ~ ns.t %}{% endfor %}{{ ns.t }}";
+    std::fs::write(dir.path().join("chat_template.jinja"), doubling).unwrap();
+    let case = &goldens("llama-causal")["cases"][0];
+    let server = serve_model(dir.path(), &[]);
+    let base = server.url.clone();
+    runtime().block_on(async {
+        let messages = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let (status, body) = post_json(format!("{base}/pooling"), messages.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        let error = body.to_string();
+        assert!(error.contains("chat_template.jinja is disabled"), "{error}");
+        assert!(error.contains("past its budget of 256 MiB"), "{error}");
+        let (status, again) = post_json(format!("{base}/pooling"), messages).await;
+        assert_eq!((status, &again), (400, &body));
+        let (status, body) = post_json(format!("{base}/classify"), json!({"input": case["text"]})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_scores_close(&floats(&body["data"][0]["probs"]), &floats(&case["scores"]));
+    });
+    let peak = server.peak_memory();
+    assert!(peak < 1 << 30, "the server peaked at {} MiB", peak >> 20);
+}
+
 #[test]
 fn reward_token_ids_on_a_regression_head_is_an_error() {
     let error = assert_failure(&steerlm(&[

@@ -2,7 +2,13 @@
 //! reward models on the CPU or through wgpu.
 
 use clap::Parser;
+use steerlm::model::memory_budget::BudgetedAllocator;
 use steerlm::{commands, output};
+
+// Chat templates come with checkpoints and render within a memory budget, which only this
+// allocator can keep (see steerlm_model::memory_budget).
+#[global_allocator]
+static ALLOCATOR: BudgetedAllocator = BudgetedAllocator;
 
 fn main() {
     let cli = commands::Cli::parse();

@@ -9,12 +9,14 @@
 //! minijinja with its Python-compatibility methods (`str.strip`, `dict.items`, ...)
 //! does the same here.
 
+use crate::memory_budget::{self, OverBudget};
 use anyhow::{Context, Result, anyhow, bail};
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error, ErrorKind};
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use steerlm_core::pyjson::{Ascii, write_float, write_str};
 use steerlm_core::pyvalue::PyValue;
 
@@ -22,9 +24,20 @@ use steerlm_core::pyvalue::PyValue;
 /// a long conversation, and a bound on a template that loops forever.
 const FUEL: u64 = 50_000_000;
 
+/// Memory one rendering may hold, beyond [`BUDGET_PER_INPUT_BYTE`] per byte of the
+/// messages' text: far above what a real template needs, a bound on one that builds
+/// strings without end (see [`crate::memory_budget`]).
+const RENDER_BUDGET: usize = 256 << 20;
+/// Rendering copies the messages into the text a few times over.
+const BUDGET_PER_INPUT_BYTE: usize = 16;
+
 /// The messages of one conversation, checked to be a list of objects with a `role`.
 #[derive(Clone, Debug)]
-pub struct Messages(Value);
+pub struct Messages {
+    value: Value,
+    /// The bytes of its strings, which size the rendering's memory budget.
+    text_bytes: usize,
+}
 
 impl Messages {
     fn new(value: Value) -> Result<Self> {
@@ -43,7 +56,8 @@ impl Messages {
             }
             messages.push(alias_reasoning(&message).map_err(|e| anyhow!("message {i}: {e}"))?);
         }
-        Ok(Messages(Value::from(messages)))
+        let value = Value::from(messages);
+        Ok(Messages { text_bytes: text_bytes(&value), value })
     }
 
     /// Messages from a request body.
@@ -54,6 +68,21 @@ impl Messages {
     /// Messages from an input line, keys in their written order.
     pub fn from_py(value: &PyValue) -> Result<Self> {
         Self::new(py_to_value(value))
+    }
+}
+
+/// The bytes of the strings (keys and values) in a value.
+fn text_bytes(value: &Value) -> usize {
+    if let Some(text) = value.as_str() {
+        return text.len();
+    }
+    let Ok(items) = value.try_iter() else { return 0 };
+    match value.kind() {
+        ValueKind::Map => {
+            items.map(|key| text_bytes(&key) + text_bytes(&value.get_item(&key).unwrap_or_default())).sum()
+        }
+        ValueKind::Seq => items.map(|item| text_bytes(&item)).sum(),
+        _ => 0,
     }
 }
 
@@ -105,11 +134,14 @@ fn py_to_value(value: &PyValue) -> Value {
 }
 
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    /// Shared with the thread each rendering runs on (see [`Self::render`]).
+    env: Arc<Environment<'static>>,
     /// `bos_token`, `eos_token`, ... as the template sees them.
     special_tokens: BTreeMap<String, String>,
     /// Where the template came from, for errors.
     pub source: PathBuf,
+    /// Why the template no longer renders: it overran its memory budget once.
+    disabled: OnceLock<String>,
 }
 
 impl ChatTemplate {
@@ -163,25 +195,48 @@ impl ChatTemplate {
         let text = strip_generation_tags(text);
         env.add_template_owned("chat", text)
             .map_err(|e| anyhow!("{}: the chat template does not compile: {e:#}", source.display()))?;
-        Ok(ChatTemplate { env, special_tokens, source })
+        Ok(ChatTemplate { env: Arc::new(env), special_tokens, source, disabled: OnceLock::new() })
     }
 
     /// The conversation as the model's text (no generation prompt: a reward is read
-    /// at the end of the last message).
+    /// at the end of the last message). The rendering runs within a memory budget (see
+    /// [`crate::memory_budget`]); a template that overruns it is disabled from then on.
     pub fn render(&self, messages: &Messages) -> Result<String> {
-        let template = self.env.get_template("chat").expect("compiled at load");
+        if let Some(why) = self.disabled.get() {
+            bail!("{why}");
+        }
         let mut context: BTreeMap<String, Value> =
             self.special_tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
-        context.insert("messages".into(), messages.0.clone());
+        context.insert("messages".into(), messages.value.clone());
         context.insert("add_generation_prompt".into(), Value::from(false));
         context.insert("tools".into(), Value::from(()));
         context.insert("documents".into(), Value::from(()));
-        template.render(context).map_err(|e| match e.kind() {
-            ErrorKind::InvalidOperation if e.detail().is_some_and(|d| d.starts_with(RAISED)) => {
-                anyhow!("the chat template refused the messages: {}", &e.detail().unwrap_or_default()[RAISED.len()..])
+        let (env, source) = (Arc::clone(&self.env), self.source.clone());
+        let budget = RENDER_BUDGET.saturating_add(messages.text_bytes.saturating_mul(BUDGET_PER_INPUT_BYTE));
+        let rendered = memory_budget::run_within(budget, move || {
+            let template = env.get_template("chat").expect("compiled at load");
+            template.render(context).map_err(|e| match e.kind() {
+                ErrorKind::InvalidOperation if e.detail().is_some_and(|d| d.starts_with(RAISED)) => {
+                    anyhow!(
+                        "the chat template refused the messages: {}",
+                        &e.detail().unwrap_or_default()[RAISED.len()..]
+                    )
+                }
+                _ => anyhow!("rendering the chat template of {}: {e:#}", source.display()),
+            })
+        });
+        match rendered {
+            Ok(text) => text,
+            Err(e) if e.is::<OverBudget>() => {
+                let why = format!(
+                    "the chat template of {} is disabled: rendering a conversation, {e}; a template that \
+                     builds text without bound is broken or hostile (restart after fixing it)",
+                    self.source.display()
+                );
+                Err(anyhow!("{}", self.disabled.get_or_init(|| why)))
             }
-            _ => anyhow!("rendering the chat template of {}: {e:#}", self.source.display()),
-        })
+            Err(e) => Err(e.context("rendering the chat template")),
+        }
     }
 }
 
@@ -436,6 +491,34 @@ mod tests {
         let t = template("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
         let e = t.render(&messages(json!([{"role": "user", "content": "x"}]))).unwrap_err();
         assert!(format!("{e:#}").contains("fuel"), "{e:#}");
+    }
+
+    /// Templates that build text without bound, in a loop through a namespace and in a
+    /// recursive macro, each a terabyte in a few dozen instructions: refused within the
+    /// budget, and the template is disabled from then on.
+    #[test]
+    fn a_template_that_builds_text_without_bound_is_stopped_and_disabled() {
+        let conversation = messages(json!([{"role": "user", "content": "x"}]));
+        for source in [
+            "{% set ns = namespace(t='x') %}{% for i in range(40) %}{% set ns.t = ns.t ~ ns.t %}{% endfor %}{{ ns.t|length }}",
+            "{% macro grow(t, n) %}{% if n %}{{ grow(t ~ t, n - 1) }}{% else %}{{ t|length }}{% endif %}{% endmacro %}{{ grow('x', 40) }}",
+        ] {
+            let t = template(source);
+            let e = t.render(&conversation).unwrap_err().to_string();
+            assert!(e.contains("is disabled: rendering a conversation, it asked for"), "{e}");
+            assert!(e.contains("past its budget of 256 MiB"), "{e}");
+            // Refused at once from then on, with the same reason.
+            assert_eq!(t.render(&conversation).unwrap_err().to_string(), e);
+        }
+    }
+
+    /// A long conversation gets a budget in proportion: 20 MB of messages render.
+    #[test]
+    fn long_conversations_render_within_their_budget() {
+        let long = "word ".repeat(4 << 20);
+        let t = template("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}");
+        let text = t.render(&messages(json!([{"role": "user", "content": long}]))).unwrap();
+        assert_eq!(text.len(), "user: ".len() + long.len() + 1);
     }
 
     #[test]

@@ -14,12 +14,18 @@ pub mod cpu;
 pub mod fast_math;
 pub mod gpu;
 pub mod layout;
+pub mod memory_budget;
 pub mod rope;
 pub mod tokenize;
 pub mod weights;
 
 #[cfg(test)]
 mod tests;
+
+// The tests render hostile chat templates within a memory budget, as the binary does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: memory_budget::BudgetedAllocator = memory_budget::BudgetedAllocator;
 
 use anyhow::{Context, Result, bail};
 use chat_template::{ChatTemplate, Messages};

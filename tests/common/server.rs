@@ -17,6 +17,15 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// The server's peak resident memory in bytes (`VmHWM`).
+    #[allow(dead_code)] // the tests use it, the benches sharing this file do not
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("the server runs");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("a VmHWM line");
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB");
+        kib * 1024
+    }
+
     /// Sends SIGTERM and waits for the process to end: its exit status and what it
     /// wrote to stderr (when that was piped).
     #[allow(dead_code)] // the tests use it, the benches sharing this file do not
