@@ -9,7 +9,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::common::rest::{assert_scores_close, floats};
-use crate::common::{assert_failure, assert_success, listing, p, steerlm, tempdir};
+use crate::common::{assert_failure, assert_success, listing, mkfifo, p, steerlm, tempdir};
 
 fn nemo(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nemo").join(name)
@@ -237,6 +237,25 @@ fn what_it_does_not_read_is_named_and_nothing_is_written() {
     }
     let error = assert_failure(&steerlm(&["import-nemo", p(&damaged), "--output-dir", p(&dir)]));
     assert!(error.contains("pass --tokenizer"), "{error}");
+    // A device or a FIFO given as the tokenizer is refused, not read without end or
+    // waited on; so is a FIFO where the checkpoint's tokenizer file belongs.
+    let fifo = out.path().join("tokenizer.model");
+    mkfifo(&fifo);
+    for tokenizer in [Path::new("/dev/zero"), &fifo] {
+        let error = assert_failure(&steerlm(&[
+            "import-nemo",
+            p(&damaged),
+            "--output-dir",
+            p(&dir),
+            "--tokenizer",
+            p(tokenizer),
+        ]));
+        assert!(error.contains("is not a regular file (a folder, device or pipe)"), "{error}");
+    }
+    std::fs::rename(&fifo, damaged.join("37974873eb68a7ab30c4912fc36264ae_tokenizer.model")).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&damaged), "--output-dir", p(&dir)]));
+    assert!(error.contains("_tokenizer.model is not a regular file"), "{error}");
+    assert!(!dir.exists());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::config::{NemoConfig, NemoFamily};
 use super::legacy::LegacyCheckpoint;
 use super::sentencepiece;
 use super::shards::{OutTensor, write_shards};
-use super::store::Store;
+use super::store::{DESCRIPTION_LIMIT, METADATA_LIMIT, Store, read_regular};
 use super::torch_dist::TorchDistCheckpoint;
 use super::zarr::ZarrArray;
 use crate::model::weights::DType;
@@ -190,7 +190,7 @@ fn dtype_name(dtype: DType) -> &'static str {
 /// The container in `store`: a distributed checkpoint (zarr or torch_dist, as its
 /// `metadata.json` says) or legacy `model_weights.ckpt` files.
 fn open_weights<'s>(store: &'s Store, config: &NemoConfig) -> Result<Box<dyn Tensors + 's>> {
-    if let Some(metadata) = store.read_optional("model_weights/metadata.json")? {
+    if let Some(metadata) = store.read_optional("model_weights/metadata.json", DESCRIPTION_LIMIT)? {
         let metadata: Value = serde_json::from_slice(&metadata)
             .with_context(|| format!("{} is not JSON", store.describe("model_weights/metadata.json")))?;
         return match metadata.get("sharded_backend").and_then(Value::as_str) {
@@ -332,7 +332,10 @@ fn check_shape(config: &NemoConfig, tensor: &OutTensor, source: &Source, stored:
         shape[0] = groups * take;
     }
     let elements = |dims: &[usize]| dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-    if shape != tensor.shape || elements(&shape).and_then(|n| n.checked_mul(8)).is_none() {
+    if elements(&shape).and_then(|n| n.checked_mul(8)).is_none() {
+        bail!("tensor `{key}` has shape {stored:?}: more elements than any tensor can hold");
+    }
+    if shape != tensor.shape {
         bail!(
             "tensor `{key}` has shape {stored:?}, but `{}` needs {:?} by model_config.yaml",
             tensor.name,
@@ -417,8 +420,8 @@ fn tokenizer_files(store: &Store, config: &NemoConfig, given: Option<&Path>) -> 
         if path.is_dir() {
             let mut files = Vec::new();
             for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"] {
-                if path.join(name).is_file() {
-                    files.push((name.to_owned(), std::fs::read(path.join(name))?));
+                if let Some(bytes) = read_regular(&path.join(name), METADATA_LIMIT)? {
+                    files.push((name.to_owned(), bytes));
                 }
             }
             if files.iter().all(|(n, _)| n != "tokenizer.json") {
@@ -426,7 +429,9 @@ fn tokenizer_files(store: &Store, config: &NemoConfig, given: Option<&Path>) -> 
             }
             return Ok(files);
         }
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read --tokenizer {}", path.display()))?;
+        let bytes = read_regular(path, METADATA_LIMIT)
+            .and_then(|bytes| bytes.with_context(|| format!("{} does not exist", path.display())))
+            .context("cannot read --tokenizer")?;
         return if path.extension().is_some_and(|e| e == "json") {
             tokenizers::Tokenizer::from_bytes(&bytes)
                 .map_err(|e| anyhow!("--tokenizer {} is not a tokenizer.json: {e}", path.display()))?;
@@ -453,7 +458,7 @@ fn tokenizer_files(store: &Store, config: &NemoConfig, given: Option<&Path>) -> 
     // `nemo:NAME` is a file packed into the checkpoint.
     let member = model.strip_prefix("nemo:").unwrap_or(model);
     let member = Path::new(member).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    match store.read_optional(&member)? {
+    match store.read_optional(&member, METADATA_LIMIT)? {
         Some(bytes) => from_model(&bytes, &store.describe(&member)),
         None => {
             bail!("the tokenizer model_config.yaml names ({model}) is not in {}: pass --tokenizer", store.describe(""))
@@ -472,7 +477,7 @@ fn token_id(tokenizer: &Value, token: &str) -> Option<u32> {
 pub fn import(options: &ImportOptions, progress: &ProgressBar) -> Result<Imported> {
     let store = Store::open(&options.input)?;
     let config_name = "model_config.yaml";
-    let config = super::config::read(&store.read(config_name)?, &store.describe(config_name))?;
+    let config = super::config::read(&store.read(config_name, METADATA_LIMIT)?, &store.describe(config_name))?;
     let ckpt = open_weights(&store, &config)?;
     let ckpt = ckpt.as_ref();
     let planned = plan(&config, ckpt, options.dtype)?;

@@ -2,11 +2,59 @@
 //! place (its members are located once, then read at their offsets: a 680 GB archive is
 //! never extracted or read whole).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// Most bytes of a small description file (`.zarray`, `metadata.json`).
+pub const DESCRIPTION_LIMIT: u64 = 1 << 20;
+/// Most bytes of `model_config.yaml`, a pickled `.metadata` or a tokenizer file.
+pub const METADATA_LIMIT: u64 = 256 << 20;
+
+/// `len` zero bytes, or an error where the allocator refuses: sizes come from headers a
+/// damaged or hostile checkpoint writes, and `vec!` would abort the process on them.
+pub fn zeroed(len: usize) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| anyhow!("cannot allocate {len} bytes"))?;
+    bytes.resize(len, 0);
+    Ok(bytes)
+}
+
+/// The regular file at `path` and its size; `Ok(None)` when there is no such file.
+fn open_regular(path: &Path) -> Result<Option<(File, u64)>> {
+    // Non-blocking, so that opening a FIFO returns and fstat can refuse it.
+    let file = match File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file (a folder, device or pipe)", path.display());
+    }
+    Ok(Some((file, meta.len())))
+}
+
+/// The bytes of the regular file at `path`, at most `limit` of them: a FIFO would block
+/// the read forever and a device (`/dev/zero`) never ends. `Ok(None)` when there is no
+/// such file.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Some((file, len)) = open_regular(path)? else { return Ok(None) };
+    if len > limit {
+        bail!("{} is {len} bytes, more than the {limit} expected", path.display());
+    }
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len as usize).map_err(|_| anyhow!("cannot allocate {len} bytes"))?;
+    // A file that grows while it is read stops at the limit too.
+    file.take(limit + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!("{} grew past the {limit} bytes expected while it was read", path.display());
+    }
+    Ok(Some(bytes))
+}
 
 pub enum Store {
     Folder(PathBuf),
@@ -62,17 +110,17 @@ impl Store {
         }
     }
 
-    /// The bytes of `member`; `Ok(None)` when there is no such file.
-    pub fn read_optional(&self, member: &str) -> Result<Option<Vec<u8>>> {
+    /// The bytes of `member`, a regular file of at most `limit` bytes; `Ok(None)` when
+    /// there is no such file.
+    pub fn read_optional(&self, member: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         match self {
-            Store::Folder(root) => match std::fs::read(root.join(member)) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("cannot read {}", self.describe(member))),
-            },
+            Store::Folder(root) => read_regular(&root.join(member), limit),
             Store::Tar { file, members, .. } => {
                 let Some(&(offset, size)) = members.get(normal(member)) else { return Ok(None) };
-                let mut bytes = vec![0u8; usize::try_from(size)?];
+                if size > limit {
+                    bail!("{} is {size} bytes, more than the {limit} expected", self.describe(member));
+                }
+                let mut bytes = zeroed(usize::try_from(size)?)?;
                 file.read_exact_at(&mut bytes, offset)
                     .with_context(|| format!("cannot read {} (truncated archive?)", self.describe(member)))?;
                 Ok(Some(bytes))
@@ -99,11 +147,11 @@ impl Store {
         if offset.checked_add(len as u64).is_none_or(|end| end > size) {
             bail!("{}: bytes {offset}..+{len} lie past its end ({size} bytes)", self.describe(member));
         }
-        let mut bytes = vec![0u8; len];
+        let mut bytes = zeroed(len)?;
         match self {
             Store::Folder(root) => {
-                let file =
-                    File::open(root.join(member)).with_context(|| format!("cannot open {}", self.describe(member)))?;
+                let (file, _) = open_regular(&root.join(member))?
+                    .with_context(|| format!("{} does not exist", self.describe(member)))?;
                 file.read_exact_at(&mut bytes, offset)
                     .with_context(|| format!("cannot read {}", self.describe(member)))?;
             }
@@ -116,8 +164,9 @@ impl Store {
         Ok(bytes)
     }
 
-    pub fn read(&self, member: &str) -> Result<Vec<u8>> {
-        self.read_optional(member)?.with_context(|| format!("{} does not exist", self.describe(member)))
+    /// [`Store::read_optional`], where a missing file is an error.
+    pub fn read(&self, member: &str, limit: u64) -> Result<Vec<u8>> {
+        self.read_optional(member, limit)?.with_context(|| format!("{} does not exist", self.describe(member)))
     }
 
     pub fn exists(&self, member: &str) -> bool {

@@ -10,7 +10,7 @@
 use super::import::{Tensors, strip_model_prefix};
 use super::pickle::{self, Value};
 use super::region::{Block, copy_overlap};
-use super::store::Store;
+use super::store::{METADATA_LIMIT, Store};
 use super::torch_save::{TorchSave, dtype_of, shape_of};
 use crate::model::weights::DType;
 use anyhow::{Context, Result, anyhow, bail};
@@ -153,8 +153,8 @@ impl<'s> TorchDistCheckpoint<'s> {
     pub fn open(store: &'s Store, folder: &str) -> Result<Self> {
         let member = format!("{folder}/.metadata");
         let what = store.describe(&member);
-        let metadata =
-            pickle::load(&store.read(&member)?).with_context(|| format!("reading {what} (a pickled Metadata)"))?;
+        let metadata = pickle::load(&store.read(&member, METADATA_LIMIT)?)
+            .with_context(|| format!("reading {what} (a pickled Metadata)"))?;
         Self::from_metadata(store, folder, &metadata).with_context(|| format!("in {what}"))
     }
 

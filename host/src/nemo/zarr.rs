@@ -6,7 +6,7 @@
 
 use super::blosc;
 use super::region::{Block, copy_overlap};
-use super::store::Store;
+use super::store::{DESCRIPTION_LIMIT, Store, zeroed};
 use crate::model::weights::DType;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
@@ -24,6 +24,8 @@ pub struct ZarrArray<'s> {
     folder: String,
     pub shape: Vec<usize>,
     chunks: Vec<usize>,
+    /// Bytes of one decoded chunk.
+    chunk_bytes: usize,
     pub dtype: DType,
     compressor: Compressor,
     separator: char,
@@ -36,7 +38,7 @@ impl<'s> ZarrArray<'s> {
     /// The array in `folder` of `store`.
     pub fn open(store: &'s Store, folder: &str) -> Result<Self> {
         let member = Self::member(folder, ".zarray");
-        let meta: Value = serde_json::from_slice(&store.read(&member)?)
+        let meta: Value = serde_json::from_slice(&store.read(&member, DESCRIPTION_LIMIT)?)
             .with_context(|| format!("{} is not JSON", store.describe(&member)))?;
         Self::from_meta(store, folder, &meta).with_context(|| format!("in {}", store.describe(&member)))
     }
@@ -68,6 +70,13 @@ impl<'s> ZarrArray<'s> {
             Some(other) => bail!("dtype {other:?} is not a float type steerlm reads (<f4, <f2, bfloat16)"),
             None => bail!("no `dtype`"),
         };
+        // Sizes in bytes must be numbers: a made-up header would overflow them.
+        let bytes = |dims: &[usize]| dims.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+        if bytes(&shape).is_none() {
+            bail!("`shape` {shape:?} has more elements than any array");
+        }
+        let chunk_bytes =
+            bytes(&chunks).ok_or_else(|| anyhow!("`chunks` {chunks:?} has more elements than any array"))?;
         if meta.get("order").and_then(Value::as_str).unwrap_or("C") != "C" {
             bail!("Fortran-order arrays are not supported");
         }
@@ -98,11 +107,27 @@ impl<'s> ZarrArray<'s> {
                 })
             }
         };
-        Ok(ZarrArray { store, folder: folder.to_owned(), shape, chunks, dtype, compressor, separator, fill })
+        Ok(ZarrArray {
+            store,
+            folder: folder.to_owned(),
+            shape,
+            chunks,
+            chunk_bytes,
+            dtype,
+            compressor,
+            separator,
+            fill,
+        })
     }
 
-    fn chunk_bytes(&self) -> usize {
-        self.chunks.iter().product::<usize>() * self.dtype.size()
+    /// Most bytes a stored chunk may take: its decoded size, plus what a compressor adds
+    /// to data it cannot shrink (Blosc 16 bytes, zlib about 0.03%), with room to spare.
+    fn stored_limit(&self) -> u64 {
+        let expected = self.chunk_bytes as u64;
+        match self.compressor {
+            Compressor::None => expected,
+            Compressor::Blosc | Compressor::Zlib => expected + expected / 64 + 4096,
+        }
     }
 
     /// The decoded bytes of the chunk at grid position `index`.
@@ -111,27 +136,38 @@ impl<'s> ZarrArray<'s> {
         let key = if key.is_empty() { "0".to_owned() } else { key.join(&self.separator.to_string()) };
         let member = Self::member(&self.folder, &key);
         let name = self.store.describe(&member);
-        let expected = self.chunk_bytes();
-        let Some(stored) = self.store.read_optional(&member)? else {
+        let expected = self.chunk_bytes;
+        // Errors name the chunk's path.
+        let Some(stored) = self.store.read_optional(&member, self.stored_limit())? else {
             return match &self.fill {
-                Some(fill) => Ok(fill.repeat(expected / self.dtype.size())),
+                Some(fill) => {
+                    let mut filled = zeroed(expected).with_context(|| format!("filling the missing chunk {name}"))?;
+                    filled.chunks_exact_mut(fill.len()).for_each(|element| element.copy_from_slice(fill));
+                    Ok(filled)
+                }
                 None => bail!("chunk {name} is missing (and the array has no fill value)"),
             };
         };
         let decoded = match self.compressor {
             Compressor::None => Ok(stored),
             Compressor::Blosc => blosc::decompress(&stored, expected),
-            Compressor::Zlib => {
-                let mut out = Vec::with_capacity(expected);
-                let mut decoder = flate2::read::ZlibDecoder::new(&stored[..]);
-                std::io::Read::read_to_end(&mut decoder, &mut out).map(|_| out).map_err(Into::into)
-            }
+            Compressor::Zlib => (|| {
+                let mut out = Vec::new();
+                out.try_reserve_exact(expected).map_err(|_| anyhow!("cannot allocate {expected} bytes"))?;
+                // One byte past the chunk's size is enough to tell that it holds too much.
+                let decoder = flate2::read::ZlibDecoder::new(&stored[..]);
+                std::io::Read::read_to_end(&mut std::io::Read::take(decoder, expected as u64 + 1), &mut out)?;
+                Ok(out)
+            })(),
         }
         .with_context(|| format!("chunk {name}"))?;
-        if decoded.len() != expected {
-            bail!("chunk {name} holds {} bytes, {expected} expected (truncated?)", decoded.len());
+        match decoded.len().cmp(&expected) {
+            std::cmp::Ordering::Equal => Ok(decoded),
+            std::cmp::Ordering::Less => {
+                bail!("chunk {name} holds {} bytes, {expected} expected (truncated?)", decoded.len())
+            }
+            std::cmp::Ordering::Greater => bail!("chunk {name} holds more than the {expected} bytes expected"),
         }
-        Ok(decoded)
     }
 
     /// The whole array's bytes, C order.
@@ -156,8 +192,9 @@ impl<'s> ZarrArray<'s> {
     fn read_region(&self, start: &[usize], size: &[usize]) -> Result<Vec<u8>> {
         let esize = self.dtype.size();
         let rank = self.shape.len();
+        // Within the array's shape, whose size in bytes `from_meta` checked.
         let total: usize = size.iter().product();
-        let mut out = vec![0u8; total * esize];
+        let mut out = zeroed(total * esize)?;
         if total == 0 {
             return Ok(out);
         }
@@ -207,7 +244,7 @@ impl<'s> ZarrArray<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     fn fixtures() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nemo/zarr")
@@ -271,5 +308,74 @@ mod tests {
         let e = format!("{:#}", array.read_first_axis(2).unwrap_err());
         assert!(e.contains("1.0.1 is missing"), "{e}");
         assert!(ZarrArray::open(&store, "nowhere").err().unwrap().to_string().contains("nowhere/.zarray"));
+    }
+
+    /// A copy of fixture array `name` in a temporary folder, its `.zarray` edited by `edit`.
+    fn edited(name: &str, edit: impl Fn(&mut Value)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let source = fixtures().join(name);
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let meta_path = dir.path().join(".zarray");
+        let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        edit(&mut meta);
+        std::fs::write(&meta_path, meta.to_string()).unwrap();
+        dir
+    }
+
+    fn read_error(dir: &Path) -> String {
+        let store = Store::open(dir).unwrap();
+        match ZarrArray::open(&store, "") {
+            Ok(array) => format!("{:#}", array.read().unwrap_err()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    /// Sizes a damaged or hostile `.zarray` makes up, and chunk files that hold more than
+    /// their array's chunks can: errors that say so, without reading or allocating what
+    /// they claim (each of these aborted, panicked, hung or took gigabytes before).
+    #[test]
+    fn made_up_sizes_and_oversized_chunks_are_errors() {
+        // 70 TB of fill value: refused by the allocator, not an abort.
+        let dir = edited("f16_layers_fill", |m| m["shape"] = serde_json::json!([1u64 << 40, 6]));
+        assert!(read_error(dir.path()).contains("cannot allocate"), "{}", read_error(dir.path()));
+        let dir = edited("f16_layers_fill", |m| m["chunks"] = serde_json::json!([1u64 << 32, 1u64 << 32]));
+        assert!(read_error(dir.path()).contains("`chunks` [4294967296, 4294967296] has more elements"));
+        let dir = edited("f16_layers_fill", |m| m["shape"] = serde_json::json!([1u64 << 62, 1u64 << 62]));
+        assert!(read_error(dir.path()).contains("has more elements than any array"));
+
+        // A zlib chunk of 2 MB of zeros (2 KB stored) where the array's chunks hold 12 bytes.
+        let dir = edited("f16_layers_fill", |_| {});
+        let mut bomb = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut bomb, &vec![0u8; 2 << 20]).unwrap();
+        std::fs::write(dir.path().join("0.0"), bomb.finish().unwrap()).unwrap();
+        let e = read_error(dir.path());
+        assert!(e.contains("0.0 holds more than the 12 bytes expected"), "{e}");
+
+        // A raw chunk file of 3 GB (sparse): refused from its size, not read.
+        let dir = edited("f32_raw_slashes", |_| {});
+        let raw = fixtures().join("f32_raw_slashes");
+        for row in ["0", "1"] {
+            std::fs::create_dir(dir.path().join(row)).unwrap();
+            for column in ["0", "1"] {
+                let (from, to) = (raw.join(row).join(column), dir.path().join(row).join(column));
+                std::fs::copy(from, to).unwrap();
+            }
+        }
+        std::fs::File::options().write(true).open(dir.path().join("0/1")).unwrap().set_len(3 << 30).unwrap();
+        let e = read_error(dir.path());
+        assert!(e.contains("0/1 is 3221225472 bytes, more than the 8 expected"), "{e}");
+
+        // A FIFO where a chunk belongs: refused, not waited on.
+        std::fs::remove_file(dir.path().join("0/1")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("0/1").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = read_error(dir.path());
+        assert!(e.contains("is not a regular file"), "{e}");
     }
 }
