@@ -94,6 +94,16 @@ fn attribute_weights_add_one_reward_per_line() {
     assert!((reward - expected).abs() <= 1e-4 + 1e-4 * expected.abs(), "{reward} vs {expected}");
     let result = steerlm(&args("1,2").iter().map(String::as_str).collect::<Vec<_>>());
     assert!(stderr(&result).contains("2 weights; the model scores 9 attributes"), "{}", stderr(&result));
+    // A reward past f32's range would be written as `null`: weights beyond it are refused
+    // up front, and a weighted sum past it names the line; neither writes the output.
+    fs::remove_file(&output).unwrap();
+    let result = steerlm(&args("1e39,0,0,0,0,0,0,0,0").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr(&result).contains("beyond the range of a 32-bit float"), "{}", stderr(&result));
+    let huge = ["3e38"; 9].join(",");
+    let result = steerlm(&args(&huge).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!result.status.success());
+    assert!(stderr(&result).contains("texts.jsonl:1: the weighted reward"), "{}", stderr(&result));
+    assert!(!output.exists());
 }
 
 #[test]

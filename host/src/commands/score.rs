@@ -27,7 +27,8 @@ pub struct ScoreArgs {
     /// keys are ignored.
     #[arg(long, value_name = "IN")]
     input_file: PathBuf,
-    /// One `{"scores", "num_tokens", "exceeded"}` line per input line, in order.
+    /// One `{"scores", "num_tokens", "exceeded"}` line per input record, in order (blank
+    /// lines are not records: they are skipped, as every command skips them).
     #[arg(long, value_name = "OUT")]
     output_file: PathBuf,
     #[command(flatten)]
@@ -117,14 +118,11 @@ pub fn run(context: &Context, args: &ScoreArgs) -> Result<()> {
         let mut out = Vec::new();
         for ((p, scores), ids) in pending.iter().zip(&scores).zip(&sequences) {
             check_finite(scores).with_context(|| format!("{name}:{}", p.line))?;
+            let reward = args.attribute_weights.as_ref().map(|w| w.combine(scores)).transpose();
+            let reward = reward.with_context(|| format!("{name}:{}", p.line))?;
             serde_json::to_writer(
                 &mut out,
-                &ScoreLine {
-                    scores,
-                    num_tokens: ids.len(),
-                    exceeded: p.exceeded,
-                    reward: args.attribute_weights.as_ref().map(|w| w.combine(scores)),
-                },
+                &ScoreLine { scores, num_tokens: ids.len(), exceeded: p.exceeded, reward },
             )?;
             out.push(b'\n');
             texts += 1;

@@ -196,14 +196,16 @@ impl AppState {
 
     /// The one reward of a row of scores (see [`scalar_reward`]); a 400 when the model
     /// has several heads and the server no `--attribute-weights`.
+    /// A reward past f32's range (the server's weights times these scores) is a 500.
     fn reward(&self, scores: &[f32]) -> ApiResult<f32> {
-        scalar_reward(self.attribute_weights.as_ref(), scores).ok_or_else(|| {
+        let reward = scalar_reward(self.attribute_weights.as_ref(), scores).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "this model scores {} attributes ({}): start `steerlm serve` with --attribute-weights to combine them into one reward",
                 scores.len(),
                 self.model.labels().join(", ")
             ))
-        })
+        })?;
+        reward.map_err(|e| ApiError::internal(format!("{e:#}")))
     }
 
     /// Scores token sequences through the batcher; a non-finite score is a 500.
