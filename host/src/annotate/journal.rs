@@ -1,7 +1,8 @@
 //! The annotation output file as a journal: whole lines appended and synced in small
 //! groups, so a crash loses at most the records since the last sync and never leaves a
 //! half-written record behind. A torn last line (a crash mid-write) is cut off, but only
-//! once the run has checked the whole lines before it and is about to write: a file that
+//! once the run has checked the whole lines before it and is about to write (so are zeros
+//! after the last whole line, which a power loss leaves where unsynced lines were): a file that
 //! is not this input's output is refused untouched.
 //!
 //! Outputs that are not regular files (a FIFO, `/dev/null`, a terminal) are written
@@ -53,11 +54,9 @@ impl Journal {
             let whole =
                 whole_lines_length(&mut file, length).with_context(|| format!("cannot read {}", path.display()))?;
             if whole < length {
-                let mut first = [0u8];
-                file.seek(SeekFrom::Start(whole))
-                    .and_then(|_| file.read_exact(&mut first))
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                if first[0] != b'{' {
+                let tail =
+                    torn_tail(&mut file, whole, length).with_context(|| format!("cannot read {}", path.display()))?;
+                if tail == Tail::Foreign {
                     bail!(
                         "{} ends with {} bytes that are neither a whole line nor the start of a record: \
                          it is not an annotation output. Write to a new --output-file",
@@ -116,6 +115,38 @@ impl Journal {
         self.unsynced = 0;
         Ok(())
     }
+}
+
+#[derive(PartialEq, Eq)]
+enum Tail {
+    /// The start of a record a crash cut short.
+    Record,
+    /// Zeros only: what a power loss leaves where the file's new length reached the disk
+    /// and the unsynced lines did not.
+    Zeros,
+    /// Anything else: not this command's output.
+    Foreign,
+}
+
+/// What the bytes from `whole` to `length` (past the last whole line) are.
+fn torn_tail(file: &mut File, whole: u64, length: u64) -> std::io::Result<Tail> {
+    file.seek(SeekFrom::Start(whole))?;
+    let mut first = [0u8];
+    file.read_exact(&mut first)?;
+    if first[0] == b'{' {
+        return Ok(Tail::Record);
+    }
+    let mut rest = (&mut *file).take(length - whole - 1);
+    let mut block = vec![0u8; 64 << 10];
+    let mut zeros = first[0] == 0;
+    while zeros {
+        let n = rest.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        zeros = block[..n].iter().all(|&b| b == 0);
+    }
+    Ok(if zeros { Tail::Zeros } else { Tail::Foreign })
 }
 
 /// The length of the file up to and including its last `\n`, read from the end.
@@ -202,6 +233,15 @@ mod tests {
             assert!(e.contains("not an annotation output"), "{e}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         }
+        // Zeros after the last whole line (a power loss before the tail was synced) are a
+        // torn tail too; zeros followed by anything else are not.
+        std::fs::write(&path, b"{}\n\0\0\0\0").unwrap();
+        let (mut journal, previous) = Journal::open(&path, 1).unwrap();
+        assert_eq!((previous.resumable, previous.cut_bytes), (true, 4));
+        journal.append(b"{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n{}\n");
+        std::fs::write(&path, b"{}\n\0\0x").unwrap();
+        assert!(Journal::open(&path, 1).err().unwrap().to_string().contains("not an annotation output"));
         // A first record torn mid-write is cut once the run writes.
         std::fs::write(&path, "{\"conv").unwrap();
         let (mut journal, previous) = Journal::open(&path, 1).unwrap();

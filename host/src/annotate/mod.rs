@@ -112,7 +112,7 @@ pub async fn run(options: &AnnotateOptions) -> Result<()> {
     let (mut journal, previous) = Journal::open(&options.output, options.sync_every)?;
     if previous.cut_bytes > 0 && !quiet {
         eprintln!(
-            "{}: a torn last line ({} bytes) left by an interrupted run is cut before anything is written",
+            "{}: a torn last line ({} bytes, or zeros a power loss left) from an interrupted run is cut before anything is written",
             options.output.display(),
             previous.cut_bytes
         );
