@@ -54,6 +54,11 @@ fn rlhf_endpoints_answer_with_raw_and_weighted_scores() {
         let (status, body) = post_json(format!("{base}/classify"), json!({"input": [[1, 999999]]})).await;
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains("outside the vocabulary"), "{body}");
+        for (input, says) in [(json!([[1, -1]]), "holds -1, which is not a token id"), (json!([2.5]), "holds 2.5")] {
+            let (status, body) = post_json(format!("{base}/classify"), json!({ "input": input })).await;
+            assert_eq!(status, 400, "{body}");
+            assert!(body["error"].as_str().unwrap().contains(says), "{body}");
+        }
 
         // /pooling with a text, and with the same text's token ids.
         let (status, body) = post_json(format!("{base}/pooling"), json!({"input": a["text"]})).await;
@@ -85,7 +90,7 @@ fn rlhf_endpoints_answer_with_raw_and_weighted_scores() {
 
         let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
         for line in [
-            "steerlm_api_requests_total{api=\"vllm_classify\"} 3",
+            "steerlm_api_requests_total{api=\"vllm_classify\"} 5",
             "steerlm_api_requests_total{api=\"vllm_pooling\"} 2",
             "steerlm_api_requests_total{api=\"tei_predict\"} 3",
             "steerlm_api_requests_total{api=\"openrlhf\"} 1",

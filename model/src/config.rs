@@ -300,6 +300,16 @@ impl ModelConfig {
     /// dimensions even, and nothing that would size an allocation beyond reason. Shapes
     /// against the checkpoint are checked by [`super::layout::ModelTensors::locate`].
     pub fn from_json(config: &Value) -> Result<Self> {
+        let kind = match config {
+            Value::Object(_) => None,
+            Value::Array(_) => Some("a list"),
+            Value::String(_) => Some("a string"),
+            Value::Null => Some("null"),
+            _ => Some("a single value"),
+        };
+        if let Some(kind) = kind {
+            bail!("a model config is a JSON object of settings (`\"hidden_size\": 4096`, ...), not {kind}");
+        }
         let names: Vec<&str> = match config.get("architectures") {
             Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).collect(),
             None | Some(Value::Null) => Vec::new(),
@@ -600,6 +610,17 @@ mod tests {
     /// A Llama 3.1 reward model's config.json as its checkpoint ships it (Skywork-Reward-
     /// Llama-3.1-8B's fields, transformers 4.43), which steerlm refused before it applied
     /// `llama3`.
+    #[test]
+    fn a_config_that_is_not_an_object_says_so() {
+        for (config, kind) in [(json!([]), "a list"), (json!("x"), "a string"), (json!(3), "a single value")] {
+            let e = ModelConfig::from_json(&config).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("a JSON object of settings (`\"hidden_size\": 4096`, ...), not {kind}")),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn a_llama31_reward_model_config_loads() {
         let config = json!({

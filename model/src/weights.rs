@@ -114,10 +114,16 @@ impl Weights {
                 };
                 let (start, end) = info.data_offsets;
                 let base = 8 + header_len;
-                weights.entries.insert(
-                    name.clone(),
-                    Entry { file: index, dtype, shape: info.shape.clone(), start: base + start, end: base + end },
-                );
+                let entry =
+                    Entry { file: index, dtype, shape: info.shape.clone(), start: base + start, end: base + end };
+                if let Some(earlier) = weights.entries.insert(name.clone(), entry) {
+                    // Which copy a loader takes is up to it: refuse to guess.
+                    bail!(
+                        "tensor {name} is in both {} and {}: a checkpoint holds each tensor once",
+                        weights.files[earlier.file].0.display(),
+                        path.display()
+                    );
+                }
             }
             weights.files.push((path, map));
         }
@@ -257,5 +263,25 @@ mod tests {
         std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();
         let error = format!("{:#}", Weights::open(dir.path()).err().expect("refused"));
         assert!(error.contains("its weight_map names no tensors"), "{error}");
+    }
+
+    /// Two shards that both hold a tensor: which copy a loader takes is its own choice,
+    /// so the checkpoint is refused, naming the tensor and both files.
+    #[test]
+    fn a_tensor_in_two_shards_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let llama9 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama9");
+        for shard in ["a.safetensors", "b.safetensors"] {
+            std::os::unix::fs::symlink(llama9.join("model.safetensors"), dir.path().join(shard)).unwrap();
+        }
+        let index =
+            serde_json::json!({"weight_map": {"score.weight": "a.safetensors", "model.norm.weight": "b.safetensors"}});
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let error = format!("{:#}", Weights::open(dir.path()).err().expect("refused"));
+        assert!(
+            error.contains("a.safetensors and ")
+                && error.contains("b.safetensors: a checkpoint holds each tensor once"),
+            "{error}"
+        );
     }
 }

@@ -136,6 +136,9 @@ impl NemoConfig {
         let root = docs.first().map(to_json).unwrap_or(Value::Null);
         // Some checkpoints nest the model section under `model:` (a full training config).
         let config = if root.get("num_layers").is_none() { root.get("model").cloned().unwrap_or(root) } else { root };
+        if !config.is_object() {
+            bail!("a NeMo model config is a mapping of settings (`num_layers: 32`, ...), not {}", json_kind(&config));
+        }
         Self::from_json(&config)
     }
 
@@ -309,6 +312,18 @@ impl NemoConfig {
 }
 
 /// Reads `model_config.yaml` text, naming `source` in errors.
+/// What a JSON value is, for errors: "a list", "a number", ...
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "empty",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
 pub fn read(text: &[u8], source: &str) -> Result<NemoConfig> {
     let text = std::str::from_utf8(text).with_context(|| format!("{source} is not UTF-8"))?;
     NemoConfig::parse(text).with_context(|| format!("in {source}"))
@@ -323,6 +338,14 @@ mod tests {
     /// Aliases are counted as the loader would expand them: a few in a real config pass;
     /// nine levels of nine (387 million values from 300 bytes), or a million copies of a
     /// 10 KB string, are refused unbuilt.
+    #[test]
+    fn a_config_that_is_not_a_mapping_says_so() {
+        for (text, kind) in [("- 1\n- 2\n", "a list"), ("just words\n", "a string"), ("", "empty")] {
+            let e = NemoConfig::parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("is a mapping of settings (`num_layers: 32`, ...), not {kind}")), "{e}");
+        }
+    }
+
     #[test]
     fn alias_bombs_are_refused_before_expanding() {
         let shared = format!("defaults: &d [1, 2, 3]\n{LLAMA}extra: [*d, *d]\n");

@@ -103,6 +103,12 @@ fn split_body(body: &[u8], header_length: Option<usize>) -> Result<(&[u8], &[u8]
 fn take_binary<'a>(input: &InputTensor, binary: &mut &'a [u8]) -> Result<Option<&'a [u8]>, BadRequest> {
     let size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size")).and_then(Value::as_u64);
     let Some(size) = size.map(|n| n as usize) else { return Ok(None) };
+    if input.data.is_some() {
+        // Which of the two to read would be a guess.
+        return Err(
+            format!("input `{}` has both `data` and a `binary_data_size`: send its values once", input.name).into()
+        );
+    }
     if size > binary.len() {
         return Err(format!(
             "input `{}`: binary data is truncated ({size} bytes announced, {} left)",
@@ -389,6 +395,13 @@ mod tests {
         assert_eq!(response.len() - header_length, 16);
 
         assert!(parse_request(&body[..body.len() - 3], Some(header.len())).unwrap_err().0.contains("truncated"));
+
+        // Values both in the JSON and in the binary tail: refused, not one of them taken.
+        let both = header.replace(r#""shape": [2, 1], "#, r#""shape": [2, 1], "data": [["x"], ["y"]], "#);
+        let mut body = both.clone().into_bytes();
+        body.extend_from_slice(&data);
+        let error = parse_request(&body, Some(both.len())).unwrap_err().0;
+        assert!(error.contains("input `sentences` has both `data` and a `binary_data_size`"), "{error}");
     }
 
     #[test]

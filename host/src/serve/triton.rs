@@ -104,6 +104,9 @@ async fn infer_inner(
 ) -> ApiResult {
     check_path(state, path)?;
     let body = state.limits.body(body)?;
+    if headers.get_all(kserve::HEADER_LENGTH).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request("Inference-Header-Content-Length is given more than once"));
+    }
     let header_length = match headers.get(kserve::HEADER_LENGTH) {
         None => None,
         Some(value) => Some(

@@ -137,8 +137,17 @@ fn parse_input(input: &Value) -> ApiResult<Input> {
             "`input` must be a string, a list of strings, or token ids ([id, ...] or [[id, ...], ...])",
         )
     };
-    let token_ids = |values: &[Value]| -> Option<Vec<u32>> {
-        values.iter().map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok())).collect()
+    // Numbers that are not token ids are named; anything else is `bad`.
+    let token_ids = |values: &[Value]| -> ApiResult<Vec<u32>> {
+        values
+            .iter()
+            .map(|v| match v {
+                Value::Number(n) => n.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+                    ApiError::bad_request(format!("`input` holds {n}, which is not a token id (0 to 4294967295)"))
+                }),
+                _ => Err(bad()),
+            })
+            .collect()
     };
     match input {
         Value::String(text) => Ok(Input::Texts(vec![text.clone()])),
@@ -146,13 +155,10 @@ fn parse_input(input: &Value) -> ApiResult<Input> {
         Value::Array(items) if items.iter().all(Value::is_string) => {
             Ok(Input::Texts(items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()))
         }
-        Value::Array(items) if items.iter().all(Value::is_number) => {
-            Ok(Input::Tokens(vec![token_ids(items).ok_or_else(bad)?]))
-        }
+        Value::Array(items) if items.iter().all(Value::is_number) => Ok(Input::Tokens(vec![token_ids(items)?])),
         Value::Array(items) => {
-            let rows =
-                items.iter().map(|row| row.as_array().and_then(|row| token_ids(row))).collect::<Option<Vec<_>>>();
-            Ok(Input::Tokens(rows.ok_or_else(bad)?))
+            let rows = items.iter().map(|row| row.as_array().map_or_else(|| Err(bad()), |row| token_ids(row)));
+            Ok(Input::Tokens(rows.collect::<ApiResult<Vec<_>>>()?))
         }
         _ => Err(bad()),
     }
