@@ -333,4 +333,13 @@ fn a_config_that_disagrees_with_the_tensors_is_named() {
         assert!(error.contains(says), "{to}: {error}");
         assert!(!dir.exists());
     }
+    // An embedding of no rows would import as `vocab_size: 0`, which nothing can load.
+    std::fs::write(checkpoint.join("model_config.yaml"), &config).unwrap();
+    let zarray = checkpoint.join("model_weights/model.embedding.word_embeddings.weight/.zarray");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&zarray).unwrap()).unwrap();
+    meta["shape"][0] = json!(0);
+    std::fs::write(&zarray, meta.to_string()).unwrap();
+    let error = assert_failure(&steerlm(&["import-nemo", p(&checkpoint), "--output-dir", p(&dir)]));
+    assert!(error.contains("holds no values"), "{error}");
+    assert!(!dir.exists());
 }

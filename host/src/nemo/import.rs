@@ -312,6 +312,9 @@ fn plan(config: &NemoConfig, ckpt: &dyn Tensors, out_dtype: Option<DType>) -> Re
 /// `model_config.yaml` could overflow.
 fn check_shape(config: &NemoConfig, tensor: &OutTensor, source: &Source, stored: &[usize]) -> Result<()> {
     let key = &source.key;
+    if stored.contains(&0) {
+        bail!("tensor `{key}` has shape {stored:?}: it holds no values (a model's tensors never are empty)");
+    }
     let mut shape = stored.to_vec();
     if source.layer.is_some() {
         if shape.first() != Some(&config.num_layers) {
