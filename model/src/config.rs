@@ -191,6 +191,11 @@ fn rope_scaling(config: &Value, rope_parameters: Option<&Value>, context: usize)
     };
     match rope_type.unwrap_or("default") {
         "default" => Ok(RopeScaling::None),
+        // Dynamic NTK scaling raises the base only for sequences longer than
+        // max_position_embeddings (transformers recomputes it from the longest position
+        // in the batch); steerlm cuts texts to max_position_embeddings, where it is exactly
+        // the plain rotation.
+        "dynamic" => number("factor").map(|_| RopeScaling::None),
         "linear" => Ok(RopeScaling::Linear { factor: number("factor")? }),
         "llama3" => {
             let (low_freq_factor, high_freq_factor) = (number("low_freq_factor")?, number("high_freq_factor")?);
@@ -238,7 +243,9 @@ fn rope_scaling(config: &Value, rope_parameters: Option<&Value>, context: usize)
                 attention_factor,
             })
         }
-        other => bail!("RoPE type {other:?} is not supported (steerlm applies default, linear, llama3 and yarn)"),
+        other => {
+            bail!("RoPE type {other:?} is not supported (steerlm applies default, dynamic, linear, llama3 and yarn)")
+        }
     }
 }
 
@@ -602,7 +609,9 @@ mod tests {
         c["rope_scaling"] = json!({"rope_type": "longrope", "factor": 4.0});
         let e = ModelConfig::from_json(&c).unwrap_err().to_string();
         assert!(
-            e.contains("RoPE type \"longrope\" is not supported (steerlm applies default, linear, llama3 and yarn)"),
+            e.contains(
+                "RoPE type \"longrope\" is not supported (steerlm applies default, dynamic, linear, llama3 and yarn)"
+            ),
             "{e}"
         );
     }

@@ -96,6 +96,36 @@ fn cpu_matches_transformers() {
     }
 }
 
+/// Dynamic NTK RoPE scaling (`rope_scaling: {"rope_type": "dynamic"}`) leaves the
+/// rotation alone for sequences within max_position_embeddings: transformers' base is
+/// `theta * (factor * len / max - (factor - 1)) ^ (d / (d - 2))` with `len` raised to
+/// max, i.e. `theta`; and steerlm cuts texts to max_position_embeddings. So llama9 with
+/// it scores llama9's goldens.
+#[test]
+fn dynamic_rope_scaling_scores_as_plain_within_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(model_dir("llama9").join(file), dir.path().join(file)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir("llama9").join("config.json")).unwrap()).unwrap();
+    config["rope_scaling"] = serde_json::json!({"rope_type": "dynamic", "factor": 4.0});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let options =
+        LoadOptions { device: Device::Cpu, add_bos: false, precision: Precision::F32, reward_token_ids: None };
+    let model = RewardModel::load(dir.path(), options.clone()).unwrap();
+    for case in goldens("llama9")["cases"].as_array().unwrap() {
+        let tokens = model.tokenize(case["text"].as_str().unwrap()).unwrap();
+        let scores = model.score(std::slice::from_ref(&tokens.ids)).unwrap();
+        assert_close(&scores[0], &floats(&case["scores"]), &format!("dynamic/{}", case["name"]));
+    }
+    // Its factor is checked as transformers checks it.
+    config["rope_scaling"] = serde_json::json!({"rope_type": "dynamic", "factor": 0});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let error = format!("{:#}", RewardModel::load(dir.path(), options).err().unwrap());
+    assert!(error.contains("`rope_scaling.factor` must be a positive number"), "{error}");
+}
+
 /// The shaders against the goldens, on whatever adapter wgpu finds (lavapipe in CI).
 #[test]
 fn wgpu_matches_transformers() {
