@@ -91,3 +91,26 @@ fn preprocess_keeps_big_integer_scores_exact() {
         "{train}"
     );
 }
+
+/// Numeric flags past what they can mean are refused by name before anything runs: a
+/// timeout of 2^64 seconds made every served request panic on deadline arithmetic, a
+/// component memory of 2^44 MiB wrapped to 0.
+#[test]
+fn flags_out_of_range_are_refused_by_name() {
+    for (command, flag, value) in [
+        (&["serve-component"][..], "--body-read-timeout", "18446744073709551615"),
+        (&["serve", "--model", "."], "--header-read-timeout", "604801"),
+        (&["serve", "--model", "."], "--max-queue-delay-ms", "1e300"),
+        (&["demo"], "--component-timeout", "0"),
+        (&["demo"], "--component-timeout", "4611686018427387904"),
+        (&["demo"], "--component-memory-mb", "17592186044416"),
+        (&["demo"], "--component-memory-mb", "0"),
+        (&["annotate", "--input-file", "x", "--output-file", "y"], "--request-timeout", "99999999999"),
+    ] {
+        let args = [command, &[flag, value]].concat();
+        let result = steerlm(&args);
+        let message = stderr(&result);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {message}");
+        assert!(message.contains(&format!("invalid value '{value}' for '{flag}")), "{args:?}: {message}");
+    }
+}

@@ -33,7 +33,7 @@ pub struct AnnotateArgs {
     servers: Vec<String>,
     /// Seconds one request to a server may take (connecting, sending, waiting for the
     /// model, reading the answer) before it counts as failed and is retried.
-    #[arg(long, default_value_t = 600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::commands::MAX_SECONDS))]
     request_timeout: u64,
     /// Run the model in this process instead of asking a server.
     #[arg(long, value_name = "DIR", conflicts_with = "servers")]

@@ -55,13 +55,18 @@ impl Cli {
     }
 }
 
+/// The longest any `--*-timeout` may be, in seconds (a week): longer means nothing, and
+/// far longer overflows the clock arithmetic deadlines are made of.
+pub const MAX_SECONDS: u64 = 7 * 24 * 3600;
+
 #[derive(Args, Debug, Clone, Copy)]
 struct SandboxArgs {
-    /// Most memory one component instance may use, in MiB.
-    #[arg(long, global = true, default_value_t = 2048, value_name = "MIB")]
+    /// Most memory one component instance may use, in MiB (components are 32-bit: 4096
+    /// at most).
+    #[arg(long, global = true, default_value_t = 2048, value_name = "MIB", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     component_memory_mb: usize,
     /// Longest one component call (one chunk of input) may run, in seconds.
-    #[arg(long, global = true, default_value_t = 600, value_name = "SECONDS")]
+    #[arg(long, global = true, default_value_t = 600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
     component_timeout: u64,
 }
 

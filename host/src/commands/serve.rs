@@ -34,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_batch_tokens: usize,
     /// How long a request waits for others to batch with, in milliseconds.
-    #[arg(long, default_value_t = 2.0, value_name = "MS")]
+    #[arg(long, default_value_t = 2.0, value_name = "MS", value_parser = parse_queue_delay)]
     pub max_queue_delay_ms: f64,
     /// Run every request on its own (no dynamic batching).
     #[arg(long)]
@@ -58,7 +58,7 @@ pub struct ServeArgs {
     pub max_connections_per_client: u64,
     /// Seconds a client has to send a request's headers (and an idle keep-alive
     /// connection stays open) before the connection is closed.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::commands::MAX_SECONDS))]
     pub header_read_timeout: u64,
     /// On SIGTERM or Ctrl-C: seconds to finish the requests in flight (no new ones are
     /// accepted) before stopping anyway. A second signal stops at once.
@@ -66,7 +66,7 @@ pub struct ServeArgs {
     pub drain_timeout: u64,
     /// Seconds a client has, once its headers are in, to send the whole body (408 past
     /// it), so bodies that trickle cannot hold connections.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::commands::MAX_SECONDS))]
     pub body_read_timeout: u64,
     /// Combine the attribute scores into one reward: one weight per attribute, e.g.
     /// `0,0,0,0,0.3,0.74,0.46,0.47,-0.33` (Nemotron-4-340B-Reward's card). Used by
@@ -111,4 +111,12 @@ pub fn run(context: &Context, args: &ServeArgs) -> Result<()> {
     let model = RewardModel::load(&args.model, args.model_args.load_options())
         .with_context(|| format!("loading the model in {}", args.model.display()))?;
     context.block_on(serve(options, model))?
+}
+
+/// A delay in milliseconds from 0 to a minute: a request waits that long at most.
+fn parse_queue_delay(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ms) if (0.0..=60_000.0).contains(&ms) => Ok(ms),
+        _ => Err(format!("{text:?} is not a number of milliseconds from 0 to 60000")),
+    }
 }

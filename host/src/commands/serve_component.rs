@@ -29,7 +29,7 @@ pub struct ServeComponentArgs {
     pub max_requests_per_client: u64,
     /// Seconds a client has to send a whole request body once its request is taken
     /// (408 past it), so a body that never ends cannot hold a request slot.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::commands::MAX_SECONDS))]
     pub body_read_timeout: u64,
 }
 
