@@ -87,6 +87,32 @@ fn stdin_to_stdout() {
     assert_eq!(out.stdout, fs::read(fixture("regression/expected.jsonl")).unwrap());
 }
 
+/// Gzip through a pipe whose writer delivers the first byte alone (a slow producer: ssh,
+/// `pv -L`): still told by its two magic bytes.
+#[test]
+fn gzip_on_stdin_is_told_when_its_first_byte_comes_alone() {
+    let mut child = steerlm_command(&["-q", "to-regression", "--input-file", "-", "--output-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&fs::read(fixture("regression/input.jsonl")).unwrap()).unwrap();
+    let input = gzip.finish().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&input[..1])?;
+        stdin.flush()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stdin.write_all(&input[1..])
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_success(&out);
+    assert_eq!(out.stdout, fs::read(fixture("regression/expected.jsonl")).unwrap());
+}
+
 #[test]
 fn reference_error_files_fail_on_line_two_leaving_nothing() {
     for name in ["label_not_string", "no_colon", "not_a_number", "trailing_comma"] {

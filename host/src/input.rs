@@ -48,9 +48,21 @@ impl InputPath {
             }
             Box::new(file)
         };
-        let mut buffered = BufReader::with_capacity(1 << 20, progress.wrap_read(raw));
-        let head = buffered.fill_buf().with_context(|| format!("cannot read {}", self.display()))?;
-        Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        // The two bytes that tell gzip, read whole: a pipe may deliver its first byte alone.
+        let mut raw = progress.wrap_read(raw);
+        let mut head = [0u8; 2];
+        let mut got = 0;
+        while got < head.len() {
+            match raw.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.display())),
+            }
+        }
+        let gzip = head[..got] == [0x1f, 0x8b];
+        let buffered = BufReader::with_capacity(1 << 20, io::Cursor::new(head[..got].to_vec()).chain(raw));
+        Ok(if gzip {
             Box::new(BufReader::with_capacity(1 << 20, MultiGzDecoder::new(buffered)))
         } else {
             Box::new(buffered)
