@@ -21,12 +21,16 @@ pub struct ServeComponentArgs {
     #[arg(long, default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=2048))]
     pub max_response_mb: u64,
     /// Requests handled at once; more wait their turn (`GET /health` never waits).
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub max_concurrent_requests: usize,
+    /// Default: 4 per CPU core. Conversions are CPU-bound, and each request in flight
+    /// holds its body, its answer and its component's memory (a regression answer can be
+    /// hundreds of MB), so more slots than that add memory, not speed.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub max_concurrent_requests: Option<usize>,
     /// Requests one client address may have handled at once; more wait for one of its own
     /// to finish, so one client cannot hold every slot (raise it behind a proxy).
-    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_requests_per_client: u64,
+    /// Default: a quarter of the slots, at least 1 and at most 16.
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_requests_per_client: Option<usize>,
     /// Seconds a client has to send a whole request body once its request is taken
     /// (408 past it), so a body that never ends cannot hold a request slot.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::commands::MAX_SECONDS))]
@@ -34,12 +38,14 @@ pub struct ServeComponentArgs {
 }
 
 pub fn run(context: &Context, args: &ServeComponentArgs) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let slots = args.max_concurrent_requests.unwrap_or(4 * cores);
     let options = ServeComponentOptions {
         listen: args.listen,
         max_body_bytes: (args.max_body_mb << 20) as usize,
         max_response_bytes: (args.max_response_mb << 20) as usize,
-        max_concurrent_requests: args.max_concurrent_requests,
-        max_requests_per_client: usize::try_from(args.max_requests_per_client).unwrap_or(usize::MAX),
+        max_concurrent_requests: slots,
+        max_requests_per_client: args.max_requests_per_client.unwrap_or((slots / 4).clamp(1, 16)),
         body_read_timeout: Duration::from_secs(args.body_read_timeout),
         // The global sandbox flags: the same allowance as the conversion components.
         limits: RequestLimits {
