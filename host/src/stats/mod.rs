@@ -99,6 +99,7 @@ pub fn compute(
 ) -> Result<Stats> {
     let mut stats = Stats::new(input.display());
     let mut texts: Vec<String> = Vec::new();
+    let mut held_bytes = 0usize;
     for line in crate::input::json_lines(input, 4 << 20, max_line_bytes, progress)? {
         let line = line?;
         let record = &line.value;
@@ -120,13 +121,17 @@ pub fn compute(
             Some(_) => {}
         }
         stats.records += 1;
+        let before = texts.len();
         match kind {
             Kind::Sft => sft_record(&mut stats, record, &mut texts).map_err(fail)?,
             Kind::Regression => regression_line(&mut stats, record, &mut texts).map_err(fail)?,
         }
-        // Tokenized in batches: the tokenizer runs them in parallel.
-        if texts.len() >= 4096 {
+        held_bytes += texts[before..].iter().map(String::len).sum::<usize>();
+        // Tokenized in batches (the tokenizer runs them in parallel) of at most 4096 texts
+        // or 64 MiB; without a tokenizer nothing is kept.
+        if tokenizer.is_none() || texts.len() >= 4096 || held_bytes >= 64 << 20 {
             count_texts(&mut stats, &mut texts, tokenizer)?;
+            held_bytes = 0;
         }
     }
     count_texts(&mut stats, &mut texts, tokenizer)?;
