@@ -211,7 +211,7 @@ fn texts_are_not_held_in_memory_without_a_tokenizer() {
         writeln!(gzip, "{line}").unwrap();
     }
     gzip.finish().unwrap();
-    let child =
+    let mut child =
         crate::common::steerlm_command(&["-q", "stats", "--input-file", input.to_str().unwrap(), "--format", "json"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -222,6 +222,8 @@ fn texts_are_not_held_in_memory_without_a_tokenizer() {
     // SAFETY: an all-zero rusage is valid, and wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    // Reaped by wait4 already (for its rusage); this only tells std so.
+    let _ = child.wait();
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "stats failed");
     let peak_mib = usage.ru_maxrss as u64 / 1024;
     assert!(peak_mib < 150, "stats peaked at {peak_mib} MiB for 300 MiB of texts");
