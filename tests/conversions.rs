@@ -428,6 +428,14 @@ fn export_components_writes_valid_components() {
     let stderr = assert_failure(&result);
     assert!(stderr.contains("steerlm-labels.wasm is a symbolic link: refusing to write through it"), "{stderr}");
     assert_eq!(fs::read(&victim).unwrap(), b"keep me\n");
+
+    // A FIFO where the last component goes is refused before anything is written (it
+    // blocked the export, after four components were written and announced).
+    let fifo_dir = tempdir();
+    crate::common::mkfifo(&fifo_dir.path().join("steerlm-http.wasm"));
+    let stderr = assert_failure(&steerlm(&["export-components", p(fifo_dir.path())]));
+    assert!(stderr.contains("steerlm-http.wasm is not a regular file (a folder, FIFO or device)"), "{stderr}");
+    assert_eq!(listing(fifo_dir.path()), ["steerlm-http.wasm"]);
 }
 
 #[test]
