@@ -98,13 +98,22 @@ fn verify_manifest_fails_when_inputs_outputs_or_hashes_changed() {
     assert!(stderr(&verified).contains("changed since"), "{}", stderr(&verified));
 }
 
-/// A "manifest" that never ends is refused at its size limit, not read into memory.
+/// A "manifest" that never ends is refused: a device at once, and a gzip stream that
+/// inflates past 16 MiB at that limit, not read into memory.
 #[test]
 fn verify_manifest_refuses_an_endless_file() {
     let verified = steerlm(&["verify-manifest", "/dev/zero"]);
     assert_eq!(verified.status.code(), Some(1));
+    assert!(stderr(&verified).contains("/dev/zero is not a regular file"), "{}", stderr(&verified));
+    let dir = tempdir();
+    let bomb = dir.path().join("m.json.gz");
+    let mut gzip = flate2::write::GzEncoder::new(fs::File::create(&bomb).unwrap(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gzip, &vec![b' '; 64 << 20]).unwrap();
+    gzip.finish().unwrap();
+    let verified = steerlm(&["verify-manifest", p(&bomb)]);
+    assert_eq!(verified.status.code(), Some(1));
     assert!(
-        stderr(&verified).contains("/dev/zero is larger than 16 MiB: not a steerlm manifest"),
+        stderr(&verified).contains("m.json.gz is larger than 16 MiB: not a steerlm manifest"),
         "{}",
         stderr(&verified)
     );
@@ -165,6 +174,27 @@ fn verify_manifest_only_reruns_conversions_and_checks_its_input() {
         assert!(stderr(&out).contains("is not a regular file"), "{}", stderr(&out));
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "{endless:?}");
     }
+    // A command line that reads something the inputs do not list (another file, the FIFO,
+    // /dev/zero) is refused before it runs: the listed input's hash would vouch for a file
+    // the re-run never reads.
+    let other = dir.path().join("other.jsonl");
+    fs::write(&other, "{}\n").unwrap();
+    for unlisted in [other.as_path(), fifo.as_path(), Path::new("/dev/zero")] {
+        let out = rewrite(&|j| j["argv"][2] = serde_json::json!(p(unlisted)));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let says = format!("its command line reads --input-file {}, which its inputs do not list", p(unlisted));
+        assert!(stderr(&out).contains(&says), "{}", stderr(&out));
+    }
+}
+
+/// `--manifest m.json.gz` writes gzip; verify-manifest reads it back.
+#[test]
+fn a_gzipped_manifest_verifies() {
+    let dir = tempdir();
+    let (out, manifest) = (dir.path().join("out.jsonl"), dir.path().join("m.json.gz"));
+    convert_with_manifest("to-regression", &fixture("regression/input.jsonl"), &out, &manifest);
+    assert_eq!(&fs::read(&manifest).unwrap()[..2], [0x1f, 0x8b]);
+    assert_success(&steerlm(&["verify-manifest", p(&manifest)]));
 }
 
 #[test]

@@ -203,7 +203,12 @@ const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 pub fn read(path: &Path) -> Result<Manifest> {
     use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // A FIFO would block the open; `--manifest m.json.gz` wrote gzip, read back as such.
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file (a device, pipe or folder): not a steerlm manifest", path.display());
+    }
+    let file = InputPath(path.to_owned()).open(&indicatif::ProgressBar::hidden())?;
     let mut text = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut text)

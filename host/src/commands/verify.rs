@@ -63,6 +63,19 @@ pub fn run(context: &Context, args: &VerifyArgs) -> Result<()> {
     let (argv, rerun_paths) = manifest::redirect_outputs(&manifest, scratch.path())?;
     let cli = Cli::try_parse_from(std::iter::once("steerlm".to_owned()).chain(argv))
         .map_err(|e| anyhow::anyhow!("the manifest's command line does not parse: {e}"))?;
+    // What the command line reads must be what the manifest lists (and hashed above, as
+    // regular files): a manifest is data, and its command line could name any file.
+    for read in cli.command.files()?.inputs {
+        let listed = manifest.inputs.iter().any(|input| base.join(&input.path) == base.join(&read.path));
+        if !listed {
+            bail!(
+                "{}: its command line reads {} {}, which its inputs do not list: the manifest does not describe its own command",
+                args.manifest.display(),
+                read.flag,
+                read.path.display()
+            );
+        }
+    }
     let rerun_context = cli.context(true);
     let previous = std::env::current_dir()?;
     std::env::set_current_dir(&base).with_context(|| format!("cannot enter {}", base.display()))?;
