@@ -11,6 +11,7 @@
 use crate::sandbox::{
     HasMemoryLimiter, Kind, MemoryLimiter, closed_store, closed_wasi, load_component, sandbox_engine,
 };
+use crate::serve::connections::Admission;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -44,6 +45,9 @@ pub struct ServeComponentOptions {
     pub max_response_bytes: usize,
     /// Requests handled at once; more wait their turn (`GET /health` never waits).
     pub max_concurrent_requests: usize,
+    /// Connections served at once, and from one client address (see `serve`'s).
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
     /// Requests one client address may have handled at once (more wait their turn).
     pub max_requests_per_client: usize,
     /// Time a client has to send a whole request body once its request is taken.
@@ -73,15 +77,10 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
             "serving the steerlm HTTP component on http://{bound} (a fresh instance per request)\n"
         ));
     }
+    // The same admission as `serve`: idle sockets cannot use up the process's descriptors.
+    let admission = Admission::new(options.max_connections, options.max_connections_per_client);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of file descriptors and the like: wait and go on serving the rest.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer, admitted) = admission.next(&listener).await?;
         let _ = stream.set_nodelay(true);
         let server = Arc::clone(&server);
         tokio::spawn(async move {
@@ -96,6 +95,7 @@ pub async fn serve(options: ServeComponentOptions) -> Result<()> {
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(admitted);
         });
     }
 }

@@ -31,6 +31,15 @@ pub struct ServeComponentArgs {
     /// Default: a quarter of the slots, at least 1 and at most 16.
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_requests_per_client: Option<usize>,
+    /// Most connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Most connections from one client address at once; more are answered 503 and
+    /// closed, so one client's idle sockets cannot take every connection (raise it behind
+    /// a proxy). Half the connections: a batch client may open a connection per request
+    /// and let them wait for request slots.
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_client: usize,
     /// Seconds a client has to send a whole request body once its request is taken
     /// (408 past it), so a body that never ends cannot hold a request slot.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=crate::commands::MAX_SECONDS))]
@@ -45,6 +54,8 @@ pub fn run(context: &Context, args: &ServeComponentArgs) -> Result<()> {
         max_body_bytes: (args.max_body_mb << 20) as usize,
         max_response_bytes: (args.max_response_mb << 20) as usize,
         max_concurrent_requests: slots,
+        max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
         max_requests_per_client: args.max_requests_per_client.unwrap_or((slots / 4).clamp(1, 16)),
         body_read_timeout: Duration::from_secs(args.body_read_timeout),
         // The global sandbox flags: the same allowance as the conversion components.

@@ -97,47 +97,80 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), answer_then_drain).await;
 }
 
+/// Which connections are served: at most `max_connections` at once (the next is accepted
+/// only when one closes) and `max_per_client` from one address (more are answered 503 and
+/// closed). Shared by `serve` and `serve-component`.
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    clients: Arc<Clients>,
+    refusals: Arc<Semaphore>,
+    max_per_client: usize,
+}
+
+/// An admitted connection's slot and its client's place, given back when dropped.
+pub struct Admitted {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _client: ClientSlot,
+}
+
+impl Admission {
+    pub fn new(max_connections: usize, max_per_client: usize) -> Self {
+        Admission {
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            clients: Arc::new(Clients::default()),
+            refusals: Arc::new(Semaphore::new(LINGERING_REFUSALS)),
+            max_per_client: max_per_client.max(1),
+        }
+    }
+
+    /// The next connection to serve: waits for a free slot before accepting, and answers
+    /// a client over its share 503 (holding no slot) and goes on to the next.
+    pub async fn next(
+        &self,
+        listener: &TcpListener,
+    ) -> Result<(tokio::net::TcpStream, std::net::SocketAddr, Admitted)> {
+        loop {
+            let slot = Arc::clone(&self.slots).acquire_owned().await?;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: wait and go on serving the rest.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(client) = self.clients.enter(peer.ip().to_canonical(), self.max_per_client) else {
+                // Holds no slot: its own task, for at most a second, and at most
+                // `LINGERING_REFUSALS` of them (a flood of refusals must not use up descriptors).
+                match Arc::clone(&self.refusals).try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            refuse(stream).await;
+                            drop(permit);
+                        });
+                    }
+                    // Into the empty send buffer of a new socket, or not at all: never waited on.
+                    Err(_) => drop(stream.try_write(TOO_MANY)),
+                }
+                continue;
+            };
+            return Ok((stream, peer, Admitted { _slot: slot, _client: client }));
+        }
+    }
+}
+
 /// Serves `app` on `listener` until SIGTERM, SIGINT or SIGHUP, then drains (see the
 /// module's notes).
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits) -> Result<()> {
     let stop = Arc::new(Notify::new());
     let signal = Arc::clone(&stop);
     crate::output::on_interrupt_stop(move || signal.notify_one());
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let clients = Arc::new(Clients::default());
-    let refusals = Arc::new(Semaphore::new(LINGERING_REFUSALS));
+    let admission = Admission::new(limits.max_connections, limits.max_per_client);
     let graceful = GracefulShutdown::new();
     loop {
-        let next = async {
-            let slot = Arc::clone(&slots).acquire_owned().await?;
-            anyhow::Ok((slot, listener.accept().await))
-        };
-        let (slot, accepted) = tokio::select! {
+        let (stream, _, admitted) = tokio::select! {
             () = stop.notified() => break,
-            next = next => next?,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            // Out of file descriptors and the like: wait and go on serving the rest.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(client) = clients.enter(peer.ip().to_canonical(), limits.max_per_client.max(1)) else {
-            // Holds no slot: its own task, for at most a second, and at most
-            // `LINGERING_REFUSALS` of them (a flood of refusals must not use up descriptors).
-            match Arc::clone(&refusals).try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(async move {
-                        refuse(stream).await;
-                        drop(permit);
-                    });
-                }
-                // Into the empty send buffer of a new socket, or not at all: never waited on.
-                Err(_) => drop(stream.try_write(TOO_MANY)),
-            }
-            continue;
+            next = admission.next(&listener) => next?,
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
@@ -150,8 +183,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits)
         tokio::spawn(async move {
             // A client hanging up or timing out is its own business, not an error of ours.
             let _ = watched.await;
-            drop(client);
-            drop(slot);
+            drop(admitted);
         });
     }
     drop(listener);
