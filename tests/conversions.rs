@@ -394,8 +394,41 @@ fn memory_limit_is_enforced_with_a_clear_error() {
     let result =
         steerlm(&["--component-memory-mb", "16", "to-regression", "--input-file", p(&input), "--output-file", p(&out)]);
     assert_eq!(result.status.code(), Some(1));
-    assert!(stderr(&result).contains("memory limit of 16 MiB"), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains("in.jsonl:1: the regression component needed more than its memory limit of 16 MiB"),
+        "{}",
+        stderr(&result)
+    );
     assert_eq!(listing(dir.path()), ["in.jsonl"]);
+
+    // Between good records, in one chunk: the error names its line, and --on-error skip
+    // skips only it (the whole run failed, naming nothing), the rest converted as alone.
+    let good = fs::read_to_string(fixture("regression/input.jsonl")).unwrap();
+    let (first, rest) = good.split_at(good.find('\n').unwrap() + 1);
+    fs::write(&input, format!("{first}{}\n{rest}", twenty_megabyte_record())).unwrap();
+    let report = dir.path().join("errors.jsonl");
+    let result = steerlm(&[
+        "--component-memory-mb",
+        "16",
+        "to-regression",
+        "--input-file",
+        p(&input),
+        "--output-file",
+        p(&out),
+        "--on-error",
+        "skip",
+        "--error-report",
+        p(&report),
+    ]);
+    assert_success(&result);
+    let report: serde_json::Value = serde_json::from_str(fs::read_to_string(&report).unwrap().trim()).unwrap();
+    assert_eq!(report["line"], 2);
+    assert!(report["error"].as_str().unwrap().contains("memory limit of 16 MiB"), "{report}");
+    let alone = dir.path().join("alone.jsonl");
+    fs::write(&alone, good).unwrap();
+    let expected = dir.path().join("expected.jsonl");
+    assert_success(&steerlm(&["to-regression", "--input-file", p(&alone), "--output-file", p(&expected)]));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&expected).unwrap());
 }
 
 #[test]

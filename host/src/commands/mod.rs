@@ -44,7 +44,9 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// Longest input line accepted, in MiB; a longer line is an error naming it. Memory
-    /// use stays below a few chunks plus this.
+    /// use stays below a few chunks plus this, plus each conversion thread's component
+    /// memory (--component-memory-mb): a record's regression lines repeat its
+    /// conversation, so they can be far larger than it.
     #[arg(long, global = true, default_value_t = DEFAULT_MAX_LINE_MB, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
     max_line_mb: u64,
 }

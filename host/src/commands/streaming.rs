@@ -4,7 +4,7 @@
 use super::Context;
 use crate::bad_records::{BadRecords, OnError};
 use crate::engine::{Backend, Engine, LineConverter};
-use crate::input::{DEFAULT_CHUNK_BYTES, InputPath};
+use crate::input::{Chunk, DEFAULT_CHUNK_BYTES, InputPath};
 use crate::manifest::{Provenance, Role};
 use crate::output::{BackgroundWriter, Output};
 use crate::pipeline::run_ordered;
@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
+use steerlm_core::chunk::{ChunkOutput, LineError};
 
 /// Options every converting command takes.
 #[derive(Args, Debug, Clone)]
@@ -97,8 +98,13 @@ pub fn stream_lines(
     run_ordered(
         chunks,
         convert.threads(),
-        make_converter,
-        |converter, chunk| converter.convert(&chunk.bytes, chunk.first_line),
+        &make_converter,
+        |converter, chunk| match converter.convert(&chunk.bytes, chunk.first_line) {
+            Ok(out) => Ok(out),
+            // A component limit hit somewhere in the chunk: each line again alone, so the
+            // error names its line and --on-error skip can skip just it.
+            Err(_) => line_by_line(converter, &make_converter, chunk),
+        },
         |chunk, out| {
             totals.bytes_in += chunk.bytes.len() as u64;
             bad.handle(&input.display(), out.errors)?;
@@ -109,6 +115,35 @@ pub fn stream_lines(
     )?;
     progress.finish_and_clear();
     Ok((writer.finish()?, totals))
+}
+
+/// `chunk` converted one line at a time, each line that fails (a component limit: its
+/// instance trapped) becoming that line's error, converted again in a fresh instance.
+fn line_by_line(
+    converter: &mut Box<dyn LineConverter>,
+    make_converter: &impl Fn() -> Result<Box<dyn LineConverter>>,
+    chunk: &Chunk,
+) -> Result<ChunkOutput> {
+    // The instance that trapped may be in any state: start from a fresh one.
+    *converter = make_converter()?;
+    let mut whole = ChunkOutput::default();
+    for (i, line) in chunk.bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+        let number = chunk.first_line + i as u64;
+        match converter.convert(line, number) {
+            Ok(out) => {
+                whole.output.extend_from_slice(&out.output);
+                whole.errors.extend(out.errors);
+                whole.records_in += out.records_in;
+                whole.lines_out += out.lines_out;
+            }
+            Err(e) => {
+                whole.errors.push(LineError { line: number, message: format!("{e:#}") });
+                whole.records_in += 1;
+                *converter = make_converter()?;
+            }
+        }
+    }
+    Ok(whole)
 }
 
 /// `1.23 s, 456.7 MB/s` for a summary line.
