@@ -70,47 +70,42 @@ fn gzip_in_and_out_and_small_chunks() {
     assert_eq!(text, fs::read(fixture("regression/expected.jsonl")).unwrap());
 }
 
-#[test]
-fn stdin_to_stdout() {
+/// `to-regression` from stdin to stdout, `write` feeding its stdin; asserts the output
+/// is the reference's for `regression/input.jsonl`.
+fn regression_through_pipes(write: impl FnOnce(std::process::ChildStdin) -> std::io::Result<()> + Send + 'static) {
     let mut child = steerlm_command(&["-q", "to-regression", "--input-file", "-", "--output-file", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let input = fs::read(fixture("regression/input.jsonl")).unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || write(stdin));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
     assert_success(&out);
     assert_eq!(out.stdout, fs::read(fixture("regression/expected.jsonl")).unwrap());
 }
 
+#[test]
+fn stdin_to_stdout() {
+    let input = fs::read(fixture("regression/input.jsonl")).unwrap();
+    regression_through_pipes(move |mut stdin| stdin.write_all(&input));
+}
+
 /// Gzip through a pipe whose writer delivers the first byte alone (a slow producer: ssh,
 /// `pv -L`): still told by its two magic bytes.
 #[test]
 fn gzip_on_stdin_is_told_when_its_first_byte_comes_alone() {
-    let mut child = steerlm_command(&["-q", "to-regression", "--input-file", "-", "--output-file", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gzip.write_all(&fs::read(fixture("regression/input.jsonl")).unwrap()).unwrap();
     let input = gzip.finish().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
+    regression_through_pipes(move |mut stdin| {
         stdin.write_all(&input[..1])?;
         stdin.flush()?;
         std::thread::sleep(std::time::Duration::from_millis(300));
         stdin.write_all(&input[1..])
     });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert_success(&out);
-    assert_eq!(out.stdout, fs::read(fixture("regression/expected.jsonl")).unwrap());
 }
 
 #[test]

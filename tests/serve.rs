@@ -483,21 +483,9 @@ fn a_client_over_its_share_of_connections_gets_503_at_once() {
     let address = server.url.trim_start_matches("http://").to_owned();
     let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
     // The server counts a connection once it accepts it: wait until the third is turned
-    // away (a generous bound, so a server that never does fails instead of hanging).
-    let mut answer = String::new();
-    for _ in 0..100 {
-        use std::io::Write;
-        let mut third = std::net::TcpStream::connect(&address).unwrap();
-        // A whole request sent: the server must read it before closing, or the client
-        // would see a reset rather than the 503.
-        third.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        third.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
-        let mut bytes = Vec::new();
-        if third.read_to_end(&mut bytes).is_ok() {
-            answer = String::from_utf8_lossy(&bytes).into_owned();
-            break;
-        }
-    }
+    // away (a whole request sent, so the close is not a reset).
+    let answer =
+        crate::common::server::answer_past_share(&address, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     assert!(answer.contains("--max-connections-per-client"), "{answer}");
     // From then on every one is answered, none reset.
@@ -511,18 +499,7 @@ fn a_client_over_its_share_of_connections_gets_503_at_once() {
         assert!(bytes.starts_with(b"HTTP/1.1 503"), "{:?}", String::from_utf8_lossy(&bytes));
     }
     drop(held);
-    runtime().block_on(async {
-        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
-        for _ in 0..100 {
-            if let Ok(response) = client.get(format!("{}/v2/health/ready", server.url)).send().await
-                && response.status().as_u16() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("the client's slots did not come back");
-    });
+    runtime().block_on(crate::common::server::wait_for_ok(&format!("{}/v2/health/ready", server.url)));
 }
 
 #[test]

@@ -416,32 +416,11 @@ fn health_checks_answer_while_every_slot_is_busy() {
 /// back as they close.
 #[test]
 fn idle_connections_past_a_clients_share_are_refused() {
-    use std::io::Read;
     let server = serve(&["--max-connections-per-client", "2"]);
     let address = server.url.trim_start_matches("http://").to_owned();
     let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
-    let mut answer = String::new();
-    for _ in 0..100 {
-        let mut third = std::net::TcpStream::connect(&address).unwrap();
-        third.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        third.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
-        let mut bytes = Vec::new();
-        if third.read_to_end(&mut bytes).is_ok() {
-            answer = String::from_utf8_lossy(&bytes).into_owned();
-            break;
-        }
-    }
+    let answer = server::answer_past_share(&address, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("--max-connections-per-client"), "{answer:?}");
     drop(held);
-    runtime().block_on(async {
-        for _ in 0..100 {
-            if let Ok(response) = reqwest::get(format!("{}/health", server.url)).await
-                && response.status().as_u16() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("the client's slots did not come back");
-    });
+    runtime().block_on(server::wait_for_ok(&format!("{}/health", server.url)));
 }

@@ -56,3 +56,37 @@ pub fn spawn(mut command: Command) -> Server {
         .to_owned();
     Server { child, url }
 }
+
+/// Connects to `address` (`host:port`) until a connection is answered at once (within
+/// 300 ms: the server turning away a client over its share of connections) and returns
+/// that answer. `request` is sent whole first, so the close is not a reset. Gives up, with
+/// an empty answer, after 100 tries.
+#[allow(dead_code)] // the tests use it, the benches sharing this file do not
+pub fn answer_past_share(address: &str, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    for _ in 0..100 {
+        let mut connection = std::net::TcpStream::connect(address).unwrap();
+        connection.write_all(request).unwrap();
+        connection.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        let mut bytes = Vec::new();
+        if connection.read_to_end(&mut bytes).is_ok() {
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    String::new()
+}
+
+/// Waits (up to 10 s) until `url` answers 200 to a GET.
+#[allow(dead_code)] // the tests use it, the benches sharing this file do not
+pub async fn wait_for_ok(url: &str) {
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+    for _ in 0..100 {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().as_u16() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not answer 200");
+}
